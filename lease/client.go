@@ -1,0 +1,206 @@
+package lease
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	mrand "math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/redis/go-redis/v9"
+)
+
+// Defaults for Config.
+const (
+	LeaseForDefault      = 30 * time.Second
+	MaxDeliveriesDefault = 10
+	MaxPayloadDefault    = 1 << 20
+	// MaxLeaseFor bounds every lease and delay: a week.
+	MaxLeaseFor = 7 * 24 * time.Hour
+	// MaxBatch bounds TakeBatch, PushBatch and AckBatch.
+	MaxBatch = 1000
+	// SweepLimitDefault bounds the work of one Sweep call.
+	SweepLimitDefault = 1000
+)
+
+// Unlimited, as a MaxDeliveries, lets a message be delivered any number of
+// times: it is never dead-lettered for running out of deliveries.
+const Unlimited = -1
+
+// Config configures a Client. A nil *Config means all defaults.
+type Config struct {
+	// LeaseFor is the lease a consumer gets when neither the take nor the
+	// message says otherwise. Defaults to 30 seconds.
+	LeaseFor time.Duration
+	// MaxDeliveries is how often a message may be delivered before a lease
+	// that runs out, or a nack, sends it to the dead set instead. Applies
+	// to messages pushed without their own maximum and to raw payloads.
+	// Defaults to 10; Unlimited for no maximum.
+	MaxDeliveries int
+	// MaxPayload is the largest payload Push accepts, in bytes. Defaults
+	// to 1 MiB.
+	MaxPayload int
+	// Logger receives the client's few log lines (malformed data found in
+	// Redis). Defaults to discarding them.
+	Logger *slog.Logger
+}
+
+func (c *Config) withDefaults() Config {
+	var out Config
+	if c != nil {
+		out = *c
+	}
+	out.LeaseFor = cmp.Or(out.LeaseFor, LeaseForDefault)
+	out.MaxDeliveries = cmp.Or(out.MaxDeliveries, MaxDeliveriesDefault)
+	out.MaxPayload = cmp.Or(out.MaxPayload, MaxPayloadDefault)
+	if out.Logger == nil {
+		out.Logger = slog.New(slog.DiscardHandler)
+	}
+	return out
+}
+
+func (c *Config) validate() error {
+	if err := checkDuration("Config.LeaseFor", c.LeaseFor); err != nil {
+		return err
+	}
+	if c.MaxDeliveries < 1 && c.MaxDeliveries != Unlimited {
+		return fmt.Errorf("%w: Config.MaxDeliveries %d: must be at least 1, or Unlimited", ErrInvalidArgument, c.MaxDeliveries)
+	}
+	if c.MaxPayload < 1 {
+		return fmt.Errorf("%w: Config.MaxPayload %d: must be at least 1", ErrInvalidArgument, c.MaxPayload)
+	}
+	return nil
+}
+
+// Client is the lease API over one Redis deployment. It is safe for
+// concurrent use.
+type Client struct {
+	rdb        redis.UniversalClient
+	cfg        Config
+	registered sync.Map // queue name -> struct{}: SADDed to the registry
+
+	mu  sync.Mutex
+	rng *mrand.ChaCha8
+}
+
+// New returns a Client that uses rdb, which may be a standalone, Sentinel
+// (failover) or Cluster client.
+func New(rdb redis.UniversalClient, cfg *Config) (*Client, error) {
+	if rdb == nil {
+		return nil, fmt.Errorf("%w: nil redis client", ErrInvalidArgument)
+	}
+	c := cfg.withDefaults()
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	var seed [32]byte
+	if _, err := rand.Read(seed[:]); err != nil {
+		return nil, fmt.Errorf("lease: seed: %w", err)
+	}
+	return &Client{rdb: rdb, cfg: c, rng: mrand.NewChaCha8(seed)}, nil
+}
+
+// Redis returns the client's Redis connection.
+func (c *Client) Redis() redis.UniversalClient { return c.rdb }
+
+// newTokens fills n fresh lease tokens and n fresh message ids.
+func (c *Client) newTokens(n int) (tokens, ids []string) {
+	tokens = make([]string, n)
+	ids = make([]string, n)
+	var b [8]byte
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := range n {
+		_, _ = c.rng.Read(b[:])
+		tokens[i] = hex.EncodeToString(b[:])
+		u, _ := uuid.NewRandomFromReader(c.rng)
+		ids[i] = u.String()
+	}
+	return tokens, ids
+}
+
+func (c *Client) newIDs(n int) []string {
+	ids := make([]string, n)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := range n {
+		u, _ := uuid.NewRandomFromReader(c.rng)
+		ids[i] = u.String()
+	}
+	return ids
+}
+
+// register adds queue to the registry once per Client.
+func (c *Client) register(ctx context.Context, queue string) error {
+	if _, ok := c.registered.Load(queue); ok {
+		return nil
+	}
+	if err := c.rdb.SAdd(ctx, RegistryKey, queue).Err(); err != nil {
+		return fmt.Errorf("lease: register queue %s: %w", queue, err)
+	}
+	c.registered.Store(queue, struct{}{})
+	return nil
+}
+
+// Register adds queue to the registry that ackd daemons read to find every
+// queue. Push and Take register their queue by themselves.
+func (c *Client) Register(ctx context.Context, queue string) error {
+	if err := ValidateQueue(queue); err != nil {
+		return err
+	}
+	return c.register(ctx, queue)
+}
+
+// Queues lists the registry, sorted.
+func (c *Client) Queues(ctx context.Context) ([]string, error) {
+	qs, err := c.rdb.SMembers(ctx, RegistryKey).Result()
+	if err != nil {
+		return nil, fmt.Errorf("lease: list queues: %w", convertErr(err))
+	}
+	out := qs[:0]
+	for _, q := range qs {
+		if ValidateQueue(q) == nil {
+			out = append(out, q)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+func checkDuration(what string, d time.Duration) error {
+	if d < time.Millisecond {
+		return fmt.Errorf("%w: %s %v: must be at least 1ms", ErrInvalidArgument, what, d)
+	}
+	if d > MaxLeaseFor {
+		return fmt.Errorf("%w: %s %v: must be at most %v", ErrInvalidArgument, what, d, MaxLeaseFor)
+	}
+	return nil
+}
+
+// ms converts d to whole milliseconds, rounding up.
+func ms(d time.Duration) int64 { return int64((d + time.Millisecond - 1) / time.Millisecond) }
+
+func fromMS(v int64) time.Time { return time.UnixMilli(v) }
+
+// convertErr maps Redis errors that mean "this key is not ackd's" to
+// ErrMalformed; redis.Nil never leaves the package.
+func convertErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, redis.Nil) {
+		return ErrNotHeld
+	}
+	if strings.Contains(err.Error(), "WRONGTYPE") {
+		return fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	return err
+}

@@ -1,0 +1,29 @@
+package lease
+
+import "errors"
+
+var (
+	// ErrInvalidQueue: the queue name is empty, too long or has a byte
+	// that would break the key layout. Nothing was written.
+	ErrInvalidQueue = errors.New("lease: invalid queue name")
+	// ErrInvalidArgument: a duration, count, id or token is out of range
+	// or malformed. Nothing was written.
+	ErrInvalidArgument = errors.New("lease: invalid argument")
+	// ErrPayloadTooLarge: a payload is over Config.MaxPayload. Nothing was
+	// written.
+	ErrPayloadTooLarge = errors.New("lease: payload too large")
+	// ErrNoMessage: Take found no message within its wait.
+	ErrNoMessage = errors.New("lease: no message")
+	// ErrNotHeld: no lease of this message is in flight: it was acked,
+	// dead-lettered, or its lease ran out and it went back to the queue
+	// (it will be delivered again). Nothing changed.
+	ErrNotHeld = errors.New("lease: not held")
+	// ErrStale: the token belongs to an earlier delivery; the message has
+	// been delivered again and another consumer holds it now. Nothing
+	// changed; the current holder's lease is untouched.
+	ErrStale = errors.New("lease: stale token, message was redelivered")
+	// ErrMalformed: data found in Redis is not what ackd wrote (a foreign
+	// value, a wrong key type). Malformed messages are moved to the dead
+	// set with reason "malformed"; this error reports that it happened.
+	ErrMalformed = errors.New("lease: malformed data in redis")
+)

@@ -1,0 +1,125 @@
+package lease
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Key layout. Every key of one queue carries the queue name as a Redis
+// Cluster hash tag, so all of them live in one slot and every script runs
+// unchanged on a cluster. Only this package writes these keys.
+const (
+	// RegistryKey is the SET of every queue name ackd has seen. It is the
+	// one key outside any queue's slot.
+	RegistryKey = "ackd:queues"
+	// WakeChannel is the pub/sub channel on which scripts announce a new
+	// earliest deadline of a queue, as "lease|<ms>|<queue>" or
+	// "delayed|<ms>|<queue>".
+	WakeChannel = "ackd:wake"
+
+	keyPrefix   = "ackd:{"
+	leaseInfix  = "}:lease:"
+	maxQueueLen = 128
+)
+
+// Keys names every key of one queue.
+type Keys struct {
+	Ready     string // LIST: envelopes and raw payloads waiting, taken from the left
+	Claim     string // LIST: elements moved off Ready by a blocked consumer, taken first
+	Leases    string // HASH: id -> lease record of each message in flight
+	Deadlines string // ZSET: id of each message in flight, scored by deadline (ms)
+	Delayed   string // ZSET: envelopes that become ready later, scored by due time (ms)
+	Dead      string // ZSET: id of each dead letter, scored by when it died (ms)
+	DeadMsgs  string // HASH: id -> dead record
+}
+
+// KeysFor returns the key names of queue. It does not validate the name.
+func KeysFor(queue string) Keys {
+	p := keyPrefix + queue + "}:"
+	return Keys{
+		Ready:     p + "ready",
+		Claim:     p + "claim",
+		Leases:    p + "leases",
+		Deadlines: p + "deadlines",
+		Delayed:   p + "delayed",
+		Dead:      p + "dead",
+		DeadMsgs:  p + "deadmsgs",
+	}
+}
+
+// LeaseKey is the shadow key of one lease: a string whose TTL ends at the
+// lease deadline. Its expiry is only a trigger; the Deadlines ZSET decides.
+func LeaseKey(queue, token string) string {
+	return keyPrefix + queue + leaseInfix + token
+}
+
+// ParseLeaseKey is the inverse of LeaseKey. It reports false for any key
+// that is not a well-formed shadow key of a valid queue.
+func ParseLeaseKey(key string) (queue, token string, ok bool) {
+	rest, found := strings.CutPrefix(key, keyPrefix)
+	if !found {
+		return "", "", false
+	}
+	queue, token, found = strings.Cut(rest, leaseInfix)
+	if !found || ValidateQueue(queue) != nil || !validToken(token) {
+		return "", "", false
+	}
+	return queue, token, true
+}
+
+// ValidateQueue reports whether name can be used as a queue name: 1 to 128
+// bytes of ASCII letters, digits and any of "._:/-". Braces, spaces and
+// control characters would break the key layout and are refused.
+func ValidateQueue(name string) error {
+	if name == "" {
+		return fmt.Errorf("%w: empty name", ErrInvalidQueue)
+	}
+	if len(name) > maxQueueLen {
+		return fmt.Errorf("%w: %d bytes, at most %d", ErrInvalidQueue, len(name), maxQueueLen)
+	}
+	for i := 0; i < len(name); i++ {
+		if !queueByte(name[i]) {
+			return fmt.Errorf("%w: %q has %q at byte %d (allowed: letters, digits and ._:/-)", ErrInvalidQueue, name, name[i], i)
+		}
+	}
+	return nil
+}
+
+func queueByte(b byte) bool {
+	switch {
+	case 'a' <= b && b <= 'z', 'A' <= b && b <= 'Z', '0' <= b && b <= '9':
+		return true
+	}
+	return strings.IndexByte("._:/-", b) >= 0
+}
+
+// Tokens are 16 lowercase hex digits.
+const tokenLen = 16
+
+func validToken(t string) bool {
+	if len(t) != tokenLen {
+		return false
+	}
+	for i := 0; i < len(t); i++ {
+		c := t[i]
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// Message ids are what an envelope may carry: 1 to 64 bytes of letters,
+// digits, '-' and '.' (ackd itself uses UUIDs).
+func validID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,184 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+)
+
+// Lease is one delivery of one message. Its methods end the lease (Ack,
+// Nack, DeadLetter) or keep it (Extend). Every method carries the lease's
+// token: once the message has been delivered again, they fail with
+// ErrStale and change nothing.
+type Lease struct {
+	Queue   string
+	ID      string // the message's id, the same on every delivery
+	Payload []byte
+	// Attempt counts deliveries of this message, this one included
+	// (1 on the first delivery).
+	Attempt int
+	// MaxDeliveries is the message's maximum, or Unlimited.
+	MaxDeliveries int
+	// Token identifies this delivery; it fences the methods below.
+	Token string
+
+	deadline atomic.Int64 // ms since the epoch, by Redis's clock
+	c        *Client
+}
+
+// Deadline is when the lease runs out, by Redis's clock. Extend moves it.
+func (l *Lease) Deadline() time.Time { return fromMS(l.deadline.Load()) }
+
+// LeaseOf rebuilds a lease handle from its parts, for a consumer that
+// keeps (queue, id, token) elsewhere, such as another process.
+func (c *Client) LeaseOf(queue, id, token string) (*Lease, error) {
+	if err := ValidateQueue(queue); err != nil {
+		return nil, err
+	}
+	if !validID(id) {
+		return nil, fmt.Errorf("%w: message id %q", ErrInvalidArgument, id)
+	}
+	if !validToken(token) {
+		return nil, fmt.Errorf("%w: token %q", ErrInvalidArgument, token)
+	}
+	return &Lease{Queue: queue, ID: id, Token: token, c: c}, nil
+}
+
+func (l *Lease) check() error {
+	if l == nil || l.c == nil {
+		return fmt.Errorf("%w: lease not from a Client", ErrInvalidArgument)
+	}
+	return nil
+}
+
+// statusErr turns a script's status code into an error.
+func (l *Lease) statusErr(op string, code int64) error {
+	switch code {
+	case 0:
+		return fmt.Errorf("lease: %s %s/%s: %w", op, l.Queue, l.ID, ErrNotHeld)
+	case -1:
+		return fmt.Errorf("lease: %s %s/%s: %w", op, l.Queue, l.ID, ErrStale)
+	case 3:
+		return fmt.Errorf("lease: %s %s/%s: lease record moved to the dead set: %w", op, l.Queue, l.ID, ErrMalformed)
+	}
+	return nil
+}
+
+// Ack ends the lease for good: the message is done and gone.
+//
+// An ack after the deadline still succeeds while no one has requeued the
+// message (with ackd running, a few milliseconds); after that it fails with
+// ErrNotHeld or ErrStale and the message will be, or has been, delivered
+// again.
+func (l *Lease) Ack(ctx context.Context) error {
+	if err := l.check(); err != nil {
+		return err
+	}
+	return l.c.AckBatch(ctx, []*Lease{l})
+}
+
+// AckBatch acks leases of one queue in one script call. The result joins
+// one error per lease that could not be acked (errors.Is finds ErrStale
+// and ErrNotHeld in it); the others are acked.
+func (c *Client) AckBatch(ctx context.Context, leases []*Lease) error {
+	if len(leases) == 0 {
+		return nil
+	}
+	if len(leases) > MaxBatch {
+		return fmt.Errorf("%w: ack of %d leases: at most %d", ErrInvalidArgument, len(leases), MaxBatch)
+	}
+	queue := leases[0].Queue
+	keys := make([]string, 2, 2+len(leases))
+	args := make([]any, 0, 2*len(leases))
+	for _, l := range leases {
+		if err := l.check(); err != nil {
+			return err
+		}
+		if l.Queue != queue {
+			return fmt.Errorf("%w: ack batch mixes queues %s and %s", ErrInvalidArgument, queue, l.Queue)
+		}
+		keys = append(keys, LeaseKey(queue, l.Token))
+		args = append(args, l.ID, l.Token)
+	}
+	k := KeysFor(queue)
+	keys[0], keys[1] = k.Leases, k.Deadlines
+	res, err := ackScript.Run(ctx, c.rdb, keys, args...).Int64Slice()
+	if err != nil {
+		return fmt.Errorf("lease: ack %d in %s: %w", len(leases), queue, convertErr(err))
+	}
+	if len(res) != len(leases) {
+		return fmt.Errorf("lease: ack %d in %s: %w: %d statuses", len(leases), queue, ErrMalformed, len(res))
+	}
+	var errs []error
+	for i, code := range res {
+		if code != 1 {
+			errs = append(errs, leases[i].statusErr("ack", code))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Nack gives the message back because processing failed. With delay zero
+// it goes to the tail of the ready list at once; otherwise it becomes ready
+// after delay. A message that has used its deliveries goes to the dead set
+// with reason "failed" instead; Nack returns nil then too.
+func (l *Lease) Nack(ctx context.Context, delay time.Duration) error {
+	if err := l.check(); err != nil {
+		return err
+	}
+	if delay != 0 {
+		if err := checkDuration("nack delay", delay); err != nil {
+			return err
+		}
+	}
+	k := KeysFor(l.Queue)
+	code, err := nackScript.Run(ctx, l.c.rdb,
+		[]string{k.Ready, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs, LeaseKey(l.Queue, l.Token)},
+		l.ID, l.Token, ms(delay), WakeChannel, l.Queue).Int64()
+	if err != nil {
+		return fmt.Errorf("lease: nack %s/%s: %w", l.Queue, l.ID, convertErr(err))
+	}
+	return l.statusErr("nack", code)
+}
+
+// Extend moves the deadline to now + d (by Redis's clock): a heartbeat for
+// long work. It works after the deadline too, while no one has requeued the
+// message.
+func (l *Lease) Extend(ctx context.Context, d time.Duration) error {
+	if err := l.check(); err != nil {
+		return err
+	}
+	if err := checkDuration("extend", d); err != nil {
+		return err
+	}
+	k := KeysFor(l.Queue)
+	v, err := extendScript.Run(ctx, l.c.rdb,
+		[]string{k.Leases, k.Deadlines, LeaseKey(l.Queue, l.Token)},
+		l.ID, l.Token, ms(d), WakeChannel, l.Queue).Int64()
+	if err != nil {
+		return fmt.Errorf("lease: extend %s/%s: %w", l.Queue, l.ID, convertErr(err))
+	}
+	if v <= 0 {
+		return l.statusErr("extend", v)
+	}
+	l.deadline.Store(v)
+	return nil
+}
+
+// DeadLetter moves the message to the dead set now, with reason "killed":
+// for a poison message that no retry will fix.
+func (l *Lease) DeadLetter(ctx context.Context) error {
+	if err := l.check(); err != nil {
+		return err
+	}
+	k := KeysFor(l.Queue)
+	code, err := deadletterScript.Run(ctx, l.c.rdb,
+		[]string{k.Leases, k.Deadlines, k.Dead, k.DeadMsgs, LeaseKey(l.Queue, l.Token)},
+		l.ID, l.Token).Int64()
+	if err != nil {
+		return fmt.Errorf("lease: dead-letter %s/%s: %w", l.Queue, l.ID, convertErr(err))
+	}
+	return l.statusErr("dead-letter", code)
+}

@@ -1,0 +1,114 @@
+-- lib.lua: helpers shared by every ackd script. ackd prepends this file to
+-- each script below before loading it, so a script's SHA1 is that of
+-- lib.lua .. "\n" .. <script>.lua. See docs/PROTOCOL.md.
+--
+-- Formats (all fields are decimal integers unless said otherwise):
+--   envelope      "\255ackd1|" id "|" attempts "|" max "|" lease_ms "|" expiries "|" failures "|" payload
+--   lease record  token "|" envelope                       (HASH leases, field id)
+--   dead record   reason "|" at_ms "|" body                (HASH deadmsgs, field id)
+-- Anything on the ready list that does not start with "\255ackd1|" is a raw
+-- payload pushed by a plain producer.
+
+local MARK = "\255ackd1|"
+local MARKLEN = #MARK
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- parse_env returns a table for a well-formed envelope, nil otherwise.
+local function parse_env(s)
+  if string.sub(s, 1, MARKLEN) ~= MARK then return nil end
+  local id, a, m, l, e, f, pos = string.match(s,
+    '^([%w%-%.]+)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|()', MARKLEN + 1)
+  if not id or #id > 64 then return nil end
+  return { id = id, attempts = tonumber(a), max = tonumber(m), lease = tonumber(l),
+           expiries = tonumber(e), failures = tonumber(f), payload = string.sub(s, pos) }
+end
+
+local function build_env(m)
+  return MARK .. m.id .. '|' .. m.attempts .. '|' .. m.max .. '|' .. m.lease .. '|' ..
+    m.expiries .. '|' .. m.failures .. '|' .. m.payload
+end
+
+-- parse_rec splits a lease record into token and envelope string.
+local function parse_rec(rec)
+  local tok, pos = string.match(rec, '^(%w+)|()')
+  if not tok then return nil, nil end
+  return tok, string.sub(rec, pos)
+end
+
+local function first_score(key)
+  local r = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if r[2] then return tonumber(r[2]) end
+  return nil
+end
+
+-- dead_letter files body under id in the dead set. An id that is already
+-- there (a producer reused an id) gets a suffix, so nothing is overwritten.
+local function dead_letter(k_dead, k_deadmsgs, id, reason, now, body)
+  if redis.call('HEXISTS', k_deadmsgs, id) == 1 then
+    id = id .. '.' .. now .. '.' .. redis.call('HLEN', k_deadmsgs)
+  end
+  redis.call('ZADD', k_dead, now, id)
+  redis.call('HSET', k_deadmsgs, id, reason .. '|' .. now .. '|' .. body)
+  return id
+end
+
+-- wake tells ackd daemons, on the wake channel, that a queue has a new
+-- earliest due time. Only sent when the new time is earlier than the
+-- earliest one already in the set, so steady traffic publishes nothing.
+local function wake(channel, queue, kind, before, at)
+  if before == nil or at < before then
+    redis.call('PUBLISH', channel, kind .. '|' .. at .. '|' .. queue)
+  end
+end
+
+-- promote moves up to limit delayed envelopes that are due to the tail of
+-- the ready list. Returns how many moved.
+local function promote(k_delayed, k_ready, now, limit)
+  local due = redis.call('ZRANGEBYSCORE', k_delayed, '-inf', now, 'LIMIT', 0, limit)
+  for i = 1, #due do
+    redis.call('RPUSH', k_ready, due[i])
+  end
+  if #due > 0 then redis.call('ZREM', k_delayed, unpack(due)) end
+  return #due
+end
+
+-- expire_one ends the lease of id whose deadline has passed: back to the
+-- head of the ready list, or to the dead set once it has used its deliveries.
+-- Returns 1 requeued, 2 dead-lettered (expired), 3 dead-lettered
+-- (malformed record), 0 nothing to do (no record).
+local function expire_one(k_ready, k_leases, k_deadlines, k_dead, k_deadmsgs, id, now)
+  redis.call('ZREM', k_deadlines, id)
+  local rec = redis.call('HGET', k_leases, id)
+  if not rec then return 0 end
+  redis.call('HDEL', k_leases, id)
+  local _, envs = parse_rec(rec)
+  local m = envs and parse_env(envs)
+  if not m or m.id ~= id then
+    dead_letter(k_dead, k_deadmsgs, id, 'malformed', now, rec)
+    return 3
+  end
+  m.expiries = m.expiries + 1
+  if m.max > 0 and m.attempts >= m.max then
+    dead_letter(k_dead, k_deadmsgs, id, 'expired', now, build_env(m))
+    return 2
+  end
+  redis.call('LPUSH', k_ready, build_env(m))
+  return 1
+end
+
+-- held checks that token holds id's lease. Returns the record's envelope
+-- table (or false when the record is malformed) and the raw record, or a
+-- status code: 0 not held, -1 stale token.
+local function held(k_leases, id, token)
+  local rec = redis.call('HGET', k_leases, id)
+  if not rec then return nil, 0 end
+  local tok, envs = parse_rec(rec)
+  if tok and tok ~= token then return nil, -1 end
+  local m = envs and parse_env(envs)
+  if not tok or not m or m.id ~= id then return false, rec end
+  return m, rec
+end

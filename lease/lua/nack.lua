@@ -1,0 +1,36 @@
+-- nack.lua: give a lease back because processing failed.
+-- KEYS[1] ackd:{q}:ready      LIST
+-- KEYS[2] ackd:{q}:leases     HASH
+-- KEYS[3] ackd:{q}:deadlines  ZSET
+-- KEYS[4] ackd:{q}:delayed    ZSET
+-- KEYS[5] ackd:{q}:dead       ZSET
+-- KEYS[6] ackd:{q}:deadmsgs   HASH
+-- KEYS[7] ackd:{q}:lease:<token>  shadow key
+-- ARGV[1] id, ARGV[2] token, ARGV[3] delay ms (0 = ready now, at the tail),
+-- ARGV[4] wake channel, ARGV[5] queue
+-- returns 1 requeued, 2 dead-lettered (failed: no deliveries left),
+-- 3 dead-lettered (malformed record), 0 not held, -1 stale token
+local m, rec = held(KEYS[2], ARGV[1], ARGV[2])
+if m == nil then return rec end
+local now = now_ms()
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('DEL', KEYS[7])
+if m == false then
+  dead_letter(KEYS[5], KEYS[6], ARGV[1], 'malformed', now, rec)
+  return 3
+end
+m.failures = m.failures + 1
+if m.max > 0 and m.attempts >= m.max then
+  dead_letter(KEYS[5], KEYS[6], ARGV[1], 'failed', now, build_env(m))
+  return 2
+end
+local delay = tonumber(ARGV[3])
+if delay > 0 then
+  local before = first_score(KEYS[4])
+  redis.call('ZADD', KEYS[4], now + delay, build_env(m))
+  wake(ARGV[4], ARGV[5], 'delayed', before, now + delay)
+else
+  redis.call('RPUSH', KEYS[1], build_env(m))
+end
+return 1

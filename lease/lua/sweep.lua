@@ -1,0 +1,37 @@
+-- sweep.lua: requeue every due lease of a queue, promote due delayed
+-- messages and return claimed-but-untaken elements, all bounded by limit.
+-- KEYS[1] ackd:{q}:ready      LIST
+-- KEYS[2] ackd:{q}:leases     HASH
+-- KEYS[3] ackd:{q}:deadlines  ZSET
+-- KEYS[4] ackd:{q}:dead       ZSET
+-- KEYS[5] ackd:{q}:deadmsgs   HASH
+-- KEYS[6] ackd:{q}:delayed    ZSET
+-- KEYS[7] ackd:{q}:claim      LIST
+-- ARGV[1] limit (per kind of work)
+-- ARGV[2] 1 to also move the claim list back to the head of ready, else 0
+-- returns {requeued, dead_expired, dead_malformed, promoted, reclaimed,
+--          next_deadline_ms or -1, next_delayed_ms or -1, more (0/1),
+--          lag_ms of each requeued or dead-lettered lease...}
+local limit = tonumber(ARGV[1])
+local now = now_ms()
+local out = {0, 0, 0, 0, 0, -1, -1, 0}
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. now, 'WITHSCORES', 'LIMIT', 0, limit)
+for i = 1, #due, 2 do
+  local r = expire_one(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], due[i], now)
+  if r > 0 then
+    out[r] = out[r] + 1
+    out[#out + 1] = now - tonumber(due[i + 1])
+  end
+end
+out[4] = promote(KEYS[6], KEYS[1], now, limit)
+if ARGV[2] == '1' then
+  local k = 0
+  while k < limit and redis.call('LMOVE', KEYS[7], KEYS[1], 'RIGHT', 'LEFT') do
+    k = k + 1
+  end
+  out[5] = k
+end
+out[6] = first_score(KEYS[3]) or -1
+out[7] = first_score(KEYS[6]) or -1
+if #due / 2 >= limit or out[4] >= limit or out[5] >= limit then out[8] = 1 end
+return out

@@ -1,0 +1,76 @@
+-- take.lua: lease up to n messages of one queue.
+-- KEYS[1] ackd:{q}:ready      LIST  envelopes or raw payloads, taken from the left
+-- KEYS[2] ackd:{q}:claim      LIST  elements a blocked consumer moved off ready (BLMOVE); taken first
+-- KEYS[3] ackd:{q}:leases     HASH  id -> lease record
+-- KEYS[4] ackd:{q}:deadlines  ZSET  id scored by lease deadline (ms)
+-- KEYS[5] ackd:{q}:delayed    ZSET  envelope scored by due time (ms)
+-- KEYS[6] ackd:{q}:dead       ZSET  id scored by time dead-lettered (ms)
+-- KEYS[7] ackd:{q}:deadmsgs   HASH  id -> dead record
+-- KEYS[7+i] ackd:{q}:lease:<token_i>  shadow key of the i-th lease (i = 1..n)
+-- ARGV[1] n
+-- ARGV[2] lease ms for this take, 0 to use the message's own or the default
+-- ARGV[3] default lease ms (messages that carry none, raw payloads)
+-- ARGV[4] default max deliveries for raw payloads (0 = unlimited)
+-- ARGV[5] wake channel
+-- ARGV[6] queue name
+-- ARGV[5+2i] token_i, ARGV[6+2i] id_i (the id a raw payload in slot i gets)
+-- returns {count, next_delayed_ms or -1, malformed,
+--          then per lease: id, token, attempt, deadline_ms, max, payload}
+local n = tonumber(ARGV[1])
+local override = tonumber(ARGV[2])
+local deflease = tonumber(ARGV[3])
+local defmax = tonumber(ARGV[4])
+local now = now_ms()
+
+promote(KEYS[5], KEYS[1], now, 100)
+
+local out = {0, -1, 0}
+local before = first_score(KEYS[4])
+local earliest = nil
+local j, bad = 0, 0
+while j < n and bad < 100 do
+  local e = redis.call('LPOP', KEYS[2])
+  if not e then e = redis.call('LPOP', KEYS[1]) end
+  if not e then break end
+  local token, rawid = ARGV[5 + 2 * (j + 1)], ARGV[6 + 2 * (j + 1)]
+  local m
+  if string.sub(e, 1, MARKLEN) == MARK then
+    m = parse_env(e)
+  else
+    m = { id = rawid, attempts = 0, max = defmax, lease = 0, expiries = 0, failures = 0, payload = e }
+  end
+  if not m then
+    bad = bad + 1
+    dead_letter(KEYS[6], KEYS[7], rawid .. '.m' .. bad, 'malformed', now, e)
+  elseif redis.call('HEXISTS', KEYS[3], m.id) == 1 then
+    -- an id already in flight: a second copy pushed by someone else
+    bad = bad + 1
+    dead_letter(KEYS[6], KEYS[7], m.id, 'malformed', now, e)
+  else
+    j = j + 1
+    m.attempts = m.attempts + 1
+    local ms = override
+    if ms <= 0 then ms = m.lease end
+    if ms <= 0 then ms = deflease end
+    local deadline = now + ms
+    redis.call('HSET', KEYS[3], m.id, token .. '|' .. build_env(m))
+    redis.call('ZADD', KEYS[4], deadline, m.id)
+    redis.call('SET', KEYS[7 + j], m.id, 'PXAT', deadline)
+    if earliest == nil or deadline < earliest then earliest = deadline end
+    local o = #out
+    out[o + 1] = m.id
+    out[o + 2] = token
+    out[o + 3] = m.attempts
+    out[o + 4] = deadline
+    out[o + 5] = m.max
+    out[o + 6] = m.payload
+  end
+end
+out[1] = j
+out[3] = bad
+if earliest then
+  wake(ARGV[5], ARGV[6], 'lease', before, earliest)
+elseif j == 0 then
+  out[2] = first_score(KEYS[5]) or -1
+end
+return out

@@ -1,0 +1,156 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// TakeOpts are per-take options. A nil *TakeOpts means all defaults.
+type TakeOpts struct {
+	// Wait is how long Take blocks for a message when the queue is empty.
+	// Zero means do not block.
+	Wait time.Duration
+	// LeaseFor overrides both the message's own lease duration and
+	// Config.LeaseFor for the leases of this take. Zero means no override.
+	LeaseFor time.Duration
+}
+
+// blockChunk bounds one blocking BLMOVE, so that a cancelled context is
+// noticed within it and the client's read timeout (3s by default) is never
+// reached.
+const blockChunk = time.Second
+
+// Take leases one message of queue. When the queue is empty it waits up to
+// opts.Wait for one, and returns ErrNoMessage if none came.
+func (c *Client) Take(ctx context.Context, queue string, opts *TakeOpts) (*Lease, error) {
+	ls, err := c.TakeBatch(ctx, queue, 1, opts)
+	if err != nil {
+		return nil, err
+	}
+	if len(ls) == 0 {
+		return nil, ErrNoMessage
+	}
+	return ls[0], nil
+}
+
+// TakeBatch leases up to n messages of queue in one script call. When the
+// queue is empty it waits up to opts.Wait for the first message, then
+// returns what is there; an empty result with a nil error means none came.
+func (c *Client) TakeBatch(ctx context.Context, queue string, n int, opts *TakeOpts) ([]*Lease, error) {
+	if err := ValidateQueue(queue); err != nil {
+		return nil, err
+	}
+	if n < 1 || n > MaxBatch {
+		return nil, fmt.Errorf("%w: take of %d messages: must be 1 to %d", ErrInvalidArgument, n, MaxBatch)
+	}
+	var o TakeOpts
+	if opts != nil {
+		o = *opts
+	}
+	if o.Wait < 0 {
+		return nil, fmt.Errorf("%w: TakeOpts.Wait %v: must not be negative", ErrInvalidArgument, o.Wait)
+	}
+	if o.LeaseFor != 0 {
+		if err := checkDuration("TakeOpts.LeaseFor", o.LeaseFor); err != nil {
+			return nil, err
+		}
+	}
+	if err := c.register(ctx, queue); err != nil {
+		return nil, err
+	}
+	k := KeysFor(queue)
+	var deadline time.Time
+	if o.Wait > 0 {
+		deadline = time.Now().Add(o.Wait)
+	}
+	for {
+		ls, nextDelayed, err := c.takeOnce(ctx, queue, k, n, o.LeaseFor)
+		if err != nil || len(ls) > 0 || o.Wait == 0 {
+			return ls, err
+		}
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			return nil, nil
+		}
+		wait = min(wait, blockChunk)
+		if !nextDelayed.IsZero() {
+			// A delayed message becomes due before then: look again at
+			// that moment (+1ms, Redis time is at ms resolution).
+			wait = min(wait, max(time.Until(nextDelayed)+time.Millisecond, time.Millisecond))
+		}
+		// Block until a producer pushes. BLMOVE parks the element on the
+		// claim list, which the next take (ours or anyone's) drains first,
+		// so nothing is lost if this consumer dies right here.
+		err = c.rdb.Do(ctx, "blmove", k.Ready, k.Claim, "LEFT", "RIGHT", strconv.FormatFloat(wait.Seconds(), 'f', 3, 64)).Err()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return nil, fmt.Errorf("lease: take from %s: wait: %w", queue, convertErr(err))
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (c *Client) takeOnce(ctx context.Context, queue string, k Keys, n int, leaseFor time.Duration) ([]*Lease, time.Time, error) {
+	tokens, ids := c.newTokens(n)
+	keys := make([]string, 0, 7+n)
+	keys = append(keys, k.Ready, k.Claim, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs)
+	args := make([]any, 0, 6+2*n)
+	args = append(args, n, ms(leaseFor), ms(c.cfg.LeaseFor), max(c.cfg.MaxDeliveries, 0), WakeChannel, queue)
+	for i := range n {
+		keys = append(keys, LeaseKey(queue, tokens[i]))
+		args = append(args, tokens[i], ids[i])
+	}
+	res, err := takeScript.Run(ctx, c.rdb, keys, args...).Slice()
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("lease: take from %s: %w", queue, convertErr(err))
+	}
+	ls, next, bad, err := c.parseTakeReply(queue, res)
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("lease: take from %s: %w", queue, err)
+	}
+	if bad > 0 {
+		c.cfg.Logger.WarnContext(ctx, "dead-lettered malformed messages", "queue", queue, "num_malformed", bad)
+	}
+	return ls, next, nil
+}
+
+// parseTakeReply decodes take.lua's reply.
+func (c *Client) parseTakeReply(queue string, res []any) (ls []*Lease, nextDelayed time.Time, bad int, err error) {
+	if len(res) < 3 {
+		return nil, time.Time{}, 0, fmt.Errorf("%w: take reply has %d fields", ErrMalformed, len(res))
+	}
+	count, ok1 := res[0].(int64)
+	next, ok2 := res[1].(int64)
+	nbad, ok3 := res[2].(int64)
+	if !ok1 || !ok2 || !ok3 || count < 0 || int64(len(res)) != 3+6*count {
+		return nil, time.Time{}, 0, fmt.Errorf("%w: take reply header %v", ErrMalformed, res[:3])
+	}
+	if next > 0 {
+		nextDelayed = fromMS(next)
+	}
+	ls = make([]*Lease, 0, count)
+	for i := 3; i < len(res); i += 6 {
+		id, ok1 := res[i].(string)
+		token, ok2 := res[i+1].(string)
+		attempt, ok3 := res[i+2].(int64)
+		dl, ok4 := res[i+3].(int64)
+		maxd, ok5 := res[i+4].(int64)
+		payload, ok6 := res[i+5].(string)
+		if !(ok1 && ok2 && ok3 && ok4 && ok5 && ok6) {
+			return nil, time.Time{}, 0, fmt.Errorf("%w: take reply lease %d", ErrMalformed, (i-3)/6)
+		}
+		l := &Lease{Queue: queue, ID: id, Token: token, Attempt: int(attempt), MaxDeliveries: int(maxd), Payload: []byte(payload), c: c}
+		if maxd == 0 {
+			l.MaxDeliveries = Unlimited
+		}
+		l.deadline.Store(dl)
+		ls = append(ls, l)
+	}
+	return ls, nextDelayed, int(nbad), nil
+}
