@@ -83,6 +83,9 @@ func (c *Client) TakeBatch(ctx context.Context, queue string, n int, opts *TakeO
 			// that moment (+1ms, Redis time is at ms resolution).
 			wait = min(wait, max(time.Until(nextDelayed)+time.Millisecond, time.Millisecond))
 		}
+		// BLMOVE's timeout is in seconds with ms resolution, and 0 would
+		// mean forever.
+		wait = max(wait, time.Millisecond)
 		// Block until a producer pushes. BLMOVE parks the element on the
 		// claim list, which the next take (ours or anyone's) drains first,
 		// so nothing is lost if this consumer dies right here.
