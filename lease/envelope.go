@@ -76,9 +76,16 @@ func parseEnvelope(b []byte) (envelope, error) {
 	return e, nil
 }
 
-// parseCount accepts what Lua's %d+ accepts and fits an int64.
+// maxDigits bounds every number in an envelope or record: Lua (and so
+// every script) prints numbers of up to 14 digits exactly and larger ones
+// in exponent form, which would corrupt the record when it is rewritten.
+const maxDigits = 14
+
+// parseCount accepts what num in lua/lib.lua accepts: a canonical decimal
+// (no sign, no leading zero) of at most maxDigits digits. Canonical only,
+// so that every record parses and prints back byte for byte.
 func parseCount(b []byte) (int64, error) {
-	if len(b) == 0 || len(b) > 18 {
+	if len(b) == 0 || len(b) > maxDigits || len(b) > 1 && b[0] == '0' {
 		return 0, fmt.Errorf("bad number %q", b)
 	}
 	for _, c := range b {

@@ -89,13 +89,15 @@ func (c *Client) AckBatch(ctx context.Context, leases []*Lease) error {
 	if len(leases) > MaxBatch {
 		return fmt.Errorf("%w: ack of %d leases: at most %d", ErrInvalidArgument, len(leases), MaxBatch)
 	}
-	queue := leases[0].Queue
-	keys := make([]string, 2, 2+len(leases))
-	args := make([]any, 0, 2*len(leases))
 	for _, l := range leases {
 		if err := l.check(); err != nil {
 			return err
 		}
+	}
+	queue := leases[0].Queue
+	keys := make([]string, 2, 2+len(leases))
+	args := make([]any, 0, 2*len(leases))
+	for _, l := range leases {
 		if l.Queue != queue {
 			return fmt.Errorf("%w: ack batch mixes queues %s and %s", ErrInvalidArgument, queue, l.Queue)
 		}

@@ -131,7 +131,9 @@ func (c *Client) parseTakeReply(queue string, res []any) (ls []*Lease, nextDelay
 	count, ok1 := res[0].(int64)
 	next, ok2 := res[1].(int64)
 	nbad, ok3 := res[2].(int64)
-	if !ok1 || !ok2 || !ok3 || count < 0 || int64(len(res)) != 3+6*count {
+	// Compare without multiplying count: a huge count would overflow
+	// 3+6*count into a matching length and then into make's capacity.
+	if !ok1 || !ok2 || !ok3 || (len(res)-3)%6 != 0 || count != int64((len(res)-3)/6) {
 		return nil, time.Time{}, 0, fmt.Errorf("%w: take reply header %v", ErrMalformed, res[:3])
 	}
 	if next > 0 {

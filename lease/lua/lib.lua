@@ -17,14 +17,24 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- num converts a canonical decimal (no sign, no leading zero) of at most 14
+-- digits, nil otherwise: Lua prints larger numbers in exponent form, so
+-- build_env could not write them back.
+local function num(s)
+  if #s > 14 or (#s > 1 and string.byte(s, 1) == 48) then return nil end
+  return tonumber(s)
+end
+
 -- parse_env returns a table for a well-formed envelope, nil otherwise.
 local function parse_env(s)
   if string.sub(s, 1, MARKLEN) ~= MARK then return nil end
   local id, a, m, l, e, f, pos = string.match(s,
     '^([%w%-%.]+)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|()', MARKLEN + 1)
   if not id or #id > 64 then return nil end
-  return { id = id, attempts = tonumber(a), max = tonumber(m), lease = tonumber(l),
-           expiries = tonumber(e), failures = tonumber(f), payload = string.sub(s, pos) }
+  a, m, l, e, f = num(a), num(m), num(l), num(e), num(f)
+  if not (a and m and l and e and f) then return nil end
+  return { id = id, attempts = a, max = m, lease = l,
+           expiries = e, failures = f, payload = string.sub(s, pos) }
 end
 
 local function build_env(m)
@@ -69,10 +79,12 @@ end
 -- the ready list. Returns how many moved.
 local function promote(k_delayed, k_ready, now, limit)
   local due = redis.call('ZRANGEBYSCORE', k_delayed, '-inf', now, 'LIMIT', 0, limit)
+  -- One ZREM per element: unpack() fails beyond ~8000 values, and a script
+  -- that fails halfway keeps what it already wrote.
   for i = 1, #due do
     redis.call('RPUSH', k_ready, due[i])
+    redis.call('ZREM', k_delayed, due[i])
   end
-  if #due > 0 then redis.call('ZREM', k_delayed, unpack(due)) end
   return #due
 end
 

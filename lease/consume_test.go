@@ -1,0 +1,398 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ackd/ackd/internal/redistest"
+)
+
+// consumer runs Consume in the background; stop cancels it and returns
+// Consume's result.
+type consumer struct {
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startConsume(t *testing.T, c *Client, queue string, h Handler, opts *ConsumeOpts) *consumer {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	cs := &consumer{cancel: cancel, done: make(chan error, 1)}
+	go func() { cs.done <- c.Consume(ctx, queue, h, opts) }()
+	t.Cleanup(func() {
+		cancel()
+		<-cs.done
+	})
+	return cs
+}
+
+func (cs *consumer) stop(t *testing.T) {
+	t.Helper()
+	cs.cancel()
+	select {
+	case err := <-cs.done:
+		if err != nil {
+			t.Fatalf("Consume returned %v, want nil", err)
+		}
+		cs.done <- nil // for the cleanup
+	case <-time.After(10 * time.Second):
+		t.Fatal("Consume did not return after cancel")
+	}
+}
+
+// errorLog collects what ConsumeOpts.ErrorFunc is told.
+type errorLog struct {
+	mu   sync.Mutex
+	errs []error
+}
+
+func (e *errorLog) add(_ *Lease, err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.errs = append(e.errs, err)
+}
+
+func (e *errorLog) list() []error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.errs)
+}
+
+func (b *testBundle) waitIdle(t *testing.T, queue string) {
+	t.Helper()
+	redistest.WaitFor(t, 10*time.Second, func() bool {
+		s, err := b.c.Stats(t.Context(), queue)
+		return err == nil && s.Ready == 0 && s.InFlight == 0 && s.Delayed == 0
+	}, "queue %s idle", queue)
+}
+
+func TestConsumeAcks(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	const q = "consume"
+
+	var mu sync.Mutex
+	var seen []string
+	var errs errorLog
+	cs := startConsume(t, b.c, q, func(ctx context.Context, l *Lease) error {
+		mu.Lock()
+		defer mu.Unlock()
+		seen = append(seen, string(l.Payload))
+		return nil
+	}, &ConsumeOpts{Workers: 3, ErrorFunc: errs.add})
+
+	want := []string{"a", "b", "c", "d", "e", "f", "g"}
+	for _, p := range want {
+		b.push(t, q, p, nil)
+	}
+	redistest.WaitFor(t, 10*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seen) == len(want)
+	}, "all messages handled")
+	b.waitIdle(t, q)
+	cs.stop(t)
+
+	mu.Lock()
+	slices.Sort(seen)
+	mu.Unlock()
+	if !slices.Equal(seen, want) {
+		t.Errorf("handled %v, want %v", seen, want)
+	}
+	if e := errs.list(); len(e) != 0 {
+		t.Errorf("errors: %v", e)
+	}
+	st := checkInvariants(t, b.rdb, q)
+	if len(st.Dead)+len(st.Ready)+len(st.InFlight) != 0 {
+		t.Errorf("state = %+v", st)
+	}
+}
+
+func TestConsumeErrorNacksWithBackoff(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	const q = "consumefail"
+
+	var mu sync.Mutex
+	var attempts []int
+	var ids []string
+	var backoffs []int
+	var errs errorLog
+	boom := errors.New("boom")
+	cs := startConsume(t, b.c, q, func(ctx context.Context, l *Lease) error {
+		mu.Lock()
+		defer mu.Unlock()
+		attempts = append(attempts, l.Attempt)
+		ids = append(ids, l.ID)
+		if l.Attempt < 3 {
+			return boom
+		}
+		return nil
+	}, &ConsumeOpts{
+		Workers:   2,
+		ErrorFunc: errs.add,
+		BackoffFunc: func(attempt int) time.Duration {
+			mu.Lock()
+			defer mu.Unlock()
+			backoffs = append(backoffs, attempt)
+			return 2 * time.Millisecond
+		},
+	})
+
+	id := b.push(t, q, "x", nil)
+	redistest.WaitFor(t, 10*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(attempts) == 3
+	}, "three attempts")
+	b.waitIdle(t, q)
+	cs.stop(t)
+
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(attempts, []int{1, 2, 3}) || !slices.Equal(ids, []string{id, id, id}) {
+		t.Errorf("attempts %v ids %v", attempts, ids)
+	}
+	if !slices.Equal(backoffs, []int{1, 2}) {
+		t.Errorf("BackoffFunc called with %v, want [1 2]", backoffs)
+	}
+	e := errs.list()
+	if len(e) != 2 || !errors.Is(e[0], boom) || !errors.Is(e[1], boom) {
+		t.Errorf("errors: %v", e)
+	}
+	if st := checkInvariants(t, b.rdb, q); len(st.Dead) != 0 {
+		t.Errorf("dead: %v", st.Dead)
+	}
+}
+
+func TestConsumePanicIsAnError(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	const q = "consumepanic"
+
+	var calls atomic.Int32
+	var errs errorLog
+	cs := startConsume(t, b.c, q, func(ctx context.Context, l *Lease) error {
+		calls.Add(1)
+		if l.Attempt == 1 {
+			panic("handler bug")
+		}
+		return nil
+	}, &ConsumeOpts{ErrorFunc: errs.add, BackoffFunc: func(int) time.Duration { return 0 }})
+
+	b.push(t, q, "x", nil)
+	redistest.WaitFor(t, 10*time.Second, func() bool { return calls.Load() == 2 }, "second attempt")
+	b.waitIdle(t, q)
+	cs.stop(t)
+	e := errs.list()
+	if len(e) != 1 || !strings.Contains(e[0].Error(), "panic") || !strings.Contains(e[0].Error(), "handler bug") {
+		t.Errorf("errors: %v", e)
+	}
+}
+
+func TestConsumeDeadLettersAfterMaxDeliveries(t *testing.T) {
+	t.Parallel()
+	b := setup(t, &Config{MaxDeliveries: 2})
+	const q = "consumedead"
+
+	var calls atomic.Int32
+	cs := startConsume(t, b.c, q, func(ctx context.Context, l *Lease) error {
+		calls.Add(1)
+		return errors.New("always")
+	}, &ConsumeOpts{ErrorFunc: func(*Lease, error) {}, BackoffFunc: func(int) time.Duration { return time.Millisecond }})
+	id := b.push(t, q, "x", nil)
+	redistest.WaitFor(t, 10*time.Second, func() bool {
+		s, _ := b.c.Stats(t.Context(), q)
+		return s.Dead == 1
+	}, "dead letter")
+	cs.stop(t)
+	st := checkInvariants(t, b.rdb, q)
+	if d := st.Dead[id]; d.Reason != ReasonFailed || d.Failures != 2 || calls.Load() != 2 {
+		t.Errorf("dead letter %+v after %d calls", d, calls.Load())
+	}
+}
+
+// TestConsumeAutoExtend: a handler that runs for several lease lengths
+// keeps its lease, because Consume extends it in the background, even
+// with a sweeper requeuing every lease that runs out.
+func TestConsumeAutoExtend(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	const q = "autoextend"
+	const leaseFor = 60 * time.Millisecond
+	const runFor = 250 * time.Millisecond
+
+	var calls atomic.Int32
+	var moves atomic.Int32
+	var errs errorLog
+	handled := make(chan error, 1)
+	cs := startConsume(t, b.c, q, func(ctx context.Context, l *Lease) error {
+		calls.Add(1)
+		done := make(chan struct{})
+		go func() {
+			// The handler's "work": wait until its deadline has moved at
+			// least twice and it has run for several lease lengths.
+			defer close(done)
+			start, last := time.Now(), l.Deadline()
+			tick := time.NewTicker(time.Millisecond)
+			defer tick.Stop()
+			for ctx.Err() == nil {
+				if d := l.Deadline(); !d.Equal(last) {
+					moves.Add(1)
+					last = d
+				}
+				if moves.Load() >= 2 && time.Since(start) >= runFor {
+					return
+				}
+				<-tick.C
+			}
+		}()
+		<-done
+		handled <- ctx.Err()
+		return ctx.Err()
+	}, &ConsumeOpts{LeaseFor: leaseFor, ErrorFunc: errs.add})
+
+	// A sweeper, as ackd runs it: a lease that ran out would be requeued.
+	stop := make(chan struct{})
+	var requeued atomic.Int32
+	sweeper := background(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			r, err := b.c.Sweep(t.Context(), q, nil)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			requeued.Add(int32(r.Requeued + r.DeadLettered))
+		}
+	})
+	defer func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
+		sweeper()
+	}()
+
+	b.push(t, q, "slow", nil)
+	select {
+	case err := <-handled:
+		if err != nil {
+			t.Fatalf("handler's context: %v (lease lost)", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("handler did not finish")
+	}
+	b.waitIdle(t, q)
+	close(stop)
+	sweeper()
+	cs.stop(t)
+	if calls.Load() != 1 || requeued.Load() != 0 || moves.Load() < 2 {
+		t.Errorf("calls %d, requeued %d, deadline moves %d", calls.Load(), requeued.Load(), moves.Load())
+	}
+	if e := errs.list(); len(e) != 0 {
+		t.Errorf("errors: %v", e)
+	}
+	checkInvariants(t, b.rdb, q)
+}
+
+// TestConsumeLostLease: when the lease is lost (here: someone removed it),
+// the heartbeat's Extend fails, the handler's ctx is cancelled, and the
+// message is neither acked nor nacked by the loser.
+func TestConsumeLostLease(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := t.Context()
+	const q = "lost"
+
+	var errs errorLog
+	started := make(chan *Lease, 1)
+	result := make(chan error, 1)
+	cs := startConsume(t, b.c, q, func(hctx context.Context, l *Lease) error {
+		started <- l
+		<-hctx.Done()
+		result <- hctx.Err()
+		return nil
+	}, &ConsumeOpts{LeaseFor: 60 * time.Millisecond, ErrorFunc: errs.add})
+
+	b.push(t, q, "x", nil)
+	l := <-started
+	// Another consumer's view: the lease ran out and was requeued.
+	if err := b.rdb.HDel(ctx, KeysFor(q).Leases, l.ID).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.rdb.ZRem(ctx, KeysFor(q).Deadlines, l.ID).Err(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-result:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("handler ctx: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("handler's ctx was not cancelled")
+	}
+	cs.stop(t)
+	e := errs.list()
+	if len(e) != 1 || !errors.Is(e[0], ErrNotHeld) {
+		t.Errorf("errors: %v", e)
+	}
+}
+
+// TestConsumeCancelWaitsForHandlers: cancelling stops taking, lets running
+// handlers finish and settle, then Consume returns nil.
+func TestConsumeCancelWaitsForHandlers(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	const q = "cancel"
+
+	started := make(chan struct{}, 2)
+	release := make(chan struct{})
+	var handlerCtxErr atomic.Value
+	cs := startConsume(t, b.c, q, func(ctx context.Context, l *Lease) error {
+		started <- struct{}{}
+		<-release
+		if ctx.Err() != nil {
+			handlerCtxErr.Store(ctx.Err())
+		}
+		return nil
+	}, &ConsumeOpts{Workers: 2})
+
+	b.push(t, q, "a", nil)
+	b.push(t, q, "b", nil)
+	<-started
+	<-started
+	cs.cancel()
+	b.push(t, q, "after cancel", nil)
+	select {
+	case err := <-cs.done:
+		t.Fatalf("Consume returned %v while handlers were running", err)
+	default:
+	}
+	close(release)
+	cs.stop(t)
+	if err := handlerCtxErr.Load(); err != nil {
+		t.Errorf("handler ctx cancelled by Consume's cancel: %v", err)
+	}
+	// Both leases were settled before Consume returned; the message pushed
+	// after the cancel was not taken (or, if a take was already under way,
+	// it is in flight and will be requeued; it was not handled).
+	s, err := b.c.Stats(t.Context(), q)
+	if err != nil || s.Ready+s.InFlight != 1 || s.Dead != 0 {
+		t.Errorf("Stats = %+v, %v", s, err)
+	}
+	if len(started) != 0 {
+		t.Errorf("a handler started after the cancel")
+	}
+}

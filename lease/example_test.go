@@ -1,0 +1,281 @@
+package lease_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"os"
+	"os/exec"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ackd/ackd/internal/redistest"
+	"github.com/ackd/ackd/lease"
+)
+
+// The examples run against one private redis-server, started by the first
+// example that needs it and stopped when the test binary exits.
+var example struct {
+	once sync.Once
+	tb   *mainTB
+	addr string
+}
+
+// exampleAddr returns the address of the examples' redis-server.
+func exampleAddr() string {
+	example.once.Do(func() {
+		example.tb = &mainTB{}
+		example.addr = redistest.Start(example.tb).Addr()
+	})
+	return example.addr
+}
+
+func TestMain(m *testing.M) {
+	if _, err := exec.LookPath("redis-server"); err != nil && os.Getenv("CI") == "" {
+		// Every test of this package but the pure-logic ones needs Redis,
+		// and examples cannot skip: skip the package, as redistest would
+		// skip each test. Under CI, go on and fail.
+		fmt.Fprintln(os.Stderr, "lease: redis-server not on PATH; skipping the package's tests")
+		os.Exit(0)
+	}
+	code := m.Run()
+	if example.tb != nil {
+		example.tb.cleanup()
+	}
+	os.Exit(code)
+}
+
+// mainTB is the testing.TB that redistest.Start needs, outside any test.
+// Only the methods redistest calls are implemented.
+type mainTB struct {
+	testing.TB
+	mu       sync.Mutex
+	cleanups []func()
+	failed   bool
+}
+
+func (tb *mainTB) Helper()                    {}
+func (tb *mainTB) Logf(f string, args ...any) { fmt.Fprintf(os.Stderr, f+"\n", args...) }
+func (tb *mainTB) Failed() bool {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	return tb.failed
+}
+
+func (tb *mainTB) Errorf(f string, args ...any) {
+	tb.mu.Lock()
+	tb.failed = true
+	tb.mu.Unlock()
+	tb.Logf(f, args...)
+}
+
+func (tb *mainTB) Fatalf(f string, args ...any) {
+	tb.Errorf(f, args...)
+	tb.cleanup()
+	os.Exit(1)
+}
+
+func (tb *mainTB) Skipf(f string, args ...any) { tb.Fatalf(f, args...) }
+
+func (tb *mainTB) Cleanup(f func()) {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	tb.cleanups = append(tb.cleanups, f)
+}
+
+func (tb *mainTB) TempDir() string {
+	dir, err := os.MkdirTemp("", "ackd-example-")
+	if err != nil {
+		tb.Fatalf("%v", err)
+	}
+	tb.Cleanup(func() { _ = os.RemoveAll(dir) })
+	return dir
+}
+
+func (tb *mainTB) cleanup() {
+	tb.mu.Lock()
+	fs := tb.cleanups
+	tb.cleanups = nil
+	tb.mu.Unlock()
+	for i := len(fs) - 1; i >= 0; i-- {
+		fs[i]()
+	}
+}
+
+func Example_pushTakeAck() {
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: exampleAddr()})
+	defer rdb.Close()
+	c, err := lease.New(rdb, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	if _, err := c.Push(ctx, "emails", []byte("welcome alice"), nil); err != nil {
+		log.Fatal(err)
+	}
+	l, err := c.Take(ctx, "emails", &lease.TakeOpts{Wait: time.Second})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("%s (attempt %d)\n", l.Payload, l.Attempt)
+	if err := l.Ack(ctx); err != nil {
+		log.Fatal(err)
+	}
+	s, err := c.Stats(ctx, "emails")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("ready %d, in flight %d\n", s.Ready, s.InFlight)
+	// Output:
+	// welcome alice (attempt 1)
+	// ready 0, in flight 0
+}
+
+func Example_nack() {
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: exampleAddr()})
+	defer rdb.Close()
+	c, err := lease.New(rdb, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	if _, err := c.Push(ctx, "resize", []byte("cat.jpg"), nil); err != nil {
+		log.Fatal(err)
+	}
+	l, err := c.Take(ctx, "resize", nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Processing failed: give it back at once (or pass a delay).
+	if err := l.Nack(ctx, 0); err != nil {
+		log.Fatal(err)
+	}
+	again, err := c.Take(ctx, "resize", nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("%s: attempt %d, same id: %v\n", again.Payload, again.Attempt, again.ID == l.ID)
+	// The first delivery's token is stale now.
+	fmt.Println(errors.Is(l.Ack(ctx), lease.ErrStale))
+	if err := again.Ack(ctx); err != nil {
+		log.Fatal(err)
+	}
+	// Output:
+	// cat.jpg: attempt 2, same id: true
+	// true
+}
+
+func Example_plainProducer() {
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: exampleAddr()})
+	defer rdb.Close()
+	c, err := lease.New(rdb, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	// A producer that knows nothing of ackd: RPUSH onto the ready list.
+	if err := rdb.RPush(ctx, lease.KeysFor("legacy").Ready, "raw job").Err(); err != nil {
+		log.Fatal(err)
+	}
+	l, err := c.Take(ctx, "legacy", nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("%s, with an id: %v\n", l.Payload, l.ID != "")
+	if err := l.Ack(ctx); err != nil {
+		log.Fatal(err)
+	}
+	// Output:
+	// raw job, with an id: true
+}
+
+func Example_deadLetters() {
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: exampleAddr()})
+	defer rdb.Close()
+	c, err := lease.New(rdb, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	if _, err := c.Push(ctx, "payments", []byte("charge 42"), &lease.PushOpts{MaxDeliveries: 1}); err != nil {
+		log.Fatal(err)
+	}
+	l, err := c.Take(ctx, "payments", nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Its only delivery failed: it goes to the dead set.
+	if err := l.Nack(ctx, time.Second); err != nil {
+		log.Fatal(err)
+	}
+	dead, err := c.DeadLetters(ctx, "payments", 0, 10)
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, d := range dead {
+		fmt.Printf("%s: %s after %d attempt(s)\n", d.Payload, d.Reason, d.Attempts)
+	}
+	// Fixed the bug? Put it back with fresh attempts.
+	n, err := c.Replay(ctx, "payments")
+	if err != nil {
+		log.Fatal(err)
+	}
+	l, err = c.Take(ctx, "payments", nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("replayed %d: %s (attempt %d)\n", n, l.Payload, l.Attempt)
+	if err := l.Ack(ctx); err != nil {
+		log.Fatal(err)
+	}
+	// Output:
+	// charge 42: failed after 1 attempt(s)
+	// replayed 1: charge 42 (attempt 1)
+}
+
+func ExampleClient_Consume() {
+	ctx, cancel := context.WithCancel(context.Background())
+	rdb := redis.NewClient(&redis.Options{Addr: exampleAddr()})
+	defer rdb.Close()
+	c, err := lease.New(rdb, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	if _, err := c.Push(ctx, "thumbnails", []byte("dog.png"), nil); err != nil {
+		log.Fatal(err)
+	}
+	err = c.Consume(ctx, "thumbnails", func(ctx context.Context, l *lease.Lease) error {
+		fmt.Printf("handling %s\n", l.Payload)
+		cancel() // stop after this one; it is still acked
+		return nil
+	}, &lease.ConsumeOpts{Workers: 4})
+	fmt.Println("Consume returned", err)
+	s, err := c.Stats(context.Background(), "thumbnails")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("in flight %d\n", s.InFlight)
+	// Output:
+	// handling dog.png
+	// Consume returned <nil>
+	// in flight 0
+}
+
+func ExampleParseLeaseKey() {
+	queue, token, ok := lease.ParseLeaseKey("ackd:{emails}:lease:9f86d081884c7d65")
+	fmt.Println(queue, token, ok)
+	_, _, ok = lease.ParseLeaseKey("ackd:{emails}:ready")
+	fmt.Println(ok)
+	// Output:
+	// emails 9f86d081884c7d65 true
+	// false
+}

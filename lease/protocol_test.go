@@ -1,0 +1,310 @@
+package lease
+
+import (
+	"crypto/rand"
+	"crypto/sha1"
+	"encoding/hex"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/ackd/ackd/internal/redistest"
+)
+
+// TestScriptsLoad: every embedded script loads with SCRIPT LOAD, under
+// the SHA1 of lib.lua + "\n" + <op>.lua, and is the script ackd runs.
+func TestScriptsLoad(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := t.Context()
+
+	src := Scripts()
+	names := slices.Sorted(func(yield func(string) bool) {
+		for k := range src {
+			if !yield(k) {
+				return
+			}
+		}
+	})
+	want := []string{"ack", "deadletter", "extend", "nack", "purge", "push", "replay", "requeue", "sweep", "take"}
+	if !slices.Equal(names, want) {
+		t.Fatalf("Scripts() has %v, want %v", names, want)
+	}
+	lib, err := os.ReadFile("lua/lib.lua")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range names {
+		body, err := os.ReadFile("lua/" + name + ".lua")
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := string(lib) + "\n" + string(body)
+		if src[name] != text {
+			t.Errorf("Scripts()[%s] is not lib.lua + \\n + %s.lua", name, name)
+		}
+		sum := sha1.Sum([]byte(text))
+		sha, err := b.rdb.ScriptLoad(ctx, src[name]).Result()
+		if err != nil {
+			t.Errorf("SCRIPT LOAD %s: %v", name, err)
+			continue
+		}
+		if sha != hex.EncodeToString(sum[:]) {
+			t.Errorf("SCRIPT LOAD %s = %s, want %x", name, sha, sum)
+		}
+	}
+	scripts := map[string]string{
+		"take": takeScript.Hash(), "ack": ackScript.Hash(), "extend": extendScript.Hash(), "nack": nackScript.Hash(),
+		"deadletter": deadletterScript.Hash(), "requeue": requeueScript.Hash(), "sweep": sweepScript.Hash(),
+		"push": pushScript.Hash(), "replay": replayScript.Hash(), "purge": purgeScript.Hash(),
+	}
+	for name, hash := range scripts {
+		sum := sha1.Sum([]byte(src[name]))
+		if hash != hex.EncodeToString(sum[:]) {
+			t.Errorf("the %s script ackd runs is not Scripts()[%s]", name, name)
+		}
+	}
+	// Scripts returns a copy.
+	src["take"] = "changed"
+	if Scripts()["take"] == "changed" {
+		t.Error("Scripts() returned the package's own map")
+	}
+}
+
+// cli is a client that speaks to Redis only through redis-cli, following
+// docs/PROTOCOL.md.
+type cli struct {
+	t     *testing.T
+	addr  string
+	queue string
+	sha   map[string]string
+	text  map[string]string
+}
+
+func (c *cli) run(args ...string) string {
+	c.t.Helper()
+	return redistest.RedisCLI(c.t, c.addr, args...)
+}
+
+func (c *cli) lines(args ...string) []string {
+	c.t.Helper()
+	out := c.run(args...)
+	for _, p := range []string{"ERR", "NOSCRIPT", "WRONGTYPE"} {
+		if strings.HasPrefix(out, p) {
+			c.t.Fatalf("redis-cli %s: %s", args[0], out)
+		}
+	}
+	return strings.Split(out, "\n")
+}
+
+// load reads a script as the document says: lib.lua, "\n", <op>.lua.
+func (c *cli) load(op string) {
+	c.t.Helper()
+	lib, err := os.ReadFile("lua/lib.lua")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	body, err := os.ReadFile("lua/" + op + ".lua")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.text[op] = string(lib) + "\n" + string(body)
+	sha := c.run("SCRIPT", "LOAD", c.text[op])
+	if len(sha) != 40 {
+		c.t.Fatalf("SCRIPT LOAD %s: %q", op, sha)
+	}
+	c.sha[op] = sha
+}
+
+func (c *cli) key(name string) string { return "ackd:{" + c.queue + "}:" + name }
+
+func (c *cli) evalsha(op string, keys []string, args ...string) []string {
+	c.t.Helper()
+	cmd := append([]string{"EVALSHA", c.sha[op], strconv.Itoa(len(keys))}, keys...)
+	return c.lines(append(cmd, args...)...)
+}
+
+type cliLease struct {
+	id, token, payload string
+	attempt, max       int
+	deadline           int64
+}
+
+func newToken(t *testing.T) string {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b[:])
+}
+
+// take runs take.lua for one lease, with a fresh token and id.
+func (c *cli) take(leaseMS, defaultMax int) (*cliLease, []string) {
+	c.t.Helper()
+	token, id := newToken(c.t), "cli-"+newToken(c.t)
+	out := c.evalsha("take",
+		[]string{c.key("ready"), c.key("claim"), c.key("leases"), c.key("deadlines"), c.key("delayed"),
+			c.key("dead"), c.key("deadmsgs"), c.key("lease:" + token)},
+		"1", "0", strconv.Itoa(leaseMS), strconv.Itoa(defaultMax), "ackd:wake", c.queue, token, id)
+	if len(out) < 3 {
+		c.t.Fatalf("take: %q", out)
+	}
+	if out[0] == "0" {
+		return nil, out
+	}
+	if out[0] != "1" || out[1] != "-1" || len(out) != 9 {
+		c.t.Fatalf("take: %q", out)
+	}
+	l := &cliLease{id: out[3], token: out[4], payload: out[8]}
+	var err1, err2, err3 error
+	l.attempt, err1 = strconv.Atoi(out[5])
+	l.deadline, err2 = strconv.ParseInt(out[6], 10, 64)
+	l.max, err3 = strconv.Atoi(out[7])
+	if err1 != nil || err2 != nil || err3 != nil || l.token != token {
+		c.t.Fatalf("take: %q", out)
+	}
+	return l, out
+}
+
+func (c *cli) now() int64 {
+	c.t.Helper()
+	out := c.lines("TIME")
+	sec, _ := strconv.ParseInt(out[0], 10, 64)
+	usec, _ := strconv.ParseInt(out[1], 10, 64)
+	return sec*1000 + usec/1000
+}
+
+// TestProtocolRedisCLI takes, extends, acks, nacks and dead-letters
+// messages with redis-cli alone, exactly as docs/PROTOCOL.md says.
+func TestProtocolRedisCLI(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	c := &cli{t: t, addr: srv.Addr(), queue: "proto", sha: map[string]string{}, text: map[string]string{}}
+	for _, op := range []string{"take", "ack", "extend", "nack", "deadletter"} {
+		c.load(op)
+		if c.text[op] != Scripts()[op] {
+			t.Fatalf("%s: the document's recipe does not give the script ackd runs", op)
+		}
+	}
+
+	// Push: a raw payload and an envelope, both with RPUSH; register.
+	c.lines("RPUSH", c.key("ready"), "hello")
+	c.lines("RPUSH", c.key("ready"), "\xffackd1|id-1|0|10|5000|0|0|env|payload")
+	c.lines("SADD", "ackd:queues", c.queue)
+
+	// Take the raw payload, extend, ack.
+	t0 := c.now()
+	l, _ := c.take(30000, 10)
+	if l.payload != "hello" || l.attempt != 1 || l.max != 10 || l.deadline < t0+30000 || !strings.HasPrefix(l.id, "cli-") {
+		t.Fatalf("take = %+v", l)
+	}
+	if got := c.lines("GET", c.key("lease:"+l.token)); got[0] != l.id {
+		t.Errorf("shadow key holds %q", got)
+	}
+	out := c.evalsha("extend", []string{c.key("leases"), c.key("deadlines"), c.key("lease:" + l.token)},
+		l.id, l.token, "60000", "ackd:wake", c.queue)
+	if dl, err := strconv.ParseInt(out[0], 10, 64); err != nil || dl <= l.deadline {
+		t.Fatalf("extend = %q, want a later deadline than %d", out, l.deadline)
+	}
+	if out := c.evalsha("ack", []string{c.key("leases"), c.key("deadlines"), c.key("lease:" + l.token)}, l.id, "ffffffffffffffff"); out[0] != "-1" {
+		t.Errorf("ack with a wrong token = %q, want -1", out)
+	}
+	if out := c.evalsha("ack", []string{c.key("leases"), c.key("deadlines"), c.key("lease:" + l.token)}, l.id, l.token); out[0] != "1" {
+		t.Fatalf("ack = %q, want 1", out)
+	}
+	if out := c.evalsha("ack", []string{c.key("leases"), c.key("deadlines"), c.key("lease:" + l.token)}, l.id, l.token); out[0] != "0" {
+		t.Errorf("second ack = %q, want 0", out)
+	}
+	for _, k := range []string{c.key("leases"), c.key("deadlines"), c.key("lease:" + l.token)} {
+		if got := c.lines("EXISTS", k); got[0] != "0" {
+			t.Errorf("%s still exists after ack", k)
+		}
+	}
+
+	// Take the envelope: its own lease of 5 s and max 10.
+	t0 = c.now()
+	l, _ = c.take(30000, 3)
+	if l.id != "id-1" || l.payload != "env|payload" || l.attempt != 1 || l.max != 10 || l.deadline < t0+5000 || l.deadline > c.now()+5000 {
+		t.Fatalf("take envelope = %+v", l)
+	}
+	// Nack now: back at the tail with failures 1.
+	nackKeys := func(l *cliLease) []string {
+		return []string{c.key("ready"), c.key("leases"), c.key("deadlines"), c.key("delayed"), c.key("dead"),
+			c.key("deadmsgs"), c.key("lease:" + l.token)}
+	}
+	if out := c.evalsha("nack", nackKeys(l), l.id, l.token, "0", "ackd:wake", c.queue); out[0] != "1" {
+		t.Fatalf("nack = %q", out)
+	}
+	if got := c.lines("LRANGE", c.key("ready"), "0", "-1"); !slices.Equal(got, []string{"\xffackd1|id-1|1|10|5000|0|1|env|payload"}) {
+		t.Fatalf("ready after nack = %q", got)
+	}
+	// Take again (attempt 2) and dead-letter it.
+	l, _ = c.take(0, 3)
+	if l.id != "id-1" || l.attempt != 2 {
+		t.Fatalf("retake = %+v", l)
+	}
+	if out := c.evalsha("deadletter", []string{c.key("leases"), c.key("deadlines"), c.key("dead"), c.key("deadmsgs"), c.key("lease:" + l.token)},
+		l.id, l.token); out[0] != "1" {
+		t.Fatalf("deadletter = %q", out)
+	}
+	rec := c.lines("HGET", c.key("deadmsgs"), "id-1")[0]
+	reason, rest, _ := strings.Cut(rec, "|")
+	at, body, _ := strings.Cut(rest, "|")
+	if reason != "killed" || body != "\xffackd1|id-1|2|10|5000|0|1|env|payload" {
+		t.Errorf("dead record = %q", rec)
+	}
+	if ms, err := strconv.ParseInt(at, 10, 64); err != nil || ms < t0 {
+		t.Errorf("dead record time %q", at)
+	}
+	if got := c.lines("ZRANGE", c.key("dead"), "0", "-1"); !slices.Equal(got, []string{"id-1"}) {
+		t.Errorf("dead = %q", got)
+	}
+
+	// Blocking take: BLMOVE parks the element on the claim list, take
+	// takes it from there.
+	if l, out := c.take(30000, 10); l != nil || out[1] != "-1" {
+		t.Fatalf("take on an empty queue = %q", out)
+	}
+	c.lines("RPUSH", c.key("ready"), "waited for")
+	if got := c.lines("BLMOVE", c.key("ready"), c.key("claim"), "LEFT", "RIGHT", "5"); got[0] != "waited for" {
+		t.Fatalf("BLMOVE = %q", got)
+	}
+	c.lines("RPUSH", c.key("ready"), "second")
+	l, _ = c.take(30000, 10)
+	if l.payload != "waited for" {
+		t.Fatalf("take after BLMOVE = %+v", l)
+	}
+	// NOSCRIPT: fall back to EVAL with the text.
+	c.run("SCRIPT", "FLUSH")
+	args := []string{"3", c.key("leases"), c.key("deadlines"), c.key("lease:" + l.token), l.id, l.token}
+	if out := c.run(append([]string{"EVALSHA", c.sha["ack"]}, args...)...); !strings.HasPrefix(out, "NOSCRIPT") {
+		t.Fatalf("EVALSHA after SCRIPT FLUSH = %q, want NOSCRIPT", out)
+	}
+	if out := c.lines(append([]string{"EVAL", c.text["ack"]}, args...)...); out[0] != "1" {
+		t.Fatalf("EVAL ack = %q", out)
+	}
+
+	// Only the dead letter and the second message are left; ackd agrees.
+	for _, k := range []string{"claim", "leases", "deadlines", "delayed"} {
+		if got := c.lines("EXISTS", c.key(k)); got[0] != "0" {
+			t.Errorf("%s still exists", c.key(k))
+		}
+	}
+	rdb := srv.Client(t)
+	st := checkInvariants(t, rdb, c.queue)
+	if len(st.Raw) != 1 || string(st.Raw[0]) != "second" || len(st.Dead) != 1 || len(st.InFlight) != 0 {
+		t.Fatalf("state = %+v", st)
+	}
+	lc, err := New(rdb, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if qs, err := lc.Queues(t.Context()); err != nil || !slices.Equal(qs, []string{c.queue}) {
+		t.Errorf("Queues = %v, %v", qs, err)
+	}
+	if d, err := lc.DeadLetters(t.Context(), c.queue, 0, 10); err != nil || len(d) != 1 || d[0].Reason != ReasonKilled || string(d[0].Payload) != "env|payload" || d[0].Failures != 1 {
+		t.Errorf("DeadLetters = %+v, %v", d, err)
+	}
+}

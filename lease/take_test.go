@@ -1,0 +1,516 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ackd/ackd/internal/redistest"
+)
+
+func TestTakeBlocking(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := t.Context()
+	const q = "blocking"
+
+	if err := b.c.Register(ctx, q); err != nil {
+		t.Fatal(err)
+	}
+	var got *Lease
+	var err error
+	wait := background(func() { got, err = b.c.Take(ctx, q, &TakeOpts{Wait: 20 * time.Second}) })
+	waitBlocked(t, b.rdb, 1)
+	id := b.push(t, q, "wake up", nil)
+	wait()
+	if err != nil || got.ID != id || string(got.Payload) != "wake up" {
+		t.Fatalf("blocking Take = %+v, %v", got, err)
+	}
+	st := checkInvariants(t, b.rdb, q)
+	if len(st.InFlight) != 1 || len(st.Ready) != 0 {
+		t.Fatalf("state = %+v", st)
+	}
+}
+
+func TestTakeBatchBlocking(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := t.Context()
+	const q = "blockingbatch"
+
+	var got []*Lease
+	var err error
+	wait := background(func() { got, err = b.c.TakeBatch(ctx, q, 10, &TakeOpts{Wait: 20 * time.Second}) })
+	waitBlocked(t, b.rdb, 1)
+	pushed, perr := b.c.PushBatch(ctx, q, [][]byte{[]byte("a"), []byte("b"), []byte("c")}, nil)
+	if perr != nil {
+		t.Fatal(perr)
+	}
+	wait()
+	// The wait returns with the first message; the rest come with it.
+	if err != nil || !slices.Equal(ids(got), pushed) {
+		t.Fatalf("blocking TakeBatch = %v, %v; want %v", ids(got), err, pushed)
+	}
+	checkInvariants(t, b.rdb, q)
+}
+
+func TestTakeBlockingRawPush(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := t.Context()
+	const q = "blockingraw"
+
+	var got *Lease
+	var err error
+	wait := background(func() { got, err = b.c.Take(ctx, q, &TakeOpts{Wait: 20 * time.Second}) })
+	waitBlocked(t, b.rdb, 1)
+	redistest.RedisCLI(t, b.srv.Addr(), "RPUSH", KeysFor(q).Ready, "raw job")
+	wait()
+	if err != nil || string(got.Payload) != "raw job" || !validID(got.ID) {
+		t.Fatalf("blocking Take = %+v, %v", got, err)
+	}
+	checkInvariants(t, b.rdb, q)
+}
+
+func TestTakeWaitTimesOut(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	const q = "timeout"
+
+	start := time.Now()
+	l, err := b.c.Take(t.Context(), q, &TakeOpts{Wait: 50 * time.Millisecond})
+	if !errors.Is(err, ErrNoMessage) || l != nil {
+		t.Fatalf("Take = %v, %v; want ErrNoMessage", l, err)
+	}
+	if time.Since(start) < 50*time.Millisecond {
+		t.Errorf("Take returned after %v, before its wait", time.Since(start))
+	}
+	ls, err := b.c.TakeBatch(t.Context(), q, 5, &TakeOpts{Wait: 10 * time.Millisecond})
+	if err != nil || len(ls) != 0 {
+		t.Fatalf("TakeBatch = %v, %v; want nothing, nil", ls, err)
+	}
+	// The waits left nothing behind.
+	st := checkInvariants(t, b.rdb, q)
+	if len(st.Raw)+len(st.Ready)+len(st.InFlight) != 0 {
+		t.Fatalf("state = %+v", st)
+	}
+}
+
+func TestTakeBlockingDelayed(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	const q = "blockingdelayed"
+
+	// A delayed message becomes due while Take waits: Take wakes for it
+	// although nothing is pushed to the ready list.
+	id := b.push(t, q, "soon", &PushOpts{Delay: 50 * time.Millisecond})
+	l, err := b.c.Take(t.Context(), q, &TakeOpts{Wait: 10 * time.Second})
+	if err != nil || l.ID != id {
+		t.Fatalf("Take = %+v, %v", l, err)
+	}
+	checkInvariants(t, b.rdb, q)
+}
+
+func TestTakeCancelled(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	const q = "cancelled"
+
+	ctx, cancel := context.WithCancel(t.Context())
+	var err error
+	wait := background(func() { _, err = b.c.Take(ctx, q, &TakeOpts{Wait: time.Minute}) })
+	waitBlocked(t, b.rdb, 1)
+	cancel()
+	wait()
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Take after cancel = %v", err)
+	}
+}
+
+// TestPlainProducer: a producer that knows nothing of ackd RPUSHes raw
+// payloads; consumers take them with an id, and on expiry they come back
+// with the same id.
+func TestPlainProducer(t *testing.T) {
+	t.Parallel()
+	b := setup(t, &Config{MaxDeliveries: 3})
+	ctx := t.Context()
+	const q = "plain"
+	k := KeysFor(q)
+
+	if err := b.rdb.RPush(ctx, k.Ready, "from go-redis").Err(); err != nil {
+		t.Fatal(err)
+	}
+	redistest.RedisCLI(t, b.srv.Addr(), "RPUSH", k.Ready, "from redis-cli")
+	if err := b.rdb.RPush(ctx, k.Ready, "bin\x00|\xff").Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	l1 := b.take(t, q, nil)
+	if string(l1.Payload) != "from go-redis" || !validID(l1.ID) || l1.Attempt != 1 || l1.MaxDeliveries != 3 {
+		t.Fatalf("raw take = %+v", l1)
+	}
+	if err := l1.Ack(ctx); err != nil {
+		t.Fatalf("Ack raw: %v", err)
+	}
+
+	l2 := b.take(t, q, &TakeOpts{LeaseFor: 2 * time.Millisecond})
+	if string(l2.Payload) != "from redis-cli" || l2.ID == l1.ID {
+		t.Fatalf("raw take = %+v", l2)
+	}
+	b.expire(t, l2, Requeued)
+	st := checkInvariants(t, b.rdb, q)
+	if len(st.Ready) != 1 || st.Ready[0] != l2.ID || len(st.Raw) != 1 {
+		t.Fatalf("after expiry: ready %v raw %q", st.Ready, st.Raw)
+	}
+	again := b.take(t, q, nil)
+	if again.ID != l2.ID || again.Attempt != 2 || string(again.Payload) != "from redis-cli" || again.MaxDeliveries != 3 {
+		t.Fatalf("redelivery = %+v", again)
+	}
+	if err := again.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	l3 := b.take(t, q, nil)
+	if string(l3.Payload) != "bin\x00|\xff" {
+		t.Fatalf("binary raw payload = %q", l3.Payload)
+	}
+	if err := l3.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st = checkInvariants(t, b.rdb, q)
+	if len(st.Raw)+len(st.Ready)+len(st.InFlight)+len(st.Dead) != 0 {
+		t.Fatalf("state = %+v", st)
+	}
+}
+
+// TestTakeMalformedEnvelope: an element that claims to be an envelope but
+// is broken goes to the dead set, and the take goes on to the next one.
+func TestTakeMalformedEnvelope(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := t.Context()
+	const q = "malformed"
+	k := KeysFor(q)
+
+	broken := []string{
+		"\xffackd1|broken",
+		"\xffackd1|id|01|0|0|0|0|leading zero",
+		"\xffackd1|id|100000000000000|0|0|0|0|15 digits",
+		"\xffackd1|bad id|0|0|0|0|0|p",
+		"\xffackd1|" + strings.Repeat("x", 65) + "|0|0|0|0|0|p",
+	}
+	for _, s := range broken {
+		if err := b.rdb.RPush(ctx, k.Ready, s).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	good := b.push(t, q, "good", nil)
+
+	l := b.take(t, q, nil)
+	if l.ID != good || string(l.Payload) != "good" {
+		t.Fatalf("Take = %+v, want the good message", l)
+	}
+	st := checkInvariants(t, b.rdb, q)
+	if len(st.Dead) != len(broken) || len(st.Ready) != 0 || len(st.Broken) != 0 {
+		t.Fatalf("state = %+v", st)
+	}
+	dl, err := b.c.DeadLetters(ctx, q, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raws []string
+	for _, d := range dl {
+		if d.Reason != ReasonMalformed || d.Payload != nil {
+			t.Errorf("dead letter = %+v", d)
+		}
+		raws = append(raws, string(d.Raw))
+	}
+	slices.Sort(raws)
+	slices.Sort(broken)
+	if !slices.Equal(raws, broken) {
+		t.Errorf("dead raws = %q, want %q", raws, broken)
+	}
+	if err := l.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestTakeManyMalformed: more malformed elements than one take inspects
+// never wedge the queue.
+func TestTakeManyMalformed(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := t.Context()
+	const q = "manymalformed"
+	k := KeysFor(q)
+
+	bad := make([]any, 250)
+	for i := range bad {
+		bad[i] = "\xffackd1|broken"
+	}
+	if err := b.rdb.RPush(ctx, k.Ready, bad...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	good := b.push(t, q, "good", nil)
+	l, err := b.c.Take(ctx, q, &TakeOpts{Wait: 5 * time.Second})
+	if err != nil || l.ID != good {
+		t.Fatalf("Take = %+v, %v", l, err)
+	}
+	if s, _ := b.c.Stats(ctx, q); s.Dead != 250 {
+		t.Fatalf("Stats = %+v", s)
+	}
+	checkInvariants(t, b.rdb, q)
+}
+
+// TestTakeDuplicateID: a second copy of a message whose id is in flight is
+// dead-lettered as malformed; the lease in flight is untouched.
+func TestTakeDuplicateID(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := t.Context()
+	const q = "dup"
+	k := KeysFor(q)
+
+	id := b.push(t, q, "x", nil)
+	l := b.take(t, q, nil)
+	dup := (&envelope{ID: id, Payload: []byte("copy")}).appendTo(nil)
+	if err := b.rdb.RPush(ctx, k.Ready, dup).Err(); err != nil {
+		t.Fatal(err)
+	}
+	next := b.push(t, q, "next", nil)
+	l2 := b.take(t, q, nil)
+	if l2.ID != next {
+		t.Fatalf("Take = %+v, want %s", l2, next)
+	}
+	st := checkInvariants(t, b.rdb, q)
+	d, ok := st.Dead[id]
+	if !ok || d.Reason != ReasonMalformed || string(d.Payload) != "copy" {
+		t.Fatalf("dead = %+v", st.Dead)
+	}
+	if _, ok := st.InFlight[id]; !ok {
+		t.Fatalf("original lease gone: %+v", st.InFlight)
+	}
+	if err := l.Ack(ctx); err != nil {
+		t.Fatalf("Ack of the original: %v", err)
+	}
+}
+
+func TestWrongTypeKey(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := t.Context()
+	const q = "wrongtype"
+	k := KeysFor(q)
+
+	if err := b.rdb.Set(ctx, k.Ready, "not a list", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.c.Take(ctx, q, nil); !errors.Is(err, ErrMalformed) {
+		t.Errorf("Take = %v, want ErrMalformed", err)
+	}
+	if _, err := b.c.Take(ctx, q, &TakeOpts{Wait: 10 * time.Millisecond}); !errors.Is(err, ErrMalformed) {
+		t.Errorf("blocking Take = %v, want ErrMalformed", err)
+	}
+	if _, err := b.c.Push(ctx, q, []byte("x"), nil); !errors.Is(err, ErrMalformed) {
+		t.Errorf("Push = %v, want ErrMalformed", err)
+	}
+	if _, err := b.c.Stats(ctx, q); !errors.Is(err, ErrMalformed) {
+		t.Errorf("Stats = %v, want ErrMalformed", err)
+	}
+	if v, _ := b.rdb.Get(ctx, k.Ready).Result(); v != "not a list" {
+		t.Errorf("ready key = %q", v)
+	}
+
+	const q2 = "wrongtype2"
+	k2 := KeysFor(q2)
+	b.push(t, q2, "x", nil)
+	l := b.take(t, q2, nil)
+	if err := b.rdb.Set(ctx, k2.Leases, "not a hash", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for name, f := range map[string]func() error{
+		"Ack":        func() error { return l.Ack(ctx) },
+		"Nack":       func() error { return l.Nack(ctx, 0) },
+		"Extend":     func() error { return l.Extend(ctx, time.Second) },
+		"DeadLetter": func() error { return l.DeadLetter(ctx) },
+	} {
+		if err := f(); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s with a wrong-type leases key = %v, want ErrMalformed", name, err)
+		}
+	}
+	if err := b.rdb.Set(ctx, k2.Dead, "not a zset", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.c.DeadLetters(ctx, q2, 0, 10); !errors.Is(err, ErrMalformed) {
+		t.Errorf("DeadLetters = %v, want ErrMalformed", err)
+	}
+	if err := b.rdb.Set(ctx, RegistryKey, "not a set", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.c.Queues(ctx); !errors.Is(err, ErrMalformed) {
+		t.Errorf("Queues = %v, want ErrMalformed", err)
+	}
+}
+
+// corruptLease overwrites the lease record of l with rec.
+func (b *testBundle) corruptLease(t *testing.T, l *Lease, rec string) {
+	t.Helper()
+	if err := b.rdb.HSet(t.Context(), KeysFor(l.Queue).Leases, l.ID, rec).Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCorruptLeaseRecord(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := t.Context()
+	const q = "corrupt"
+
+	checkDead := func(id, raw string) {
+		t.Helper()
+		st := checkInvariants(t, b.rdb, q)
+		d, ok := st.Dead[id]
+		if !ok || d.Reason != ReasonMalformed {
+			t.Fatalf("dead = %+v, want %s malformed", st.Dead, id)
+		}
+		if raw != "" && string(d.Raw) != raw {
+			t.Errorf("dead raw = %q, want %q", d.Raw, raw)
+		}
+		if _, ok := st.InFlight[id]; ok {
+			t.Errorf("%s still in flight", id)
+		}
+	}
+
+	// Nack: the record has the holder's token but a broken envelope.
+	b.push(t, q, "n", nil)
+	l := b.take(t, q, nil)
+	b.corruptLease(t, l, l.Token+"|\xffackd1|garbage")
+	if err := l.Nack(ctx, 0); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("Nack on a corrupt record = %v, want ErrMalformed", err)
+	}
+	checkDead(l.ID, l.Token+"|\xffackd1|garbage")
+
+	// DeadLetter: no token at all.
+	b.push(t, q, "d", nil)
+	l = b.take(t, q, nil)
+	b.corruptLease(t, l, "garbage")
+	if err := l.DeadLetter(ctx); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("DeadLetter on a corrupt record = %v, want ErrMalformed", err)
+	}
+	checkDead(l.ID, "garbage")
+
+	// Requeue: an envelope with another id.
+	b.push(t, q, "r", nil)
+	l = b.take(t, q, &TakeOpts{LeaseFor: 2 * time.Millisecond})
+	other := (&envelope{ID: "other", Attempts: 1}).appendTo(nil)
+	b.corruptLease(t, l, l.Token+"|"+string(other))
+	b.waitDue(t, l.Deadline().UnixMilli())
+	res, _, err := b.c.Requeue(ctx, q, l.ID)
+	if res != DeadLettered || !errors.Is(err, ErrMalformed) {
+		t.Fatalf("Requeue on a corrupt record = %v, %v; want DeadLettered, ErrMalformed", res, err)
+	}
+	checkDead(l.ID, "")
+
+	// Sweep counts it as Malformed.
+	b.push(t, q, "s", nil)
+	l = b.take(t, q, &TakeOpts{LeaseFor: 2 * time.Millisecond})
+	b.corruptLease(t, l, "|")
+	b.waitDue(t, l.Deadline().UnixMilli())
+	r, err := b.c.Sweep(ctx, q, nil)
+	if err != nil || r.Malformed != 1 || r.Requeued != 0 || len(r.Lags) != 1 {
+		t.Fatalf("Sweep = %+v, %v; want 1 malformed", r, err)
+	}
+	checkDead(l.ID, "|")
+
+	// Ack of a corrupt record with another token: stale, nothing changes.
+	b.push(t, q, "a", nil)
+	l = b.take(t, q, nil)
+	b.corruptLease(t, l, "ffffffffffffffff|junk")
+	before := snapshot(t, b.rdb)
+	if err := l.Ack(ctx); !errors.Is(err, ErrStale) {
+		t.Fatalf("Ack = %v, want ErrStale", err)
+	}
+	sameSnapshot(t, "Ack of a corrupt record", before, snapshot(t, b.rdb))
+	if err := b.rdb.HSet(ctx, KeysFor(q).Leases, l.ID, l.Token+"|"+string((&envelope{ID: l.ID, Attempts: 1}).appendTo(nil))).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Ack(ctx); err != nil {
+		t.Fatalf("Ack after repair: %v", err)
+	}
+
+	dl, err := b.c.DeadLetters(ctx, q, 0, 10)
+	if err != nil || len(dl) != 4 {
+		t.Fatalf("DeadLetters = %v, %v", dl, err)
+	}
+	// A malformed dead letter can be purged.
+	if n, err := b.c.Purge(ctx, q); err != nil || n != 4 {
+		t.Fatalf("Purge = %d, %v", n, err)
+	}
+	checkInvariants(t, b.rdb, q)
+}
+
+// TestMalformedDeadIDCollision: dead-lettering an id that is already in
+// the dead set keeps both records.
+func TestMalformedDeadIDCollision(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := t.Context()
+	const q = "collide"
+	k := KeysFor(q)
+
+	id := b.push(t, q, "x", nil)
+	l := b.take(t, q, nil)
+	for range 2 {
+		dup := (&envelope{ID: id, Payload: []byte("copy")}).appendTo(nil)
+		if err := b.rdb.RPush(ctx, k.Ready, dup).Err(); err != nil {
+			t.Fatal(err)
+		}
+		b.noMessage(t, q)
+	}
+	if err := l.DeadLetter(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st := checkInvariants(t, b.rdb, q)
+	if len(st.Dead) != 3 {
+		t.Fatalf("dead = %v, want 3 records", st.Dead)
+	}
+	reasons := map[string]int{}
+	for _, d := range st.Dead {
+		reasons[d.Reason]++
+	}
+	if reasons[ReasonMalformed] != 2 || reasons[ReasonKilled] != 1 {
+		t.Errorf("reasons = %v", reasons)
+	}
+}
+
+// TestTakeTinyWait: a wait whose rest is under a millisecond must not
+// become BLMOVE's timeout 0, which blocks forever.
+func TestTakeTinyWait(t *testing.T) {
+	t.Parallel()
+	// Redis ends a blocking wait on its own timer (hz), not to the
+	// millisecond: hz 100 keeps each of these waits near 10 ms.
+	b := setup(t, nil, "--hz", "100")
+	const q = "tinywait"
+
+	done := make(chan error, 1)
+	go func() {
+		for d := 100 * time.Microsecond; d <= 1500*time.Microsecond; d += 50 * time.Microsecond {
+			if _, err := b.c.Take(t.Context(), q, &TakeOpts{Wait: d}); !errors.Is(err, ErrNoMessage) {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Take with a tiny wait: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Take with a tiny wait blocked")
+	}
+}
