@@ -1,6 +1,7 @@
 package lease
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -146,7 +147,12 @@ func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts *Con
 func (c *Client) handle(ctx context.Context, l *Lease, h Handler, o *ConsumeOpts) {
 	hctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// The lease's length, by the local clock. A client clock far ahead of
+	// Redis's would make it negative: then fall back to the configured one.
 	d := time.Until(l.Deadline())
+	if d < time.Millisecond {
+		d = cmp.Or(o.LeaseFor, c.cfg.LeaseFor)
+	}
 	stop := make(chan struct{})
 	var lost error
 	var beat sync.WaitGroup

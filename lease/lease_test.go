@@ -394,13 +394,19 @@ func TestDeadLettersReplayPurge(t *testing.T) {
 	if err != nil || len(all) != 4 {
 		t.Fatalf("DeadLetters = %v, %v", all, err)
 	}
+	// Oldest first by the millisecond they died; within one millisecond
+	// the ZSET orders by id.
 	for i, d := range all {
-		if d.ID != dead[i] || d.Reason != ReasonKilled || d.Attempts != 2 || d.Failures != 1 || string(d.Payload) != "d"+string(rune('0'+i)) {
+		j := slices.Index(dead, d.ID)
+		if j < 0 || d.Reason != ReasonKilled || d.Attempts != 2 || d.Failures != 1 || string(d.Payload) != "d"+string(rune('0'+j)) {
 			t.Errorf("dead letter %d = %+v", i, d)
+		}
+		if i > 0 && (d.At.Before(all[i-1].At) || d.At.Equal(all[i-1].At) && d.ID < all[i-1].ID) {
+			t.Errorf("dead letters out of order at %d: %+v after %+v", i, d, all[i-1])
 		}
 	}
 	page, err := b.c.DeadLetters(ctx, q, 1, 2)
-	if err != nil || len(page) != 2 || page[0].ID != dead[1] || page[1].ID != dead[2] {
+	if err != nil || len(page) != 2 || page[0].ID != all[1].ID || page[1].ID != all[2].ID {
 		t.Errorf("DeadLetters(1, 2) = %v, %v", page, err)
 	}
 	if none, err := b.c.DeadLetters(ctx, q, 10, 2); err != nil || len(none) != 0 {

@@ -93,8 +93,10 @@ end
 -- Returns 1 requeued, 2 dead-lettered (expired), 3 dead-lettered
 -- (malformed record), 0 nothing to do (no record).
 local function expire_one(k_ready, k_leases, k_deadlines, k_dead, k_deadmsgs, id, now)
-  redis.call('ZREM', k_deadlines, id)
+  -- Read before writing: Redis does not roll a script back when a later
+  -- call fails (a wrong-type key), so nothing may be written before it.
   local rec = redis.call('HGET', k_leases, id)
+  redis.call('ZREM', k_deadlines, id)
   if not rec then return 0 end
   redis.call('HDEL', k_leases, id)
   local _, envs = parse_rec(rec)

@@ -52,6 +52,8 @@ while j < n and bad < 100 do
     local ms = override
     if ms <= 0 then ms = m.lease end
     if ms <= 0 then ms = deflease end
+    -- a foreign envelope may ask for more than ackd allows: a week at most
+    if ms > 604800000 then ms = 604800000 end
     local deadline = now + ms
     redis.call('HSET', KEYS[3], m.id, token .. '|' .. build_env(m))
     redis.call('ZADD', KEYS[4], deadline, m.id)
