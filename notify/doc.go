@@ -1,0 +1,76 @@
+// Package notify listens to Redis for the two push signals ackd acts on:
+// shadow keys that expire or are evicted, and messages on the wake channel.
+//
+// # What it hears
+//
+// Every lease has a shadow key, ackd:{queue}:lease:<token>, whose TTL ends
+// at the lease deadline. A Listener PSUBSCRIBEs to
+//
+//	__keyevent@*__:expired
+//	__keyevent@*__:evicted
+//
+// and turns each event for a shadow key into ExpiredFunc(queue, token);
+// events for any other key only count as Ignored. It also SUBSCRIBEs to
+// lease.WakeChannel, on which ackd's scripts announce a queue's new earliest
+// lease deadline or delayed due time, and turns each message into
+// WakeFunc(queue, at) with at the moment to sweep (see ParseWake).
+//
+//	l := notify.NewListener(rdb, &notify.Config{
+//		ExpiredFunc:    func(ctx context.Context, q, _ string) { sched.Now(q, "event") },
+//		WakeFunc:       func(ctx context.Context, q string, at time.Time) { sched.At(q, at) },
+//		SubscribedFunc: func(ctx context.Context) { scanner.ScanNow() },
+//	})
+//	go l.Run(ctx)
+//
+// The callbacks run on the receive loop and must not block.
+//
+// # Why events are only a trigger
+//
+// Redis sends expired when it deletes a key, not when its TTL runs out: on
+// a busy server that can be seconds or minutes late. Pub/sub is also
+// fire-and-forget: whatever is published while the Listener is
+// disconnected is lost, and keys that expired while a server was down
+// vanish without an event. So the wake channel feeds per-queue timers
+// (package schedule), the expired event is the second trigger, and the
+// periodic scan (package fallback) the third. Every trigger ends in an
+// idempotent lease.Sweep or lease.Requeue, so duplicates cost one command.
+//
+// # Reconnection
+//
+// The Listener reads its PubSub with ReceiveTimeout, never PubSub.Channel,
+// which hides reconnections and, when its buffer stays full, drops
+// messages. After a read error go-redis closes the connection, dials again
+// and resubscribes by itself; the Listener backs off (jittered, capped at 5
+// s) while Redis is unreachable and never gives up. Each time all of its
+// subscriptions are confirmed again it calls SubscribedFunc, whose caller
+// runs a catch-up scan. This covers a killed connection (CLIENT KILL TYPE
+// pubsub, client-output-buffer-limit), a restarted server and a network
+// error. After PingInterval of silence it pings; with no reply within
+// PingInterval (clamped to 1-5 s), or a subscription still unconfirmed
+// after that long, it drops the connection and subscribes afresh.
+//
+// # Configuration
+//
+// Events flow only if notify-keyspace-events includes E and x (and e for
+// evictions); the setting is per node and not replicated. EnsureEvents
+// reads it and, if asked, adds the missing flags without removing any.
+// Many managed services refuse CONFIG: EnsureEvents then reports ErrConfig
+// and the daemon keeps working on timers and scans, only less promptly for
+// leases whose wake message it missed.
+//
+// # Cluster, Sentinel, replicas
+//
+// Keyspace events are node-local. On a *redis.ClusterClient the Listener
+// subscribes to the event patterns on every master (ForEachMaster) and
+// re-reads the topology every TopologyInterval, subscribing to new masters
+// and dropping departed ones; the wake channel, which PUBLISH spreads to
+// every node, is one more subscription. A *redis.Ring is treated the same,
+// shard by shard. Until a new master is noticed its events are missed; the
+// subscription that follows triggers SubscribedFunc and so a scan. Reading
+// the topology costs one CLUSTER SLOTS per TopologyInterval.
+//
+// Only a master expires keys. A Sentinel (failover) client is one
+// subscription; go-redis moves it to the new master after a crash, but
+// after a manual failover it may stay on the demoted node and hear nothing
+// until its connection breaks. Timers and scans cover that gap.
+package notify

@@ -1,0 +1,474 @@
+package notify
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ackd/ackd/lease"
+)
+
+// Defaults for Config.
+const (
+	PingIntervalDefault     = 30 * time.Second
+	TopologyIntervalDefault = 10 * time.Second
+)
+
+// The keyevent patterns a Listener subscribes to, in every database.
+const (
+	ExpiredPattern = "__keyevent@*__:expired"
+	EvictedPattern = "__keyevent@*__:evicted"
+)
+
+// Reconnect back-off: the first retry after a failure is immediate (go-redis
+// has usually reconnected already), then backoffMin doubling to backoffMax,
+// each with jitter.
+const (
+	backoffMin = 50 * time.Millisecond
+	backoffMax = 5 * time.Second
+	// replyMin and replyMax bound the wait for a reply Redis owes us (the
+	// pong of a health-check ping, the confirmations of a subscription):
+	// PingInterval, but never so short that a loaded host trips it.
+	replyMin = time.Second
+	replyMax = 5 * time.Second
+)
+
+// Config configures a Listener. A nil *Config means all defaults (and no
+// callbacks, which is useful only for Stats).
+//
+// The callbacks run on the Listener's receive loop, in the order the
+// messages arrive. They must be fast and must not block: hand the work to
+// something else (schedule.Scheduler's At and Now, or fallback.Scanner's
+// ScanNow, never block). While a callback runs, no message is read, and a
+// subscriber that falls behind is disconnected by Redis
+// (client-output-buffer-limit pubsub) and loses events. On a cluster or
+// ring there is one receive loop per node, so callbacks may run
+// concurrently and must be safe for that.
+type Config struct {
+	// ExpiredFunc is called when a lease's shadow key expired or was
+	// evicted; token is the lease's token. The lease may have been acked,
+	// extended or requeued meanwhile: the event is only a trigger.
+	// Optional.
+	ExpiredFunc func(ctx context.Context, queue, token string)
+	// WakeFunc is called for each message on lease.WakeChannel; at is
+	// already the moment to sweep queue (see ParseWake). Optional.
+	WakeFunc func(ctx context.Context, queue string, at time.Time)
+	// SubscribedFunc is called after every subscription is confirmed, the
+	// first and each one after a reconnection; events sent while the
+	// Listener was not subscribed are lost, so the caller runs a catch-up
+	// scan. On a cluster it is called for each node's subscription.
+	// Optional.
+	SubscribedFunc func(ctx context.Context)
+	// Logger receives the Listener's log lines. Defaults to discarding them.
+	Logger *slog.Logger
+	// PingInterval is how long the subscription may stay silent before the
+	// Listener pings Redis to check the connection; one without a reply
+	// within PingInterval (at least 1s, at most 5s) is replaced, and so is
+	// a subscription not confirmed that long. Defaults to 30 seconds.
+	PingInterval time.Duration
+	// TopologyInterval is how often, on a Redis Cluster or Ring, the
+	// Listener looks for masters (shards) added or removed. Defaults to 10
+	// seconds; unused otherwise.
+	TopologyInterval time.Duration
+}
+
+// ListenerStats is a snapshot of a Listener's counters.
+type ListenerStats struct {
+	EventsExpired uint64 // shadow keys expired
+	EventsEvicted uint64 // shadow keys evicted
+	WakeMessages  uint64 // well-formed messages on lease.WakeChannel
+	Reconnects    uint64 // subscriptions confirmed again after the first one
+	Ignored       uint64 // events for keys that are not shadow keys, and malformed wake messages
+	Pings         uint64 // health-check pings sent
+}
+
+// Listener turns keyspace events and wake messages into callbacks. See the
+// package documentation.
+type Listener struct {
+	rdb redis.UniversalClient
+	cfg Config
+	log *slog.Logger
+
+	expired, evicted, wakes, reconnects, ignored, pings atomic.Uint64
+
+	known atomic.Bool // the set of subscriptions is complete (cluster: topology read once)
+	mu    sync.Mutex
+	subs  map[*subscription]struct{}
+}
+
+// subscription is one PubSub connection the Listener keeps alive.
+type subscription struct {
+	name string // "redis", "wake", or a node's address
+	want int    // confirmations that complete it (channels + patterns)
+	open func(ctx context.Context) (*redis.PubSub, error)
+	live atomic.Bool
+}
+
+// NewListener returns a Listener on rdb, which may be a standalone,
+// Sentinel (failover), Cluster or Ring client. It does nothing until Run.
+func NewListener(rdb redis.UniversalClient, cfg *Config) *Listener {
+	var c Config
+	if cfg != nil {
+		c = *cfg
+	}
+	if c.PingInterval <= 0 {
+		c.PingInterval = PingIntervalDefault
+	}
+	if c.TopologyInterval <= 0 {
+		c.TopologyInterval = TopologyIntervalDefault
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Listener{
+		rdb:  rdb,
+		cfg:  c,
+		log:  c.Logger.With("component", "notify"),
+		subs: make(map[*subscription]struct{}),
+	}
+}
+
+// Stats returns a snapshot of the Listener's counters.
+func (l *Listener) Stats() ListenerStats {
+	return ListenerStats{
+		EventsExpired: l.expired.Load(),
+		EventsEvicted: l.evicted.Load(),
+		WakeMessages:  l.wakes.Load(),
+		Reconnects:    l.reconnects.Load(),
+		Ignored:       l.ignored.Load(),
+		Pings:         l.pings.Load(),
+	}
+}
+
+// Subscribed reports whether every subscription is confirmed and live
+// (on a cluster: on every known master, and the wake channel).
+func (l *Listener) Subscribed() bool {
+	if !l.known.Load() {
+		return false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.subs) == 0 {
+		return false
+	}
+	for s := range l.subs {
+		if !s.live.Load() {
+			return false
+		}
+	}
+	return true
+}
+
+// Run subscribes and delivers messages to the callbacks until ctx is done,
+// then returns nil. It never gives up on Redis: after any error it
+// reconnects, forever, with a capped, jittered back-off.
+func (l *Listener) Run(ctx context.Context) error {
+	if l.rdb == nil {
+		return errors.New("notify: nil redis client")
+	}
+	l.log.DebugContext(ctx, "listener started")
+	defer l.log.DebugContext(ctx, "listener stopped")
+	defer l.known.Store(false)
+	switch c := l.rdb.(type) {
+	case *redis.ClusterClient:
+		l.runNodes(ctx, c.ForEachMaster)
+	case *redis.Ring:
+		l.runNodes(ctx, c.ForEachShard)
+	default:
+		s := &subscription{name: "redis", want: 3, open: func(ctx context.Context) (*redis.PubSub, error) {
+			return openPubSub(ctx, l.rdb, []string{lease.WakeChannel}, []string{ExpiredPattern, EvictedPattern})
+		}}
+		l.track(s)
+		l.known.Store(true)
+		l.run(ctx, s)
+	}
+	return nil
+}
+
+// track adds s to the subscriptions Subscribed looks at; run removes it
+// when it returns.
+func (l *Listener) track(s *subscription) {
+	l.mu.Lock()
+	l.subs[s] = struct{}{}
+	l.mu.Unlock()
+}
+
+// openPubSub creates a PubSub on c and sends its subscriptions; the
+// confirmations arrive through Receive.
+func openPubSub(ctx context.Context, c redis.UniversalClient, channels, patterns []string) (*redis.PubSub, error) {
+	ps := c.Subscribe(ctx) // no channels: connects lazily, never fails
+	if len(patterns) > 0 {
+		if err := ps.PSubscribe(ctx, patterns...); err != nil {
+			_ = ps.Close()
+			return nil, err
+		}
+	}
+	if len(channels) > 0 {
+		if err := ps.Subscribe(ctx, channels...); err != nil {
+			_ = ps.Close()
+			return nil, err
+		}
+	}
+	return ps, nil
+}
+
+// forEachNode is ClusterClient.ForEachMaster or Ring.ForEachShard.
+type forEachNode func(ctx context.Context, fn func(ctx context.Context, c *redis.Client) error) error
+
+// runNodes keeps one subscription to the keyevent patterns on each master
+// (keyspace events are node-local) and one to the wake channel (PUBLISH
+// reaches every node), following topology changes.
+func (l *Listener) runNodes(ctx context.Context, forEach forEachNode) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wake := &subscription{name: "wake", want: 1, open: func(ctx context.Context) (*redis.PubSub, error) {
+		// A cluster routes the channel to its slot's master, a Ring to its
+		// shard; both need the channel up front.
+		return l.rdb.Subscribe(ctx, lease.WakeChannel), nil
+	}}
+	l.track(wake)
+	wg.Go(func() { l.run(ctx, wake) })
+
+	nodes := map[string]context.CancelFunc{}
+	defer func() {
+		for _, cancel := range nodes {
+			cancel()
+		}
+	}()
+	fails := 0
+	for {
+		var mu sync.Mutex
+		current := map[string]*redis.Client{}
+		err := forEach(ctx, func(_ context.Context, c *redis.Client) error {
+			mu.Lock()
+			current[c.Options().Addr] = c
+			mu.Unlock()
+			return nil
+		})
+		wait := l.cfg.TopologyInterval
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			fails++
+			if fails == 1 {
+				l.log.WarnContext(ctx, "cannot list redis nodes", "error", err)
+			}
+			wait = min(backoff(fails+1), wait)
+		default:
+			fails = 0
+			for addr, c := range current {
+				if _, ok := nodes[addr]; ok {
+					continue
+				}
+				nctx, cancel := context.WithCancel(ctx)
+				nodes[addr] = cancel
+				s := &subscription{name: addr, want: 2, open: func(ctx context.Context) (*redis.PubSub, error) {
+					return openPubSub(ctx, c, nil, []string{ExpiredPattern, EvictedPattern})
+				}}
+				l.log.DebugContext(ctx, "watching node", "node", addr)
+				l.track(s)
+				wg.Go(func() { l.run(nctx, s) })
+			}
+			for addr, cancel := range nodes {
+				if _, ok := current[addr]; !ok {
+					l.log.DebugContext(ctx, "node gone", "node", addr)
+					cancel()
+					delete(nodes, addr)
+				}
+			}
+			l.known.Store(true)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// run keeps s subscribed and reads it until ctx is done. It reads with
+// ReceiveTimeout rather than PubSub.Channel, which hides reconnections and
+// drops messages when its buffer stays full: every confirmation shows here.
+// On a read error go-redis reconnects and resubscribes by itself (on the
+// failed receive or the next one); the new confirmations then complete the
+// subscription again.
+func (l *Listener) run(ctx context.Context, s *subscription) {
+	defer func() {
+		l.mu.Lock()
+		delete(l.subs, s)
+		l.mu.Unlock()
+	}()
+
+	var (
+		ps     *redis.PubSub
+		stop   func() bool
+		fails  int  // failures since the last message
+		pinged bool // a health-check ping is waiting for its reply
+		ever   bool // s was confirmed at least once
+	)
+	drop := func() {
+		s.live.Store(false)
+		if ps != nil {
+			stop()
+			_ = ps.Close()
+			ps = nil
+		}
+	}
+	defer drop()
+	for ctx.Err() == nil {
+		if ps == nil {
+			p, err := s.open(ctx)
+			if err != nil {
+				fails++
+				l.failed(ctx, s, fails, err)
+				if !sleep(ctx, backoff(fails)) {
+					return
+				}
+				continue
+			}
+			// Receive does not watch ctx; closing the PubSub ends it.
+			ps, stop, pinged = p, context.AfterFunc(ctx, func() { _ = p.Close() }), false
+		}
+		timeout := l.cfg.PingInterval
+		if pinged || !s.live.Load() {
+			timeout = min(max(timeout, replyMin), replyMax)
+		}
+		msg, err := ps.ReceiveTimeout(ctx, timeout)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			switch {
+			case !isTimeout(err):
+				s.live.Store(false)
+			case !s.live.Load():
+				// Silent, yet never confirmed on this connection: a
+				// subscription got lost on the way. Start afresh.
+				err = fmt.Errorf("subscription not confirmed within %v", timeout)
+				drop()
+			case !pinged:
+				if err = ps.Ping(ctx); err == nil {
+					l.pings.Add(1)
+					pinged = true
+					continue
+				}
+				s.live.Store(false)
+			default:
+				err = fmt.Errorf("no reply to ping within %v", timeout)
+				drop()
+			}
+			fails++
+			l.failed(ctx, s, fails, err)
+			if !sleep(ctx, backoff(fails)) {
+				return
+			}
+			continue
+		}
+		fails, pinged = 0, false
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			if (m.Kind == "subscribe" || m.Kind == "psubscribe") && m.Count == s.want {
+				if ever {
+					l.reconnects.Add(1)
+					l.log.InfoContext(ctx, "resubscribed", "node", s.name)
+				} else {
+					l.log.DebugContext(ctx, "subscribed", "node", s.name)
+				}
+				ever = true
+				s.live.Store(true)
+				if f := l.cfg.SubscribedFunc; f != nil {
+					f(ctx)
+				}
+			}
+		case *redis.Message:
+			l.handle(ctx, m)
+		}
+	}
+}
+
+// failed logs the first failure of a run of failures at Warn, the others
+// at Debug.
+func (l *Listener) failed(ctx context.Context, s *subscription, fails int, err error) {
+	if fails == 1 {
+		l.log.WarnContext(ctx, "subscription lost, reconnecting", "node", s.name, "error", err)
+		return
+	}
+	l.log.DebugContext(ctx, "still reconnecting", "node", s.name, "attempt", fails, "error", err)
+}
+
+// handle dispatches one message to the callbacks.
+func (l *Listener) handle(ctx context.Context, m *redis.Message) {
+	switch m.Pattern {
+	case "":
+		if m.Channel != lease.WakeChannel {
+			l.ignored.Add(1)
+			return
+		}
+		queue, at, ok := ParseWake(m.Payload)
+		if !ok {
+			l.ignored.Add(1)
+			return
+		}
+		l.wakes.Add(1)
+		if f := l.cfg.WakeFunc; f != nil {
+			f(ctx, queue, at)
+		}
+	case ExpiredPattern, EvictedPattern:
+		queue, token, ok := lease.ParseLeaseKey(m.Payload)
+		if !ok {
+			l.ignored.Add(1)
+			return
+		}
+		if m.Pattern == ExpiredPattern {
+			l.expired.Add(1)
+		} else {
+			l.evicted.Add(1)
+		}
+		if f := l.cfg.ExpiredFunc; f != nil {
+			f(ctx, queue, token)
+		}
+	default:
+		l.ignored.Add(1)
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// backoff is the wait before attempt fails+1: none after the first
+// failure, then backoffMin doubling to backoffMax, with ±25% jitter.
+func backoff(fails int) time.Duration {
+	if fails <= 1 {
+		return 0
+	}
+	d := min(backoffMin<<min(fails-2, 16), backoffMax)
+	return d*3/4 + rand.N(d/2+1)
+}
+
+// sleep waits d or until ctx is done; it reports whether ctx is still live.
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
