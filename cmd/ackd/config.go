@@ -1,0 +1,342 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ackd/ackd/lease"
+)
+
+// envPrefix starts the name of every variable ackd reads.
+const envPrefix = "ACKD_"
+
+// Bounds of the numeric settings.
+const (
+	maxSweepConcurrency = 256
+	maxSweepLimit       = 10 * lease.SweepLimitDefault // what lease.Sweep accepts
+)
+
+// errConfig is wrapped by every configuration error.
+var errConfig = errors.New("invalid configuration")
+
+// config is everything ackd reads from its environment. Each field's env tag
+// names its variable (after ACKD_), envDefault its default, and help says
+// what it means; `ackd -h` and the tests are generated from these tags.
+type config struct {
+	RedisURL         string        `env:"REDIS_URL" envDefault:"redis://127.0.0.1:6379/0" help:"Redis to serve: redis:// or rediss:// (TLS), with optional user, password and database, e.g. rediss://ackd:secret@redis.internal:6380/0. Query parameters of go-redis (dial_timeout, pool_size, ...) are accepted. The password is never logged."`
+	HTTPAddr         string        `env:"HTTP_ADDR" envDefault:":9466" help:"Address of the HTTP server for /healthz, /readyz and /metrics (host:port; port 0 picks a free one)."`
+	ScanInterval     time.Duration `env:"SCAN_INTERVAL" envDefault:"5m" help:"How often every watched queue is swept in full, the safety net for lost events and timers. Also re-checks the keyspace-events setting. A Go duration (30s, 5m, 1h)."`
+	ConfigureEvents  bool          `env:"CONFIGURE_EVENTS" envDefault:"true" help:"Turn on the keyspace events ackd listens to (CONFIG SET notify-keyspace-events, adding E, x and e to what is there) at start and at every scan. false: only read the setting and report it. ackd works without events, on its timers and scans, and says so in its log, /readyz and metrics."`
+	Queues           []string      `env:"QUEUES" help:"Comma-separated queues to watch. Empty: every queue in the registry (ackd:queues), found again at every scan. Events and wake messages of other queues are ignored."`
+	LogLevel         string        `env:"LOG_LEVEL" envDefault:"info" help:"Lowest level logged: debug, info, warn or error."`
+	LogFormat        string        `env:"LOG_FORMAT" envDefault:"json" help:"Log format on stderr: json or text (logfmt), one event per line."`
+	ShutdownTimeout  time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s" help:"On SIGTERM or SIGINT, how long running sweeps and HTTP requests may take to finish before ackd exits anyway. A second signal exits at once."`
+	SweepConcurrency int           `env:"SWEEP_CONCURRENCY" envDefault:"4" help:"How many queues are swept at the same time (1 to 256)."`
+	SweepLimit       int           `env:"SWEEP_LIMIT" envDefault:"1000" help:"Most leases requeued (and delayed messages promoted) by one Sweep script call; a sweep repeats until its queue is done (1 to 10000). Bounds how long one call blocks Redis."`
+
+	// Derived by loadConfig.
+	redisOpts *redis.Options
+	logLevel  slog.Level
+}
+
+// configVar describes one variable for help output, docs and tests.
+type configVar struct {
+	Name    string // ACKD_...
+	Default string
+	Help    string
+	field   reflect.StructField
+}
+
+// configVars lists the variables in the order of the struct.
+func configVars() []configVar {
+	t := reflect.TypeFor[config]()
+	var vars []configVar
+	for i := range t.NumField() {
+		f := t.Field(i)
+		key, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+		if key == "" {
+			continue
+		}
+		vars = append(vars, configVar{Name: envPrefix + key, Default: f.Tag.Get("envDefault"), Help: f.Tag.Get("help"), field: f})
+	}
+	return vars
+}
+
+// loadConfig reads and validates the configuration from environ. Every
+// problem found is reported, each naming its variable. It touches nothing
+// outside the process.
+func loadConfig(environ map[string]string) (config, error) {
+	vars := configVars()
+	var problems []string
+	known := make(map[string]bool, len(vars))
+	for _, v := range vars {
+		known[v.Name] = true
+	}
+	var unknown []string
+	for k := range environ {
+		if strings.HasPrefix(k, envPrefix) && !known[k] {
+			unknown = append(unknown, k)
+		}
+	}
+	slices.Sort(unknown)
+	for _, k := range unknown {
+		msg := k + ": unknown variable"
+		if s := closest(k, vars); s != "" {
+			msg += " (did you mean " + s + "?)"
+		}
+		problems = append(problems, msg+"; ackd -h lists the variables it reads")
+	}
+
+	cfg, err := env.ParseAsWithOptions[config](env.Options{Prefix: envPrefix, Environment: environ})
+	if err != nil {
+		var agg env.AggregateError
+		if !errors.As(err, &agg) {
+			return config{}, fmt.Errorf("%w: %v", errConfig, err)
+		}
+		for _, e := range agg.Errors {
+			problems = append(problems, describeParseError(e, vars, environ))
+		}
+		return config{}, configError(problems)
+	}
+	problems = append(problems, cfg.validate()...)
+	if len(problems) > 0 {
+		return config{}, configError(problems)
+	}
+	return cfg, nil
+}
+
+func configError(problems []string) error {
+	return fmt.Errorf("%w: %s", errConfig, strings.Join(problems, "; "))
+}
+
+// describeParseError turns an env parse error into a message that names
+// the variable, not the Go field.
+func describeParseError(err error, vars []configVar, environ map[string]string) string {
+	var pe env.ParseError
+	if !errors.As(err, &pe) {
+		return err.Error()
+	}
+	for _, v := range vars {
+		if v.field.Name != pe.Name {
+			continue
+		}
+		val := strconv.Quote(environ[v.Name])
+		if v.Name == envPrefix+"REDIS_URL" {
+			val = "(value not shown)"
+		}
+		switch v.field.Type {
+		case reflect.TypeFor[time.Duration]():
+			return fmt.Sprintf("%s: %s is not a duration (write e.g. 500ms, 30s, 5m, 1h)", v.Name, val)
+		case reflect.TypeFor[bool]():
+			return fmt.Sprintf("%s: %s is not a boolean (write true or false)", v.Name, val)
+		case reflect.TypeFor[int]():
+			return fmt.Sprintf("%s: %s is not an integer", v.Name, val)
+		}
+		return fmt.Sprintf("%s: %s: %v", v.Name, val, pe.Err)
+	}
+	return err.Error()
+}
+
+// validate checks every setting and fills the derived fields. It returns
+// one message per problem.
+func (c *config) validate() []string {
+	var p []string
+	bad := func(name, format string, args ...any) {
+		p = append(p, envPrefix+name+": "+fmt.Sprintf(format, args...))
+	}
+
+	if opts, err := parseRedisURL(c.RedisURL); err != nil {
+		bad("REDIS_URL", "%v", err)
+	} else {
+		c.redisOpts = opts
+	}
+
+	if host, port, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+		bad("HTTP_ADDR", "%q is not host:port (e.g. :9466 or 127.0.0.1:9466)", c.HTTPAddr)
+	} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		bad("HTTP_ADDR", "port %q of %q must be a number from 0 to 65535", port, c.HTTPAddr)
+	} else if strings.ContainsAny(host, "/ ") {
+		bad("HTTP_ADDR", "host %q of %q is not a host name or IP address", host, c.HTTPAddr)
+	}
+
+	if c.ScanInterval <= 0 {
+		bad("SCAN_INTERVAL", "must be a positive duration, got %v", c.ScanInterval)
+	}
+	if c.ShutdownTimeout <= 0 {
+		bad("SHUTDOWN_TIMEOUT", "must be a positive duration, got %v", c.ShutdownTimeout)
+	}
+	if c.SweepConcurrency < 1 || c.SweepConcurrency > maxSweepConcurrency {
+		bad("SWEEP_CONCURRENCY", "must be 1 to %d, got %d", maxSweepConcurrency, c.SweepConcurrency)
+	}
+	if c.SweepLimit < 1 || c.SweepLimit > maxSweepLimit {
+		bad("SWEEP_LIMIT", "must be 1 to %d, got %d", maxSweepLimit, c.SweepLimit)
+	}
+
+	switch strings.ToLower(c.LogLevel) {
+	case "debug":
+		c.logLevel = slog.LevelDebug
+	case "info":
+		c.logLevel = slog.LevelInfo
+	case "warn", "warning":
+		c.logLevel = slog.LevelWarn
+	case "error":
+		c.logLevel = slog.LevelError
+	default:
+		bad("LOG_LEVEL", "%q is not one of debug, info, warn, error", c.LogLevel)
+	}
+	c.LogFormat = strings.ToLower(c.LogFormat)
+	if c.LogFormat != "json" && c.LogFormat != "text" {
+		bad("LOG_FORMAT", "%q is not one of json, text", c.LogFormat)
+	}
+
+	var queues []string
+	for _, q := range c.Queues {
+		q = strings.TrimSpace(q)
+		if q == "" {
+			continue
+		}
+		if err := lease.ValidateQueue(q); err != nil {
+			bad("QUEUES", "%v", err)
+			continue
+		}
+		if !slices.Contains(queues, q) {
+			queues = append(queues, q)
+		}
+	}
+	c.Queues = queues
+	return p
+}
+
+// parseRedisURL parses u with redis.ParseURL, accepting only redis:// and
+// rediss://. Its errors never contain the password.
+func parseRedisURL(u string) (*redis.Options, error) {
+	parsed, err := url.Parse(u)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // the url.Error repeats the whole URL, password included
+		}
+		return nil, fmt.Errorf("not a URL: %v", err)
+	}
+	if parsed.Scheme != "redis" && parsed.Scheme != "rediss" {
+		return nil, fmt.Errorf("scheme %q is not redis:// or rediss:// (in %s)", parsed.Scheme, redactURL(u))
+	}
+	if parsed.Host == "" {
+		return nil, fmt.Errorf("no host in %s", redactURL(u))
+	}
+	if p := parsed.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return nil, fmt.Errorf("port %q is not 1 to 65535 (in %s)", p, redactURL(u))
+		}
+	}
+	opts, err := redis.ParseURL(u)
+	if err != nil {
+		return nil, fmt.Errorf("%v (in %s)", err, redactURL(u))
+	}
+	return opts, nil
+}
+
+// redactURL returns u with its password, if any, replaced by "xxxxx".
+func redactURL(u string) string {
+	parsed, err := url.Parse(u)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return parsed.Redacted()
+}
+
+// closest returns the known variable nearest to name by edit distance, if
+// it is near enough to be a typo.
+func closest(name string, vars []configVar) string {
+	best, bestD := "", 4
+	for _, v := range vars {
+		if d := editDistance(name, v.Name); d < bestD {
+			best, bestD = v.Name, d
+		}
+	}
+	return best
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+// writeHelp prints the usage, the flags and every variable with its
+// default and meaning.
+func writeHelp(w io.Writer) {
+	fmt.Fprint(w, `ackd returns the expired leases of ackd queues in Redis to their ready lists
+and promotes delayed messages when they are due. It listens to keyspace
+events and wake messages, keeps a timer per queue, and sweeps every queue
+in full at ACKD_SCAN_INTERVAL as a safety net.
+
+Usage:
+  ackd                run the daemon (configured by the environment)
+  ackd -healthcheck   GET /healthz of the ackd at ACKD_HTTP_ADDR; exit 0 if it answers 200
+  ackd -version       print the version and exit
+  ackd -h, --help     print this help and exit
+
+HTTP: /healthz (liveness), /readyz (Redis answers and the subscription is
+live; JSON), /metrics (Prometheus).
+
+Environment:
+`)
+	for _, v := range configVars() {
+		def := v.Default
+		if def == "" {
+			def = `""`
+		}
+		fmt.Fprintf(w, "  %s (default %s)\n", v.Name, def)
+		for _, line := range wrap(v.Help, 72) {
+			fmt.Fprintf(w, "      %s\n", line)
+		}
+	}
+	fmt.Fprintf(w, "\nUnknown %s* variables are an error, so that a typo does not pass silently.\n", envPrefix)
+}
+
+// wrap splits s into lines of at most width bytes, at spaces.
+func wrap(s string, width int) []string {
+	var lines []string
+	line := ""
+	for _, word := range strings.Fields(s) {
+		if line != "" && len(line)+1+len(word) > width {
+			lines = append(lines, line)
+			line = ""
+		}
+		if line != "" {
+			line += " "
+		}
+		line += word
+	}
+	if line != "" {
+		lines = append(lines, line)
+	}
+	return lines
+}

@@ -1,0 +1,257 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ackd/ackd/fallback"
+	"github.com/ackd/ackd/lease"
+)
+
+func TestConfigDefaults(t *testing.T) {
+	t.Parallel()
+	cfg, err := loadConfig(map[string]string{"HOME": "/home/ackd", "LANG": "C"})
+	if err != nil {
+		t.Fatalf("loadConfig: %v", err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"RedisURL", cfg.RedisURL, "redis://127.0.0.1:6379/0"},
+		{"redis addr", cfg.redisOpts.Addr, "127.0.0.1:6379"},
+		{"redis db", cfg.redisOpts.DB, 0},
+		{"HTTPAddr", cfg.HTTPAddr, ":9466"},
+		{"ScanInterval", cfg.ScanInterval, fallback.ScanIntervalDefault},
+		{"ConfigureEvents", cfg.ConfigureEvents, true},
+		{"Queues", len(cfg.Queues), 0},
+		{"LogLevel", cfg.logLevel, slog.LevelInfo},
+		{"LogFormat", cfg.LogFormat, "json"},
+		{"ShutdownTimeout", cfg.ShutdownTimeout, 10 * time.Second},
+		{"SweepConcurrency", cfg.SweepConcurrency, 4},
+		{"SweepLimit", cfg.SweepLimit, lease.SweepLimitDefault},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
+		}
+	}
+}
+
+func TestConfigValues(t *testing.T) {
+	t.Parallel()
+	cfg, err := loadConfig(map[string]string{
+		"ACKD_REDIS_URL":         "rediss://ackd:s3cret@redis.internal:6380/3?dial_timeout=2s",
+		"ACKD_HTTP_ADDR":         "127.0.0.1:0",
+		"ACKD_SCAN_INTERVAL":     "30s",
+		"ACKD_CONFIGURE_EVENTS":  "false",
+		"ACKD_QUEUES":            " emails, jobs:high ,emails,",
+		"ACKD_LOG_LEVEL":         "DEBUG",
+		"ACKD_LOG_FORMAT":        "text",
+		"ACKD_SHUTDOWN_TIMEOUT":  "2s",
+		"ACKD_SWEEP_CONCURRENCY": "16",
+		"ACKD_SWEEP_LIMIT":       "500",
+	})
+	if err != nil {
+		t.Fatalf("loadConfig: %v", err)
+	}
+	o := cfg.redisOpts
+	if o.Addr != "redis.internal:6380" || o.Username != "ackd" || o.Password != "s3cret" || o.DB != 3 || o.TLSConfig == nil || o.DialTimeout != 2*time.Second {
+		t.Errorf("redis options: addr %q user %q password %q db %d tls %v dial %v", o.Addr, o.Username, o.Password, o.DB, o.TLSConfig != nil, o.DialTimeout)
+	}
+	if got := strings.Join(cfg.Queues, "|"); got != "emails|jobs:high" {
+		t.Errorf("Queues = %q, want emails|jobs:high (trimmed, deduplicated, empties dropped)", got)
+	}
+	if cfg.ScanInterval != 30*time.Second || cfg.ConfigureEvents || cfg.logLevel != slog.LevelDebug || cfg.LogFormat != "text" ||
+		cfg.ShutdownTimeout != 2*time.Second || cfg.SweepConcurrency != 16 || cfg.SweepLimit != 500 || cfg.HTTPAddr != "127.0.0.1:0" {
+		t.Errorf("config = %+v", cfg)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		env  map[string]string
+		want []string // each must appear in the error
+	}{
+		{"scheme http", map[string]string{"ACKD_REDIS_URL": "http://127.0.0.1:6379"}, []string{"ACKD_REDIS_URL", `scheme "http"`}},
+		{"scheme missing", map[string]string{"ACKD_REDIS_URL": "127.0.0.1:6379"}, []string{"ACKD_REDIS_URL"}},
+		{"unix scheme", map[string]string{"ACKD_REDIS_URL": "unix:///run/redis.sock"}, []string{"ACKD_REDIS_URL", "unix"}},
+		{"bad db", map[string]string{"ACKD_REDIS_URL": "redis://localhost:6379/x"}, []string{"ACKD_REDIS_URL", "database"}},
+		{"bad url", map[string]string{"ACKD_REDIS_URL": "redis://h:99999999999/0%"}, []string{"ACKD_REDIS_URL", "not a URL"}},
+		{"no host", map[string]string{"ACKD_REDIS_URL": "redis:///0"}, []string{"ACKD_REDIS_URL", "no host"}},
+		{"bad query", map[string]string{"ACKD_REDIS_URL": "redis://h:1/0?dial_timeout=soon"}, []string{"ACKD_REDIS_URL"}},
+		{"http addr no port", map[string]string{"ACKD_HTTP_ADDR": "9466"}, []string{"ACKD_HTTP_ADDR", "host:port"}},
+		{"http addr bad port", map[string]string{"ACKD_HTTP_ADDR": ":http-alt"}, []string{"ACKD_HTTP_ADDR", "port"}},
+		{"http addr port range", map[string]string{"ACKD_HTTP_ADDR": ":70000"}, []string{"ACKD_HTTP_ADDR", "0 to 65535"}},
+		{"scan zero", map[string]string{"ACKD_SCAN_INTERVAL": "0s"}, []string{"ACKD_SCAN_INTERVAL", "positive"}},
+		{"scan negative", map[string]string{"ACKD_SCAN_INTERVAL": "-1m"}, []string{"ACKD_SCAN_INTERVAL", "positive"}},
+		{"scan not a duration", map[string]string{"ACKD_SCAN_INTERVAL": "5"}, []string{"ACKD_SCAN_INTERVAL", "not a duration"}},
+		{"shutdown zero", map[string]string{"ACKD_SHUTDOWN_TIMEOUT": "0"}, []string{"ACKD_SHUTDOWN_TIMEOUT", "positive"}},
+		{"shutdown negative", map[string]string{"ACKD_SHUTDOWN_TIMEOUT": "-10s"}, []string{"ACKD_SHUTDOWN_TIMEOUT", "positive"}},
+		{"configure events not bool", map[string]string{"ACKD_CONFIGURE_EVENTS": "maybe"}, []string{"ACKD_CONFIGURE_EVENTS", "not a boolean"}},
+		{"concurrency zero", map[string]string{"ACKD_SWEEP_CONCURRENCY": "0"}, []string{"ACKD_SWEEP_CONCURRENCY", "1 to 256"}},
+		{"concurrency too big", map[string]string{"ACKD_SWEEP_CONCURRENCY": "100000"}, []string{"ACKD_SWEEP_CONCURRENCY", "1 to 256"}},
+		{"concurrency not int", map[string]string{"ACKD_SWEEP_CONCURRENCY": "four"}, []string{"ACKD_SWEEP_CONCURRENCY", "not an integer"}},
+		{"limit zero", map[string]string{"ACKD_SWEEP_LIMIT": "0"}, []string{"ACKD_SWEEP_LIMIT", "1 to 10000"}},
+		{"limit too big", map[string]string{"ACKD_SWEEP_LIMIT": "10001"}, []string{"ACKD_SWEEP_LIMIT", "1 to 10000"}},
+		{"limit negative", map[string]string{"ACKD_SWEEP_LIMIT": "-1"}, []string{"ACKD_SWEEP_LIMIT"}},
+		{"log level", map[string]string{"ACKD_LOG_LEVEL": "verbose"}, []string{"ACKD_LOG_LEVEL", "debug, info, warn, error"}},
+		{"log format", map[string]string{"ACKD_LOG_FORMAT": "xml"}, []string{"ACKD_LOG_FORMAT", "json, text"}},
+		{"queue with brace", map[string]string{"ACKD_QUEUES": "ok,bad{name}"}, []string{"ACKD_QUEUES", "bad{name}"}},
+		{"queue with space", map[string]string{"ACKD_QUEUES": "two words"}, []string{"ACKD_QUEUES", "two words"}},
+		{"queue too long", map[string]string{"ACKD_QUEUES": strings.Repeat("q", 129)}, []string{"ACKD_QUEUES", "129 bytes"}},
+		{"unknown variable", map[string]string{"ACKD_REDIS_ULR": "redis://x"}, []string{"ACKD_REDIS_ULR", "unknown variable", "did you mean ACKD_REDIS_URL?"}},
+		{"unknown far from any", map[string]string{"ACKD_FROBNICATE": "1"}, []string{"ACKD_FROBNICATE", "unknown variable"}},
+		{"several at once", map[string]string{"ACKD_SCAN_INTERVAL": "-1s", "ACKD_LOG_FORMAT": "xml", "ACKD_TYPO": "1"},
+			[]string{"ACKD_SCAN_INTERVAL", "ACKD_LOG_FORMAT", "ACKD_TYPO"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := loadConfig(tt.env)
+			if err == nil {
+				t.Fatalf("loadConfig(%v) = nil error, want one naming %v", tt.env, tt.want)
+			}
+			if !errors.Is(err, errConfig) {
+				t.Errorf("error %v does not wrap errConfig", err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestConfigNeverShowsPassword(t *testing.T) {
+	t.Parallel()
+	const secret = "pa55w0rd-not-for-logs"
+	for _, u := range []string{
+		"http://user:" + secret + "@host:6379/0",
+		"redis://user:" + secret + "@host:6379/x",
+		"redis://user:" + secret + "@host:99999999999999/0",
+		"redis://user:" + secret + "@host:1/0?dial_timeout=soon",
+		"redis://:" + secret + "@host:6379/0%zz",
+		"rediss://user:" + secret + "@host:6379/0/1",
+	} {
+		_, err := loadConfig(map[string]string{"ACKD_REDIS_URL": u})
+		if err == nil {
+			t.Errorf("%s: no error", redactURL(u))
+			continue
+		}
+		if strings.Contains(err.Error(), secret) {
+			t.Errorf("error shows the password: %v", err)
+		}
+	}
+	if got := redactURL("redis://ackd:" + secret + "@redis:6379/0"); got != "redis://ackd:xxxxx@redis:6379/0" {
+		t.Errorf("redactURL = %q", got)
+	}
+	if got := redactURL("redis://redis:6379/0"); got != "redis://redis:6379/0" {
+		t.Errorf("redactURL without password = %q", got)
+	}
+}
+
+func TestHelpListsEveryVariable(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"-h"}, nil, &out, &out); err != nil {
+		t.Fatalf("run -h: %v", err)
+	}
+	help := out.String()
+	vars := configVars()
+	if len(vars) != 10 {
+		t.Errorf("%d variables, want 10", len(vars))
+	}
+	for _, v := range vars {
+		if v.Help == "" {
+			t.Errorf("%s has no help tag", v.Name)
+		}
+		def := v.Default
+		if def == "" {
+			def = `""`
+		}
+		if !strings.Contains(help, v.Name+" (default "+def+")") {
+			t.Errorf("help lacks %s with default %s:\n%s", v.Name, def, help)
+		}
+	}
+	for _, flag := range []string{"-healthcheck", "-version", "--help"} {
+		if !strings.Contains(help, flag) {
+			t.Errorf("help lacks %s", flag)
+		}
+	}
+	var out2 bytes.Buffer
+	if err := run(context.Background(), []string{"--help"}, nil, &out2, &out2); err != nil || out2.String() != help {
+		t.Errorf("--help: err %v, same output %v", err, out2.String() == help)
+	}
+}
+
+// TestDeployDocListsEveryVariable keeps docs/DEPLOY.md in step with the
+// struct tags.
+func TestDeployDocListsEveryVariable(t *testing.T) {
+	t.Parallel()
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "DEPLOY.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range configVars() {
+		def := "`" + v.Default + "`"
+		if v.Default == "" {
+			def = "(empty)"
+		}
+		if !strings.Contains(string(doc), "| `"+v.Name+"` | "+def+" |") {
+			t.Errorf("docs/DEPLOY.md has no row | `%s` | %s |", v.Name, def)
+		}
+	}
+}
+
+func TestRunFlags(t *testing.T) {
+	t.Parallel()
+	var out, errOut bytes.Buffer
+	if err := run(context.Background(), []string{"-version"}, nil, &out, &errOut); err != nil {
+		t.Fatalf("-version: %v", err)
+	}
+	if got := out.String(); got != "ackd "+version+"\n" {
+		t.Errorf("-version printed %q", got)
+	}
+	for _, args := range [][]string{{"-nope"}, {"serve"}} {
+		err := run(context.Background(), args, nil, &out, &errOut)
+		if err == nil || !strings.Contains(err.Error(), "ackd -h") {
+			t.Errorf("run %v: error %v, want one pointing at ackd -h", args, err)
+		}
+	}
+	// A bad variable fails before anything else, -healthcheck included.
+	err := run(context.Background(), []string{"-healthcheck"}, map[string]string{"ACKD_SWEEP_LIMIT": "0"}, &out, &errOut)
+	if err == nil || !strings.Contains(err.Error(), "ACKD_SWEEP_LIMIT") {
+		t.Errorf("-healthcheck with bad env: %v", err)
+	}
+}
+
+func TestHealthcheckURL(t *testing.T) {
+	t.Parallel()
+	for addr, want := range map[string]string{
+		":9466":          "http://127.0.0.1:9466/healthz",
+		"0.0.0.0:9466":   "http://127.0.0.1:9466/healthz",
+		"[::]:9466":      "http://127.0.0.1:9466/healthz",
+		"10.1.2.3:8080":  "http://10.1.2.3:8080/healthz",
+		"localhost:9466": "http://localhost:9466/healthz",
+		"[::1]:9466":     "http://[::1]:9466/healthz",
+	} {
+		got, err := healthcheckURL(addr)
+		if err != nil || got != want {
+			t.Errorf("healthcheckURL(%q) = %q, %v; want %q", addr, got, err, want)
+		}
+	}
+	if _, err := healthcheckURL("127.0.0.1:0"); err == nil {
+		t.Error("port 0: no error")
+	}
+}

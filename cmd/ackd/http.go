@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+const (
+	// readyPingTimeout bounds the PING of one /readyz request.
+	readyPingTimeout = time.Second
+	// healthcheckTimeout bounds ackd -healthcheck.
+	healthcheckTimeout = 3 * time.Second
+)
+
+// handler serves /healthz, /readyz and /metrics.
+func (d *daemon) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", d.readyz)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(d.metrics.reg, promhttp.HandlerOpts{
+		ErrorHandling: promhttp.ContinueOnError,
+		Registry:      d.metrics.reg,
+	}))
+	return mux
+}
+
+// readiness is the JSON body of /readyz.
+type readiness struct {
+	Ready      bool         `json:"ready"`
+	Redis      bool         `json:"redis"`
+	RedisError string       `json:"redis_error,omitempty"`
+	Subscribed bool         `json:"subscribed"`
+	Stopping   bool         `json:"stopping,omitempty"`
+	Events     eventsReport `json:"events"`
+}
+
+// eventsReport is what /readyz says about keyspace events.
+type eventsReport struct {
+	Checked bool   `json:"checked"` // false until Redis first answered the check
+	Enabled bool   `json:"enabled"`
+	Flags   string `json:"flags"`
+	Error   string `json:"error,omitempty"`
+}
+
+// readyz answers 200 when Redis answers PING and the listener's
+// subscription is live, 503 otherwise. Keyspace events being off is
+// reported in the body but does not make ackd unready: it works on.
+func (d *daemon) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), readyPingTimeout)
+	defer cancel()
+	rd := readiness{Subscribed: d.lis.Subscribed(), Stopping: d.stopping.Load(), Events: d.eventsState()}
+	if err := d.rdb.Ping(ctx).Err(); errors.Is(err, context.DeadlineExceeded) {
+		rd.RedisError = fmt.Sprintf("no answer to PING within %v", readyPingTimeout)
+	} else if err != nil {
+		rd.RedisError = err.Error()
+	} else {
+		rd.Redis = true
+	}
+	rd.Ready = rd.Redis && rd.Subscribed && !rd.Stopping
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	if !rd.Ready {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	_ = json.NewEncoder(w).Encode(rd)
+}
+
+// healthcheckURL is the /healthz URL of an ackd listening on addr: its
+// host, or 127.0.0.1 if it listens on every interface.
+func healthcheckURL(addr string) (string, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", err
+	}
+	if port == "0" {
+		return "", fmt.Errorf("ACKD_HTTP_ADDR %q has port 0: no fixed port to check", addr)
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, port) + "/healthz", nil
+}
+
+// healthcheck GETs /healthz of the ackd at addr, for a container's
+// HEALTHCHECK (the image has no curl). nil means it answered 200.
+func healthcheck(ctx context.Context, addr string) error {
+	u, err := healthcheckURL(addr)
+	if err != nil {
+		return fmt.Errorf("healthcheck: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, healthcheckTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return fmt.Errorf("healthcheck: %w", err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("healthcheck: %w", err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<10))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("healthcheck: GET %s: %s", u, resp.Status)
+	}
+	return nil
+}
