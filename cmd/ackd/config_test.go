@@ -195,11 +195,11 @@ func TestHelpListsEveryVariable(t *testing.T) {
 	}
 }
 
-// TestDeployDocListsEveryVariable keeps docs/DEPLOY.md in step with the
+// TestReadmeListsEveryVariable keeps README.md in step with the
 // struct tags.
-func TestDeployDocListsEveryVariable(t *testing.T) {
+func TestReadmeListsEveryVariable(t *testing.T) {
 	t.Parallel()
-	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "DEPLOY.md"))
+	doc, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +209,7 @@ func TestDeployDocListsEveryVariable(t *testing.T) {
 			def = "(empty)"
 		}
 		if !strings.Contains(string(doc), "| `"+v.Name+"` | "+def+" |") {
-			t.Errorf("docs/DEPLOY.md has no row | `%s` | %s |", v.Name, def)
+			t.Errorf("README.md has no row | `%s` | %s |", v.Name, def)
 		}
 	}
 }
