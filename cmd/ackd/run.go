@@ -25,8 +25,12 @@ import (
 
 const (
 	// redisCheckInterval is how often ackd PINGs Redis to notice an outage
-	// and its end even while it has nothing to sweep.
-	redisCheckInterval = time.Second
+	// even while it has nothing to sweep: rarely, since an idle ackd must
+	// cost Redis next to nothing (the listener pings its own connection too).
+	redisCheckInterval = 10 * time.Second
+	// redisRecheckInterval is how often it PINGs during an outage, to log
+	// the recovery promptly.
+	redisRecheckInterval = time.Second
 	// redisCheckTimeout bounds one such PING.
 	redisCheckTimeout = time.Second
 	// eventsCheckTimeout bounds one EnsureEvents call.
@@ -356,10 +360,11 @@ func (d *daemon) scanned(queues int, took time.Duration, err error) {
 	d.checkEvents(d.compCtx)
 }
 
-// monitor PINGs Redis every second so that an outage and its end are
-// logged even when ackd has nothing to sweep.
+// monitor PINGs Redis so that an outage and its end are logged even when
+// ackd has nothing to sweep: every redisCheckInterval, and every
+// redisRecheckInterval during an outage.
 func (d *daemon) monitor(ctx context.Context) error {
-	t := time.NewTicker(redisCheckInterval)
+	t := time.NewTimer(redisCheckInterval)
 	defer t.Stop()
 	for {
 		select {
@@ -381,6 +386,11 @@ func (d *daemon) monitor(ctx context.Context) error {
 			d.redisFailed(err)
 		default:
 			d.redisOK()
+		}
+		if d.isRedisDown() {
+			t.Reset(redisRecheckInterval)
+		} else {
+			t.Reset(redisCheckInterval)
 		}
 	}
 }
