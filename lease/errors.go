@@ -16,7 +16,10 @@ var (
 	ErrNoMessage = errors.New("lease: no message")
 	// ErrNotHeld: no lease of this message is in flight: it was acked,
 	// dead-lettered, or its lease ran out and it went back to the queue
-	// (it will be delivered again). Nothing changed.
+	// (it will be delivered again). Nothing changed. A client that resends
+	// an ack whose reply was lost (go-redis retries by default) gets this
+	// too, although its first ack succeeded: delivery is at least once,
+	// and an ErrNotHeld ack never means the message was lost.
 	ErrNotHeld = errors.New("lease: not held")
 	// ErrStale: the token belongs to an earlier delivery; the message has
 	// been delivered again and another consumer holds it now. Nothing

@@ -3,6 +3,7 @@ package lease
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -513,4 +514,55 @@ func TestTakeTinyWait(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("Take with a tiny wait blocked")
 	}
+}
+
+// TestTakeResent runs one take call twice with the same arguments, as a
+// client does when it resends a call whose reply was lost (go-redis
+// retries by default). The second run answers with the first run's leases
+// and takes nothing more: no payload is leased twice or taken for a copy.
+func TestTakeResent(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := t.Context()
+	const q = "resent"
+	k := KeysFor(q)
+	for i := range 6 {
+		if err := b.rdb.RPush(ctx, k.Ready, fmt.Sprintf("raw-%d", i)).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tokens, ids := b.c.newTokens(3)
+	keys := []string{k.Ready, k.Claim, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs}
+	args := []any{3, 0, 60000, 10, WakeChannel, q}
+	for i := range 3 {
+		keys = append(keys, LeaseKey(q, tokens[i]))
+		args = append(args, tokens[i], ids[i])
+	}
+	var runs [2][]*Lease
+	for r := range runs {
+		res, err := takeScript.Run(ctx, b.rdb, keys, args...).Slice()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls, _, bad, err := b.c.parseTakeReply(q, res)
+		if err != nil || bad != 0 || len(ls) != 3 {
+			t.Fatalf("run %d: take = %d leases, %d malformed, %v", r, len(ls), bad, err)
+		}
+		runs[r] = ls
+	}
+	for i := range 3 {
+		a, r := runs[0][i], runs[1][i]
+		if a.ID != ids[i] || r.ID != a.ID || r.Token != a.Token || r.Attempt != 1 ||
+			r.Deadline() != a.Deadline() || string(r.Payload) != fmt.Sprintf("raw-%d", i) {
+			t.Errorf("lease %d: first %+v, resent %+v", i, a, r)
+		}
+	}
+	st := checkInvariants(t, b.rdb, q)
+	if len(st.Dead) != 0 || len(st.InFlight) != 3 || len(st.Raw) != 3 {
+		t.Errorf("after a resent take: %d dead, %d in flight, %d ready", len(st.Dead), len(st.InFlight), len(st.Raw))
+	}
+	if err := b.c.AckBatch(ctx, runs[1]); err != nil {
+		t.Fatal(err)
+	}
+	checkInvariants(t, b.rdb, q)
 }

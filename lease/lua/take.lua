@@ -14,17 +14,47 @@
 -- ARGV[5] wake channel
 -- ARGV[6] queue name
 -- ARGV[5+2i] token_i, ARGV[6+2i] id_i (the id a raw payload in slot i gets)
+-- A resent call (same tokens) returns what the first run leased.
 -- returns {count, next_delayed_ms or -1, malformed,
 --          then per lease: id, token, attempt, deadline_ms, max, payload}
 local n = tonumber(ARGV[1])
 local override = tonumber(ARGV[2])
 local deflease = tonumber(ARGV[3])
 local defmax = tonumber(ARGV[4])
-local now = now_ms()
+local out = {0, -1, 0}
 
+-- A client that lost the reply resends the same call (go-redis retries by
+-- default), with the same tokens. Its first slot's shadow key then exists
+-- (tokens are random: nothing else creates it), so answer with what the
+-- first run leased instead of leasing more: take is idempotent.
+if redis.call('EXISTS', KEYS[8]) == 1 then
+  local j = 0
+  for i = 1, n do
+    local id = redis.call('GET', KEYS[7 + i])
+    if not id then break end
+    local rec = redis.call('HGET', KEYS[3], id)
+    local dl = redis.call('ZSCORE', KEYS[4], id)
+    local tok, envs = nil, nil
+    if rec then tok, envs = parse_rec(rec) end
+    local m = envs and parse_env(envs)
+    if m and dl and tok == ARGV[5 + 2 * i] then
+      j = j + 1
+      local o = #out
+      out[o + 1] = m.id
+      out[o + 2] = tok
+      out[o + 3] = m.attempts
+      out[o + 4] = tonumber(dl)
+      out[o + 5] = m.max
+      out[o + 6] = m.payload
+    end
+  end
+  out[1] = j
+  return out
+end
+
+local now = now_ms()
 promote(KEYS[5], KEYS[1], now, 100)
 
-local out = {0, -1, 0}
 local before = first_score(KEYS[4])
 local earliest = nil
 local j, bad = 0, 0

@@ -1,0 +1,400 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ackd/ackd/e2e/internal/journal"
+	"github.com/ackd/ackd/lease"
+)
+
+// expect is what a scenario tells the invariant checker.
+type expect struct {
+	// Payloads lists every message pushed (payloads are unique).
+	Payloads []string
+	// Crashed holds the pids of consumers that died without a clean
+	// exit: each may have acked a message and died before recording it.
+	Crashed map[int]bool
+	// AllowDead accepts messages in the dead set at the end.
+	AllowDead bool
+	// Replayed lists messages that went through Replay, which resets the
+	// attempt count: for them Attempt is not checked against the counters.
+	Replayed map[string]bool
+	// ExtraKeys accepts keys the scenario itself created beyond e2e:*.
+	ExtraKeys func(key string) bool
+}
+
+// summary is what the checker found, for scenario-specific assertions.
+type summary struct {
+	Messages    int
+	Acked       int            // gone after an ack
+	Unconfirmed int            // gone, ack not recorded: its consumer died right after it, or the reply was lost
+	Dead        map[string]int // in the dead set, by reason
+	Handlings   int            // Handling records
+	Duplicates  int            // messages handled more than once
+	Redelivered int            // handlings of a delivery after the first
+	Expiries    int            // leases that ran out, over all messages
+	AckOK       int            // successful acks recorded
+	AckRefused  map[string]int // acks refused, by result (stale, notheld, error)
+}
+
+func (s summary) String() string {
+	return fmt.Sprintf("%d messages: %d acked (%d unconfirmed), dead %v; %d handlings, %d messages handled more than once, %d redeliveries handled, %d expiries; %d acks ok, refused %v",
+		s.Messages, s.Acked, s.Unconfirmed, s.Dead, s.Handlings, s.Duplicates, s.Redelivered, s.Expiries, s.AckOK, s.AckRefused)
+}
+
+// checkInvariants is the suite's one definition of "no message lost". It
+// reads everything left in Redis and the journal, and fails the test,
+// listing each offending message and where it is, unless:
+//
+//   - every pushed message was handled and acked, or sits in the dead set
+//     (only if exp.AllowDead);
+//   - nothing is left ready, claimed, in flight or delayed, and no key
+//     remains but the registry, the dead set, the journal and exp.ExtraKeys
+//     (no shadow lease keys, no lease records, no deadlines);
+//   - no message is in two places, and nothing unknown appeared;
+//   - a message was handled twice only as two different deliveries: each
+//     handling has its own token and its own count of earlier deliveries
+//     that ended without an ack (expiries + nacks), and Attempt equals that
+//     count + 1;
+//   - at most one delivery of a message was acked, and it is the last one:
+//     no message was delivered again after a successful ack;
+//   - a message that is gone had its last handling acked, or that ack's
+//     outcome is unknown because its consumer died or lost the reply.
+//
+// Call it once every process that touches the queue has stopped.
+func checkInvariants(t *testing.T, e *env, exp expect) summary {
+	t.Helper()
+	ctx := t.Context()
+	rdb := e.rdb
+	k := lease.KeysFor(e.queue)
+	sum := summary{Messages: len(exp.Payloads), Dead: map[string]int{}, AckRefused: map[string]int{}}
+	var global []string
+	fail := func(format string, args ...any) { global = append(global, fmt.Sprintf(format, args...)) }
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("checkInvariants: %v", err)
+		}
+	}
+
+	known := make(map[string]bool, len(exp.Payloads))
+	for _, p := range exp.Payloads {
+		known[p] = true
+	}
+
+	// Where is each message now?
+	where := map[string][]string{}
+	idInRedis := map[string]string{}
+	nowMS := func() int64 {
+		tm, err := rdb.Time(ctx).Result()
+		must(err)
+		return tm.UnixMilli()
+	}()
+	for _, l := range []struct{ name, key string }{{"ready", k.Ready}, {"claim", k.Claim}} {
+		els, err := rdb.LRange(ctx, l.key, 0, -1).Result()
+		must(err)
+		for _, el := range els {
+			env, ok := journal.ParseElement(el)
+			loc := l.name + " (raw)"
+			if ok {
+				loc = fmt.Sprintf("%s (attempts %d, expiries %d, nacks %d)", l.name, env.Attempts, env.Expiries, env.Failures)
+				idInRedis[env.Payload] = env.ID
+			}
+			where[env.Payload] = append(where[env.Payload], loc)
+		}
+	}
+	recs, err := rdb.HGetAll(ctx, k.Leases).Result()
+	must(err)
+	deadlines, err := rdb.ZRangeWithScores(ctx, k.Deadlines, 0, -1).Result()
+	must(err)
+	deadlineOf := map[string]int64{}
+	for _, z := range deadlines {
+		id := z.Member.(string)
+		deadlineOf[id] = int64(z.Score)
+		if _, ok := recs[id]; !ok {
+			fail("deadline without a lease record: id %s, deadline %d ms ago", id, nowMS-int64(z.Score))
+		}
+	}
+	for id, rec := range recs {
+		token, env, ok := journal.ParseLeaseRecord(rec)
+		if !ok {
+			fail("malformed lease record %s: %q", id, rec)
+			continue
+		}
+		loc := fmt.Sprintf("in flight (attempt %d, token %s, no deadline)", env.Attempts, token)
+		if d, ok := deadlineOf[id]; ok {
+			loc = fmt.Sprintf("in flight (attempt %d, token %s, deadline %+d ms from now)", env.Attempts, token, d-nowMS)
+		}
+		where[env.Payload] = append(where[env.Payload], loc)
+		idInRedis[env.Payload] = env.ID
+	}
+	delayed, err := rdb.ZRangeWithScores(ctx, k.Delayed, 0, -1).Result()
+	must(err)
+	for _, z := range delayed {
+		env, _ := journal.ParseElement(z.Member.(string))
+		where[env.Payload] = append(where[env.Payload], fmt.Sprintf("delayed (due %+d ms from now)", int64(z.Score)-nowMS))
+	}
+	deadOf := map[string]lease.DeadLetter{}
+	for off := 0; ; off += lease.MaxBatch {
+		dls, err := e.lc.DeadLetters(ctx, e.queue, off, lease.MaxBatch)
+		must(err)
+		for _, d := range dls {
+			p := string(d.Payload)
+			if d.Raw != nil {
+				p = string(d.Raw)
+			}
+			deadOf[p] = d
+			where[p] = append(where[p], fmt.Sprintf("dead (%s after %d attempts, %d expiries, %d nacks; dead-letter id %s)", d.Reason, d.Attempts, d.Expiries, d.Failures, d.ID))
+		}
+		if len(dls) < lease.MaxBatch {
+			break
+		}
+	}
+
+	// What did the application do?
+	hs, err := journal.Handlings(ctx, rdb, e.queue)
+	must(err)
+	ss, err := journal.Settles(ctx, rdb, e.queue)
+	must(err)
+	sum.Handlings = len(hs)
+	settles := map[string][]journal.Settle{}
+	for _, s := range ss {
+		settles[s.Token] = append(settles[s.Token], s)
+		if s.Op == "ack" {
+			if s.Result == journal.ResultOK {
+				sum.AckOK++
+			} else {
+				sum.AckRefused[s.Result]++
+			}
+		}
+	}
+	byPayload := map[string][]journal.Handling{}
+	for _, h := range hs {
+		if !known[h.Payload] {
+			fail("handled a message never pushed: %+v", h)
+			continue
+		}
+		byPayload[h.Payload] = append(byPayload[h.Payload], h)
+	}
+	for p, locs := range where {
+		if !known[p] {
+			fail("a message never pushed is in Redis: %q: %s", p, strings.Join(locs, ", "))
+		}
+	}
+
+	acked := func(h journal.Handling) bool {
+		for _, s := range settles[h.Token] {
+			if s.Op == "ack" && s.Result == journal.ResultOK {
+				return true
+			}
+		}
+		return false
+	}
+	describe := func(h journal.Handling) string {
+		var res []string
+		for _, s := range settles[h.Token] {
+			res = append(res, s.Op+":"+s.Result)
+		}
+		if len(res) == 0 {
+			res = []string{"unsettled"}
+		}
+		seq := "?"
+		if h.Seq() >= 0 {
+			seq = fmt.Sprint(h.Seq())
+		}
+		return fmt.Sprintf("[attempt %d, %s earlier unacked, pid %d, token %s, %s]", h.Attempt, seq, h.PID, h.Token, strings.Join(res, " "))
+	}
+
+	var bad []string
+	for _, p := range exp.Payloads {
+		var problems []string
+		problem := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+		locs := where[p]
+		_, dead := deadOf[p]
+		live := len(locs)
+		if dead {
+			live--
+		}
+		hs := byPayload[p]
+		slices.SortStableFunc(hs, func(a, b journal.Handling) int { return cmp.Compare(a.Seq(), b.Seq()) })
+		if len(hs) > 1 {
+			sum.Duplicates++
+		}
+
+		if len(locs) > 1 {
+			problem("in %d places at once", len(locs))
+		}
+		if live > 0 {
+			problem("left over, not lost but never finished")
+		}
+		ids := map[string]bool{}
+		if id, ok := idInRedis[p]; ok {
+			ids[id] = true
+		}
+		tokens := map[string]bool{}
+		seqs := map[int]string{}
+		var ackOK []journal.Handling
+		for _, h := range hs {
+			ids[h.ID] = true
+			if tokens[h.Token] {
+				problem("one delivery (token %s) handled twice", h.Token)
+			}
+			tokens[h.Token] = true
+			if s := h.Seq(); s >= 0 {
+				if s > 0 {
+					sum.Redelivered++
+				}
+				if other, ok := seqs[s]; ok {
+					problem("delivered twice with no expiry or nack in between (tokens %s and %s, %d earlier unacked)", other, h.Token, s)
+				}
+				seqs[s] = h.Token
+				if !exp.Replayed[p] && h.Attempt != s+1 {
+					problem("attempt %d after %d expiries and %d nacks: attempt numbers inconsistent", h.Attempt, h.Expiries, h.Failures)
+				}
+			}
+			if acked(h) {
+				ackOK = append(ackOK, h)
+			}
+		}
+		if len(ids) > 1 {
+			problem("its id changed between deliveries: %v", ids)
+		}
+		if len(ackOK) > 1 {
+			problem("acked %d times: the fencing let two deliveries succeed", len(ackOK))
+		}
+		var last journal.Handling
+		if len(hs) > 0 {
+			last = hs[len(hs)-1]
+			for _, h := range ackOK {
+				if h.Seq() < 0 {
+					problem("acked a delivery whose lease was already lost when taken (token %s)", h.Token)
+				} else if h.Token != last.Token {
+					problem("acked (attempt %d) and delivered again afterwards (attempt %d)", h.Attempt, last.Attempt)
+				}
+			}
+		}
+		switch {
+		case dead:
+			d := deadOf[p]
+			sum.Dead[d.Reason]++
+			sum.Expiries += d.Expiries
+			if !exp.AllowDead {
+				problem("dead-lettered (%s), but this scenario expects none", d.Reason)
+			}
+			if len(ackOK) > 0 {
+				problem("acked, yet in the dead set")
+			}
+		case live > 0:
+			if len(ackOK) > 0 {
+				problem("acked, yet still live")
+			}
+		case len(hs) == 0:
+			problem("LOST: never handled and not in Redis")
+		default:
+			sum.Expiries += max(last.Expiries, 0)
+			if len(ackOK) > 0 {
+				sum.Acked++
+				break
+			}
+			uncertain := len(settles[last.Token]) == 0 && exp.Crashed[last.PID]
+			for _, s := range settles[last.Token] {
+				uncertain = uncertain || s.Result == journal.ResultError
+			}
+			if !uncertain {
+				problem("LOST: gone from Redis, but its last delivery was never acked")
+				break
+			}
+			sum.Acked++
+			sum.Unconfirmed++
+		}
+		if len(problems) == 0 {
+			continue
+		}
+		where := "nowhere in Redis"
+		if len(locs) > 0 {
+			where = strings.Join(locs, "; ")
+		}
+		var hdesc []string
+		for _, h := range hs {
+			hdesc = append(hdesc, describe(h))
+		}
+		if len(ids) == 0 {
+			ids["?"] = true
+		}
+		id := strings.Join(slices.Sorted(func(yield func(string) bool) {
+			for id := range ids {
+				if !yield(id) {
+					return
+				}
+			}
+		}), ",")
+		bad = append(bad, fmt.Sprintf("%s (id %s): %s\n\twhere: %s\n\thandlings: %s",
+			p, id, strings.Join(problems, "; "), where, strings.Join(hdesc, " ")))
+	}
+
+	// No orphan keys.
+	keys, err := rdb.Keys(ctx, "*").Result()
+	must(err)
+	slices.Sort(keys)
+	registered := false
+	for _, key := range keys {
+		switch {
+		case key == lease.RegistryKey:
+			registered, err = rdb.SIsMember(ctx, key, e.queue).Result()
+			must(err)
+		case key == k.Dead || key == k.DeadMsgs:
+		case strings.HasPrefix(key, journal.KeyPrefix):
+		case exp.ExtraKeys != nil && exp.ExtraKeys(key):
+		default:
+			typ, _ := rdb.Type(ctx, key).Result()
+			ttl, _ := rdb.PTTL(ctx, key).Result()
+			n := ""
+			switch typ {
+			case "list":
+				n = fmt.Sprintf(", %d elements", rdb.LLen(ctx, key).Val())
+			case "zset":
+				n = fmt.Sprintf(", %d members", rdb.ZCard(ctx, key).Val())
+			case "hash":
+				n = fmt.Sprintf(", %d fields", rdb.HLen(ctx, key).Val())
+			}
+			ttls := "no TTL"
+			if ttl > 0 {
+				ttls = "TTL " + ttl.Round(time.Millisecond).String()
+			}
+			fail("key left behind: %s (%s%s, %s)", key, typ, n, ttls)
+		}
+	}
+	if !registered {
+		fail("queue %s missing from the registry %s", e.queue, lease.RegistryKey)
+	}
+
+	t.Logf("invariants: %s", sum)
+	if len(bad) > 0 || len(global) > 0 {
+		const show = 40
+		var b strings.Builder
+		fmt.Fprintf(&b, "invariants violated: %d of %d messages, %d other problems\n", len(bad), len(exp.Payloads), len(global))
+		for i, s := range global {
+			if i == show {
+				fmt.Fprintf(&b, "... and %d more\n", len(global)-show)
+				break
+			}
+			b.WriteString(s + "\n")
+		}
+		for i, s := range bad {
+			if i == show {
+				fmt.Fprintf(&b, "... and %d more messages\n", len(bad)-show)
+				break
+			}
+			b.WriteString(s + "\n")
+		}
+		t.Error(b.String())
+	}
+	return sum
+}
