@@ -6,19 +6,26 @@
 -- returns one status per lease: 1 acked, 0 not held (unknown id, or already
 -- acked, requeued or dead-lettered), -1 stale token (a later delivery of the
 -- message holds it now; nothing changed)
-local out = {}
-for i = 1, #ARGV / 2 do
-  local id, token = ARGV[2 * i - 1], ARGV[2 * i]
-  local rec = redis.call('HGET', KEYS[1], id)
+local n = #ARGV / 2
+local ids = {}
+for i = 1, n do ids[i] = ARGV[2 * i - 1] end
+local recs = redis.call('HMGET', KEYS[1], unpack(ids))
+local out, done, shadows = {}, {}, {}
+for i = 1, n do
+  local token, rec = ARGV[2 * i], recs[i]
   if not rec then
     out[i] = 0
   elseif string.sub(rec, 1, #token + 1) ~= token .. '|' then
     out[i] = -1
   else
-    redis.call('HDEL', KEYS[1], id)
-    redis.call('ZREM', KEYS[2], id)
-    redis.call('DEL', KEYS[2 + i])
+    done[#done + 1] = ids[i]
+    shadows[#shadows + 1] = KEYS[2 + i]
     out[i] = 1
   end
+end
+if #done > 0 then
+  redis.call('HDEL', KEYS[1], unpack(done))
+  redis.call('ZREM', KEYS[2], unpack(done))
+  redis.call('DEL', unpack(shadows))
 end
 return out

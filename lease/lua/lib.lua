@@ -37,8 +37,11 @@ local function parse_env(s)
            expiries = e, failures = f, payload = string.sub(s, pos) }
 end
 
-local function build_env(m)
-  return MARK .. m.id .. '|' .. m.attempts .. '|' .. m.max .. '|' .. m.lease .. '|' ..
+-- build_env prints m as an envelope, after prefix if one is given (a lease
+-- record's "token|"), in one concatenation: Lua hashes every byte of every
+-- string it makes, so each extra payload-sized string costs.
+local function build_env(m, prefix)
+  return (prefix or '') .. MARK .. m.id .. '|' .. m.attempts .. '|' .. m.max .. '|' .. m.lease .. '|' ..
     m.expiries .. '|' .. m.failures .. '|' .. m.payload
 end
 

@@ -57,47 +57,56 @@ promote(KEYS[5], KEYS[1], now, 100)
 
 local before = first_score(KEYS[4])
 local earliest = nil
+local zadd = {}
 local j, bad = 0, 0
 while j < n and bad < 100 do
-  local e = redis.call('LPOP', KEYS[2])
-  if not e then e = redis.call('LPOP', KEYS[1]) end
-  if not e then break end
-  local token, rawid = ARGV[5 + 2 * (j + 1)], ARGV[6 + 2 * (j + 1)]
-  local m
-  if string.sub(e, 1, MARKLEN) == MARK then
-    m = parse_env(e)
-  else
-    m = { id = rawid, attempts = 0, max = defmax, lease = 0, expiries = 0, failures = 0, payload = e }
-  end
-  if not m then
-    bad = bad + 1
-    dead_letter(KEYS[6], KEYS[7], rawid .. '.m' .. bad, 'malformed', now, e)
-  elseif redis.call('HEXISTS', KEYS[3], m.id) == 1 then
-    -- an id already in flight: a second copy pushed by someone else
-    bad = bad + 1
-    dead_letter(KEYS[6], KEYS[7], m.id, 'malformed', now, e)
-  else
-    j = j + 1
-    m.attempts = m.attempts + 1
-    local ms = override
-    if ms <= 0 then ms = m.lease end
-    if ms <= 0 then ms = deflease end
-    -- a foreign envelope may ask for more than ackd allows: a week at most
-    if ms > 604800000 then ms = 604800000 end
-    local deadline = now + ms
-    redis.call('HSET', KEYS[3], m.id, token .. '|' .. build_env(m))
-    redis.call('ZADD', KEYS[4], deadline, m.id)
-    redis.call('SET', KEYS[7 + j], m.id, 'PXAT', deadline)
-    if earliest == nil or deadline < earliest then earliest = deadline end
-    local o = #out
-    out[o + 1] = m.id
-    out[o + 2] = token
-    out[o + 3] = m.attempts
-    out[o + 4] = deadline
-    out[o + 5] = m.max
-    out[o + 6] = m.payload
+  -- the claim list first, then ready: one call for up to n - j elements
+  local popped = redis.call('LMPOP', 2, KEYS[2], KEYS[1], 'LEFT', 'COUNT', n - j)
+  if not popped then break end
+  local elems = popped[2]
+  for x = 1, #elems do
+    local e = elems[x]
+    local token, rawid = ARGV[5 + 2 * (j + 1)], ARGV[6 + 2 * (j + 1)]
+    local m
+    if string.sub(e, 1, MARKLEN) == MARK then
+      m = parse_env(e)
+    else
+      m = { id = rawid, attempts = 0, max = defmax, lease = 0, expiries = 0, failures = 0, payload = e }
+    end
+    if not m then
+      bad = bad + 1
+      dead_letter(KEYS[6], KEYS[7], rawid .. '.m' .. bad, 'malformed', now, e)
+    else
+      m.attempts = m.attempts + 1
+      local rec = build_env(m, token .. '|')
+      if redis.call('HSETNX', KEYS[3], m.id, rec) == 0 then
+        -- an id already in flight: a second copy pushed by someone else
+        bad = bad + 1
+        dead_letter(KEYS[6], KEYS[7], m.id, 'malformed', now, e)
+      else
+        j = j + 1
+        local ms = override
+        if ms <= 0 then ms = m.lease end
+        if ms <= 0 then ms = deflease end
+        -- a foreign envelope may ask for more than ackd allows: a week at most
+        if ms > 604800000 then ms = 604800000 end
+        local deadline = now + ms
+        zadd[#zadd + 1] = deadline
+        zadd[#zadd + 1] = m.id
+        redis.call('SET', KEYS[7 + j], m.id, 'PXAT', deadline)
+        if earliest == nil or deadline < earliest then earliest = deadline end
+        local o = #out
+        out[o + 1] = m.id
+        out[o + 2] = token
+        out[o + 3] = m.attempts
+        out[o + 4] = deadline
+        out[o + 5] = m.max
+        out[o + 6] = m.payload
+      end
+    end
   end
 end
+if #zadd > 0 then redis.call('ZADD', KEYS[4], unpack(zadd)) end
 out[1] = j
 out[3] = bad
 if earliest then
