@@ -1,0 +1,542 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ackd/ackd/lease"
+)
+
+const (
+	tputBatch = 100
+	// tputBlock is how long an idle consumer blocks per call. Short, so
+	// that consumers notice the end of a run quickly.
+	tputBlock    = 100 * time.Millisecond
+	tputBlockSec = "0.1"
+)
+
+// tputVariant is one way to push, take and acknowledge messages.
+type tputVariant struct {
+	key   string // short name used in tables' ratio columns
+	name  string
+	mode  string // "none" (no ack), "single" or "batch"
+	batch int    // messages per take
+	// daemon runs the real ackd against the server during the run (100 B
+	// payloads only), as a deployment would.
+	daemon bool
+	build  func(b *bench, lc *lease.Client, payload []byte) tputImpl
+}
+
+type tputImpl struct {
+	setup   func(ctx context.Context) error
+	push    func(ctx context.Context, k int) error        // k <= tputBatch messages, one round trip
+	consume func(ctx context.Context, w int) (int, error) // take and ack up to batch; 0 after a timed-out wait
+}
+
+var tputVariants = []tputVariant{
+	{key: "list", name: "plain list RPUSH/BLPOP (no ack)", mode: "none", batch: 1, build: buildList},
+	{key: "reliable", name: "reliable list BLMOVE+LREM", mode: "single", batch: 1, build: buildReliable},
+	{key: "streams", name: "Streams XREADGROUP+XACK", mode: "single", batch: 1, build: buildStreams(1)},
+	{key: "ackd", name: "ackd Take+Ack", mode: "single", batch: 1, build: buildAckd(1)},
+	{key: "streams-batch", name: "Streams batched (COUNT 100, XACK 100)", mode: "batch", batch: tputBatch, build: buildStreams(tputBatch)},
+	{key: "ackd-batch", name: "ackd batched (TakeBatch 100 + AckBatch)", mode: "batch", batch: tputBatch, build: buildAckd(tputBatch)},
+	{key: "ackd-daemon", name: "ackd Take+Ack, daemon running", mode: "single", batch: 1, build: buildAckd(1), daemon: true},
+}
+
+func repeated[T any](v T, n int) []T {
+	s := make([]T, n)
+	for i := range s {
+		s[i] = v
+	}
+	return s
+}
+
+func buildList(b *bench, _ *lease.Client, payload []byte) tputImpl {
+	vals := repeated[any](payload, tputBatch)
+	return tputImpl{
+		push: func(ctx context.Context, k int) error { return b.rdb.RPush(ctx, "q", vals[:k]...).Err() },
+		consume: func(ctx context.Context, _ int) (int, error) {
+			err := b.rdb.Do(ctx, "blpop", "q", tputBlockSec).Err()
+			if errors.Is(err, redis.Nil) {
+				return 0, nil
+			}
+			return 1, err
+		},
+	}
+}
+
+func buildReliable(b *bench, _ *lease.Client, payload []byte) tputImpl {
+	vals := repeated[any](payload, tputBatch)
+	return tputImpl{
+		push: func(ctx context.Context, k int) error { return b.rdb.RPush(ctx, "q", vals[:k]...).Err() },
+		consume: func(ctx context.Context, w int) (int, error) {
+			// One processing list per consumer, as rmq and most
+			// hand-rolled reliable queues do, so LREM scans one element.
+			proc := "q:processing:" + strconv.Itoa(w)
+			v, err := b.rdb.Do(ctx, "blmove", "q", proc, "LEFT", "RIGHT", tputBlockSec).Text()
+			if errors.Is(err, redis.Nil) {
+				return 0, nil
+			}
+			if err != nil {
+				return 0, err
+			}
+			return 1, b.rdb.LRem(ctx, proc, 1, v).Err()
+		},
+	}
+}
+
+func buildStreams(count int) func(*bench, *lease.Client, []byte) tputImpl {
+	return func(b *bench, _ *lease.Client, payload []byte) tputImpl {
+		return tputImpl{
+			setup: func(ctx context.Context) error {
+				return b.ctl.XGroupCreateMkStream(ctx, "s", "g", "0").Err()
+			},
+			push: func(ctx context.Context, k int) error {
+				// No multi-entry XADD exists: a pipeline of k is one
+				// round trip.
+				_, err := b.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+					for range k {
+						p.XAdd(ctx, &redis.XAddArgs{Stream: "s", Values: []any{"p", payload}})
+					}
+					return nil
+				})
+				return err
+			},
+			consume: func(ctx context.Context, w int) (int, error) {
+				res, err := b.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
+					Group: "g", Consumer: "c" + strconv.Itoa(w), Streams: []string{"s", ">"},
+					Count: int64(count), Block: tputBlock,
+				}).Result()
+				if errors.Is(err, redis.Nil) {
+					return 0, nil
+				}
+				if err != nil {
+					return 0, err
+				}
+				var ids []string
+				for _, st := range res {
+					for _, m := range st.Messages {
+						ids = append(ids, m.ID)
+					}
+				}
+				if len(ids) == 0 {
+					return 0, nil
+				}
+				return len(ids), b.rdb.XAck(ctx, "s", "g", ids...).Err()
+			},
+		}
+	}
+}
+
+func buildAckd(count int) func(*bench, *lease.Client, []byte) tputImpl {
+	return func(_ *bench, lc *lease.Client, payload []byte) tputImpl {
+		ps := repeated(payload, tputBatch)
+		opts := &lease.TakeOpts{Wait: tputBlock}
+		return tputImpl{
+			setup: func(ctx context.Context) error { return lc.Register(ctx, "q") },
+			push: func(ctx context.Context, k int) error {
+				_, err := lc.PushBatch(ctx, "q", ps[:k], nil)
+				return err
+			},
+			consume: func(ctx context.Context, _ int) (int, error) {
+				if count == 1 {
+					l, err := lc.Take(ctx, "q", opts)
+					if errors.Is(err, lease.ErrNoMessage) {
+						return 0, nil
+					}
+					if err != nil {
+						return 0, err
+					}
+					return 1, l.Ack(ctx)
+				}
+				ls, err := lc.TakeBatch(ctx, "q", count, opts)
+				if err != nil || len(ls) == 0 {
+					return 0, err
+				}
+				return len(ls), lc.AckBatch(ctx, ls)
+			},
+		}
+	}
+}
+
+type tputResult struct {
+	v                  tputVariant
+	size, consumers, n int
+	elapsed            time.Duration
+	rate               float64 // msgs/s
+	redisCPU           float64 // µs per message
+	clientCPU          float64 // µs per message, all of ackbench
+	roundTrips         float64 // per message, producer included
+	redisCmds          float64 // per message, commands inside scripts included
+	delta              stats
+
+	pushCPU float64 // Redis µs per message of the pre-fill
+	perTake float64 // messages per successful take
+
+	// Sums the figures above derive from, so that rounds add up.
+	clientSec  float64
+	pushCPUSec float64
+	rts        int64
+	takes      int64
+}
+
+// add merges another round of the same variant into r.
+func (r *tputResult) add(o tputResult) {
+	if r.n == 0 {
+		*r = o
+		return
+	}
+	r.n += o.n
+	r.elapsed += o.elapsed
+	r.clientSec += o.clientSec
+	r.pushCPUSec += o.pushCPUSec
+	r.rts += o.rts
+	r.takes += o.takes
+	r.delta.cpu += o.delta.cpu
+	r.delta.commands += o.delta.commands
+	for k, v := range o.delta.cmds {
+		c := r.delta.cmds[k]
+		r.delta.cmds[k] = cmdStat{calls: c.calls + v.calls, usec: c.usec + v.usec}
+	}
+	r.finish()
+}
+
+func (r *tputResult) finish() {
+	fn := float64(r.n)
+	r.rate = fn / r.elapsed.Seconds()
+	r.redisCPU = r.delta.cpu * 1e6 / fn
+	r.clientCPU = r.clientSec * 1e6 / fn
+	r.roundTrips = float64(r.rts) / fn
+	r.redisCmds = float64(r.delta.calls()) / fn
+	r.pushCPU = r.pushCPUSec * 1e6 / fn
+	r.perTake = fn / float64(max(r.takes, 1))
+}
+
+// runTput pre-fills the queue with n messages, pushed in batches of 100
+// with one round trip each, then lets the consumers take and ack all of
+// them. Push and take+ack are measured apart; the queue never runs dry
+// while the consumers are timed, so the figures are the consumers' own.
+func (b *bench) runTput(ctx context.Context, v tputVariant, size, consumers, n int) (tputResult, error) {
+	r := tputResult{v: v, size: size, consumers: consumers, n: n}
+	lc, err := b.reset(ctx)
+	if err != nil {
+		return r, err
+	}
+	payload := bytes.Repeat([]byte("p"), size)
+	impl := v.build(b, lc, payload)
+	if impl.setup != nil {
+		if err := impl.setup(ctx); err != nil {
+			return r, err
+		}
+	}
+	if v.daemon {
+		d, err := b.startDaemon(ctx)
+		if err != nil {
+			return r, err
+		}
+		defer func() {
+			if err := d.stop(); err != nil {
+				b.logf("ackd: %v", err)
+			}
+		}()
+	}
+	sp, err := b.stats(ctx)
+	if err != nil {
+		return r, err
+	}
+	for p := 0; p < n; p += tputBatch {
+		if err := impl.push(ctx, min(tputBatch, n-p)); err != nil {
+			return r, fmt.Errorf("%s push: %w", v.name, err)
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		consumed atomic.Int64
+		takes    atomic.Int64
+		endNanos atomic.Int64
+		wg       sync.WaitGroup
+		errOnce  sync.Once
+		runErr   error
+	)
+	fail := func(err error) {
+		errOnce.Do(func() { runErr = err })
+		cancel()
+	}
+	s0, err := b.stats(ctx)
+	if err != nil {
+		return r, err
+	}
+	rt0, cpu0 := b.rt.n.Load(), selfCPU()
+	start := time.Now()
+	for w := range consumers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for consumed.Load() < int64(n) && ctx.Err() == nil {
+				k, err := impl.consume(ctx, w)
+				if err != nil {
+					fail(fmt.Errorf("%s consumer %d: %w", v.name, w, err))
+					return
+				}
+				if k > 0 {
+					takes.Add(1)
+					if c := consumed.Add(int64(k)); c >= int64(n) && c-int64(k) < int64(n) {
+						endNanos.Store(time.Now().UnixNano())
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if runErr != nil {
+		return r, runErr
+	}
+	cpu1, rt1 := selfCPU(), b.rt.n.Load()
+	s1, err := b.stats(ctx)
+	if err != nil {
+		return r, err
+	}
+	if got := consumed.Load(); got != int64(n) {
+		return r, fmt.Errorf("%s: consumed %d of %d", v.name, got, n)
+	}
+	r.elapsed = time.Unix(0, endNanos.Load()).Sub(start)
+	r.delta = s1.sub(s0)
+	r.pushCPUSec = s0.sub(sp).cpu
+	r.takes = takes.Load()
+	r.clientSec = cpu1 - cpu0
+	r.rts = rt1 - rt0
+	r.finish()
+	return r, nil
+}
+
+// tputRounds splits each run into rounds, interleaved across the systems
+// of one table, so that the machine's noise falls on all of them alike.
+const tputRounds = 3
+
+func (b *bench) throughput(ctx context.Context) error {
+	sizes := []int{100, 10 << 10}
+	consumerCounts := []int{1, 8, 64}
+	rounds := tputRounds
+	if b.opt.quick {
+		rounds = 1
+	}
+	var s strings.Builder
+	s.WriteString("## 1. Throughput: push, take and ack\n\n")
+	fmt.Fprintf(&s, "%s messages per system and table with 100 B payloads, %s with 10 KB (a quarter, to keep the run short), "+
+		"split into %d rounds: each round runs every system of the table once, in a rotating order, and the figures add the rounds up. "+
+		"Each round first pre-fills the queue from one producer, in batches of 100 with one round trip each "+
+		"(RPUSH of 100 values, a pipeline of 100 XADDs, one PushBatch of 100), then starts the consumers and times them from "+
+		"their start to the last ack, so the queue never runs dry while they are timed. "+
+		"Redis CPU is the server's INFO cpu delta (user + sys) over the take+ack phase; \"push CPU\" is the same over the "+
+		"pre-fill. Round trips (a pipeline is one) are counted by the client, Redis commands come from INFO commandstats and "+
+		"include the commands ackd's scripts call, both for take+ack. Client CPU is all of ackbench during take+ack. "+
+		"\"msgs/take\" is the mean number of messages a successful take returned. Every round starts from FLUSHALL. "+
+		"Streams entries stay in the stream after XACK (until trimmed or deleted); ackd and the lists delete on ack/pop. "+
+		"\"daemon running\" runs the real ackd against the server meanwhile (subscribed to the wake channel and keyspace "+
+		"events, as deployed).\n\n",
+		fmtNum(float64(b.opt.n)), fmtNum(float64(tputMessages(b.opt.n, 10<<10))), rounds)
+	s.WriteString("Ratios compare msgs/s (higher is better) and Redis CPU per message (lower is better) within one table, " +
+		"so within one run against one server. ×Streams compares like with like: single with Streams single, batched " +
+		"with Streams batched; \"per round\" is the lowest and highest of that ratio over the rounds, a measure of the noise.\n\n")
+	all := map[string]tputResult{}
+	for _, size := range sizes {
+		n := tputMessages(b.opt.n, size)
+		for _, c := range consumerCounts {
+			var variants []tputVariant
+			for _, v := range tputVariants {
+				if !b.opt.variant(v.key) || v.daemon && (size != 100 || b.daemonMissing(ctx)) {
+					continue
+				}
+				variants = append(variants, v)
+			}
+			rs := map[string]tputResult{}
+			lo, hi := map[string]float64{}, map[string]float64{}
+			for round := range rounds {
+				per := map[string]tputResult{}
+				for i := range variants {
+					v := variants[(i+round)%len(variants)]
+					b.logf("throughput %s payload %d consumers %d round %d", v.key, size, c, round+1)
+					r, err := b.runTput(ctx, v, size, c, n/rounds)
+					if err != nil {
+						return err
+					}
+					b.logf("  %.0f msgs/s, redis %.1f µs/msg, client %.1f µs/msg, %.2f round trips/msg", r.rate, r.redisCPU, r.clientCPU, r.roundTrips)
+					per[v.key] = r
+					acc := rs[v.key]
+					acc.add(r)
+					rs[v.key] = acc
+				}
+				for _, v := range variants {
+					like, ok := per[likeKey(v)]
+					if !ok {
+						continue
+					}
+					x := per[v.key].rate / like.rate
+					if round == 0 || x < lo[v.key] {
+						lo[v.key] = x
+					}
+					if round == 0 || x > hi[v.key] {
+						hi[v.key] = x
+					}
+				}
+			}
+			fmt.Fprintf(&s, "### %s payload, %d consumer%s\n\n", sizeName(size), c, plural(c))
+			var rows [][]string
+			for _, v := range variants {
+				r := rs[v.key]
+				all[fmt.Sprintf("%s/%d/%d", v.key, size, c)] = r
+				like := rs[likeKey(v)]
+				spread := "–"
+				if _, ok := lo[v.key]; ok && rounds > 1 {
+					spread = fmt.Sprintf("%.2f–%.2f", lo[v.key], hi[v.key])
+				}
+				rows = append(rows, []string{
+					v.name, fmtNum(r.rate),
+					ratio(r.rate, like.rate), spread, ratio(r.rate, rs["streams"].rate), ratio(r.rate, rs["list"].rate),
+					fmtF(r.redisCPU), ratio(r.redisCPU, like.redisCPU), fmtF(r.pushCPU),
+					fmtF(r.roundTrips), fmtF(r.redisCmds), fmtF(r.clientCPU), fmtF(r.perTake),
+				})
+			}
+			s.WriteString(table([]string{"system", "take+ack msgs/s", "×Streams", "per round", "×Streams single", "×list",
+				"Redis CPU µs/msg", "CPU ×Streams", "push CPU µs/msg", "round trips/msg", "Redis cmds/msg", "client CPU µs/msg", "msgs/take"}, rows))
+			s.WriteString("\n")
+		}
+	}
+	s.WriteString(b.tputBreakdown(all))
+	b.sections = append(b.sections, s.String())
+	b.tputTargets(all, sizes, consumerCounts)
+	return nil
+}
+
+// tputMessages is how many messages one system pushes, takes and acks per
+// table: n with small payloads, a quarter of it with 10 KB ones.
+func tputMessages(n, size int) int {
+	if size > 1000 {
+		return n / 4
+	}
+	return n
+}
+
+// likeKey is the Streams variant a variant compares with.
+func likeKey(v tputVariant) string {
+	if v.mode == "batch" {
+		return "streams-batch"
+	}
+	return "streams"
+}
+
+func sizeName(size int) string {
+	if size >= 1024 {
+		return fmt.Sprintf("%d KB", size>>10)
+	}
+	return fmt.Sprintf("%d B", size)
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}
+
+// tputTargets states the throughput targets for every configuration.
+func (b *bench) tputTargets(all map[string]tputResult, sizes, consumerCounts []int) {
+	type check struct {
+		name, goal string
+		num, den   string // variant keys
+		field      func(tputResult) float64
+		ok         func(float64) bool
+	}
+	rate := func(r tputResult) float64 { return r.rate }
+	cpu := func(r tputResult) float64 { return r.redisCPU }
+	checks := []check{
+		{"take+ack throughput", "ackd Take+Ack ≥ 1.0x Streams single", "ackd", "streams", rate, func(x float64) bool { return x >= 1.0 }},
+		{"batched throughput", "ackd batched ≥ 2x Streams single", "ackd-batch", "streams", rate, func(x float64) bool { return x >= 2.0 }},
+		{"Redis CPU per message", "ackd Take+Ack ≤ 1.2x Streams single", "ackd", "streams", cpu, func(x float64) bool { return x <= 1.2 }},
+	}
+	for _, c := range checks {
+		var figs []string
+		met := 0
+		total := 0
+		for _, size := range sizes {
+			for _, n := range consumerCounts {
+				num, ok1 := all[fmt.Sprintf("%s/%d/%d", c.num, size, n)]
+				den, ok2 := all[fmt.Sprintf("%s/%d/%d", c.den, size, n)]
+				if !ok1 || !ok2 {
+					continue
+				}
+				x := c.field(num) / c.field(den)
+				total++
+				if c.ok(x) {
+					met++
+				}
+				figs = append(figs, fmt.Sprintf("%s c=%d: %.2fx", sizeName(size), n, x))
+			}
+		}
+		if total == 0 {
+			continue
+		}
+		b.addTarget(c.name, c.goal, fmt.Sprintf("%s (met in %d of %d)", strings.Join(figs, "; "), met, total), met == total)
+	}
+}
+
+// tputBreakdown shows where Redis spends its time per message, from INFO
+// commandstats, for the single and batched variants at 100 B.
+func (b *bench) tputBreakdown(all map[string]tputResult) string {
+	var s strings.Builder
+	s.WriteString("### Where Redis's time goes (100 B payload)\n\n")
+	s.WriteString("Per message, from the INFO commandstats delta of each run. `usec` of EVALSHA includes the commands the script " +
+		"calls, which are also listed on their own (marked *in script*). \"Outside commands\" is Redis CPU minus the time inside " +
+		"top-level commands: reading, parsing and replying, the event loop and the system calls of each round trip.\n\n")
+	for _, c := range []int{1, 8} {
+		var rows [][]string
+		for _, key := range []string{"streams", "ackd", "ackd-daemon", "streams-batch", "ackd-batch"} {
+			r, ok := all[fmt.Sprintf("%s/%d/%d", key, 100, c)]
+			if !ok {
+				continue
+			}
+			fn := float64(r.n)
+			names := make([]string, 0, len(r.delta.cmds))
+			for k := range r.delta.cmds {
+				if k != "info" && k != "flushall" {
+					names = append(names, k)
+				}
+			}
+			slices.SortFunc(names, func(a, b string) int { return int(r.delta.cmds[b].usec - r.delta.cmds[a].usec) })
+			var inside float64
+			for _, k := range names {
+				st := r.delta.cmds[k]
+				nested := strings.HasPrefix(key, "ackd") && !topLevelAckd[k]
+				label := k
+				if nested {
+					label += " *in script*"
+				} else {
+					inside += float64(st.usec)
+				}
+				rows = append(rows, []string{r.v.name, label, fmtF(float64(st.calls) / fn), fmtF(float64(st.usec) / fn),
+					fmtF(float64(st.usec) / float64(max(st.calls, 1)))})
+			}
+			rows = append(rows, []string{r.v.name, "**outside commands**", "", fmtF(r.redisCPU - inside/fn), ""})
+			rows = append(rows, []string{r.v.name, "**Redis CPU total**", fmtF(r.redisCmds), fmtF(r.redisCPU), ""})
+		}
+		fmt.Fprintf(&s, "%d consumer%s:\n\n", c, plural(c))
+		s.WriteString(table([]string{"system", "command", "calls/msg", "µs/msg", "µs/call"}, rows))
+		s.WriteString("\n")
+	}
+	return s.String()
+}
+
+// topLevelAckd are the commands the lease client sends itself; everything
+// else in an ackd run is called by a script.
+var topLevelAckd = map[string]bool{"evalsha": true, "eval": true, "rpush": true, "blmove": true, "sadd": true, "script|load": true}
