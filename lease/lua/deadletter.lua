@@ -7,15 +7,8 @@
 -- ARGV[1] id, ARGV[2] token
 -- returns 1 dead-lettered (killed), 3 dead-lettered (malformed record),
 -- 0 not held, -1 stale token
-local m, rec = held(KEYS[1], ARGV[1], ARGV[2])
-if m == nil then return rec end
 local now = now_ms()
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[5])
-if m == false then
-  dead_letter(KEYS[3], KEYS[4], ARGV[1], 'malformed', now, rec)
-  return 3
-end
+local m, status = release(KEYS[1], KEYS[2], KEYS[5], KEYS[3], KEYS[4], ARGV[1], ARGV[2], now)
+if not m then return status end
 dead_letter(KEYS[3], KEYS[4], ARGV[1], 'killed', now, build_env(m))
 return 1

@@ -117,15 +117,22 @@ local function expire_one(k_ready, k_leases, k_deadlines, k_dead, k_deadmsgs, id
   return 1
 end
 
--- held checks that token holds id's lease. Returns the record's envelope
--- table (or false when the record is malformed) and the raw record, or a
--- status code: 0 not held, -1 stale token.
-local function held(k_leases, id, token)
+-- release ends the lease of id if token holds it: it removes the lease
+-- record, the deadline and the shadow key, and returns the message. Else
+-- it returns nil and a status: 0 not held, -1 stale token (both change
+-- nothing), 3 the record was malformed (it is a dead letter now).
+local function release(k_leases, k_deadlines, k_shadow, k_dead, k_deadmsgs, id, token, now)
   local rec = redis.call('HGET', k_leases, id)
   if not rec then return nil, 0 end
   local tok, envs = parse_rec(rec)
   if tok and tok ~= token then return nil, -1 end
+  redis.call('HDEL', k_leases, id)
+  redis.call('ZREM', k_deadlines, id)
+  redis.call('DEL', k_shadow)
   local m = envs and parse_env(envs)
-  if not tok or not m or m.id ~= id then return false, rec end
-  return m, rec
+  if not tok or not m or m.id ~= id then
+    dead_letter(k_dead, k_deadmsgs, id, 'malformed', now, rec)
+    return nil, 3
+  end
+  return m
 end

@@ -10,16 +10,9 @@
 -- ARGV[4] wake channel, ARGV[5] queue
 -- returns 1 requeued, 2 dead-lettered (failed: no deliveries left),
 -- 3 dead-lettered (malformed record), 0 not held, -1 stale token
-local m, rec = held(KEYS[2], ARGV[1], ARGV[2])
-if m == nil then return rec end
 local now = now_ms()
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('DEL', KEYS[7])
-if m == false then
-  dead_letter(KEYS[5], KEYS[6], ARGV[1], 'malformed', now, rec)
-  return 3
-end
+local m, status = release(KEYS[2], KEYS[3], KEYS[7], KEYS[5], KEYS[6], ARGV[1], ARGV[2], now)
+if not m then return status end
 m.failures = m.failures + 1
 if m.max > 0 and m.attempts >= m.max then
   dead_letter(KEYS[5], KEYS[6], ARGV[1], 'failed', now, build_env(m))
