@@ -3,6 +3,7 @@ package lease
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -77,7 +78,6 @@ func TestBadInputWritesNothing(t *testing.T) {
 			call{"PushBatch queue " + qn, ErrInvalidQueue, func() error { _, err := b.c.PushBatch(ctx, bq, [][]byte{[]byte("x")}, nil); return err }},
 			call{"Take queue " + qn, ErrInvalidQueue, func() error { _, err := b.c.Take(ctx, bq, nil); return err }},
 			call{"TakeBatch queue " + qn, ErrInvalidQueue, func() error { _, err := b.c.TakeBatch(ctx, bq, 2, nil); return err }},
-			call{"Requeue queue " + qn, ErrInvalidQueue, func() error { _, _, err := b.c.Requeue(ctx, bq, held.ID); return err }},
 			call{"Sweep queue " + qn, ErrInvalidQueue, func() error { _, err := b.c.Sweep(ctx, bq, nil); return err }},
 			call{"Stats queue " + qn, ErrInvalidQueue, func() error { _, err := b.c.Stats(ctx, bq); return err }},
 			call{"Register queue " + qn, ErrInvalidQueue, func() error { return b.c.Register(ctx, bq) }},
@@ -129,8 +129,6 @@ func TestBadInputWritesNothing(t *testing.T) {
 		call{"DeadLetters count MaxBatch+1", ErrInvalidArgument, func() error { _, err := b.c.DeadLetters(ctx, q, 0, MaxBatch+1); return err }},
 		call{"Replay empty id", ErrInvalidArgument, func() error { _, err := b.c.Replay(ctx, q, ""); return err }},
 		call{"Purge long id", ErrInvalidArgument, func() error { _, err := b.c.Purge(ctx, q, strings.Repeat("x", 129)); return err }},
-		call{"Requeue bad id", ErrInvalidArgument, func() error { _, _, err := b.c.Requeue(ctx, q, "a b"); return err }},
-		call{"Requeue empty id", ErrInvalidArgument, func() error { _, _, err := b.c.Requeue(ctx, q, ""); return err }},
 		call{"Consume nil handler", ErrInvalidArgument, func() error { return b.c.Consume(ctx, q, nil, nil) }},
 		call{"Consume workers -1", ErrInvalidArgument, func() error { return b.c.Consume(ctx, q, nop, &ConsumeOpts{Workers: -1}) }},
 		call{"Consume workers MaxBatch+1", ErrInvalidArgument, func() error {
@@ -151,17 +149,10 @@ func TestBadInputWritesNothing(t *testing.T) {
 		call{"Nack wrong token", ErrStale, func() error { return other.Nack(ctx, 0) }},
 		call{"Extend wrong token", ErrStale, func() error { return other.Extend(ctx, time.Second) }},
 		call{"DeadLetter wrong token", ErrStale, func() error { return other.DeadLetter(ctx) }},
-		call{"Requeue unknown id", nil, func() error {
-			res, _, err := b.c.Requeue(ctx, q, "no-such-id")
-			if err == nil && res != NotInFlight {
-				return errors.New(res.String())
-			}
-			return err
-		}},
-		call{"Requeue not due", nil, func() error {
-			res, _, err := b.c.Requeue(ctx, q, held.ID)
-			if err == nil && res != NotDue {
-				return errors.New(res.String())
+		call{"Sweep not due", nil, func() error {
+			r, err := b.c.Sweep(ctx, q, nil)
+			if err == nil && r.Requeued+r.DeadLettered+r.Malformed+r.Promoted+r.Reclaimed != 0 {
+				return fmt.Errorf("sweep did work: %+v", r)
 			}
 			return err
 		}},

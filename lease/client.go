@@ -108,9 +108,6 @@ func New(rdb redis.UniversalClient, cfg *Config) (*Client, error) {
 	return &Client{rdb: rdb, cfg: c, rng: mrand.NewChaCha8(seed)}, nil
 }
 
-// Redis returns the client's Redis connection.
-func (c *Client) Redis() redis.UniversalClient { return c.rdb }
-
 // newTokens fills n fresh lease tokens and n fresh message ids.
 func (c *Client) newTokens(n int) (tokens, ids []string) {
 	tokens = make([]string, n)

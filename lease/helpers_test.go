@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -82,19 +83,41 @@ func (b *testBundle) waitDue(t *testing.T, deadline int64) {
 		"redis time past %d", deadline)
 }
 
-// expire waits until l is due and requeues it, asserting the result.
-func (b *testBundle) expire(t *testing.T, l *Lease, want RequeueResult) {
+// sweepOutcome is what expire expects a sweep to do with one lease.
+type sweepOutcome int
+
+const (
+	requeued     sweepOutcome = iota // back on the ready list
+	deadLettered                     // into the dead set (expired or malformed)
+)
+
+// expire waits until l is due and sweeps its queue, asserting that the
+// sweep ended exactly that lease with the outcome want.
+func (b *testBundle) expire(t *testing.T, l *Lease, want sweepOutcome) {
 	t.Helper()
 	b.waitDue(t, l.Deadline().UnixMilli())
-	res, lag, err := b.c.Requeue(t.Context(), l.Queue, l.ID)
-	if want == DeadLettered && errors.Is(err, ErrMalformed) {
+	r, err := b.c.Sweep(t.Context(), l.Queue, nil)
+	if want == deadLettered && errors.Is(err, ErrMalformed) {
 		err = nil
 	}
-	if err != nil || res != want {
-		t.Fatalf("Requeue(%s): %v, %v, want %v", l.ID, res, err, want)
+	got := []int{r.Requeued, r.DeadLettered + r.Malformed}
+	wantN := []int{0, 0}
+	wantN[want] = 1
+	if err != nil || !slices.Equal(got, wantN) {
+		t.Fatalf("Sweep after %s ran out = %+v, %v; want %v requeued, %v dead-lettered", l.ID, r, err, wantN[0], wantN[1])
 	}
-	if lag <= 0 {
-		t.Errorf("Requeue(%s): lag %v, want > 0", l.ID, lag)
+	if len(r.Lags) != 1 || r.Lags[0] <= 0 {
+		t.Errorf("Sweep after %s ran out: lags %v, want one > 0", l.ID, r.Lags)
+	}
+}
+
+// sweepNothing sweeps queue and fails if the sweep ended any lease or
+// moved any message.
+func (b *testBundle) sweepNothing(t *testing.T, queue string) {
+	t.Helper()
+	r, err := b.c.Sweep(t.Context(), queue, nil)
+	if err != nil || r.Requeued+r.DeadLettered+r.Malformed+r.Promoted+r.Reclaimed != 0 || len(r.Lags) != 0 {
+		t.Fatalf("Sweep(%s) = %+v, %v; want nothing done", queue, r, err)
 	}
 }
 
@@ -204,8 +227,8 @@ func (s state) env(t *testing.T, id string) envelope {
 //     record parses.
 func checkInvariants(t *testing.T, rdb *redis.Client, queue string) state {
 	t.Helper()
-	ctx := t.Context()
 	k := KeysFor(queue)
+	snap := readQueue(t, rdb, queue)
 	s := state{
 		InFlight:  map[string]int64{},
 		Tokens:    map[string]string{},
@@ -222,41 +245,25 @@ func checkInvariants(t *testing.T, rdb *redis.Client, queue string) state {
 		where[id] = p
 	}
 
-	for _, list := range []string{k.Claim, k.Ready} {
-		elems, err := rdb.LRange(ctx, list, 0, -1).Result()
+	for _, el := range slices.Concat(snap.claim, snap.ready) {
+		b := []byte(el)
+		if !isEnvelope(b) {
+			s.Raw = append(s.Raw, b)
+			continue
+		}
+		e, err := parseEnvelope(b)
 		if err != nil {
-			t.Fatalf("LRANGE %s: %v", list, err)
+			s.Broken = append(s.Broken, b)
+			continue
 		}
-		for _, el := range elems {
-			b := []byte(el)
-			if !isEnvelope(b) {
-				s.Raw = append(s.Raw, b)
-				continue
-			}
-			e, err := parseEnvelope(b)
-			if err != nil {
-				s.Broken = append(s.Broken, b)
-				continue
-			}
-			place(e.ID, "ready")
-			s.Ready = append(s.Ready, e.ID)
-			s.readyEnvs[e.ID] = e
-		}
+		place(e.ID, "ready")
+		s.Ready = append(s.Ready, e.ID)
+		s.readyEnvs[e.ID] = e
 	}
 
-	recs, err := rdb.HGetAll(ctx, k.Leases).Result()
-	if err != nil {
-		t.Fatalf("HGETALL %s: %v", k.Leases, err)
-	}
-	dls, err := rdb.ZRangeWithScores(ctx, k.Deadlines, 0, -1).Result()
-	if err != nil {
-		t.Fatalf("ZRANGE %s: %v", k.Deadlines, err)
-	}
-	now, err := rdb.Time(ctx).Result()
-	if err != nil {
-		t.Fatalf("TIME: %v", err)
-	}
-	for _, z := range dls {
+	recs := snap.leases
+	now := snap.now
+	for _, z := range snap.deadlines {
 		id := z.Member.(string)
 		dl := int64(z.Score)
 		s.InFlight[id] = dl
@@ -278,21 +285,22 @@ func checkInvariants(t *testing.T, rdb *redis.Client, queue string) state {
 		place(id, "in flight")
 		s.Tokens[id] = token
 		sk := LeaseKey(queue, token)
-		v, err := rdb.Get(ctx, sk).Result()
+		sh, ok := snap.shadows[id]
 		switch {
-		case errors.Is(err, redis.Nil):
-			if dl >= now.UnixMilli() {
-				t.Errorf("invariant: shadow key %s of %s is gone before its deadline %d (now %d)", sk, id, dl, now.UnixMilli())
+		case !ok:
+			t.Fatalf("the snapshot script did not read the shadow key of %s", id)
+		case sh.key != sk:
+			t.Errorf("invariant: the snapshot script read shadow key %s for %s, want %s", sh.key, id, sk)
+		case !sh.exists:
+			if dl >= now {
+				t.Errorf("invariant: shadow key %s of %s is gone before its deadline %d (now %d)", sk, id, dl, now)
 			}
-		case err != nil:
-			t.Fatalf("GET %s: %v", sk, err)
 		default:
-			if v != id {
-				t.Errorf("invariant: shadow key %s holds %q, want %s", sk, v, id)
+			if sh.value != id {
+				t.Errorf("invariant: shadow key %s holds %q, want %s", sk, sh.value, id)
 			}
-			at, err := rdb.Do(ctx, "pexpiretime", sk).Int64()
-			if err != nil || at != dl {
-				t.Errorf("invariant: shadow key %s expires at %d (%v), want the ZSET deadline %d", sk, at, err, dl)
+			if sh.expiresAt != dl {
+				t.Errorf("invariant: shadow key %s expires at %d, want the ZSET deadline %d", sk, sh.expiresAt, dl)
 			}
 		}
 	}
@@ -301,25 +309,17 @@ func checkInvariants(t *testing.T, rdb *redis.Client, queue string) state {
 			t.Errorf("invariant: %s is in %s but not in %s", id, k.Leases, k.Deadlines)
 		}
 	}
-	shadows, err := rdb.Keys(ctx, LeaseKey(queue, "*")).Result()
-	if err != nil {
-		t.Fatalf("KEYS: %v", err)
-	}
 	live := map[string]bool{}
 	for _, tok := range s.Tokens {
 		live[LeaseKey(queue, tok)] = true
 	}
-	for _, sk := range shadows {
+	for _, sk := range snap.shadowKeys {
 		if !live[sk] {
 			t.Errorf("invariant: shadow key %s has no lease", sk)
 		}
 	}
 
-	delayed, err := rdb.ZRangeWithScores(ctx, k.Delayed, 0, -1).Result()
-	if err != nil {
-		t.Fatalf("ZRANGE %s: %v", k.Delayed, err)
-	}
-	for _, z := range delayed {
+	for _, z := range snap.delayed {
 		e, err := parseEnvelope([]byte(z.Member.(string)))
 		if err != nil {
 			t.Errorf("invariant: delayed member %q: %v", z.Member, err)
@@ -330,14 +330,7 @@ func checkInvariants(t *testing.T, rdb *redis.Client, queue string) state {
 		s.readyEnvs[e.ID] = e
 	}
 
-	deadIDs, err := rdb.ZRange(ctx, k.Dead, 0, -1).Result()
-	if err != nil {
-		t.Fatalf("ZRANGE %s: %v", k.Dead, err)
-	}
-	deadRecs, err := rdb.HGetAll(ctx, k.DeadMsgs).Result()
-	if err != nil {
-		t.Fatalf("HGETALL %s: %v", k.DeadMsgs, err)
-	}
+	deadIDs, deadRecs := snap.deadIDs, snap.deadRecs
 	if len(deadIDs) != len(deadRecs) {
 		t.Errorf("invariant: %s has %d ids, %s %d records", k.Dead, len(deadIDs), k.DeadMsgs, len(deadRecs))
 	}
@@ -357,6 +350,106 @@ func checkInvariants(t *testing.T, rdb *redis.Client, queue string) state {
 		}
 	}
 	return s
+}
+
+// queueSnapshot is every key of one queue and Redis's clock, read at one
+// instant by readQueueScript.
+type queueSnapshot struct {
+	now                int64 // Redis's clock, ms
+	claim, ready       []string
+	leases             map[string]string
+	deadlines, delayed []redis.Z
+	shadows            map[string]shadowKey // by message id, for each lease record
+	shadowKeys         []string             // every key that looks like a shadow key of the queue
+	deadIDs            []string
+	deadRecs           map[string]string
+}
+
+// shadowKey is what readQueueScript found at a lease's shadow key.
+type shadowKey struct {
+	key       string
+	exists    bool
+	value     string
+	expiresAt int64 // PEXPIRETIME
+}
+
+// readQueueScript reads every key of a queue and Redis's clock in one
+// atomic call, so that nothing can move between the reads: a 3 ms lease
+// cannot expire between reading TIME and reading its shadow key. Inside a
+// script Redis checks expiry against the script's start, which TIME (read
+// first) cannot precede: a shadow key found gone expired before now.
+// KEYS: claim, ready, leases, deadlines, delayed, dead, deadmsgs.
+// ARGV[1] shadow key prefix, ARGV[2] the KEYS pattern of shadow keys.
+var readQueueScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local leases = redis.call('HGETALL', KEYS[3])
+local shadows = {}
+for i = 1, #leases, 2 do
+  local token = string.match(leases[i + 1], '^([^|]*)|') or ''
+  local key = ARGV[1] .. token
+  local v = redis.call('GET', key)
+  shadows[#shadows + 1] = leases[i]
+  shadows[#shadows + 1] = key
+  shadows[#shadows + 1] = v or ''
+  shadows[#shadows + 1] = v and 1 or 0
+  shadows[#shadows + 1] = redis.call('PEXPIRETIME', key)
+end
+return {now,
+  redis.call('LRANGE', KEYS[1], 0, -1), redis.call('LRANGE', KEYS[2], 0, -1), leases,
+  redis.call('ZRANGE', KEYS[4], 0, -1, 'WITHSCORES'), shadows, redis.call('KEYS', ARGV[2]),
+  redis.call('ZRANGE', KEYS[5], 0, -1, 'WITHSCORES'),
+  redis.call('ZRANGE', KEYS[6], 0, -1), redis.call('HGETALL', KEYS[7])}
+`)
+
+// readQueue runs readQueueScript on queue.
+func readQueue(t *testing.T, rdb *redis.Client, queue string) queueSnapshot {
+	t.Helper()
+	k := KeysFor(queue)
+	v, err := readQueueScript.Run(t.Context(), rdb,
+		[]string{k.Claim, k.Ready, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs},
+		LeaseKey(queue, ""), LeaseKey(queue, "*")).Slice()
+	if err != nil || len(v) != 10 {
+		t.Fatalf("reading queue %s: %d values, %v", queue, len(v), err)
+	}
+	strs := func(x any) []string {
+		var out []string
+		for _, e := range x.([]any) {
+			out = append(out, e.(string))
+		}
+		return out
+	}
+	hash := func(x any) map[string]string {
+		f := strs(x)
+		m := make(map[string]string, len(f)/2)
+		for i := 0; i+1 < len(f); i += 2 {
+			m[f[i]] = f[i+1]
+		}
+		return m
+	}
+	zset := func(x any) []redis.Z {
+		f := strs(x)
+		var out []redis.Z
+		for i := 0; i+1 < len(f); i += 2 {
+			score, err := strconv.ParseFloat(f[i+1], 64)
+			if err != nil {
+				t.Fatalf("score %q: %v", f[i+1], err)
+			}
+			out = append(out, redis.Z{Member: f[i], Score: score})
+		}
+		return out
+	}
+	snap := queueSnapshot{
+		now: v[0].(int64), claim: strs(v[1]), ready: strs(v[2]), leases: hash(v[3]), deadlines: zset(v[4]),
+		shadows: map[string]shadowKey{}, shadowKeys: strs(v[6]), delayed: zset(v[7]), deadIDs: strs(v[8]), deadRecs: hash(v[9]),
+	}
+	sh := v[5].([]any)
+	for i := 0; i+4 < len(sh); i += 5 {
+		snap.shadows[sh[i].(string)] = shadowKey{
+			key: sh[i+1].(string), value: sh[i+2].(string), exists: sh[i+3].(int64) == 1, expiresAt: sh[i+4].(int64),
+		}
+	}
+	return snap
 }
 
 // ids returns the ids of leases.

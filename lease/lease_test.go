@@ -325,9 +325,7 @@ func TestExtendAfterDeadline(t *testing.T) {
 	if err := l.Extend(ctx, time.Minute); err != nil {
 		t.Fatalf("Extend after the deadline, before any requeue: %v", err)
 	}
-	if res, _, err := b.c.Requeue(ctx, q, l.ID); err != nil || res != NotDue {
-		t.Errorf("Requeue after Extend = %v, %v; want NotDue", res, err)
-	}
+	b.sweepNothing(t, q)
 	checkInvariants(t, b.rdb, q)
 }
 
@@ -562,32 +560,25 @@ func TestStatsQueuesRegister(t *testing.T) {
 	}
 }
 
+// TestRequeue: a sweep requeues a lease that ran out, once, at the head.
 func TestRequeue(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	ctx := t.Context()
 	const q = "requeue"
 
-	if res, lag, err := b.c.Requeue(ctx, q, "unknown"); err != nil || res != NotInFlight || lag != 0 {
-		t.Errorf("Requeue(unknown) = %v, %v, %v; want NotInFlight", res, lag, err)
-	}
-
+	b.sweepNothing(t, q)
 	first := b.push(t, q, "first", nil)
 	second := b.push(t, q, "second", nil)
 	long := b.take(t, q, &TakeOpts{LeaseFor: time.Minute})
-	res, lag, err := b.c.Requeue(ctx, q, long.ID)
-	if err != nil || res != NotDue || lag >= 0 || lag < -time.Minute {
-		t.Errorf("Requeue(not due) = %v, %v, %v; want NotDue with minus the time left", res, lag, err)
-	}
+	b.sweepNothing(t, q)
 	if long.ID != first {
 		t.Fatalf("took %s, want %s", long.ID, first)
 	}
 
 	short := b.take(t, q, &TakeOpts{LeaseFor: 5 * time.Millisecond})
-	b.expire(t, short, Requeued)
-	if res, _, err := b.c.Requeue(ctx, q, short.ID); err != nil || res != NotInFlight {
-		t.Errorf("Requeue again = %v, %v; want NotInFlight", res, err)
-	}
+	b.expire(t, short, requeued)
+	b.sweepNothing(t, q) // idempotent
 	st := checkInvariants(t, b.rdb, q)
 	if !slices.Equal(st.Ready, []string{second}) {
 		t.Fatalf("ready = %v", st.Ready)
@@ -625,12 +616,12 @@ func TestExpiredAfterMaxDeliveries(t *testing.T) {
 
 	id := b.push(t, q, "x", &PushOpts{MaxDeliveries: 2})
 	l := b.take(t, q, &TakeOpts{LeaseFor: 2 * time.Millisecond})
-	b.expire(t, l, Requeued)
+	b.expire(t, l, requeued)
 	l = b.take(t, q, &TakeOpts{LeaseFor: 2 * time.Millisecond})
 	if l.Attempt != 2 {
 		t.Fatalf("attempt %d", l.Attempt)
 	}
-	b.expire(t, l, DeadLettered)
+	b.expire(t, l, deadLettered)
 	st := checkInvariants(t, b.rdb, q)
 	d, ok := st.Dead[id]
 	if !ok || d.Reason != ReasonExpired || d.Attempts != 2 || d.Expiries != 2 || d.Failures != 0 || string(d.Payload) != "x" {
@@ -654,7 +645,7 @@ func TestNackAfterMaxDeliveries(t *testing.T) {
 	// are counted apart.
 	id := b.push(t, q, "x", &PushOpts{MaxDeliveries: 2})
 	l := b.take(t, q, &TakeOpts{LeaseFor: 2 * time.Millisecond})
-	b.expire(t, l, Requeued)
+	b.expire(t, l, requeued)
 	l = b.take(t, q, nil)
 	if err := l.Nack(ctx, time.Second); err != nil {
 		t.Fatalf("Nack: %v", err)
@@ -738,11 +729,14 @@ func TestSweep(t *testing.T) {
 		}
 	}
 	st = checkInvariants(t, b.rdb, q)
-	if !r.NextDeadline.Equal(long.Deadline()) || r.NextDelayed.UnixMilli() != st.Delayed[late] || !r.Next().Equal(long.Deadline()) {
+	if !r.NextDeadline.Equal(long.Deadline()) || r.NextDelayed.UnixMilli() != st.Delayed[late] || !r.Next().Equal(long.Deadline().Add(time.Millisecond)) {
 		t.Errorf("Next deadline %v delayed %v; want %v and %d", r.NextDeadline, r.NextDelayed, long.Deadline(), st.Delayed[late])
 	}
 	if len(st.Ready) != 4 || len(st.InFlight) != 1 || len(st.Dead) != 1 || len(st.Delayed) != 1 {
 		t.Fatalf("state = %+v", st)
+	}
+	if want := (Stats{Ready: 4, InFlight: 1, Delayed: 1, Dead: 1}); r.Counts != want {
+		t.Errorf("Sweep counts = %+v, want %+v", r.Counts, want)
 	}
 	for _, d := range st.Dead {
 		if d.Reason != ReasonExpired || string(d.Payload) != "dead" {
@@ -897,7 +891,7 @@ func TestFencingStaleToken(t *testing.T) {
 
 	b.push(t, q, "x", nil)
 	old := b.take(t, q, &TakeOpts{LeaseFor: 2 * time.Millisecond})
-	b.expire(t, old, Requeued)
+	b.expire(t, old, requeued)
 	cur := b.take(t, q, &TakeOpts{LeaseFor: time.Minute})
 	if cur.ID != old.ID || cur.Token == old.Token || cur.Attempt != 2 {
 		t.Fatalf("redelivery = %+v", cur)
@@ -937,7 +931,7 @@ func TestFencingCurrentHolderAcks(t *testing.T) {
 
 	b.push(t, q, "x", nil)
 	old := b.take(t, q, &TakeOpts{LeaseFor: 2 * time.Millisecond})
-	b.expire(t, old, Requeued)
+	b.expire(t, old, requeued)
 	cur := b.take(t, q, nil)
 	if err := old.Ack(ctx); !errors.Is(err, ErrStale) {
 		t.Fatalf("stale Ack = %v", err)
@@ -965,14 +959,12 @@ func TestLateAck(t *testing.T) {
 	if err := l.Ack(ctx); err != nil {
 		t.Fatalf("late Ack before requeue: %v", err)
 	}
-	if res, _, err := b.c.Requeue(ctx, q, l.ID); err != nil || res != NotInFlight {
-		t.Errorf("Requeue after late Ack = %v, %v", res, err)
-	}
+	b.sweepNothing(t, q)
 
 	// After the requeue: not held, and the message is on the ready list.
 	b.push(t, q, "y", nil)
 	l = b.take(t, q, &TakeOpts{LeaseFor: 2 * time.Millisecond})
-	b.expire(t, l, Requeued)
+	b.expire(t, l, requeued)
 	before := snapshot(t, b.rdb)
 	if err := l.Ack(ctx); !errors.Is(err, ErrNotHeld) {
 		t.Fatalf("Ack after requeue = %v, want ErrNotHeld", err)

@@ -28,7 +28,7 @@ func TestScriptsLoad(t *testing.T) {
 			}
 		}
 	})
-	want := []string{"ack", "deadletter", "extend", "nack", "purge", "push", "replay", "requeue", "sweep", "take"}
+	want := []string{"ack", "deadletter", "extend", "nack", "purge", "push", "replay", "sweep", "take"}
 	if !slices.Equal(names, want) {
 		t.Fatalf("Scripts() has %v, want %v", names, want)
 	}
@@ -57,7 +57,7 @@ func TestScriptsLoad(t *testing.T) {
 	}
 	scripts := map[string]string{
 		"take": takeScript.Hash(), "ack": ackScript.Hash(), "extend": extendScript.Hash(), "nack": nackScript.Hash(),
-		"deadletter": deadletterScript.Hash(), "requeue": requeueScript.Hash(), "sweep": sweepScript.Hash(),
+		"deadletter": deadletterScript.Hash(), "sweep": sweepScript.Hash(),
 		"push": pushScript.Hash(), "replay": replayScript.Hash(), "purge": purgeScript.Hash(),
 	}
 	for name, hash := range scripts {

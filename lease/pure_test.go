@@ -344,30 +344,24 @@ func TestConfigDefaults(t *testing.T) {
 	}
 }
 
-func TestRequeueResultString(t *testing.T) {
-	t.Parallel()
-	for r, want := range map[RequeueResult]string{
-		NotInFlight: "not in flight", Requeued: "requeued", DeadLettered: "dead-lettered", NotDue: "not due",
-	} {
-		if r.String() != want {
-			t.Errorf("%d.String() = %q, want %q", r, r.String(), want)
-		}
-	}
-}
-
 func TestSweepResultNext(t *testing.T) {
 	t.Parallel()
+	// A lease is due 1 ms after its deadline, a delayed message at its
+	// due time.
 	a, b := time.UnixMilli(1000), time.UnixMilli(2000)
+	a1 := time.UnixMilli(1001)
 	for _, tt := range []struct {
 		r    SweepResult
 		want time.Time
 	}{
 		{SweepResult{}, time.Time{}},
-		{SweepResult{NextDeadline: a}, a},
+		{SweepResult{NextDeadline: a}, a1},
 		{SweepResult{NextDelayed: b}, b},
-		{SweepResult{NextDeadline: a, NextDelayed: b}, a},
+		{SweepResult{NextDeadline: a, NextDelayed: b}, a1},
 		{SweepResult{NextDeadline: b, NextDelayed: a}, a},
 		{SweepResult{NextDeadline: a, NextDelayed: a}, a},
+		{SweepResult{NextDeadline: a, NextDelayed: a1}, a1},
+		{SweepResult{NextDeadline: a, NextDelayed: time.UnixMilli(1002)}, a1},
 	} {
 		if got := tt.r.Next(); !got.Equal(tt.want) {
 			t.Errorf("%+v.Next() = %v, want %v", tt.r, got, tt.want)

@@ -66,24 +66,21 @@ func ackRacesExpiry(t *testing.T, b *testBundle, q string, n, ackers int, leaseF
 			}
 		}
 	})
-	sweepers.Go(func() { // requeues lease by lease, as the expiry listener would
-		for i := 0; ; i++ {
+	sweepers.Go(func() { // requeues lease by lease, as a second reaper woken by events would
+		for {
 			select {
 			case <-stop:
 				return
 			default:
 			}
-			ls := leases.Load()
-			if ls == nil {
-				continue
-			}
-			res, _, err := b.c.Requeue(ctx, q, (*ls)[i%len(*ls)].ID)
-			if err != nil || res == DeadLettered {
-				t.Error(res, err)
+			r, err := b.c.Sweep(ctx, q, &SweepOpts{Limit: 1, Reclaim: true})
+			if err != nil {
+				t.Error(err)
 				return
 			}
-			if res == Requeued {
-				requeued.Add(1)
+			requeued.Add(int64(r.Requeued))
+			if r.DeadLettered+r.Malformed != 0 {
+				t.Errorf("Sweep = %+v", r)
 			}
 		}
 	})
@@ -140,7 +137,7 @@ func ackRacesExpiry(t *testing.T, b *testBundle, q string, n, ackers int, leaseF
 	return len(acked), len(st.Ready)
 }
 
-// TestRequeueRace: 8 goroutines requeue one due lease at once; exactly one
+// TestRequeueRace: 8 goroutines sweep one due lease at once; exactly one
 // of them requeues it.
 func TestRequeueRace(t *testing.T) {
 	t.Parallel()
@@ -157,26 +154,26 @@ func TestRequeueRace(t *testing.T) {
 		}
 		b.waitDue(t, l.Deadline().UnixMilli())
 		start := make(chan struct{})
-		results := make([]RequeueResult, racers)
+		results := make([]int, racers)
 		var wg sync.WaitGroup
 		for i := range racers {
 			wg.Go(func() {
 				<-start
-				res, _, err := b.c.Requeue(ctx, q, id)
+				r, err := b.c.Sweep(ctx, q, nil)
 				if err != nil {
 					t.Error(err)
 				}
-				results[i] = res
+				results[i] = r.Requeued*10 + r.DeadLettered + r.Malformed
 			})
 		}
 		close(start)
 		wg.Wait()
-		counts := map[RequeueResult]int{}
+		counts := map[int]int{}
 		for _, r := range results {
 			counts[r]++
 		}
-		if counts[Requeued] != 1 || counts[NotInFlight] != racers-1 {
-			t.Fatalf("round %d: results %v", round, counts)
+		if counts[10] != 1 || counts[0] != racers-1 {
+			t.Fatalf("round %d: sweeps that requeued it %d, that found nothing %d, want 1 and %d", round, counts[10], counts[0], racers-1)
 		}
 		st := checkInvariants(t, b.rdb, q)
 		if !slices.Equal(st.Ready, []string{id}) {

@@ -22,8 +22,6 @@ var (
 	nackLua string
 	//go:embed lua/deadletter.lua
 	deadletterLua string
-	//go:embed lua/requeue.lua
-	requeueLua string
 	//go:embed lua/sweep.lua
 	sweepLua string
 	//go:embed lua/push.lua
@@ -49,7 +47,6 @@ var (
 	extendScript     = newScript("extend", extendLua)
 	nackScript       = newScript("nack", nackLua)
 	deadletterScript = newScript("deadletter", deadletterLua)
-	requeueScript    = newScript("requeue", requeueLua)
 	sweepScript      = newScript("sweep", sweepLua)
 	pushScript       = newScript("push", pushLua)
 	replayScript     = newScript("replay", replayLua)

@@ -161,7 +161,7 @@ func TestPlainProducer(t *testing.T) {
 	if string(l2.Payload) != "from redis-cli" || l2.ID == l1.ID {
 		t.Fatalf("raw take = %+v", l2)
 	}
-	b.expire(t, l2, Requeued)
+	b.expire(t, l2, requeued)
 	st := checkInvariants(t, b.rdb, q)
 	if len(st.Ready) != 1 || st.Ready[0] != l2.ID || len(st.Raw) != 1 {
 		t.Fatalf("after expiry: ready %v raw %q", st.Ready, st.Raw)
@@ -403,15 +403,14 @@ func TestCorruptLeaseRecord(t *testing.T) {
 	}
 	checkDead(l.ID, "garbage")
 
-	// Requeue: an envelope with another id.
+	// Sweep: an envelope with another id.
 	b.push(t, q, "r", nil)
 	l = b.take(t, q, &TakeOpts{LeaseFor: 2 * time.Millisecond})
 	other := (&envelope{ID: "other", Attempts: 1}).appendTo(nil)
 	b.corruptLease(t, l, l.Token+"|"+string(other))
 	b.waitDue(t, l.Deadline().UnixMilli())
-	res, _, err := b.c.Requeue(ctx, q, l.ID)
-	if res != DeadLettered || !errors.Is(err, ErrMalformed) {
-		t.Fatalf("Requeue on a corrupt record = %v, %v; want DeadLettered, ErrMalformed", res, err)
+	if r, err := b.c.Sweep(ctx, q, nil); err != nil || r.Malformed != 1 || r.Requeued+r.DeadLettered != 0 {
+		t.Fatalf("Sweep on a corrupt record = %+v, %v; want 1 malformed", r, err)
 	}
 	checkDead(l.ID, "")
 

@@ -11,10 +11,12 @@
 -- ARGV[2] 1 to also move the claim list back to the head of ready, else 0
 -- returns {requeued, dead_expired, dead_malformed, promoted, reclaimed,
 --          next_deadline_ms or -1, next_delayed_ms or -1, more (0/1),
---          lag_ms of each requeued or dead-lettered lease...}
+--          then the queue's counts after the sweep: ready (ready + claim
+--          lists), in_flight, delayed, dead,
+--          then lag_ms of each requeued or dead-lettered lease...}
 local limit = tonumber(ARGV[1])
 local now = now_ms()
-local out = {0, 0, 0, 0, 0, -1, -1, 0}
+local out = {0, 0, 0, 0, 0, -1, -1, 0, 0, 0, 0, 0}
 local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. now, 'WITHSCORES', 'LIMIT', 0, limit)
 for i = 1, #due, 2 do
   local r = expire_one(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], due[i], now)
@@ -34,4 +36,8 @@ end
 out[6] = first_score(KEYS[3]) or -1
 out[7] = first_score(KEYS[6]) or -1
 if #due / 2 >= limit or out[4] >= limit or out[5] >= limit then out[8] = 1 end
+out[9] = redis.call('LLEN', KEYS[1]) + redis.call('LLEN', KEYS[7])
+out[10] = redis.call('ZCARD', KEYS[3])
+out[11] = redis.call('ZCARD', KEYS[6])
+out[12] = redis.call('ZCARD', KEYS[4])
 return out
