@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	mrand "math/rand/v2"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -196,8 +195,10 @@ func convertErr(err error) error {
 	if errors.Is(err, redis.Nil) {
 		return ErrNotHeld
 	}
-	if strings.Contains(err.Error(), "WRONGTYPE") {
-		return fmt.Errorf("%w: %v", ErrMalformed, err)
+	if redis.HasErrorPrefix(err, "WRONGTYPE") {
+		// Both wrapped: the caller can still tell a Redis error reply
+		// from an outage.
+		return fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	return err
 }
