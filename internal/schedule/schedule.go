@@ -9,8 +9,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/ackd/ackd/lease"
 )
 
 // Defaults for Config.
@@ -30,7 +28,8 @@ const (
 // "timer", "retry", or whatever was passed to Now. The Scheduler never runs
 // two sweeps of one queue at once.
 //
-// A SweepFunc should loop on lease.SweepResult.More itself. A returned time
+// A SweepFunc should loop on lease.SweepResult.More itself and return
+// lease.SweepResult.Next. A returned time
 // that is not in the future is honoured at once, unless it is the very time
 // whose timer started this sweep (the queue's work was not due yet by
 // Redis's clock, which runs behind ours): then the Scheduler retries after
@@ -86,13 +85,15 @@ type entry struct {
 	atFor     time.Time // the due time that wake is for (at, or earlier when backing off for skew)
 	index     int       // position in Scheduler.timers, -1 if no wake time
 
-	queued  bool      // in Scheduler.ready
-	trigger string    // trigger of the queued sweep
-	fired   time.Time // due time whose wake queued it, zero for other triggers
+	queued  bool         // in Scheduler.ready
+	trigger string       // trigger of the queued sweep
+	fired   time.Time    // due time whose wake queued it, zero for other triggers
+	waiters []chan error // Sweep calls waiting for the queued sweep
 
-	running    bool
-	again      string    // trigger that arrived while running: one more sweep after it
-	againFired time.Time // as fired, for again
+	running      bool
+	again        string       // trigger that arrived while running: one more sweep after it
+	againFired   time.Time    // as fired, for again
+	againWaiters []chan error // Sweep calls waiting for that one more sweep
 
 	skew int // consecutive sweeps that found their own wake time not due yet
 }
@@ -141,9 +142,30 @@ func (s *Scheduler) At(queue string, t time.Time) {
 // blocks.
 func (s *Scheduler) Now(queue, trigger string) {
 	s.mu.Lock()
-	s.fireLocked(s.get(queue), trigger, time.Time{})
+	s.fireLocked(s.get(queue), trigger, time.Time{}, nil)
 	s.mu.Unlock()
 	s.wake()
+}
+
+// Sweep asks for a sweep of queue as Now does, then waits until a sweep
+// that started after the call has finished, and returns its error. It
+// shares the line, the coalescing and the concurrency bound of every other
+// trigger, so a caller that sweeps many queues one Sweep at a time (a
+// periodic scan) never overlaps a timer's sweep of the same queue and
+// takes one worker at most. If ctx ends first it returns ctx's error; the
+// sweep still runs.
+func (s *Scheduler) Sweep(ctx context.Context, queue, trigger string) error {
+	done := make(chan error, 1)
+	s.mu.Lock()
+	s.fireLocked(s.get(queue), trigger, time.Time{}, done)
+	s.mu.Unlock()
+	s.wake()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Pending returns how many queues have a sweep pending: a wake time, a
@@ -186,7 +208,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		now := time.Now()
 		for len(s.timers) > 0 && !s.timers[0].at.After(now) {
 			e := heap.Pop(&s.timers).(*entry)
-			s.fireLocked(e, e.atTrigger, e.atFor)
+			s.fireLocked(e, e.atTrigger, e.atFor, nil)
 		}
 		for s.running < s.cfg.Concurrency && len(s.ready) > 0 {
 			e := s.ready[0]
@@ -194,12 +216,12 @@ func (s *Scheduler) Run(ctx context.Context) error {
 			s.ready = s.ready[1:]
 			e.queued, e.running = false, true
 			s.running++
-			trigger, fired := e.trigger, e.fired
-			e.trigger, e.fired = "", time.Time{}
+			trigger, fired, waiters := e.trigger, e.fired, e.waiters
+			e.trigger, e.fired, e.waiters = "", time.Time{}, nil
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				s.run(ctx, e, trigger, fired)
+				s.run(ctx, e, trigger, fired, waiters)
 			}()
 		}
 		var next time.Time
@@ -224,11 +246,14 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	}
 }
 
-// run calls the SweepFunc for e and files its outcome.
-func (s *Scheduler) run(ctx context.Context, e *entry, trigger string, fired time.Time) {
+// run calls the SweepFunc for e, files its outcome and tells waiters.
+func (s *Scheduler) run(ctx context.Context, e *entry, trigger string, fired time.Time, waiters []chan error) {
 	next, err := s.sweep(ctx, e.queue, trigger)
 	s.sweeps.Add(1)
 	now := time.Now()
+	for _, w := range waiters {
+		w <- err // buffered: never blocks
+	}
 
 	s.mu.Lock()
 	e.running = false
@@ -261,9 +286,10 @@ func (s *Scheduler) run(ctx context.Context, e *entry, trigger string, fired tim
 		s.atLocked(e, next, TriggerTimer, next)
 	}
 	if e.again != "" {
-		trigger, fired := e.again, e.againFired
-		e.again, e.againFired = "", time.Time{}
-		s.fireLocked(e, trigger, fired)
+		trigger, fired, waiters := e.again, e.againFired, e.againWaiters
+		e.again, e.againFired, e.againWaiters = "", time.Time{}, nil
+		s.fireLocked(e, trigger, fired, nil)
+		e.waiters = append(e.waiters, waiters...)
 	}
 	s.forgetLocked(e)
 	s.mu.Unlock()
@@ -305,18 +331,26 @@ func (s *Scheduler) atLocked(e *entry, t time.Time, trigger string, wakeFor time
 	return e.index == 0
 }
 
-// fireLocked asks for a sweep of e as soon as possible.
-func (s *Scheduler) fireLocked(e *entry, trigger string, fired time.Time) {
+// fireLocked asks for a sweep of e as soon as possible; done, if not nil,
+// receives the error of that sweep.
+func (s *Scheduler) fireLocked(e *entry, trigger string, fired time.Time, done chan error) {
 	switch {
 	case e.running:
 		if e.again == "" {
 			e.again, e.againFired = trigger, fired
 		}
+		if done != nil {
+			e.againWaiters = append(e.againWaiters, done)
+		}
+		return
 	case e.queued:
 		// Already in line; that sweep covers this trigger too.
 	default:
 		e.queued, e.trigger, e.fired = true, trigger, fired
 		s.ready = append(s.ready, e)
+	}
+	if done != nil {
+		e.waiters = append(e.waiters, done)
 	}
 }
 
@@ -325,25 +359,6 @@ func (s *Scheduler) wake() {
 	case s.kick <- struct{}{}:
 	default:
 	}
-}
-
-// NextWake is when a queue should next be swept after a Sweep returned r:
-// just after its earliest lease deadline (a lease is due only once Redis's
-// clock has passed its deadline millisecond, so deadline + 1 ms) or at its
-// earliest delayed message's due time, whichever is earlier; the zero time
-// if it has neither.
-func NextWake(r lease.SweepResult) time.Time {
-	var dl time.Time
-	if !r.NextDeadline.IsZero() {
-		dl = r.NextDeadline.Add(time.Millisecond)
-	}
-	switch {
-	case dl.IsZero():
-		return r.NextDelayed
-	case r.NextDelayed.IsZero(), dl.Before(r.NextDelayed):
-		return dl
-	}
-	return r.NextDelayed
 }
 
 // timerHeap is a min-heap of entries by wake time.

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/ackd/ackd/internal/redistest"
-	"github.com/ackd/ackd/lease"
 )
 
 const waitLong = 10 * time.Second
@@ -440,27 +439,59 @@ func TestBeforeRun(t *testing.T) {
 	<-done
 }
 
-func TestNextWake(t *testing.T) {
+// TestSweepWaits: Sweep returns the error of a sweep that started after
+// it was called, waiting behind a running sweep of the same queue rather
+// than overlapping it.
+func TestSweepWaits(t *testing.T) {
 	t.Parallel()
-	t0 := time.UnixMilli(1_700_000_000_000)
-	ms := time.Millisecond
-	tests := []struct {
-		name          string
-		deadline, due time.Time
-		want          time.Time
-	}{
-		{"nothing", time.Time{}, time.Time{}, time.Time{}},
-		{"deadline only", t0, time.Time{}, t0.Add(ms)},
-		{"delayed only", time.Time{}, t0, t0},
-		{"deadline first", t0, t0.Add(5 * ms), t0.Add(ms)},
-		{"delayed first", t0.Add(5 * ms), t0, t0},
-		{"same ms", t0, t0, t0},
-		{"delayed 1ms after", t0, t0.Add(ms), t0.Add(ms)},
-	}
-	for _, tt := range tests {
-		got := NextWake(lease.SweepResult{NextDeadline: tt.deadline, NextDelayed: tt.due})
-		if !got.Equal(tt.want) {
-			t.Errorf("%s: NextWake = %v, want %v", tt.name, got, tt.want)
+	blk := newBlock()
+	boom := errors.New("boom")
+	rec := &recorder{}
+	rec.next = func(c call, n int) (time.Time, error) {
+		switch {
+		case c.queue == "bad":
+			return time.Time{}, boom
+		case n == 1:
+			return time.Time{}, blk.wait(context.Background())
 		}
+		return time.Time{}, nil
+	}
+	b := setup(t, rec, &Config{RetryDelay: time.Hour})
+	if err := b.s.Sweep(t.Context(), "bad", "scan"); !errors.Is(err, boom) {
+		t.Errorf("Sweep of a failing queue = %v, want %v", err, boom)
+	}
+
+	b.s.Now("q", "event")
+	redistest.WaitFor(t, waitLong, func() bool { return blk.in.Load() == 1 }, "first sweep running")
+	done := make(chan error, 2)
+	go func() { done <- b.s.Sweep(t.Context(), "q", "scan") }()
+	go func() { done <- b.s.Sweep(t.Context(), "q", "scan") }()
+	redistest.WaitFor(t, waitLong, func() bool {
+		b.s.mu.Lock()
+		defer b.s.mu.Unlock()
+		return len(b.s.entries["q"].againWaiters) == 2
+	}, "two Sweep calls waiting behind the running sweep")
+	select {
+	case err := <-done:
+		t.Fatalf("Sweep returned %v while the sweep before it still ran", err)
+	default:
+	}
+	close(blk.release)
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Errorf("Sweep = %v", err)
+		}
+	}
+	want := []call{{"bad", "scan"}, {"q", "event"}, {"q", "scan"}} // "bad" waits an hour for its retry
+	if got := rec.get(); !slices.Equal(got, want) {
+		t.Fatalf("sweeps = %v, want %v", got, want)
+	}
+
+	// Without Run nothing sweeps: Sweep ends with its context.
+	idle := New(rec.sweep, nil)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Millisecond)
+	defer cancel()
+	if err := idle.Sweep(ctx, "q", "scan"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Sweep without Run = %v, want the context's error", err)
 	}
 }
