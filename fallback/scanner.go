@@ -8,40 +8,39 @@ import (
 	"slices"
 	"sync/atomic"
 	"time"
-
-	"github.com/ackd/ackd/lease"
 )
 
 // ScanIntervalDefault is the default Config.Interval. See the package
 // documentation for why it is this long.
 const ScanIntervalDefault = 5 * time.Minute
 
-// maxCallsPerQueue bounds the Sweep calls one scan makes on one queue, so
-// that a queue refilled as fast as it is swept cannot hold the scan
-// forever; the next scan (or the queue's timer) goes on from there.
-const maxCallsPerQueue = 1000
+// ErrConfig is wrapped by NewScanner's errors.
+var ErrConfig = errors.New("fallback: invalid configuration")
 
-// Config configures a Scanner. A nil *Config means all defaults.
+// Registry lists the queues to scan when Config.Queues is empty. A
+// *lease.Client is one: its Queues reads the registry SET ackd:queues.
+type Registry interface {
+	Queues(ctx context.Context) ([]string, error)
+}
+
+// Config configures a Scanner.
 type Config struct {
+	// SweepFunc sweeps one queue and returns when the sweep is done, with
+	// its error. The reaper passes its scheduler's Sweep, so that scans
+	// share the line, the coalescing and the concurrency bound of every
+	// other trigger. Required.
+	SweepFunc func(ctx context.Context, queue string) error
 	// Interval is the time from the end of one scan to the start of the
 	// next. Defaults to ScanIntervalDefault (5 minutes).
 	Interval time.Duration
-	// Queues is the fixed set of queues to scan. Empty: every queue in the
-	// registry (lease.Client.Queues), read again at each scan.
+	// Queues is the fixed set of queues to scan. Empty: every queue the
+	// Registry lists, read again at each scan.
 	Queues []string
-	// Limit bounds the work of each Sweep call (see lease.SweepOpts).
-	// Defaults to lease.SweepLimitDefault.
-	Limit int
-	// SweptFunc, if set, is called after every successful Sweep call with
-	// its result (for metrics, and to schedule the queue's next wake). It
-	// runs on the scanning goroutine and should be fast.
-	SweptFunc func(queue string, r lease.SweepResult)
 	// ScanFunc, if set, is called after every full scan with the number
 	// of queues scanned, how long it took and its error, if any.
 	ScanFunc func(queues int, took time.Duration, err error)
-	// Logger receives "requeued expired leases" at Info when a scan found
-	// work, errors at Warn, and start/stop at Debug. Defaults to
-	// discarding them.
+	// Logger receives failed scans at Warn and start/stop at Debug.
+	// Defaults to discarding them.
 	Logger *slog.Logger
 }
 
@@ -53,10 +52,10 @@ type ScannerStats struct {
 	LastDuration time.Duration // how long the last scan took
 }
 
-// Scanner sweeps every queue periodically: the safety net under keyspace
-// events and wake timers. It is safe for concurrent use.
+// Scanner asks for a sweep of every queue periodically: the safety net
+// under keyspace events and wake timers. It is safe for concurrent use.
 type Scanner struct {
-	lc   *lease.Client
+	reg  Registry
 	cfg  Config
 	log  *slog.Logger
 	kick chan struct{}
@@ -66,28 +65,36 @@ type Scanner struct {
 	lastDur     atomic.Int64
 }
 
-// NewScanner returns a Scanner over lc. It does nothing until Run or Scan.
-func NewScanner(lc *lease.Client, cfg *Config) *Scanner {
+// NewScanner returns a Scanner that lists queues with reg (unused if
+// Config.Queues is set) and sweeps each with Config.SweepFunc. It does
+// nothing until Run or Scan.
+func NewScanner(reg Registry, cfg *Config) (*Scanner, error) {
 	var c Config
 	if cfg != nil {
 		c = *cfg
 	}
-	if c.Interval <= 0 {
-		c.Interval = ScanIntervalDefault
+	if c.SweepFunc == nil {
+		return nil, fmt.Errorf("%w: Config.SweepFunc is required", ErrConfig)
 	}
-	if c.Limit <= 0 {
-		c.Limit = lease.SweepLimitDefault
+	if reg == nil && len(c.Queues) == 0 {
+		return nil, fmt.Errorf("%w: nil Registry and no Config.Queues", ErrConfig)
+	}
+	if c.Interval < 0 {
+		return nil, fmt.Errorf("%w: Config.Interval %v: must not be negative", ErrConfig, c.Interval)
+	}
+	if c.Interval == 0 {
+		c.Interval = ScanIntervalDefault
 	}
 	c.Queues = slices.Clone(c.Queues)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Scanner{
-		lc:   lc,
+		reg:  reg,
 		cfg:  c,
 		log:  c.Logger.With("component", "fallback"),
 		kick: make(chan struct{}, 1),
-	}
+	}, nil
 }
 
 // Run scans at once, then Interval after each scan ends and whenever
@@ -127,9 +134,9 @@ func (s *Scanner) ScanNow() {
 	}
 }
 
-// Scan makes one full scan: for each queue, Sweep with Reclaim, repeated
-// while the result says More. An error on one queue does not stop the
-// others; the errors are joined. It returns how many queues it scanned.
+// Scan makes one full scan: SweepFunc for each queue, one after the
+// other. An error on one queue does not stop the others; the errors are
+// joined. It returns how many queues it scanned.
 func (s *Scanner) Scan(ctx context.Context) (queues int, err error) {
 	start := time.Now()
 	defer func() {
@@ -146,7 +153,7 @@ func (s *Scanner) Scan(ctx context.Context) (queues int, err error) {
 	}()
 	qs := s.cfg.Queues
 	if len(qs) == 0 {
-		qs, err = s.lc.Queues(ctx)
+		qs, err = s.reg.Queues(ctx)
 		if err != nil {
 			return 0, fmt.Errorf("fallback: scan: %w", err)
 		}
@@ -157,43 +164,12 @@ func (s *Scanner) Scan(ctx context.Context) (queues int, err error) {
 			errs = append(errs, ctx.Err())
 			break
 		}
-		if err := s.sweep(ctx, q); err != nil {
-			errs = append(errs, err)
+		if err := s.cfg.SweepFunc(ctx, q); err != nil {
+			errs = append(errs, fmt.Errorf("fallback: scan %s: %w", q, err))
 		}
 		queues++
 	}
 	return queues, errors.Join(errs...)
-}
-
-// sweep sweeps one queue until it has nothing more due.
-func (s *Scanner) sweep(ctx context.Context, q string) error {
-	var requeued, dead, promoted, reclaimed int
-	defer func() {
-		if requeued+dead > 0 {
-			s.log.InfoContext(ctx, "requeued expired leases", "queue", q, "num_requeued", requeued, "num_dead_lettered", dead)
-		}
-		if promoted+reclaimed > 0 {
-			s.log.DebugContext(ctx, "moved messages to ready", "queue", q, "num_promoted", promoted, "num_reclaimed", reclaimed)
-		}
-	}()
-	opts := &lease.SweepOpts{Limit: s.cfg.Limit, Reclaim: true}
-	for range maxCallsPerQueue {
-		r, err := s.lc.Sweep(ctx, q, opts)
-		if err != nil {
-			return fmt.Errorf("fallback: scan %s: %w", q, err)
-		}
-		requeued += r.Requeued
-		dead += r.DeadLettered
-		promoted += r.Promoted
-		reclaimed += r.Reclaimed
-		if s.cfg.SweptFunc != nil {
-			s.cfg.SweptFunc(q, r)
-		}
-		if !r.More {
-			return nil
-		}
-	}
-	return nil
 }
 
 // Stats returns a snapshot of the Scanner's counters.

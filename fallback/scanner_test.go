@@ -3,14 +3,10 @@ package fallback
 import (
 	"context"
 	"errors"
-	"fmt"
-	"log/slog"
 	"slices"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/ackd/ackd/internal/redistest"
 	"github.com/ackd/ackd/lease"
@@ -18,238 +14,105 @@ import (
 
 const waitLong = 15 * time.Second
 
-type testBundle struct {
-	rdb *redis.Client
-	lc  *lease.Client
+// sweeps is a SweepFunc that records the queues it is given and fails
+// for those in fail.
+type sweeps struct {
+	mu     sync.Mutex
+	queues []string
+	fail   map[string]error
 }
 
-func setup(t *testing.T) *testBundle {
-	t.Helper()
-	srv := redistest.Start(t)
-	rdb := srv.Client(t)
-	lc, err := lease.New(rdb, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testBundle{rdb: rdb, lc: lc}
-}
-
-// expired pushes n messages to queue, leases them for 1 ms and waits until
-// Redis's clock says every lease is due. Nothing sweeps them meanwhile.
-func (b *testBundle) expired(t *testing.T, queue string, n int) {
-	t.Helper()
-	ctx := t.Context()
-	payloads := make([][]byte, n)
-	for i := range payloads {
-		payloads[i] = fmt.Appendf(nil, "m%d", i)
-	}
-	if _, err := b.lc.PushBatch(ctx, queue, payloads, nil); err != nil {
-		t.Fatal(err)
-	}
-	ls, err := b.lc.TakeBatch(ctx, queue, n, &lease.TakeOpts{LeaseFor: time.Millisecond})
-	if err != nil || len(ls) != n {
-		t.Fatalf("TakeBatch = %d, %v", len(ls), err)
-	}
-	last := ls[len(ls)-1].Deadline()
-	redistest.WaitFor(t, waitLong, func() bool {
-		now, err := b.rdb.Time(ctx).Result()
-		return err == nil && now.Truncate(time.Millisecond).After(last)
-	}, "leases due by Redis's clock")
-}
-
-// inFlight returns how many leases of queue are in flight.
-func (b *testBundle) inFlight(t *testing.T, queue string) int64 {
-	t.Helper()
-	n, err := b.rdb.ZCard(t.Context(), lease.KeysFor(queue).Deadlines).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
-func (b *testBundle) ready(t *testing.T, queue string) int64 {
-	t.Helper()
-	n, err := b.rdb.LLen(t.Context(), lease.KeysFor(queue).Ready).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
-// swept records SweptFunc calls.
-type swept struct {
-	mu      sync.Mutex
-	results map[string][]lease.SweepResult
-}
-
-func (s *swept) fn(queue string, r lease.SweepResult) {
+func (s *sweeps) fn(_ context.Context, queue string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.results == nil {
-		s.results = map[string][]lease.SweepResult{}
-	}
-	s.results[queue] = append(s.results[queue], r)
+	s.queues = append(s.queues, queue)
+	return s.fail[queue]
 }
 
-func (s *swept) get(queue string) []lease.SweepResult {
+func (s *sweeps) get() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return slices.Clone(s.results[queue])
+	return slices.Clone(s.queues)
 }
 
-func requeuedIn(rs []lease.SweepResult) int {
-	n := 0
-	for _, r := range rs {
-		n += r.Requeued
-	}
-	return n
+// fixed is a Registry with a fixed answer.
+type fixed struct {
+	queues []string
+	err    error
 }
 
-func TestScanRequeuesExpired(t *testing.T) {
-	t.Parallel()
-	b := setup(t)
-	b.expired(t, "orders", 3)
-	sw := &swept{}
-	logs := &logSink{}
-	s := NewScanner(b.lc, &Config{SweptFunc: sw.fn, Logger: slog.New(logs)})
-	n, err := s.Scan(t.Context())
-	if err != nil || n != 1 {
-		t.Fatalf("Scan = %d, %v; want 1 queue", n, err)
-	}
-	rs := sw.get("orders")
-	if len(rs) != 1 || rs[0].Requeued != 3 || len(rs[0].Lags) != 3 || rs[0].More {
-		t.Fatalf("SweptFunc saw %+v, want one result with 3 requeued", rs)
-	}
-	if b.inFlight(t, "orders") != 0 || b.ready(t, "orders") != 3 {
-		t.Fatalf("after Scan: %d in flight, %d ready; want 0, 3", b.inFlight(t, "orders"), b.ready(t, "orders"))
-	}
-	if got := logs.find("requeued expired leases"); len(got) != 1 || got[0]["queue"] != "orders" || got[0]["num_requeued"] != int64(3) {
-		t.Fatalf("logged %v, want one Info line for orders with 3", got)
-	}
+func (f fixed) Queues(context.Context) ([]string, error) { return f.queues, f.err }
 
-	// Nothing due: a second scan requeues and logs nothing.
-	if _, err := s.Scan(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	if got := logs.find("requeued expired leases"); len(got) != 1 {
-		t.Fatalf("logged %d times, want still 1", len(got))
-	}
-	if st := s.Stats(); st.Scans != 2 || st.Errors != 0 || st.LastScan.IsZero() {
-		t.Fatalf("Stats() = %+v", st)
-	}
-}
-
+// TestScanRegistry: a scan sweeps every queue of the registry in Redis,
+// read again at each scan.
 func TestScanRegistry(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
-	for _, q := range []string{"a", "b", "c"} {
-		b.expired(t, q, 2)
-	}
-	// A queue in the registry with nothing in it costs one Sweep.
-	if err := b.lc.Register(t.Context(), "empty"); err != nil {
+	srv := redistest.Start(t)
+	lc, err := lease.New(srv.Client(t), nil)
+	if err != nil {
 		t.Fatal(err)
 	}
-	sw := &swept{}
-	n, err := NewScanner(b.lc, &Config{SweptFunc: sw.fn}).Scan(t.Context())
-	if err != nil || n != 4 {
-		t.Fatalf("Scan = %d, %v; want 4 queues", n, err)
-	}
-	for _, q := range []string{"a", "b", "c"} {
-		if got := requeuedIn(sw.get(q)); got != 2 || b.inFlight(t, q) != 0 {
-			t.Fatalf("%s: requeued %d, %d in flight; want 2, 0", q, got, b.inFlight(t, q))
+	for _, q := range []string{"c", "a", "b"} {
+		if err := lc.Register(t.Context(), q); err != nil {
+			t.Fatal(err)
 		}
 	}
-	if rs := sw.get("empty"); len(rs) != 1 || !rs[0].Next().IsZero() {
-		t.Fatalf("empty: %+v", rs)
+	sw := &sweeps{}
+	s, err := NewScanner(lc, &Config{SweepFunc: sw.fn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Scan(t.Context()); err != nil || n != 3 {
+		t.Fatalf("Scan = %d, %v; want 3 queues", n, err)
+	}
+	if err := lc.Register(t.Context(), "d"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Scan(t.Context()); err != nil || n != 4 {
+		t.Fatalf("second Scan = %d, %v; want 4 queues", n, err)
+	}
+	if got, want := sw.get(), []string{"a", "b", "c", "a", "b", "c", "d"}; !slices.Equal(got, want) {
+		t.Fatalf("swept %v, want %v", got, want)
 	}
 }
 
+// TestScanFixedQueues: with Config.Queues the registry is never read.
 func TestScanFixedQueues(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
-	b.expired(t, "watched", 2)
-	b.expired(t, "other", 2)
-	n, err := NewScanner(b.lc, &Config{Queues: []string{"watched", "unknown"}}).Scan(t.Context())
-	if err != nil || n != 2 {
+	sw := &sweeps{}
+	s, err := NewScanner(fixed{err: errors.New("registry read")}, &Config{SweepFunc: sw.fn, Queues: []string{"watched", "unknown"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Scan(t.Context()); err != nil || n != 2 {
 		t.Fatalf("Scan = %d, %v; want 2 queues", n, err)
 	}
-	if b.inFlight(t, "watched") != 0 || b.inFlight(t, "other") != 2 {
-		t.Fatalf("in flight: watched %d, other %d; want 0, 2", b.inFlight(t, "watched"), b.inFlight(t, "other"))
+	if got := sw.get(); !slices.Equal(got, []string{"watched", "unknown"}) {
+		t.Fatalf("swept %v", got)
 	}
 }
 
-func TestScanMore(t *testing.T) {
-	t.Parallel()
-	b := setup(t)
-	b.expired(t, "many", 95)
-	sw := &swept{}
-	if _, err := NewScanner(b.lc, &Config{Limit: 10, SweptFunc: sw.fn}).Scan(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	rs := sw.get("many")
-	if len(rs) != 10 {
-		t.Fatalf("%d Sweep calls, want 10", len(rs))
-	}
-	for i, r := range rs {
-		wantMore, wantN := i < 9, 10
-		if i == 9 {
-			wantN = 5
-		}
-		if r.More != wantMore || r.Requeued != wantN {
-			t.Fatalf("call %d: %+v, want %d requeued, More %v", i, r, wantN, wantMore)
-		}
-	}
-	if b.inFlight(t, "many") != 0 || b.ready(t, "many") != 95 {
-		t.Fatalf("%d in flight, %d ready", b.inFlight(t, "many"), b.ready(t, "many"))
-	}
-}
-
-func TestScanReclaims(t *testing.T) {
-	t.Parallel()
-	b := setup(t)
-	ctx := t.Context()
-	// A consumer that died between its blocking wait and its take leaves
-	// its element on the claim list.
-	if err := b.lc.Register(ctx, "claimed"); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.rdb.RPush(ctx, lease.KeysFor("claimed").Claim, "raw").Err(); err != nil {
-		t.Fatal(err)
-	}
-	sw := &swept{}
-	if _, err := NewScanner(b.lc, &Config{SweptFunc: sw.fn}).Scan(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if rs := sw.get("claimed"); len(rs) != 1 || rs[0].Reclaimed != 1 || b.ready(t, "claimed") != 1 {
-		t.Fatalf("SweptFunc saw %+v, %d ready; want 1 reclaimed", rs, b.ready(t, "claimed"))
-	}
-}
-
-// An error on one queue does not stop the scan of the others.
+// An error on one queue does not stop the scan of the others; the errors
+// are joined and can be inspected.
 func TestScanErrors(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
-	ctx := t.Context()
-	b.expired(t, "good", 1)
-	// A queue whose deadlines key is not a ZSET: its Sweep fails.
-	if err := b.lc.Register(ctx, "broken"); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.rdb.Set(ctx, lease.KeysFor("broken").Deadlines, "x", 0).Err(); err != nil {
-		t.Fatal(err)
-	}
+	sw := &sweeps{fail: map[string]error{"broken": lease.ErrMalformed, "bad{name": lease.ErrInvalidQueue}}
 	var scanErr error
 	var scanned int
-	s := NewScanner(b.lc, &Config{
-		Queues:   []string{"broken", "bad{name", "good"},
-		ScanFunc: func(n int, _ time.Duration, err error) { scanned, scanErr = n, err },
+	s, err := NewScanner(nil, &Config{
+		SweepFunc: sw.fn,
+		Queues:    []string{"broken", "bad{name", "good"},
+		ScanFunc:  func(n int, _ time.Duration, err error) { scanned, scanErr = n, err },
 	})
-	n, err := s.Scan(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := s.Scan(t.Context())
 	if !errors.Is(err, lease.ErrMalformed) || !errors.Is(err, lease.ErrInvalidQueue) || n != 3 {
 		t.Fatalf("Scan = %d, %v; want 3 queues, ErrMalformed and ErrInvalidQueue", n, err)
 	}
-	if b.inFlight(t, "good") != 0 {
-		t.Fatal("good was not swept after broken failed")
+	if got := sw.get(); !slices.Equal(got, []string{"broken", "bad{name", "good"}) {
+		t.Fatalf("swept %v: good not swept after broken failed", got)
 	}
 	if scanned != 3 || scanErr == nil {
 		t.Fatalf("ScanFunc got %d, %v", scanned, scanErr)
@@ -257,21 +120,52 @@ func TestScanErrors(t *testing.T) {
 	if st := s.Stats(); st.Errors != 1 || st.Scans != 1 {
 		t.Fatalf("Stats() = %+v, want 1 scan, 1 error", st)
 	}
+
+	// A registry that cannot be read fails the scan, which sweeps nothing.
+	s, err = NewScanner(fixed{err: errors.New("connection refused")}, &Config{SweepFunc: sw.fn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Scan(t.Context()); err == nil || n != 0 {
+		t.Fatalf("Scan with an unreadable registry = %d, %v", n, err)
+	}
+}
+
+func TestNewScannerRejects(t *testing.T) {
+	t.Parallel()
+	sw := &sweeps{}
+	for name, tt := range map[string]struct {
+		reg Registry
+		cfg *Config
+	}{
+		"nil config":        {fixed{}, nil},
+		"no SweepFunc":      {fixed{}, &Config{}},
+		"no registry":       {nil, &Config{SweepFunc: sw.fn}},
+		"negative Interval": {fixed{}, &Config{SweepFunc: sw.fn, Interval: -time.Second}},
+	} {
+		if _, err := NewScanner(tt.reg, tt.cfg); !errors.Is(err, ErrConfig) {
+			t.Errorf("%s: NewScanner = %v, want ErrConfig", name, err)
+		}
+	}
 }
 
 func TestRun(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	sw := &sweeps{}
 	var mu sync.Mutex
 	var scans []int
-	s := NewScanner(b.lc, &Config{
-		Interval: time.Hour,
+	s, err := NewScanner(fixed{queues: []string{"q"}}, &Config{
+		SweepFunc: sw.fn,
+		Interval:  time.Hour,
 		ScanFunc: func(n int, _ time.Duration, err error) {
 			mu.Lock()
 			defer mu.Unlock()
 			scans = append(scans, n)
 		},
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	count := func() int {
 		mu.Lock()
 		defer mu.Unlock()
@@ -282,13 +176,12 @@ func TestRun(t *testing.T) {
 	go func() { done <- s.Run(ctx) }()
 
 	redistest.WaitFor(t, waitLong, func() bool { return count() == 1 }, "scan at start")
-	b.expired(t, "late", 4)
 	s.ScanNow()
 	redistest.WaitFor(t, waitLong, func() bool { return count() == 2 }, "scan on ScanNow")
-	if b.inFlight(t, "late") != 0 {
-		t.Fatal("ScanNow's scan did not requeue")
+	if got := sw.get(); !slices.Equal(got, []string{"q", "q"}) {
+		t.Fatalf("swept %v", got)
 	}
-	if st := s.Stats(); st.Scans != 2 {
+	if st := s.Stats(); st.Scans != 2 || st.LastScan.IsZero() {
 		t.Fatalf("Stats() = %+v", st)
 	}
 
@@ -306,17 +199,20 @@ func TestRun(t *testing.T) {
 // The interval is measured from the end of a scan.
 func TestRunInterval(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
 	var mu sync.Mutex
 	var ends []time.Time
-	s := NewScanner(b.lc, &Config{
-		Interval: 20 * time.Millisecond,
+	s, err := NewScanner(fixed{}, &Config{
+		SweepFunc: (&sweeps{}).fn,
+		Interval:  20 * time.Millisecond,
 		ScanFunc: func(int, time.Duration, error) {
 			mu.Lock()
 			defer mu.Unlock()
 			ends = append(ends, time.Now())
 		},
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
@@ -332,42 +228,4 @@ func TestRunInterval(t *testing.T) {
 			t.Fatalf("scans %d and %d ended %v apart, less than the interval", i-1, i, gap)
 		}
 	}
-}
-
-// logSink is a slog.Handler that keeps each record's message and attrs.
-type logSink struct {
-	mu   sync.Mutex
-	recs []logRec
-}
-
-type logRec struct {
-	msg   string
-	attrs map[string]any
-}
-
-func (h *logSink) Enabled(context.Context, slog.Level) bool { return true }
-func (h *logSink) WithAttrs([]slog.Attr) slog.Handler       { return h }
-func (h *logSink) WithGroup(string) slog.Handler            { return h }
-func (h *logSink) Handle(_ context.Context, r slog.Record) error {
-	attrs := map[string]any{}
-	r.Attrs(func(a slog.Attr) bool {
-		attrs[a.Key] = a.Value.Any()
-		return true
-	})
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.recs = append(h.recs, logRec{r.Message, attrs})
-	return nil
-}
-
-func (h *logSink) find(msg string) []map[string]any {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	var out []map[string]any
-	for _, r := range h.recs {
-		if r.msg == msg {
-			out = append(out, r.attrs)
-		}
-	}
-	return out
 }
