@@ -17,15 +17,16 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ackd/ackd/lease"
+	"github.com/ackd/ackd/reaper"
 )
 
 // envPrefix starts the name of every variable ackd reads.
 const envPrefix = "ACKD_"
 
-// Bounds of the numeric settings.
+// Bounds of the numeric settings: the reaper's.
 const (
-	maxSweepConcurrency = 256
-	maxSweepLimit       = 10 * lease.SweepLimitDefault // what lease.Sweep accepts
+	maxSweepConcurrency = reaper.MaxConcurrency
+	maxSweepLimit       = reaper.MaxSweepLimit
 )
 
 // errConfig is wrapped by every configuration error.
@@ -49,6 +50,9 @@ type config struct {
 	// Derived by loadConfig.
 	redisOpts *redis.Options
 	logLevel  slog.Level
+	// tune, if set, adjusts the reaper's configuration: tests use it to
+	// shorten intervals that no variable sets.
+	tune func(*reaper.Config)
 }
 
 // configVar describes one variable for help output, docs and tests.

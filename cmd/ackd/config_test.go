@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ackd/ackd/fallback"
 	"github.com/ackd/ackd/lease"
+	"github.com/ackd/ackd/reaper"
 )
 
 func TestConfigDefaults(t *testing.T) {
@@ -29,7 +29,7 @@ func TestConfigDefaults(t *testing.T) {
 		{"redis addr", cfg.redisOpts.Addr, "127.0.0.1:6379"},
 		{"redis db", cfg.redisOpts.DB, 0},
 		{"HTTPAddr", cfg.HTTPAddr, ":9466"},
-		{"ScanInterval", cfg.ScanInterval, fallback.ScanIntervalDefault},
+		{"ScanInterval", cfg.ScanInterval, reaper.ScanIntervalDefault},
 		{"ConfigureEvents", cfg.ConfigureEvents, true},
 		{"Queues", len(cfg.Queues), 0},
 		{"LogLevel", cfg.logLevel, slog.LevelInfo},

@@ -59,7 +59,12 @@ type eventsReport struct {
 func (d *daemon) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), readyPingTimeout)
 	defer cancel()
-	rd := readiness{Subscribed: d.lis.Subscribed(), Stopping: d.stopping.Load(), Events: d.eventsState()}
+	ev := d.rp.Events()
+	rd := readiness{
+		Subscribed: d.rp.Subscribed(),
+		Stopping:   d.stopping.Load(),
+		Events:     eventsReport{Checked: ev.Checked, Enabled: ev.Enabled, Flags: ev.Flags, Error: ev.Error},
+	}
 	if err := d.rdb.Ping(ctx).Err(); errors.Is(err, context.DeadlineExceeded) {
 		rd.RedisError = fmt.Sprintf("no answer to PING within %v", readyPingTimeout)
 	} else if err != nil {

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"context"
-	"log/slog"
 	"runtime"
 	"time"
 
@@ -10,22 +8,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/ackd/ackd/lease"
-	"github.com/ackd/ackd/notify"
+	"github.com/ackd/ackd/reaper"
 )
 
-// Triggers of a sweep, the values of the trigger label.
-const (
-	triggerEvent = "event" // an expired or evicted shadow key
-	triggerTimer = "timer" // a queue's timer (deadline, due time, or retry)
-	triggerScan  = "scan"  // the periodic or catch-up scan of every queue
-)
-
-const (
-	// maxQueueMetrics bounds the queues reported by ackd_queue_messages.
-	maxQueueMetrics = 1000
-	// queueStatsTimeout bounds the Redis reads of one scrape.
-	queueStatsTimeout = 5 * time.Second
-)
+// maxQueueMetrics bounds the queues reported by ackd_queue_messages.
+const maxQueueMetrics = 1000
 
 // lagBuckets span 0.5 ms to 60 s: a timer-driven redelivery lands in the
 // first few, one found by a scan in the last few.
@@ -35,30 +22,21 @@ var lagBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 type metrics struct {
 	reg *prometheus.Registry
 
-	requeues      *prometheus.CounterVec // trigger
-	deadLettered  *prometheus.CounterVec // reason
-	lag           prometheus.Histogram
-	promoted      prometheus.Counter
-	reclaimed     prometheus.Counter
-	sweeps        *prometheus.CounterVec // trigger
-	sweepErrors   *prometheus.CounterVec // trigger
-	scanDuration  prometheus.Histogram
-	scans         prometheus.Counter
-	scanErrors    prometheus.Counter
-	eventsEnabled prometheus.Gauge
-	redisUp       prometheus.Gauge
+	requeues     *prometheus.CounterVec // trigger
+	deadLettered *prometheus.CounterVec // reason
+	lag          prometheus.Histogram
+	promoted     prometheus.Counter
+	reclaimed    prometheus.Counter
+	sweeps       *prometheus.CounterVec // trigger
+	sweepErrors  *prometheus.CounterVec // trigger
+	scanDuration prometheus.Histogram
+	scans        prometheus.Counter
+	scanErrors   prometheus.Counter
 }
 
-// listenerStats is what metrics read from the listener at scrape time.
-type listenerStats interface {
-	Stats() notify.ListenerStats
-	Subscribed() bool
-}
-
-// newMetrics registers every metric. ignored counts events and wake
-// messages ackd dropped itself (queues outside ACKD_QUEUES); queueStats
-// reports the watched queues' counts at scrape time.
-func newMetrics(lis listenerStats, ignored func() uint64, queueStats func(ctx context.Context) ([]queueCount, error), log *slog.Logger) *metrics {
+// newMetrics registers the metrics the reaper's Observer methods update;
+// watch adds those read from the reaper at scrape time.
+func newMetrics() *metrics {
 	reg := prometheus.NewRegistry()
 	m := &metrics{
 		reg: reg,
@@ -104,16 +82,8 @@ func newMetrics(lis listenerStats, ignored func() uint64, queueStats func(ctx co
 			Name: "ackd_scan_errors_total",
 			Help: "Scans that failed.",
 		}),
-		eventsEnabled: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "ackd_keyspace_events_enabled",
-			Help: "1 if Redis sends the keyspace events ackd listens to (notify-keyspace-events has E and x), 0 if not or unknown; without them leases come back on timers and scans only.",
-		}),
-		redisUp: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "ackd_redis_up",
-			Help: "1 if the last Redis command ackd sent succeeded, 0 during an outage.",
-		}),
 	}
-	for _, tr := range []string{triggerEvent, triggerTimer, triggerScan} {
+	for _, tr := range []string{reaper.TriggerEvent, reaper.TriggerTimer, reaper.TriggerScan} {
 		m.requeues.WithLabelValues(tr)
 		m.sweeps.WithLabelValues(tr)
 		m.sweepErrors.WithLabelValues(tr)
@@ -122,48 +92,72 @@ func newMetrics(lis listenerStats, ignored func() uint64, queueStats func(ctx co
 		m.deadLettered.WithLabelValues(r)
 	}
 
-	counter := func(name, help string, labels prometheus.Labels, f func(notify.ListenerStats) uint64) prometheus.Collector {
-		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels},
-			func() float64 { return float64(f(lis.Stats())) })
-	}
-	const receivedHelp = "Messages received by the listener: expired and evicted shadow-key events, and wake messages announcing a queue's next deadline."
 	reg.MustRegister(
 		m.requeues, m.deadLettered, m.lag, m.promoted, m.reclaimed, m.sweeps, m.sweepErrors,
-		m.scanDuration, m.scans, m.scanErrors, m.eventsEnabled, m.redisUp,
-		counter("ackd_events_received_total", receivedHelp, prometheus.Labels{"event": "expired"},
-			func(s notify.ListenerStats) uint64 { return uint64(s.EventsExpired) }),
-		counter("ackd_events_received_total", receivedHelp, prometheus.Labels{"event": "evicted"},
-			func(s notify.ListenerStats) uint64 { return uint64(s.EventsEvicted) }),
-		counter("ackd_events_received_total", receivedHelp, prometheus.Labels{"event": "wake"},
-			func(s notify.ListenerStats) uint64 { return uint64(s.WakeMessages) }),
-		counter("ackd_events_ignored_total", "Events and wake messages ignored: not about an ackd lease, malformed, or of a queue outside ACKD_QUEUES.", nil,
-			func(s notify.ListenerStats) uint64 { return uint64(s.Ignored) + ignored() }),
-		counter("ackd_subscription_reconnects_total", "Times the listener subscribed again after losing its connection (each followed by a catch-up scan).", nil,
-			func(s notify.ListenerStats) uint64 { return uint64(s.Reconnects) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "ackd_subscribed",
-			Help: "1 while the listener's subscription to events and wake messages is live.",
-		}, func() float64 { return b2f(lis.Subscribed()) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "ackd_up",
-			Help: "1 while ackd runs.",
-		}, func() float64 { return 1 }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name:        "ackd_build_info",
-			Help:        "Always 1; labels give ackd's version and the Go version that built it.",
-			ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()},
-		}, func() float64 { return 1 }),
-		&queueCollector{
-			desc: prometheus.NewDesc("ackd_queue_messages",
-				"Messages of each watched queue by state (ready includes the claim list), read at scrape time; at most 1000 queues.",
-				[]string{"queue", "state"}, nil),
-			stats: queueStats,
-			log:   log,
-		},
+		m.scanDuration, m.scans, m.scanErrors,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	return m
+}
+
+// watch registers the metrics read from rp at scrape time. None of them
+// sends a command to Redis.
+func (m *metrics) watch(rp *reaper.Reaper) {
+	counter := func(name, help string, labels prometheus.Labels, f func(reaper.Stats) uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels},
+			func() float64 { return float64(f(rp.Stats())) })
+	}
+	gauge := func(name, help string, labels prometheus.Labels, f func() bool) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help, ConstLabels: labels},
+			func() float64 { return b2f(f()) })
+	}
+	always := func() bool { return true }
+	const receivedHelp = "Messages received by the listener: expired and evicted shadow-key events, and wake messages announcing a queue's next deadline."
+	m.reg.MustRegister(
+		counter("ackd_events_received_total", receivedHelp, prometheus.Labels{"event": "expired"},
+			func(s reaper.Stats) uint64 { return s.Listener.EventsExpired }),
+		counter("ackd_events_received_total", receivedHelp, prometheus.Labels{"event": "evicted"},
+			func(s reaper.Stats) uint64 { return s.Listener.EventsEvicted }),
+		counter("ackd_events_received_total", receivedHelp, prometheus.Labels{"event": "wake"},
+			func(s reaper.Stats) uint64 { return s.Listener.WakeMessages }),
+		counter("ackd_events_ignored_total", "Events and wake messages ignored: not about an ackd lease, malformed, or of a queue outside ACKD_QUEUES.", nil,
+			func(s reaper.Stats) uint64 { return s.Listener.Ignored + s.Ignored }),
+		counter("ackd_subscription_reconnects_total", "Times the listener subscribed again after losing its connection (each followed by a catch-up scan).", nil,
+			func(s reaper.Stats) uint64 { return s.Listener.Reconnects }),
+		gauge("ackd_subscribed", "1 while the listener's subscription to events and wake messages is live.", nil, rp.Subscribed),
+		gauge("ackd_keyspace_events_enabled", "1 if Redis sends the keyspace events ackd listens to (notify-keyspace-events has E and x), 0 if not or unknown; without them leases come back on timers and scans only.", nil,
+			func() bool { return rp.Events().Enabled }),
+		gauge("ackd_redis_up", "1 if the last Redis command ackd sent succeeded, 0 during an outage.", nil, rp.RedisUp),
+		gauge("ackd_up", "1 while ackd runs.", nil, always),
+		gauge("ackd_build_info", "Always 1; labels give ackd's version and the Go version that built it.",
+			prometheus.Labels{"version": version, "goversion": runtime.Version()}, always),
+		&queueCollector{
+			desc: prometheus.NewDesc("ackd_queue_messages",
+				"Messages of each watched queue by state (ready includes the claim list), as the queue's last sweep found them (at most ACKD_SCAN_INTERVAL ago); at most 1000 queues. A queue of the registry drops out after two scans in a row found it empty.",
+				[]string{"queue", "state"}, nil),
+			rp: rp,
+		},
+	)
+}
+
+// Swept, SweepFailed and Scanned make metrics the reaper's Observer.
+
+// Swept counts what one Sweep call did.
+func (m *metrics) Swept(_, trigger string, r lease.SweepResult) { m.recordSweep(trigger, r) }
+
+// SweepFailed counts a failed sweep.
+func (m *metrics) SweepFailed(_, trigger string, _ error) {
+	m.sweepErrors.WithLabelValues(trigger).Inc()
+}
+
+// Scanned counts a scan of every watched queue.
+func (m *metrics) Scanned(_ int, took time.Duration, err error) {
+	m.scans.Inc()
+	m.scanDuration.Observe(took.Seconds())
+	if err != nil {
+		m.scanErrors.Inc()
+	}
 }
 
 // recordSweep counts what one Sweep call did.
@@ -196,35 +190,22 @@ func b2f(b bool) float64 {
 	return 0
 }
 
-// queueCount is one queue's counts for ackd_queue_messages.
-type queueCount struct {
-	queue string
-	stats lease.Stats
-}
-
-// queueCollector reads the watched queues' counts at scrape time.
+// queueCollector reports the counts the reaper's sweeps found.
 type queueCollector struct {
-	desc  *prometheus.Desc
-	stats func(ctx context.Context) ([]queueCount, error)
-	log   *slog.Logger
+	desc *prometheus.Desc
+	rp   *reaper.Reaper
 }
 
 func (c *queueCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 
 func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), queueStatsTimeout)
-	defer cancel()
-	counts, err := c.stats(ctx)
-	if err != nil {
-		// The scrape goes on without these; ackd_redis_up says why.
-		c.log.Debug("reading queue counts for metrics", "error", err)
-	}
-	for _, q := range counts {
+	qs := c.rp.Queues()
+	for _, q := range qs[:min(len(qs), maxQueueMetrics)] {
 		for _, s := range []struct {
 			state string
 			n     int64
-		}{{"ready", q.stats.Ready}, {"in_flight", q.stats.InFlight}, {"delayed", q.stats.Delayed}, {"dead", q.stats.Dead}} {
-			ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(s.n), q.queue, s.state)
+		}{{"ready", q.Ready}, {"in_flight", q.InFlight}, {"delayed", q.Delayed}, {"dead", q.Dead}} {
+			ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(s.n), q.Queue, s.state)
 		}
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"maps"
 	"net/http"
 	"runtime"
@@ -17,8 +16,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/ackd/ackd/internal/redistest"
 	"github.com/ackd/ackd/lease"
+	"github.com/ackd/ackd/reaper"
 )
 
 // Generous bounds for conditions that normally hold within milliseconds;
@@ -85,6 +87,16 @@ type instance struct {
 	once   sync.Once
 }
 
+// shortIntervals makes the reaper notice an outage, its end and a failed
+// sweep within tens of milliseconds instead of seconds, so that no test
+// waits on production intervals.
+func shortIntervals(c *reaper.Config) {
+	c.CheckInterval = 100 * time.Millisecond
+	c.OutageCheckInterval = 20 * time.Millisecond
+	c.RetryDelay = 50 * time.Millisecond
+	c.ListenerPingInterval = time.Second
+}
+
 // startAckd runs ackd against srv with env added to the test defaults and
 // returns once it logged its HTTP address. It is stopped when the test
 // ends, and must then return nil.
@@ -99,9 +111,14 @@ func startAckd(t *testing.T, srv *redistest.Server, env map[string]string) *inst
 	maps.Copy(e, env)
 	ctx, cancel := context.WithCancel(context.Background())
 	in := &instance{log: &logLines{}, cancel: cancel, done: make(chan struct{})}
+	cfg, err := loadConfig(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.tune = shortIntervals
 	go func() {
 		defer close(in.done)
-		in.err = run(ctx, nil, e, io.Discard, in.log)
+		in.err = serve(ctx, cfg, newLogger(cfg, in.log))
 	}()
 	t.Cleanup(func() {
 		in.stop(t)
@@ -432,10 +449,11 @@ func TestExpiredBeforeStart(t *testing.T) {
 		ids = append(ids, l.ID)
 		shadows = append(shadows, lease.LeaseKey(q, l.Token))
 	}
+	rdb := srv.Client(t)
 	redistest.WaitFor(t, waitTimeout, func() bool {
 		// Redis's clock, which decides when a lease is due.
-		now, err := srv.Client(t).Time(t.Context()).Result()
-		return err == nil && dueAll(t, lc, []string{"a", "b", "c"}, now)
+		now, err := rdb.Time(t.Context()).Result()
+		return err == nil && dueAll(t, rdb, []string{"a", "b", "c"}, now)
 	}, "leases due")
 	// Touch the shadow keys so that Redis deletes them and sends their
 	// expired events now, while no ackd listens: only a scan can find the
@@ -457,10 +475,10 @@ func TestExpiredBeforeStart(t *testing.T) {
 }
 
 // dueAll reports whether every lease of queues has a deadline before now.
-func dueAll(t *testing.T, lc *lease.Client, queues []string, now time.Time) bool {
+func dueAll(t *testing.T, rdb *redis.Client, queues []string, now time.Time) bool {
 	t.Helper()
 	for _, q := range queues {
-		zs, err := lc.Redis().ZRangeWithScores(t.Context(), lease.KeysFor(q).Deadlines, 0, -1).Result()
+		zs, err := rdb.ZRangeWithScores(t.Context(), lease.KeysFor(q).Deadlines, 0, -1).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -544,7 +562,7 @@ func TestTwoInstances(t *testing.T) {
 func TestQueuesFilter(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
-	in := startAckd(t, srv, map[string]string{"ACKD_QUEUES": "mine", "ACKD_SCAN_INTERVAL": "1h"})
+	in := startAckd(t, srv, map[string]string{"ACKD_QUEUES": "mine", "ACKD_SCAN_INTERVAL": "50ms"})
 	in.waitReady(t)
 	lc := newLeaseClient(t, srv)
 
@@ -561,8 +579,13 @@ func TestQueuesFilter(t *testing.T) {
 	}
 	redistest.WaitFor(t, waitTimeout, func() bool { return in.metric(t, "ackd_events_ignored_total") >= 1 },
 		"the wake message of the other queue ignored")
-	_, body := in.get(t, "/metrics")
-	if !strings.Contains(body, `ackd_queue_messages{queue="mine",state="in_flight"} 1`) || strings.Contains(body, `queue="other"`) {
+	// The counts come from the scans' sweeps.
+	var body string
+	redistest.WaitFor(t, waitTimeout, func() bool {
+		_, body = in.get(t, "/metrics")
+		return strings.Contains(body, `ackd_queue_messages{queue="mine",state="in_flight"} 1`)
+	}, "mine's retaken lease counted")
+	if strings.Contains(body, `queue="other"`) {
 		t.Errorf("ackd_queue_messages should list mine only:\n%s", grepLines(body, "ackd_queue_messages"))
 	}
 }
@@ -580,7 +603,7 @@ func grepLines(s, substr string) string {
 func TestHTTP(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
-	in := startAckd(t, srv, nil)
+	in := startAckd(t, srv, map[string]string{"ACKD_SCAN_INTERVAL": "50ms"})
 	in.waitReady(t)
 
 	if code, body := in.get(t, "/healthz"); code != http.StatusOK || body != "ok\n" {
@@ -597,7 +620,11 @@ func TestHTTP(t *testing.T) {
 
 	lc := newLeaseClient(t, srv)
 	expireOne(t, lc, "jobs", time.Minute)
-	_, body := in.get(t, "/metrics")
+	var body string
+	redistest.WaitFor(t, waitTimeout, func() bool {
+		_, body = in.get(t, "/metrics")
+		return strings.Contains(body, `ackd_queue_messages{queue="jobs",state="in_flight"} 1`)
+	}, "the lease counted by a scan's sweep")
 	for _, name := range []string{
 		"ackd_requeues_total", "ackd_dead_lettered_total", "ackd_redelivery_lag_seconds", "ackd_promoted_total",
 		"ackd_reclaimed_total", "ackd_sweeps_total", "ackd_sweep_errors_total", "ackd_events_received_total",
@@ -719,55 +746,5 @@ func TestPasswordNotLogged(t *testing.T) {
 	in.stop(t)
 	if strings.Contains(in.log.String(), secret) {
 		t.Errorf("the password appears in the log")
-	}
-}
-
-func TestTracker(t *testing.T) {
-	t.Parallel()
-	var tr tracker
-	if !tr.begin() || !tr.begin() {
-		t.Fatal("begin refused before close")
-	}
-	ctx, cancel := context.WithCancel(t.Context())
-	cancel()
-	if tr.close(ctx) {
-		t.Error("close reported done with two sweeps running and its context over")
-	}
-	if tr.begin() {
-		t.Error("begin accepted after close")
-	}
-	tr.end()
-	done := make(chan bool)
-	go func() { done <- tr.close(t.Context()) }()
-	tr.end()
-	if !<-done {
-		t.Error("close did not report done after the last end")
-	}
-}
-
-func TestOutageHandlerDemotes(t *testing.T) {
-	t.Parallel()
-	for _, level := range []slog.Level{slog.LevelInfo, slog.LevelDebug} {
-		var buf bytes.Buffer
-		var down bool
-		log := slog.New(&outageHandler{Handler: slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: level}), down: func() bool { return down }}).With("component", "x")
-		log.Warn("before")
-		down = true
-		log.Warn("during")
-		log.Info("info during")
-		down = false
-		log.Error("after")
-		out := buf.String()
-		for _, want := range []string{`"level":"WARN","msg":"before"`, `"msg":"info during"`, `"level":"ERROR","msg":"after"`} {
-			if !strings.Contains(out, want) {
-				t.Errorf("level %v: log lacks %s:\n%s", level, want, out)
-			}
-		}
-		if during := strings.Contains(out, `"msg":"during"`); during != (level == slog.LevelDebug) {
-			t.Errorf("level %v: warning during the outage shown %v:\n%s", level, during, out)
-		}
-		if strings.Contains(out, `"level":"WARN","msg":"during"`) {
-			t.Errorf("warning during the outage not demoted:\n%s", out)
-		}
 	}
 }

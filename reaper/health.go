@@ -1,0 +1,197 @@
+package reaper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ackd/ackd/notify"
+)
+
+const (
+	// checkTimeout bounds one health-check PING.
+	checkTimeout = time.Second
+	// eventsCheckTimeout bounds one check of notify-keyspace-events.
+	eventsCheckTimeout = 5 * time.Second
+)
+
+// EventsStatus is the last check of notify-keyspace-events.
+type EventsStatus struct {
+	Checked bool   // false until Redis first answered the check
+	Enabled bool   // the flags include E and x: expired shadow keys are heard
+	Flags   string // the setting as read (per node on a cluster)
+	Error   string // why it could not be read or set, if so
+}
+
+// health tracks whether Redis answers, and the keyspace-events setting.
+type health struct {
+	log  *slog.Logger // not demoted: it reports the outage itself
+	name string
+
+	mu    sync.Mutex
+	down  bool
+	since time.Time
+
+	checkMu  sync.Mutex // one events check at a time, so a change is made and logged once
+	eventsMu sync.Mutex
+	events   EventsStatus
+}
+
+// failed records a failed Redis call; the first one of an outage is
+// logged. Error replies (other than LOADING) are not an outage: Redis
+// answered, and the caller logs them.
+func (h *health) failed(err error) {
+	if errors.Is(err, context.Canceled) || isReplyError(err) && !redis.IsLoadingError(err) {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.down {
+		return
+	}
+	h.down, h.since = true, time.Now()
+	h.log.Warn("redis unavailable, retrying", h.redisAttr(), "error", err)
+}
+
+// ok records a successful Redis call; the first one after an outage is
+// logged.
+func (h *health) ok() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.down {
+		return
+	}
+	h.down = false
+	h.log.Info("redis recovered", h.redisAttr(), "outage", time.Since(h.since).Round(time.Millisecond).String())
+}
+
+func (h *health) redisAttr() slog.Attr {
+	if h.name == "" {
+		return slog.Attr{}
+	}
+	return slog.String("redis", h.name)
+}
+
+func (h *health) isDown() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.down
+}
+
+// isReplyError reports whether err is an error reply from Redis (such as
+// WRONGTYPE, or a refused CONFIG) rather than a failure to reach it.
+func isReplyError(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re)
+}
+
+// monitor PINGs Redis so that an outage and its end are logged even when
+// nothing is swept: every CheckInterval, every OutageCheckInterval while
+// Redis is down.
+func (r *Reaper) monitor(ctx context.Context) error {
+	t := time.NewTimer(r.cfg.CheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, checkTimeout)
+		err := r.rdb.Ping(pctx).Err()
+		cancel()
+		if errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("no answer to PING within %v", checkTimeout)
+		}
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			r.log.Debug("redis check failed", "error", err)
+			r.health.failed(err)
+		default:
+			r.health.ok()
+		}
+		if r.health.isDown() {
+			t.Reset(r.cfg.OutageCheckInterval)
+		} else {
+			t.Reset(r.cfg.CheckInterval)
+		}
+	}
+}
+
+// checkEvents reads (and, if configured, sets) notify-keyspace-events and
+// logs a change of state once.
+func (r *Reaper) checkEvents(ctx context.Context) {
+	h := &r.health
+	h.checkMu.Lock()
+	defer h.checkMu.Unlock()
+	cctx, cancel := context.WithTimeout(ctx, eventsCheckTimeout)
+	defer cancel()
+	st := notify.EnsureEvents(cctx, r.rdb, r.cfg.ConfigureEvents)
+	if ctx.Err() != nil {
+		return
+	}
+	if st.Err != nil && !isReplyError(st.Err) {
+		h.failed(st.Err) // Redis did not answer: the events state is unchanged
+		return
+	}
+	h.ok()
+	now := EventsStatus{Checked: true, Enabled: st.Enabled, Flags: st.Flags}
+	if st.Err != nil {
+		now.Error = st.Err.Error()
+	}
+	h.eventsMu.Lock()
+	before := h.events
+	h.events = now
+	h.eventsMu.Unlock()
+
+	if st.Changed {
+		r.log.Info("set notify-keyspace-events", "flags", now.Flags)
+	}
+	if now == before {
+		return
+	}
+	const hint = "leases come back on timers and scans only; set notify-keyspace-events to include E and x (e.g. Exe)"
+	switch {
+	case !now.Enabled && now.Error != "":
+		r.log.Warn("keyspace events are off or unknown: cannot read or set notify-keyspace-events", "flags", now.Flags, "error", now.Error, "hint", hint)
+	case !now.Enabled:
+		r.log.Warn("keyspace events are off", "flags", now.Flags, "configure_events", r.cfg.ConfigureEvents, "hint", hint)
+	case now.Error != "":
+		r.log.Warn("keyspace events are on, but checking them failed", "flags", now.Flags, "error", now.Error)
+	case !st.Changed:
+		r.log.Info("keyspace events are on", "flags", now.Flags)
+	}
+}
+
+// outageHandler demotes the parts' Warn and Error records to Debug while
+// Redis is known to be down: the Reaper logs the outage and the recovery
+// once itself, instead of a line per retry.
+type outageHandler struct {
+	slog.Handler
+	down func() bool
+}
+
+func (h *outageHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelWarn && h.down() {
+		if !h.Handler.Enabled(ctx, slog.LevelDebug) {
+			return nil
+		}
+		r.Level = slog.LevelDebug
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h *outageHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return &outageHandler{Handler: h.Handler.WithAttrs(as), down: h.down}
+}
+
+func (h *outageHandler) WithGroup(name string) slog.Handler {
+	return &outageHandler{Handler: h.Handler.WithGroup(name), down: h.down}
+}

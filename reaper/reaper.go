@@ -1,0 +1,375 @@
+package reaper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ackd/ackd/fallback"
+	"github.com/ackd/ackd/internal/schedule"
+	"github.com/ackd/ackd/lease"
+	"github.com/ackd/ackd/notify"
+)
+
+// Triggers of a sweep, as the Observer sees them.
+const (
+	TriggerEvent = "event"               // a shadow key expired or was evicted
+	TriggerTimer = schedule.TriggerTimer // a queue's timer: its next deadline or due time
+	TriggerRetry = schedule.TriggerRetry // the queue's previous sweep failed
+	TriggerScan  = "scan"                // the periodic or catch-up scan of every queue
+)
+
+// maxCallsPerSweep bounds the Sweep calls of one sweep, so that a queue
+// refilled as fast as it is swept cannot hold a worker forever: the sweep
+// then ends and the queue goes to the back of the line.
+const maxCallsPerSweep = 1000
+
+// Observer is told what the Reaper does, for metrics. Its methods are
+// called from the Reaper's goroutines, possibly at once, and must be fast.
+type Observer interface {
+	// Swept is called after every successful Sweep script call.
+	Swept(queue, trigger string, r lease.SweepResult)
+	// SweepFailed is called when a sweep failed; it will be retried after
+	// Config.RetryDelay.
+	SweepFailed(queue, trigger string, err error)
+	// Scanned is called after each scan of every watched queue (not for a
+	// scan cut short because Run's context ended).
+	Scanned(queues int, took time.Duration, err error)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Swept(string, string, lease.SweepResult) {}
+func (nopObserver) SweepFailed(string, string, error)       {}
+func (nopObserver) Scanned(int, time.Duration, error)       {}
+
+// Stats is a snapshot of the Reaper's counters.
+type Stats struct {
+	Listener notify.ListenerStats  // events and wake messages heard
+	Scanner  fallback.ScannerStats // scans made
+	Ignored  uint64                // events and wake messages of queues outside Config.Queues
+}
+
+// QueueStats is one queue's counts as its last sweep found them.
+type QueueStats struct {
+	Queue string
+	lease.Stats
+	At time.Time // when that sweep ended
+}
+
+// Reaper returns expired leases to their queues: it is the ackd daemon,
+// as a part a Go program can run. See the package documentation.
+type Reaper struct {
+	rdb    redis.UniversalClient
+	cfg    Config
+	log    *slog.Logger
+	lc     *lease.Client
+	sched  *schedule.Scheduler
+	lis    *notify.Listener
+	scan   *fallback.Scanner
+	health health
+
+	watched map[string]bool // Config.Queues; nil: every queue
+	ignored atomic.Uint64
+	started atomic.Bool
+
+	// Sweep calls run under sweepCtx, not Run's context, so that a call
+	// running at shutdown finishes; it ends ShutdownTimeout after Run's.
+	// partsCtx is the context of the listener, scanner and monitor.
+	sweepCtx, partsCtx context.Context
+
+	countsMu sync.Mutex
+	counts   map[string]*queueCounts
+}
+
+// queueCounts is what the last sweep of a queue found.
+type queueCounts struct {
+	stats      lease.Stats
+	at         time.Time
+	emptyScans int // scans in a row that found the queue empty
+}
+
+// New returns a Reaper over rdb, which may be a standalone, Sentinel
+// (failover) or Cluster client. It checks cfg and touches nothing in
+// Redis until Run.
+func New(rdb redis.UniversalClient, cfg *Config) (*Reaper, error) {
+	if rdb == nil {
+		return nil, fmt.Errorf("%w: nil redis client", ErrConfig)
+	}
+	c, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	r := &Reaper{
+		rdb:    rdb,
+		cfg:    c,
+		log:    c.Logger.With("component", "reaper"),
+		counts: map[string]*queueCounts{},
+	}
+	r.health = health{log: r.log, name: c.RedisName}
+	if len(c.Queues) > 0 {
+		r.watched = make(map[string]bool, len(c.Queues))
+		for _, q := range c.Queues {
+			r.watched[q] = true
+		}
+	}
+	// The parts log through outageHandler, which keeps an outage to the
+	// Reaper's own two lines.
+	clog := slog.New(&outageHandler{Handler: c.Logger.Handler(), down: r.health.isDown})
+	if r.lc, err = lease.New(rdb, &lease.Config{Logger: clog}); err != nil {
+		return nil, err
+	}
+	r.sched = schedule.New(r.sweep, &schedule.Config{
+		Concurrency: c.Concurrency,
+		RetryDelay:  c.RetryDelay,
+		Logger:      clog,
+	})
+	r.scan, err = fallback.NewScanner(r.lc, &fallback.Config{
+		SweepFunc: func(ctx context.Context, queue string) error { return r.sched.Sweep(ctx, queue, TriggerScan) },
+		Interval:  c.ScanInterval,
+		Queues:    c.Queues,
+		ScanFunc:  r.scanned,
+		Logger:    clog,
+	})
+	if err != nil {
+		return nil, err
+	}
+	r.lis = notify.NewListener(rdb, &notify.Config{
+		ExpiredFunc: func(_ context.Context, queue, _ string) {
+			if r.watches(queue) {
+				r.sched.Now(queue, TriggerEvent)
+			}
+		},
+		WakeFunc: func(_ context.Context, queue string, at time.Time) {
+			if r.watches(queue) {
+				r.sched.At(queue, at)
+			}
+		},
+		// Events sent while unsubscribed are lost: scan after every
+		// (re)subscription.
+		SubscribedFunc:   func(context.Context) { r.scan.ScanNow() },
+		PingInterval:     c.ListenerPingInterval,
+		TopologyInterval: c.TopologyInterval,
+		Logger:           clog,
+	})
+	return r, nil
+}
+
+// Run reaps until ctx is done. It checks the keyspace-events setting,
+// then listens, scans at once and every ScanInterval, and sweeps each
+// queue when its timer, an event or a scan says so. When ctx ends it stops
+// listening and scanning, lets running Sweep calls finish (for at most
+// ShutdownTimeout) and returns nil. It returns an error only if a part
+// stopped on its own. Call it once.
+func (r *Reaper) Run(ctx context.Context) error {
+	if !r.started.CompareAndSwap(false, true) {
+		return errors.New("reaper: Run called twice")
+	}
+	sweepCtx, abort := context.WithCancel(context.WithoutCancel(ctx))
+	defer abort()
+	r.sweepCtx = sweepCtx
+	r.log.DebugContext(ctx, "reaper started", "queues", strings.Join(r.cfg.Queues, ","),
+		"scan_interval", r.cfg.ScanInterval.String(), "concurrency", r.cfg.Concurrency)
+
+	// Check the events setting before listening, so that Events reports
+	// it once the listener is subscribed. If Redis does not answer, the
+	// scans check again.
+	r.checkEvents(ctx)
+
+	partsCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	r.partsCtx = partsCtx
+	var (
+		wg    sync.WaitGroup
+		errMu sync.Mutex
+		fatal error
+	)
+	for _, p := range []struct {
+		name string
+		run  func(context.Context) error
+	}{
+		{"scheduler", r.sched.Run}, {"listener", r.lis.Run}, {"scanner", r.scan.Run}, {"redis monitor", r.monitor},
+	} {
+		wg.Go(func() {
+			err := p.run(partsCtx)
+			if partsCtx.Err() == nil {
+				errMu.Lock()
+				fatal = firstErr(fatal, fmt.Errorf("reaper: %s stopped: %w", p.name, orStopped(err)))
+				errMu.Unlock()
+				stop()
+			}
+		})
+	}
+	<-partsCtx.Done()
+	// The scheduler's Run waits for running sweeps, whose Sweep calls see
+	// sweepCtx: give them ShutdownTimeout.
+	timeout := time.AfterFunc(r.cfg.ShutdownTimeout, func() {
+		r.log.Warn("shutdown timeout reached, abandoning running sweeps", "shutdown_timeout", r.cfg.ShutdownTimeout.String())
+		abort()
+	})
+	wg.Wait()
+	timeout.Stop()
+	r.log.DebugContext(ctx, "reaper stopped")
+	return fatal
+}
+
+func firstErr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
+func orStopped(err error) error {
+	if err == nil {
+		return errors.New("returned early")
+	}
+	return err
+}
+
+// watches reports whether the Reaper handles queue, and counts the
+// triggers it drops.
+func (r *Reaper) watches(queue string) bool {
+	if r.watched == nil || r.watched[queue] {
+		return true
+	}
+	r.ignored.Add(1)
+	return false
+}
+
+// sweep is the Scheduler's SweepFunc and the one place a queue is swept:
+// it calls lease.Sweep (with Reclaim) until the queue has nothing more
+// due, and says when to come back (lease.SweepResult.Next).
+func (r *Reaper) sweep(ctx context.Context, queue, trigger string) (time.Time, error) {
+	if ctx.Err() != nil {
+		return time.Time{}, context.Canceled // shutting down: start nothing
+	}
+	opts := &lease.SweepOpts{Limit: r.cfg.SweepLimit, Reclaim: true}
+	var total, last lease.SweepResult
+	var next time.Time
+	for calls := 1; ; calls++ {
+		res, err := r.lc.Sweep(r.sweepCtx, queue, opts)
+		if err != nil {
+			r.cfg.Observer.SweepFailed(queue, trigger, err)
+			r.health.failed(err)
+			r.logSwept(ctx, queue, trigger, total)
+			return time.Time{}, err
+		}
+		r.cfg.Observer.Swept(queue, trigger, res)
+		total.Requeued += res.Requeued
+		total.DeadLettered += res.DeadLettered + res.Malformed
+		total.Promoted += res.Promoted
+		total.Reclaimed += res.Reclaimed
+		last = res
+		if !res.More {
+			next = res.Next()
+			break
+		}
+		if ctx.Err() != nil {
+			break // shutting down: the next start's scan goes on
+		}
+		if calls == maxCallsPerSweep {
+			next = time.Now() // more is due: back of the line
+			break
+		}
+	}
+	r.health.ok()
+	r.setCounts(queue, trigger, last.Counts)
+	r.logSwept(ctx, queue, trigger, total)
+	return next, nil
+}
+
+// logSwept logs what a sweep did: at Info when a scan found expired
+// leases (the faster triggers missed them), else at Debug.
+func (r *Reaper) logSwept(ctx context.Context, queue, trigger string, t lease.SweepResult) {
+	switch {
+	case t.Requeued+t.DeadLettered > 0 && trigger == TriggerScan:
+		r.log.InfoContext(ctx, "requeued expired leases", "queue", queue, "trigger", trigger,
+			"num_requeued", t.Requeued, "num_dead_lettered", t.DeadLettered)
+	case t.Requeued+t.DeadLettered+t.Promoted+t.Reclaimed > 0:
+		r.log.DebugContext(ctx, "swept queue", "queue", queue, "trigger", trigger,
+			"num_requeued", t.Requeued, "num_dead_lettered", t.DeadLettered,
+			"num_promoted", t.Promoted, "num_reclaimed", t.Reclaimed)
+	}
+}
+
+// scanned is the Scanner's ScanFunc, called after each scan.
+func (r *Reaper) scanned(queues int, took time.Duration, err error) {
+	if err != nil && r.partsCtx.Err() != nil {
+		return // cut short by the shutdown
+	}
+	r.cfg.Observer.Scanned(queues, took, err)
+	if err != nil {
+		r.health.failed(err)
+		return
+	}
+	r.log.Debug("scan done", "num_queues", queues, "took", took.String())
+	r.health.ok()
+	r.checkEvents(r.partsCtx)
+}
+
+// setCounts records the counts a sweep of queue found. A queue of the
+// registry that two scans in a row found empty is dropped until a sweep
+// finds something in it again; queues of Config.Queues are always kept.
+func (r *Reaper) setCounts(queue, trigger string, s lease.Stats) {
+	r.countsMu.Lock()
+	defer r.countsMu.Unlock()
+	qc := r.counts[queue]
+	if qc == nil {
+		qc = &queueCounts{}
+		r.counts[queue] = qc
+	}
+	qc.stats, qc.at = s, time.Now()
+	switch {
+	case s != (lease.Stats{}) || r.watched != nil:
+		qc.emptyScans = 0
+	case trigger == TriggerScan:
+		qc.emptyScans++
+		if qc.emptyScans >= 2 {
+			delete(r.counts, queue)
+		}
+	}
+}
+
+// Queues returns the counts of every queue the Reaper has swept, by
+// queue name, as each queue's last sweep found them: they are as fresh as
+// that sweep (at most a ScanInterval old) and cost Redis nothing. An
+// empty queue drops out once two scans in a row found it empty.
+func (r *Reaper) Queues() []QueueStats {
+	r.countsMu.Lock()
+	out := make([]QueueStats, 0, len(r.counts))
+	for q, c := range r.counts {
+		out = append(out, QueueStats{Queue: q, Stats: c.stats, At: c.at})
+	}
+	r.countsMu.Unlock()
+	slices.SortFunc(out, func(a, b QueueStats) int { return strings.Compare(a.Queue, b.Queue) })
+	return out
+}
+
+// Stats returns a snapshot of the Reaper's counters.
+func (r *Reaper) Stats() Stats {
+	return Stats{Listener: r.lis.Stats(), Scanner: r.scan.Stats(), Ignored: r.ignored.Load()}
+}
+
+// Subscribed reports whether the listener's subscriptions to keyspace
+// events and wake messages are live.
+func (r *Reaper) Subscribed() bool { return r.lis.Subscribed() }
+
+// RedisUp reports whether the last Redis command the Reaper sent
+// succeeded (false during an outage).
+func (r *Reaper) RedisUp() bool { return !r.health.isDown() }
+
+// Events returns the last check of notify-keyspace-events.
+func (r *Reaper) Events() EventsStatus {
+	r.health.eventsMu.Lock()
+	defer r.health.eventsMu.Unlock()
+	return r.health.events
+}
