@@ -7,7 +7,6 @@ import (
 	"log"
 	"os"
 	"os/exec"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,20 +18,10 @@ import (
 
 // The examples run against one private redis-server, started by the first
 // example that needs it and stopped when the test binary exits.
-var example struct {
-	once sync.Once
-	tb   *mainTB
-	addr string
-}
+var example redistest.Shared
 
 // exampleAddr returns the address of the examples' redis-server.
-func exampleAddr() string {
-	example.once.Do(func() {
-		example.tb = &mainTB{}
-		example.addr = redistest.Start(example.tb).Addr()
-	})
-	return example.addr
-}
+func exampleAddr() string { return example.Addr() }
 
 func TestMain(m *testing.M) {
 	if _, err := exec.LookPath("redis-server"); err != nil && os.Getenv("CI") == "" {
@@ -43,67 +32,8 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	code := m.Run()
-	if example.tb != nil {
-		example.tb.cleanup()
-	}
+	example.Stop()
 	os.Exit(code)
-}
-
-// mainTB is the testing.TB that redistest.Start needs, outside any test.
-// Only the methods redistest calls are implemented.
-type mainTB struct {
-	testing.TB
-	mu       sync.Mutex
-	cleanups []func()
-	failed   bool
-}
-
-func (tb *mainTB) Helper()                    {}
-func (tb *mainTB) Logf(f string, args ...any) { fmt.Fprintf(os.Stderr, f+"\n", args...) }
-func (tb *mainTB) Failed() bool {
-	tb.mu.Lock()
-	defer tb.mu.Unlock()
-	return tb.failed
-}
-
-func (tb *mainTB) Errorf(f string, args ...any) {
-	tb.mu.Lock()
-	tb.failed = true
-	tb.mu.Unlock()
-	tb.Logf(f, args...)
-}
-
-func (tb *mainTB) Fatalf(f string, args ...any) {
-	tb.Errorf(f, args...)
-	tb.cleanup()
-	os.Exit(1)
-}
-
-func (tb *mainTB) Skipf(f string, args ...any) { tb.Fatalf(f, args...) }
-
-func (tb *mainTB) Cleanup(f func()) {
-	tb.mu.Lock()
-	defer tb.mu.Unlock()
-	tb.cleanups = append(tb.cleanups, f)
-}
-
-func (tb *mainTB) TempDir() string {
-	dir, err := os.MkdirTemp("", "ackd-example-")
-	if err != nil {
-		tb.Fatalf("%v", err)
-	}
-	tb.Cleanup(func() { _ = os.RemoveAll(dir) })
-	return dir
-}
-
-func (tb *mainTB) cleanup() {
-	tb.mu.Lock()
-	fs := tb.cleanups
-	tb.cleanups = nil
-	tb.mu.Unlock()
-	for i := len(fs) - 1; i >= 0; i-- {
-		fs[i]()
-	}
 }
 
 func Example_pushTakeAck() {

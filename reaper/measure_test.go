@@ -1,9 +1,8 @@
 //go:build measure
 
-// Measurements, not tests: go test -tags measure -run Measure -v ./internal/schedule/
-// They wire notify, fallback and schedule together the way the daemon does
-// and print figures; they assert only correctness.
-package schedule_test
+// Measurements, not tests: go test -tags measure -run Measure -v ./reaper/
+// They run a Reaper and print figures; they assert only correctness.
+package reaper_test
 
 import (
 	"context"
@@ -18,62 +17,43 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/ackd/ackd/fallback"
 	"github.com/ackd/ackd/internal/redistest"
-	"github.com/ackd/ackd/internal/schedule"
 	"github.com/ackd/ackd/lease"
-	"github.com/ackd/ackd/notify"
+	"github.com/ackd/ackd/reaper"
 )
 
+// daemon is a Reaper with an Observer that keeps what the measurements
+// print.
 type daemon struct {
-	sched   *schedule.Scheduler
-	lis     *notify.Listener
-	scan    *fallback.Scanner
+	rp      *reaper.Reaper
 	mu      sync.Mutex
 	lags    []time.Duration
 	swept   int
 	trigger map[string]int
 }
 
-func wire(t *testing.T, lc *lease.Client, rdb redis.UniversalClient) *daemon {
+func (d *daemon) Swept(_, trigger string, r lease.SweepResult) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.swept++
+	d.lags = append(d.lags, r.Lags...)
+	d.trigger[trigger] += r.Requeued
+}
+func (d *daemon) SweepFailed(string, string, error) {}
+func (d *daemon) Scanned(int, time.Duration, error) {}
+
+func wire(t *testing.T, rdb redis.UniversalClient) *daemon {
 	d := &daemon{trigger: map[string]int{}}
-	d.sched = schedule.New(func(ctx context.Context, q, trigger string) (time.Time, error) {
-		for {
-			r, err := lc.Sweep(ctx, q, nil)
-			if err != nil {
-				return time.Time{}, err
-			}
-			d.mu.Lock()
-			d.swept++
-			d.lags = append(d.lags, r.Lags...)
-			d.trigger[trigger] += r.Requeued
-			d.mu.Unlock()
-			if !r.More {
-				return schedule.NextWake(r), nil
-			}
-		}
-	}, nil)
-	d.scan = fallback.NewScanner(lc, &fallback.Config{
-		SweptFunc: func(q string, r lease.SweepResult) {
-			d.mu.Lock()
-			d.lags = append(d.lags, r.Lags...)
-			d.trigger["scan"] += r.Requeued
-			d.mu.Unlock()
-			d.sched.At(q, schedule.NextWake(r))
-		},
-	})
-	d.lis = notify.NewListener(rdb, &notify.Config{
-		ExpiredFunc:    func(_ context.Context, q, _ string) { d.sched.Now(q, "event") },
-		WakeFunc:       func(_ context.Context, q string, at time.Time) { d.sched.At(q, at) },
-		SubscribedFunc: func(context.Context) { d.scan.ScanNow() },
-	})
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	for _, run := range []func(context.Context) error{d.sched.Run, d.lis.Run, d.scan.Run} {
-		wg.Go(func() { _ = run(ctx) })
+	rp, err := reaper.New(rdb, &reaper.Config{Observer: d})
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	redistest.WaitFor(t, 10*time.Second, d.lis.Subscribed, "subscribed")
+	d.rp = rp
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- rp.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	redistest.WaitFor(t, 10*time.Second, rp.Subscribed, "subscribed")
 	return d
 }
 
@@ -121,9 +101,9 @@ func TestMeasureIdle(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	d := wire(t, lc, rdb)
+	d := wire(t, rdb)
 	// The scan at start and the one after the first subscription.
-	redistest.WaitFor(t, 10*time.Second, func() bool { return d.scan.Stats().Scans >= 2 && d.sched.Stats().Running == 0 }, "start-up scans")
+	redistest.WaitFor(t, 10*time.Second, func() bool { return d.rp.Stats().Scanner.Scans >= 2 }, "start-up scans")
 	window := 65 * time.Second
 	if testing.Short() {
 		window = 10 * time.Second
@@ -132,9 +112,9 @@ func TestMeasureIdle(t *testing.T) {
 	time.Sleep(window) // the measurement window itself, not synchronisation
 	n := clientCommands(t, rdb)
 	t.Logf("idle, 100 queues with leases due in 1h: %d commands in %v = %.3f/s without scans; "+
-		"a scan every %v adds 101/%v = %.3f/s; pending timers %d, scans %d",
-		n, window, float64(n)/window.Seconds(), fallback.ScanIntervalDefault, fallback.ScanIntervalDefault,
-		101/fallback.ScanIntervalDefault.Seconds(), d.sched.Pending(), d.scan.Stats().Scans)
+		"a scan every %v adds 101/%v = %.3f/s; scans %d",
+		n, window, float64(n)/window.Seconds(), reaper.ScanIntervalDefault, reaper.ScanIntervalDefault,
+		101/reaper.ScanIntervalDefault.Seconds(), d.rp.Stats().Scanner.Scans)
 }
 
 // 1,000 short leases among 100,000 keys with a 1 h TTL, where Redis's
@@ -153,7 +133,7 @@ func TestMeasureLagUnderTTLLoad(t *testing.T) {
 		}
 	}
 	lc, _ := lease.New(rdb, nil)
-	d := wire(t, lc, rdb)
+	d := wire(t, rdb)
 	rng := rand.New(rand.NewPCG(3, 4))
 	const n = 1000
 	for i := range n {
@@ -179,5 +159,5 @@ func TestMeasureLagUnderTTLLoad(t *testing.T) {
 	q := func(p float64) time.Duration { return lags[int(p*float64(len(lags)-1))] }
 	t.Logf("1000 leases of 50-500 ms among 100k TTL keys: lag p50 %v, p99 %v, max %v; requeued by trigger %v; "+
 		"sweep calls %d; expired events heard so far %d",
-		q(0.5), q(0.99), lags[len(lags)-1], d.trigger, d.swept, d.lis.Stats().EventsExpired)
+		q(0.5), q(0.99), lags[len(lags)-1], d.trigger, d.swept, d.rp.Stats().Listener.EventsExpired)
 }
