@@ -52,13 +52,14 @@
 // DeadLetters lists them, Replay puts them back with fresh attempts, Purge
 // deletes them.
 //
-// # Requeue
+// # Sweep
 //
-// Requeue and Sweep are what the ackd daemon calls when a lease may have
-// run out. They act only if Redis's clock (TIME) is past the deadline, and
-// any number of callers racing on one lease requeue it exactly once.
-// Without a daemon, expired leases stay in flight until someone calls
-// Sweep; the daemon makes that happen within milliseconds of the deadline.
+// Sweep is what a reaper (package reaper, or the ackd daemon built on it)
+// calls when a lease may have run out. It acts only on leases whose
+// deadline Redis's clock (TIME) has passed, and any number of callers
+// racing on one lease requeue it exactly once. Without a reaper, expired
+// leases stay in flight until someone calls Sweep; a reaper makes that
+// happen within milliseconds of the deadline.
 //
 // # Guarantees
 //

@@ -15,7 +15,7 @@
 // lease deadline or delayed due time, and turns each message into
 // WakeFunc(queue, at) with at the moment to sweep (see ParseWake).
 //
-//	l := notify.NewListener(rdb, &notify.Config{
+//	l := notify.NewListener(rdb, &notify.Config{ // as package reaper wires it
 //		ExpiredFunc:    func(ctx context.Context, q, _ string) { sched.Now(q, "event") },
 //		WakeFunc:       func(ctx context.Context, q string, at time.Time) { sched.At(q, at) },
 //		SubscribedFunc: func(ctx context.Context) { scanner.ScanNow() },
@@ -30,10 +30,11 @@
 // a busy server that can be seconds or minutes late. Pub/sub is also
 // fire-and-forget: whatever is published while the Listener is
 // disconnected is lost, and keys that expired while a server was down
-// vanish without an event. So the wake channel feeds per-queue timers
-// (package schedule), the expired event is the second trigger, and the
-// periodic scan (package fallback) the third. Every trigger ends in an
-// idempotent lease.Sweep or lease.Requeue, so duplicates cost one command.
+// vanish without an event. So the wake channel feeds per-queue timers, the
+// expired event is the second trigger, and the periodic scan (package
+// fallback) the third. Package reaper sends all three through one
+// scheduler to one idempotent lease.Sweep, so duplicates cost at most one
+// command.
 //
 // # Reconnection
 //

@@ -7,32 +7,36 @@
 // milliseconds late on an idle server, minutes late when many keys carry a
 // TTL (see the project's design notes). Yet the deadline of every lease sits
 // in its queue's deadlines ZSET, and lease.Sweep returns the earliest one.
-// So ackd keeps one wake time per queue, the earliest it knows of, and
-// sweeps the queue then. The times come from three places:
+// So the reaper keeps one wake time per queue, the earliest it knows of, and
+// sweeps the queue then. The times come from two places:
 //
 //   - the wake channel: scripts publish a queue's new earliest deadline or
 //     due time (notify.Listener, WakeFunc), which the caller passes to At;
-//   - every sweep: its SweepFunc returns the queue's next due time, from
-//     lease.SweepResult through NextWake, and the Scheduler calls At itself;
-//   - scans (fallback.Scanner, SweptFunc), which the caller passes to At.
+//   - every sweep: its SweepFunc returns the queue's next due time
+//     (lease.SweepResult.Next), and the Scheduler calls At itself.
 //
-// Keyspace events and scans that find work call Now, which sweeps at once.
+// Keyspace events call Now, which sweeps at once. The periodic scan
+// (fallback.Scanner) calls Sweep for one queue after another: Sweep is Now
+// plus waiting for that sweep's outcome, so a scan shares the line and the
+// concurrency bound with every other trigger.
 //
 //	s := schedule.New(func(ctx context.Context, queue, trigger string) (time.Time, error) {
 //		for {
 //			r, err := lc.Sweep(ctx, queue, nil)
 //			if err != nil || !r.More {
-//				return schedule.NextWake(r), err
+//				return r.Next(), err
 //			}
 //		}
 //	}, &schedule.Config{Logger: logger})
 //	go s.Run(ctx)
-//	s.At(queue, at)       // from a wake message
-//	s.Now(queue, "event") // from an expired shadow key
+//	s.At(queue, at)                      // from a wake message
+//	s.Now(queue, "event")                // from an expired shadow key
+//	err := s.Sweep(ctx, queue, "scan")   // from a scan, which waits
 //
+// The SweepFunc above is a sketch: package reaper holds the one real one.
 // A lease is due once Redis's clock has passed its deadline millisecond, so
-// NextWake wakes at deadline + 1 ms; a delayed message is due at its due
-// time. On one host the requeue then lands 1 to a few ms after the deadline.
+// Next wakes at deadline + 1 ms; a delayed message is due at its due time.
+// On one host the requeue then lands 1 to a few ms after the deadline.
 //
 // # How it works
 //
@@ -43,7 +47,9 @@
 // which at most Config.Concurrency sweeps run at once, each in its own
 // goroutine. One queue is never swept twice at once: triggers that arrive
 // while a queue waits in line add nothing, and any number of triggers that
-// arrive while its sweep runs cause exactly one more sweep after it.
+// arrive while its sweep runs cause exactly one more sweep after it. Every
+// trigger, scans included, goes through this line: nothing else calls the
+// SweepFunc.
 //
 // # How it fails
 //
