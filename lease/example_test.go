@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log"
 	"os"
-	"os/exec"
 	"testing"
 	"time"
 
@@ -23,18 +22,7 @@ var example redistest.Shared
 // exampleAddr returns the address of the examples' redis-server.
 func exampleAddr() string { return example.Addr() }
 
-func TestMain(m *testing.M) {
-	if _, err := exec.LookPath("redis-server"); err != nil && os.Getenv("CI") == "" {
-		// Every test of this package but the pure-logic ones needs Redis,
-		// and examples cannot skip: skip the package, as redistest would
-		// skip each test. Under CI, go on and fail.
-		fmt.Fprintln(os.Stderr, "lease: redis-server not on PATH; skipping the package's tests")
-		os.Exit(0)
-	}
-	code := m.Run()
-	example.Stop()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(redistest.RunMain(m, &example, "lease")) }
 
 func Example_pushTakeAck() {
 	ctx := context.Background()

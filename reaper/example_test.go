@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log"
 	"os"
-	"os/exec"
 	"testing"
 	"time"
 
@@ -20,17 +19,7 @@ import (
 // it and stopped when the test binary exits.
 var example redistest.Shared
 
-func TestMain(m *testing.M) {
-	if _, err := exec.LookPath("redis-server"); err != nil && os.Getenv("CI") == "" {
-		// Examples cannot skip: skip the package, as redistest would skip
-		// each test. Under CI, go on and fail.
-		fmt.Fprintln(os.Stderr, "reaper: redis-server not on PATH; skipping the package's tests")
-		os.Exit(0)
-	}
-	code := m.Run()
-	example.Stop()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(redistest.RunMain(m, &example, "reaper")) }
 
 // A consumer process that runs its own reaper beside its workers: a lease
 // a worker loses comes back as soon as it runs out, with no ackd daemon

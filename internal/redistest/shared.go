@@ -3,25 +3,37 @@ package redistest
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"sync"
 	"testing"
 )
 
 // Shared is one server for a whole test binary, started on first use
-// outside any test: examples, which get no *testing.T, use it. TestMain
-// calls Stop after m.Run. If the server cannot start, the process exits.
+// outside any test: examples, which get no *testing.T, use it. If the
+// server cannot start, the process exits.
 //
 //	var example redistest.Shared
 //
-//	func TestMain(m *testing.M) {
-//		code := m.Run()
-//		example.Stop()
-//		os.Exit(code)
-//	}
+//	func TestMain(m *testing.M) { os.Exit(redistest.RunMain(m, &example, "lease")) }
 type Shared struct {
 	once sync.Once
 	tb   *mainTB
 	addr string
+}
+
+// RunMain is the TestMain of a package whose examples use s: it runs m,
+// stops s and returns the exit code. Examples cannot skip, so where
+// redis-server is not on PATH it skips the whole package (exit code 0),
+// as Start would skip each test, except under CI, where the tests run and
+// fail.
+func RunMain(m *testing.M, s *Shared, pkg string) int {
+	if _, err := exec.LookPath("redis-server"); err != nil && os.Getenv("CI") == "" {
+		fmt.Fprintf(os.Stderr, "%s: redis-server not on PATH; skipping the package's tests\n", pkg)
+		return 0
+	}
+	code := m.Run()
+	s.Stop()
+	return code
 }
 
 // Addr starts the server if it is not running yet and returns its
