@@ -43,7 +43,7 @@
 // # How it fails
 //
 // An error on one queue (a WRONGTYPE key, a timeout) is wrapped with the
-// queue's name, counted in Stats().Errors and joined into Scan's error;
+// queue's name, counted in Stats().Errors and joined into the scan's error;
 // the scan goes on with the next queue, and the next scan tries again. A
 // registry that cannot be read fails the scan at once. While Redis is down
 // each scan fails fast and Run keeps its interval; Run logs a failed scan

@@ -67,7 +67,7 @@ type Scanner struct {
 
 // NewScanner returns a Scanner that lists queues with reg (unused if
 // Config.Queues is set) and sweeps each with Config.SweepFunc. It does
-// nothing until Run or Scan.
+// nothing until Run.
 func NewScanner(reg Registry, cfg *Config) (*Scanner, error) {
 	var c Config
 	if cfg != nil {
@@ -112,7 +112,7 @@ func (s *Scanner) Run(ctx context.Context) error {
 		case <-timer.C:
 		case <-s.kick:
 		}
-		if _, err := s.Scan(ctx); err != nil && ctx.Err() == nil {
+		if _, err := s.scan(ctx); err != nil && ctx.Err() == nil {
 			s.log.WarnContext(ctx, "scan failed", "error", err)
 		}
 		if ctx.Err() != nil {
@@ -134,10 +134,10 @@ func (s *Scanner) ScanNow() {
 	}
 }
 
-// Scan makes one full scan: SweepFunc for each queue, one after the
+// scan makes one full scan: SweepFunc for each queue, one after the
 // other. An error on one queue does not stop the others; the errors are
 // joined. It returns how many queues it scanned.
-func (s *Scanner) Scan(ctx context.Context) (queues int, err error) {
+func (s *Scanner) scan(ctx context.Context) (queues int, err error) {
 	start := time.Now()
 	defer func() {
 		took := time.Since(start)

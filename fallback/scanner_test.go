@@ -62,13 +62,13 @@ func TestScanRegistry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n, err := s.Scan(t.Context()); err != nil || n != 3 {
+	if n, err := s.scan(t.Context()); err != nil || n != 3 {
 		t.Fatalf("Scan = %d, %v; want 3 queues", n, err)
 	}
 	if err := lc.Register(t.Context(), "d"); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := s.Scan(t.Context()); err != nil || n != 4 {
+	if n, err := s.scan(t.Context()); err != nil || n != 4 {
 		t.Fatalf("second Scan = %d, %v; want 4 queues", n, err)
 	}
 	if got, want := sw.get(), []string{"a", "b", "c", "a", "b", "c", "d"}; !slices.Equal(got, want) {
@@ -84,7 +84,7 @@ func TestScanFixedQueues(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n, err := s.Scan(t.Context()); err != nil || n != 2 {
+	if n, err := s.scan(t.Context()); err != nil || n != 2 {
 		t.Fatalf("Scan = %d, %v; want 2 queues", n, err)
 	}
 	if got := sw.get(); !slices.Equal(got, []string{"watched", "unknown"}) {
@@ -107,7 +107,7 @@ func TestScanErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := s.Scan(t.Context())
+	n, err := s.scan(t.Context())
 	if !errors.Is(err, lease.ErrMalformed) || !errors.Is(err, lease.ErrInvalidQueue) || n != 3 {
 		t.Fatalf("Scan = %d, %v; want 3 queues, ErrMalformed and ErrInvalidQueue", n, err)
 	}
@@ -126,7 +126,7 @@ func TestScanErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n, err := s.Scan(t.Context()); err == nil || n != 0 {
+	if n, err := s.scan(t.Context()); err == nil || n != 0 {
 		t.Fatalf("Scan with an unreadable registry = %d, %v", n, err)
 	}
 }
