@@ -61,10 +61,12 @@
 // metrics. Queues returns each queue's counts as its last sweep found them:
 // the sweep script returns them, so reading them costs Redis nothing and
 // they are at most a ScanInterval old. A queue of the registry that two
-// scans in a row found empty drops out of Queues until a sweep finds
-// something in it again; queues of Config.Queues never drop out. (The
-// registry SET itself is never pruned by a reaper: a producer that
-// registered a queue once does not register it again.)
+// scans in a row found empty, or that a scan no longer finds in the
+// registry, drops out of Queues until a sweep finds something in it
+// again; queues of Config.Queues never drop out. (A reaper never prunes
+// the registry SET itself: a producer that registered a queue once does
+// not register it again, so the scans would stop covering it. Removing a
+// queue from the registry is an operator's decision.)
 //
 // Stats, Subscribed, RedisUp and Events report the listener's counters,
 // the subscription, Redis's health and the keyspace-events setting.

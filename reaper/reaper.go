@@ -313,6 +313,11 @@ func (r *Reaper) scanned(queues int, took time.Duration, err error) {
 	}
 	r.log.Debug("scan done", "num_queues", queues, "took", took.String())
 	r.health.ok()
+	if r.watched == nil {
+		// The scan swept every queue of the registry; one it did not
+		// sweep has left the registry (an operator forgot it).
+		r.dropUnswept(time.Now().Add(-took))
+	}
 	r.checkEvents(r.partsCtx)
 }
 
@@ -339,10 +344,22 @@ func (r *Reaper) setCounts(queue, trigger string, s lease.Stats) {
 	}
 }
 
+// dropUnswept drops the counts of queues not swept since start.
+func (r *Reaper) dropUnswept(start time.Time) {
+	r.countsMu.Lock()
+	defer r.countsMu.Unlock()
+	for q, c := range r.counts {
+		if c.at.Before(start) {
+			delete(r.counts, q)
+		}
+	}
+}
+
 // Queues returns the counts of every queue the Reaper has swept, by
 // queue name, as each queue's last sweep found them: they are as fresh as
-// that sweep (at most a ScanInterval old) and cost Redis nothing. An
-// empty queue drops out once two scans in a row found it empty.
+// that sweep (at most a ScanInterval old) and cost Redis nothing. A queue
+// of the registry drops out once two scans in a row found it empty, or
+// once a scan no longer finds it in the registry.
 func (r *Reaper) Queues() []QueueStats {
 	r.countsMu.Lock()
 	out := make([]QueueStats, 0, len(r.counts))

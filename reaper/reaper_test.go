@@ -250,7 +250,8 @@ func TestReapersExactlyOnce(t *testing.T) {
 }
 
 // TestQueues: the counts come from the sweeps; a registry queue that two
-// scans found empty drops out, a queue of Config.Queues never does.
+// scans found empty, or that left the registry, drops out; a queue of
+// Config.Queues never does.
 func TestQueues(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
@@ -299,6 +300,17 @@ func TestQueues(t *testing.T) {
 		s, ok := counts(fixed, "a")
 		return ok && s == lease.Stats{}
 	}, "a of Config.Queues counted empty")
+
+	// A queue that leaves the registry (an operator forgot it) drops out
+	// at the next scan, even with messages in it.
+	if _, err := lc.Push(ctx, "b", []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitFor(t, waitLong, func() bool { _, ok := counts(rp, "b"); return ok }, "b counted")
+	if err := rdb.SRem(ctx, lease.RegistryKey, "b").Err(); err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitFor(t, waitLong, func() bool { _, ok := counts(rp, "b"); return !ok }, "b dropped with the registry entry")
 
 	// A sweep that finds it busy again lists it again.
 	if _, err := lc.Push(ctx, "a", []byte("three"), nil); err != nil {

@@ -134,7 +134,7 @@ func (m *metrics) watch(rp *reaper.Reaper) {
 			prometheus.Labels{"version": version, "goversion": runtime.Version()}, always),
 		&queueCollector{
 			desc: prometheus.NewDesc("ackd_queue_messages",
-				"Messages of each watched queue by state (ready includes the claim list), as the queue's last sweep found them (at most ACKD_SCAN_INTERVAL ago); at most 1000 queues. A queue of the registry drops out after two scans in a row found it empty.",
+				"Messages of each watched queue by state (ready includes the claim list), as the queue's last sweep found them (at most ACKD_SCAN_INTERVAL ago); at most 1000 queues. A queue of the registry drops out after two scans in a row found it empty, or once it left the registry.",
 				[]string{"queue", "state"}, nil),
 			rp: rp,
 		},
