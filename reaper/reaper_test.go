@@ -164,13 +164,17 @@ func TestTimersAlone(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for q := range nQueues {
 		queue := fmt.Sprint("timers-", q)
+		// Each message carries its own lease length, and one TakeBatch
+		// takes them all: a lease that ran out and came back before the
+		// last take must not be taken again.
 		for range perQueue {
-			if _, err := lc.Push(t.Context(), queue, []byte("x"), nil); err != nil {
+			opts := &lease.PushOpts{LeaseFor: time.Duration(30+rng.IntN(51)) * time.Millisecond}
+			if _, err := lc.Push(t.Context(), queue, []byte("x"), opts); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := lc.Take(t.Context(), queue, &lease.TakeOpts{LeaseFor: time.Duration(30+rng.IntN(51)) * time.Millisecond}); err != nil {
-				t.Fatal(err)
-			}
+		}
+		if ls, err := lc.TakeBatch(t.Context(), queue, perQueue, nil); err != nil || len(ls) != perQueue {
+			t.Fatalf("TakeBatch(%s) = %d leases, %v", queue, len(ls), err)
 		}
 	}
 	redistest.WaitFor(t, waitLong, func() bool { return obs.total() >= nQueues*perQueue }, "every lease requeued")
