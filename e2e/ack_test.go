@@ -88,15 +88,18 @@ func TestAckStormAtDeadline(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Take in batches of 10 whose deadlines are 5 ms apart, starting 2 s
-	// from now: 2,000 acks a second at the deadline, 1.5 s of storm.
+	// Take in batches of 10 whose deadlines are 5 ms apart, starting 6 s
+	// from now: 2,000 acks a second at the deadline, 1.5 s of storm. Every
+	// batch must be taken well before the first deadline: a lease that ran
+	// out and was requeued during the takes would be taken again. 3 s of
+	// slack survive the stalls of a loaded machine.
 	var leases []*lease.Lease
 	takeStart := time.Now()
-	first := takeStart.Add(2 * time.Second)
+	first := takeStart.Add(6 * time.Second)
 	for k := 0; len(leases) < n; k++ {
 		leaseFor := time.Until(first.Add(time.Duration(k) * 5 * time.Millisecond)).Round(time.Millisecond)
-		if leaseFor < 200*time.Millisecond {
-			t.Fatalf("taking is too slow: batch %d would have a lease of %v", k, leaseFor)
+		if time.Until(first) < 3*time.Second {
+			t.Fatalf("taking is too slow: batch %d starts %v before the first deadline", k, time.Until(first))
 		}
 		ls, err := lc.TakeBatch(ctx, e.queue, 10, &lease.TakeOpts{LeaseFor: leaseFor})
 		if err != nil {
@@ -108,7 +111,7 @@ func TestAckStormAtDeadline(t *testing.T) {
 		pipe := rdb.Pipeline()
 		for _, l := range ls {
 			if l.Attempt != 1 {
-				t.Fatalf("%s: attempt %d on its first take", l.Payload, l.Attempt)
+				t.Fatalf("%s: attempt %d on its first take (took %v after the first deadline)", l.Payload, l.Attempt, time.Since(first))
 			}
 			// First delivery of a fresh message: no expiries, no nacks.
 			h := journal.Handling{Payload: string(l.Payload), ID: l.ID, Token: l.Token, Attempt: 1, PID: os.Getpid()}

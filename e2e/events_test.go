@@ -48,8 +48,16 @@ func TestPubSubKilled(t *testing.T) {
 	killed := int64(0)
 	for i := range kills {
 		e.waitHandled(int64(40*(i+1)), drainTimeout)
+		// Kill only a complete subscription: a kill between ackd's
+		// PSUBSCRIBE and SUBSCRIBE cuts that resubscription short, and it
+		// is never counted. A pub/sub client seen first, then
+		// ackd_subscribed 1, means the new connection is confirmed.
 		redistest.WaitFor(t, 15*time.Second, throttle(2*time.Millisecond, func() bool {
-			return e.pubsubClients() > 0
+			if e.pubsubClients() == 0 {
+				return false
+			}
+			sub, _ := d.metric(t, "ackd_subscribed")
+			return sub == 1
 		}), "ackd subscribed again before kill %d", i+1)
 		n, err := e.rdb.ClientKillByFilter(t.Context(), "TYPE", "pubsub").Result()
 		if err != nil {
@@ -59,6 +67,11 @@ func TestPubSubKilled(t *testing.T) {
 	}
 	e.waitDrained(drainTimeout)
 	f.stop(t)
+	// The resubscription after the last kill may still be on its way.
+	redistest.WaitFor(t, 15*time.Second, throttle(10*time.Millisecond, func() bool {
+		n, _ := d.metric(t, "ackd_subscription_reconnects_total")
+		return n >= kills
+	}), "ackd resubscribed after each of %d kills", kills)
 	reconnects, _ := d.metric(t, "ackd_subscription_reconnects_total")
 	_, body := d.get("/metrics")
 	d.stop(t)

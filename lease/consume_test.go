@@ -225,8 +225,10 @@ func TestConsumeAutoExtend(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	const q = "autoextend"
-	const leaseFor = 60 * time.Millisecond
-	const runFor = 250 * time.Millisecond
+	// Consume extends every leaseFor/3: a lease of 300 ms survives a
+	// 200 ms stall of a loaded machine.
+	const leaseFor = 300 * time.Millisecond
+	const runFor = 900 * time.Millisecond
 
 	var calls atomic.Int32
 	var moves atomic.Int32
