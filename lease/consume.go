@@ -105,7 +105,8 @@ func DefaultBackoff(attempt int) time.Duration {
 // cancelled has its leases released untouched), lets running handlers
 // finish and settle for up to ConsumeOpts.StopTimeout, then cancels their
 // contexts, releases every lease whose handler has not returned (to the
-// head of the queue, not counted as an attempt) and returns nil. A handler
+// head of the queue, not counted as an attempt) and returns nil: within
+// StopTimeout plus a quarter of a second and one round trip. A handler
 // that ignores its ctx goes on running, but its lease is gone and its
 // heartbeat stopped. Redis errors are ridden out with backoff, never
 // returned. Consume keeps one connection blocked while the queue is empty.
@@ -198,8 +199,9 @@ var (
 	errHandlerTimeout = errors.New("lease: handler timeout (ConsumeOpts.Timeout)")
 )
 
-// idleWait bounds one blocking take, so that a cancel is seen within it.
-const idleWait = blockChunk
+// idleWait bounds one blocking take, so that a cancel is seen within it:
+// Consume returns at most this long after StopTimeout (plus the release).
+const idleWait = 250 * time.Millisecond
 
 func (r *consumeRun) run(ctx context.Context) error {
 	// Handlers run under a context of their own: Consume's cancel starts
@@ -393,7 +395,7 @@ func (r *consumeRun) abandon(bg context.Context, cancelAll context.CancelCauseFu
 	for len(release) > 0 {
 		batch := release[:min(len(release), MaxBatch)]
 		release = release[len(batch):]
-		if err := r.c.ReleaseBatch(bg, batch); err != nil {
+		if err := r.c.ReleaseBatch(bg, batch); err != nil && !onlyGone(err) {
 			r.report(nil, fmt.Errorf("release %d leases on stop: %w", len(batch), err))
 		}
 	}
@@ -490,6 +492,22 @@ func (r *consumeRun) settle(ctx context.Context, j *job, err error) {
 	if serr != nil {
 		r.report(l, serr)
 	}
+}
+
+// onlyGone reports whether err (from a batch call) only says that leases
+// were no longer held: they ran out while their handler ignored its
+// timeout, and someone else has the message now.
+func onlyGone(err error) bool {
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	for _, e := range errs {
+		if !errors.Is(e, ErrNotHeld) && !errors.Is(e, ErrStale) {
+			return false
+		}
+	}
+	return true
 }
 
 func (r *consumeRun) backoff(l *Lease) time.Duration {

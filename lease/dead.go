@@ -124,6 +124,16 @@ func (c *Client) Replay(ctx context.Context, queue string, ids ...string) (int, 
 func (c *Client) Purge(ctx context.Context, queue string, ids ...string) (int, error) {
 	return c.deadOp(ctx, queue, "purge", ids, func(k Keys, args []any) (int, []string, error) {
 		n, err := purgeScript.Run(ctx, c.rdb, []string{k.Dead, k.DeadMsgs}, args...).Int()
+		if err == nil && len(args) > 1 {
+			// Their error texts too. Best effort: a text left behind is
+			// never shown for a later dead letter of the same id (its
+			// time would have to match).
+			batch := make([]string, 0, len(args)-1)
+			for _, a := range args[1:] {
+				batch = append(batch, a.(string))
+			}
+			_ = c.rdb.HDel(ctx, k.DeadErrs, batch...).Err()
+		}
 		return n, nil, err
 	})
 }
