@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -204,7 +205,6 @@ func (s state) env(t *testing.T, id string) envelope {
 //     record parses.
 func checkInvariants(t *testing.T, rdb *redis.Client, queue string) state {
 	t.Helper()
-	ctx := t.Context()
 	k := KeysFor(queue)
 	s := state{
 		InFlight:  map[string]int64{},
@@ -221,12 +221,9 @@ func checkInvariants(t *testing.T, rdb *redis.Client, queue string) state {
 		}
 		where[id] = p
 	}
+	snap := readSnapshot(t, rdb, queue)
 
-	for _, list := range []string{k.Claim, k.Ready} {
-		elems, err := rdb.LRange(ctx, list, 0, -1).Result()
-		if err != nil {
-			t.Fatalf("LRANGE %s: %v", list, err)
-		}
+	for _, elems := range [][]string{snap.claim, snap.ready} {
 		for _, el := range elems {
 			b := []byte(el)
 			if !isEnvelope(b) {
@@ -244,19 +241,8 @@ func checkInvariants(t *testing.T, rdb *redis.Client, queue string) state {
 		}
 	}
 
-	recs, err := rdb.HGetAll(ctx, k.Leases).Result()
-	if err != nil {
-		t.Fatalf("HGETALL %s: %v", k.Leases, err)
-	}
-	dls, err := rdb.ZRangeWithScores(ctx, k.Deadlines, 0, -1).Result()
-	if err != nil {
-		t.Fatalf("ZRANGE %s: %v", k.Deadlines, err)
-	}
-	now, err := rdb.Time(ctx).Result()
-	if err != nil {
-		t.Fatalf("TIME: %v", err)
-	}
-	for _, z := range dls {
+	recs := snap.leases
+	for _, z := range snap.deadlines {
 		id := z.Member.(string)
 		dl := int64(z.Score)
 		s.InFlight[id] = dl
@@ -278,21 +264,18 @@ func checkInvariants(t *testing.T, rdb *redis.Client, queue string) state {
 		place(id, "in flight")
 		s.Tokens[id] = token
 		sk := LeaseKey(queue, token)
-		v, err := rdb.Get(ctx, sk).Result()
+		sh, ok := snap.shadows[sk]
 		switch {
-		case errors.Is(err, redis.Nil):
-			if dl >= now.UnixMilli() {
-				t.Errorf("invariant: shadow key %s of %s is gone before its deadline %d (now %d)", sk, id, dl, now.UnixMilli())
+		case !ok:
+			if dl >= snap.nowMS {
+				t.Errorf("invariant: shadow key %s of %s is gone before its deadline %d (now %d)", sk, id, dl, snap.nowMS)
 			}
-		case err != nil:
-			t.Fatalf("GET %s: %v", sk, err)
 		default:
-			if v != id {
-				t.Errorf("invariant: shadow key %s holds %q, want %s", sk, v, id)
+			if sh.value != id {
+				t.Errorf("invariant: shadow key %s holds %q, want %s", sk, sh.value, id)
 			}
-			at, err := rdb.Do(ctx, "pexpiretime", sk).Int64()
-			if err != nil || at != dl {
-				t.Errorf("invariant: shadow key %s expires at %d (%v), want the ZSET deadline %d", sk, at, err, dl)
+			if sh.expireAt != dl {
+				t.Errorf("invariant: shadow key %s expires at %d, want the ZSET deadline %d", sk, sh.expireAt, dl)
 			}
 		}
 	}
@@ -301,25 +284,17 @@ func checkInvariants(t *testing.T, rdb *redis.Client, queue string) state {
 			t.Errorf("invariant: %s is in %s but not in %s", id, k.Leases, k.Deadlines)
 		}
 	}
-	shadows, err := rdb.Keys(ctx, LeaseKey(queue, "*")).Result()
-	if err != nil {
-		t.Fatalf("KEYS: %v", err)
-	}
 	live := map[string]bool{}
 	for _, tok := range s.Tokens {
 		live[LeaseKey(queue, tok)] = true
 	}
-	for _, sk := range shadows {
+	for sk := range snap.shadows {
 		if !live[sk] {
 			t.Errorf("invariant: shadow key %s has no lease", sk)
 		}
 	}
 
-	delayed, err := rdb.ZRangeWithScores(ctx, k.Delayed, 0, -1).Result()
-	if err != nil {
-		t.Fatalf("ZRANGE %s: %v", k.Delayed, err)
-	}
-	for _, z := range delayed {
+	for _, z := range snap.delayed {
 		e, err := parseEnvelope([]byte(z.Member.(string)))
 		if err != nil {
 			t.Errorf("invariant: delayed member %q: %v", z.Member, err)
@@ -330,14 +305,7 @@ func checkInvariants(t *testing.T, rdb *redis.Client, queue string) state {
 		s.readyEnvs[e.ID] = e
 	}
 
-	deadIDs, err := rdb.ZRange(ctx, k.Dead, 0, -1).Result()
-	if err != nil {
-		t.Fatalf("ZRANGE %s: %v", k.Dead, err)
-	}
-	deadRecs, err := rdb.HGetAll(ctx, k.DeadMsgs).Result()
-	if err != nil {
-		t.Fatalf("HGETALL %s: %v", k.DeadMsgs, err)
-	}
+	deadIDs, deadRecs := snap.dead, snap.deadMsgs
 	if len(deadIDs) != len(deadRecs) {
 		t.Errorf("invariant: %s has %d ids, %s %d records", k.Dead, len(deadIDs), k.DeadMsgs, len(deadRecs))
 	}
@@ -357,6 +325,93 @@ func checkInvariants(t *testing.T, rdb *redis.Client, queue string) state {
 		}
 	}
 	return s
+}
+
+// queueSnapshot is every key of one queue, read at one instant.
+type queueSnapshot struct {
+	claim, ready []string
+	leases       map[string]string
+	deadlines    []redis.Z
+	nowMS        int64
+	shadows      map[string]shadowKey
+	delayed      []redis.Z
+	dead         []string
+	deadMsgs     map[string]string
+}
+
+type shadowKey struct {
+	value    string
+	expireAt int64
+}
+
+// snapshotScript reads a queue's keys in one script: nothing moves and no
+// key expires while a script runs, so the checker sees one instant.
+var snapshotScript = redis.NewScript(`
+local t = redis.call('TIME')
+local shadows = {}
+for _, k in ipairs(redis.call('KEYS', ARGV[1])) do
+  shadows[#shadows + 1] = k
+  shadows[#shadows + 1] = redis.call('GET', k) or ''
+  shadows[#shadows + 1] = redis.call('PEXPIRETIME', k)
+end
+return {
+  redis.call('LRANGE', KEYS[1], 0, -1),
+  redis.call('LRANGE', KEYS[2], 0, -1),
+  redis.call('HGETALL', KEYS[3]),
+  redis.call('ZRANGE', KEYS[4], 0, -1, 'WITHSCORES'),
+  tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000),
+  shadows,
+  redis.call('ZRANGE', KEYS[5], 0, -1, 'WITHSCORES'),
+  redis.call('ZRANGE', KEYS[6], 0, -1),
+  redis.call('HGETALL', KEYS[7]),
+}`)
+
+func readSnapshot(t *testing.T, rdb *redis.Client, queue string) queueSnapshot {
+	t.Helper()
+	k := KeysFor(queue)
+	res, err := snapshotScript.Run(t.Context(), rdb,
+		[]string{k.Claim, k.Ready, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs},
+		LeaseKey(queue, "*")).Slice()
+	if err != nil || len(res) != 9 {
+		t.Fatalf("snapshot of %s: %d parts, %v", queue, len(res), err)
+	}
+	strs := func(v any) []string {
+		var out []string
+		for _, x := range v.([]any) {
+			out = append(out, x.(string))
+		}
+		return out
+	}
+	pairs := func(v any) map[string]string {
+		l := strs(v)
+		m := make(map[string]string, len(l)/2)
+		for i := 0; i+1 < len(l); i += 2 {
+			m[l[i]] = l[i+1]
+		}
+		return m
+	}
+	zs := func(v any) []redis.Z {
+		l := strs(v)
+		var out []redis.Z
+		for i := 0; i+1 < len(l); i += 2 {
+			sc, err := strconv.ParseFloat(l[i+1], 64)
+			if err != nil {
+				t.Fatalf("snapshot: score %q", l[i+1])
+			}
+			out = append(out, redis.Z{Member: l[i], Score: sc})
+		}
+		return out
+	}
+	snap := queueSnapshot{
+		claim: strs(res[0]), ready: strs(res[1]), leases: pairs(res[2]), deadlines: zs(res[3]),
+		nowMS: res[4].(int64), shadows: map[string]shadowKey{},
+		delayed: zs(res[6]), dead: strs(res[7]), deadMsgs: pairs(res[8]),
+	}
+	sh := res[5].([]any)
+	for i := 0; i+2 < len(sh); i += 3 {
+		snap.shadows[sh[i].(string)] = shadowKey{value: sh[i+1].(string), expireAt: sh[i+2].(int64)}
+	}
+	return snap
 }
 
 // ids returns the ids of leases.
