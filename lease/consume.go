@@ -79,9 +79,10 @@ func DefaultBackoff(attempt int) time.Duration {
 // Consume runs h on queue's messages with opts.Workers concurrent
 // handlers until ctx is cancelled. One goroutine takes messages in batches
 // as workers free up; each lease is extended in the background while its
-// handler runs, a third of the way through each extension, measured
-// against the deadline Redis returned (local clock skew does not shorten
-// it).
+// handler runs, a third of the way through each extension as timed from
+// the call that set it, on the monotonic clock. A lease's length comes
+// from ConsumeOpts.LeaseFor or from the deadline Redis returned, read
+// against Redis's own TIME: local clock skew does not shorten leases.
 //
 // What the handler returns decides the message's fate:
 //
@@ -209,7 +210,6 @@ func (r *consumeRun) run(ctx context.Context) error {
 	base, cancelAll := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer cancelAll(errStopping)
 	bg := context.WithoutCancel(ctx)
-	r.syncClock(ctx)
 
 	slots := make(chan struct{}, r.o.Workers)
 	for range r.o.Workers {
@@ -235,7 +235,7 @@ func (r *consumeRun) run(ctx context.Context) error {
 // take is the taking loop; it returns once ctx is cancelled.
 func (r *consumeRun) take(ctx, bg, base context.Context, slots chan struct{}) {
 	retry := 0
-	lastSync := time.Now()
+	var lastSync time.Time // zero: measure before the first take
 	for {
 		select {
 		case <-ctx.Done():
@@ -252,8 +252,7 @@ func (r *consumeRun) take(ctx, bg, base context.Context, slots chan struct{}) {
 				break more
 			}
 		}
-		if time.Since(lastSync) > time.Minute {
-			r.syncClock(ctx)
+		if time.Since(lastSync) > time.Minute && r.syncClock(ctx) {
 			lastSync = time.Now()
 		}
 		// The take itself is never interrupted: a take cancelled after
@@ -294,22 +293,31 @@ func (r *consumeRun) take(ctx, bg, base context.Context, slots chan struct{}) {
 	}
 }
 
-// syncClock measures the offset between Redis's clock and ours.
-func (r *consumeRun) syncClock(ctx context.Context) {
-	t0 := time.Now()
-	tm, err := r.c.rdb.Time(ctx).Result()
-	if err != nil {
-		return // keep the last offset; heartbeats fall back to LeaseFor
+// syncClock measures the offset between Redis's clock and ours, once a
+// minute, so that Consume can read a deadline Redis returned. Of three
+// TIME calls it keeps the one with the shortest round trip (the first may
+// include a dial). It reports whether it could; until then the offset is
+// zero (the local clock).
+func (r *consumeRun) syncClock(ctx context.Context) bool {
+	best := time.Duration(-1)
+	for range 3 {
+		t0 := time.Now()
+		tm, err := r.c.rdb.Time(ctx).Result()
+		if err != nil {
+			return false // the take that follows reports the outage
+		}
+		rtt := time.Since(t0)
+		if best < 0 || rtt < best {
+			best = rtt
+			r.offset.Store(int64(tm.Sub(r.c.now().Add(-rtt / 2))))
+		}
 	}
-	rtt := time.Since(t0)
-	local := r.c.now().Add(-rtt / 2)
-	r.offset.Store(int64(tm.Sub(local)))
+	return true
 }
 
-// remaining is how long l has left, by Redis's clock.
-func (r *consumeRun) remaining(l *Lease) time.Duration {
-	redisNow := r.c.now().Add(time.Duration(r.offset.Load()))
-	return l.Deadline().Sub(redisNow)
+// redisNow estimates Redis's clock.
+func (r *consumeRun) redisNow() time.Time {
+	return r.c.now().Add(time.Duration(r.offset.Load()))
 }
 
 func (r *consumeRun) start(base, bg context.Context, l *Lease, slots chan struct{}) {
@@ -401,26 +409,34 @@ func (r *consumeRun) abandon(bg context.Context, cancelAll context.CancelCauseFu
 	}
 }
 
-// heartbeat extends j's lease while its handler runs: each time a third
-// of the last extension has passed, by Redis's clock. With a handler
+// heartbeat extends j's lease while its handler runs, each time a third
+// of the last extension has passed since it was asked for, by the
+// monotonic clock: a wall clock that is off changes nothing. The lease's
+// length is ConsumeOpts.LeaseFor, or else what the deadline Redis returned
+// means by Redis's clock (see syncClock). With a handler
 // timeout, it extends no further than a third of a lease past it.
 func (r *consumeRun) heartbeat(bg context.Context, j *job, handlerEnd time.Time) {
 	defer close(j.beatDone)
 	l := j.l
+	// Redis set the deadline after the take script was sent: measure from
+	// then.
 	d := r.o.LeaseFor
 	if d == 0 {
-		// The message's own lease or the Config's: what Redis granted.
-		d = r.remaining(l)
+		// The message's own lease or the Config's: what Redis granted
+		// (at most one round trip too long).
+		d = l.Deadline().Sub(r.redisNow().Add(-time.Since(l.sent)))
 		if d < time.Millisecond || d > MaxLeaseFor {
 			d = r.c.cfg.LeaseFor
 		}
 	}
 	grace := d / 3
 	last := d
+	lastAt := l.sent // when the current deadline was asked for
 	var failedBefore bool
 	for {
-		wait := r.remaining(l) - 2*last/3
+		wait := last/3 - time.Since(lastAt)
 		if failedBefore {
+			// Retry an outage a tenth of a lease apart, not in a spin.
 			wait = max(wait, last/10)
 		}
 		t := time.NewTimer(max(wait, 0))
@@ -441,11 +457,12 @@ func (r *consumeRun) heartbeat(bg context.Context, j *job, handlerEnd time.Time)
 			ext = min(d, left+grace)
 		}
 		ext = max(ext, time.Millisecond)
+		sent := time.Now()
 		err := l.Extend(bg, ext)
 		failedBefore = err != nil
 		switch {
 		case err == nil:
-			last = ext
+			last, lastAt = ext, sent
 		case errors.Is(err, ErrNotHeld) || errors.Is(err, ErrStale):
 			j.lost.Store(&err)
 			j.cancel(fmt.Errorf("lease lost: %w", err))

@@ -290,8 +290,8 @@ func TestConsumeTimeout(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	const q = "timeout"
-	const timeout = 150 * time.Millisecond
-	const leaseFor = 90 * time.Millisecond
+	const timeout = 300 * time.Millisecond
+	const leaseFor = 150 * time.Millisecond
 
 	var errs errorLog
 	type call struct {
@@ -379,12 +379,13 @@ func TestConsumeClockSkew(t *testing.T) {
 			b := setup(t, nil)
 			b.c.now = func() time.Time { return time.Now().Add(skew) }
 			const q = "skew"
-			const leaseFor = 90 * time.Millisecond
+			const leaseFor = 150 * time.Millisecond
 
 			var errs errorLog
 			var moves atomic.Int32
 			done := make(chan error, 1)
 			cs := startConsume(t, b.c, q, func(ctx context.Context, l *Lease) error {
+				start := time.Now()
 				last := l.Deadline()
 				tick := time.NewTicker(time.Millisecond)
 				defer tick.Stop()
@@ -392,8 +393,19 @@ func TestConsumeClockSkew(t *testing.T) {
 					if d := l.Deadline(); !d.Equal(last) {
 						moves.Add(1)
 						last = d
+						// Each extension is by the lease Redis granted,
+						// not by what a skewed clock makes of it.
+						// (Plus the take's round trip, which Consume cannot
+						// tell apart from the lease.)
+						if ahead := d.UnixMilli() - b.redisNow(t); ahead > leaseFor.Milliseconds()+50 {
+							t.Errorf("extended to %d ms ahead, want about the lease, %v", ahead, leaseFor)
+						}
 					}
 					<-tick.C
+				}
+				// Four beats, about a third of a lease apart: not a flood.
+				if took := time.Since(start); took < leaseFor/2 {
+					t.Errorf("4 heartbeats in %v: a flood, not one per third of a lease", took)
 				}
 				done <- ctx.Err()
 				return ctx.Err()

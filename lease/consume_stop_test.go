@@ -136,9 +136,12 @@ func TestFail(t *testing.T) {
 	id := b.push(t, q, "x", nil)
 	l := b.take(t, q, nil)
 	cause := fmt.Errorf("decode: %w", errors.New("unexpected EOF"))
+	before := commandStats(t, b.rdb)
 	if err := l.Fail(ctx, cause); err != nil {
 		t.Fatalf("Fail: %v", err)
 	}
+	n, by := callsInScripts(before, commandStats(t, b.rdb))
+	t.Logf("fail: %d Redis calls in the script (%v)", n, by)
 	if err := l.Fail(ctx, cause); !errors.Is(err, ErrNotHeld) {
 		t.Errorf("second Fail: %v, want ErrNotHeld", err)
 	}

@@ -225,8 +225,10 @@ func TestConsumeAutoExtend(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	const q = "autoextend"
-	const leaseFor = 60 * time.Millisecond
-	const runFor = 250 * time.Millisecond
+	// Leases short enough to run out several times over, long enough
+	// that a loaded machine's pauses do not lose one.
+	const leaseFor = 150 * time.Millisecond
+	const runFor = 500 * time.Millisecond
 
 	var calls atomic.Int32
 	var moves atomic.Int32

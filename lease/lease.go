@@ -28,7 +28,10 @@ type Lease struct {
 	// settled is set once one of the methods that end the lease was
 	// called: Consume then leaves the lease to the handler.
 	settled atomic.Bool
-	c       *Client
+	// sent is when the take that made this lease was sent (monotonic):
+	// its deadline was set no earlier. Zero for LeaseOf.
+	sent time.Time
+	c    *Client
 }
 
 // Deadline is when the lease runs out, by Redis's clock. Extend moves it.
