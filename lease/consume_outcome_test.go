@@ -317,21 +317,7 @@ func TestConsumeTimeout(t *testing.T) {
 		return ctx.Err()
 	}, &ConsumeOpts{Timeout: timeout, LeaseFor: leaseFor, StopTimeout: 50 * time.Millisecond, ErrorFunc: errs.add, BackoffFunc: func(int) time.Duration { return time.Hour }})
 
-	// A sweeper, as ackd runs it.
-	stop := make(chan struct{})
-	sweeper := background(func() {
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(5 * time.Millisecond):
-			}
-			if _, err := b.c.Sweep(t.Context(), q, nil); err != nil {
-				t.Error(err)
-				return
-			}
-		}
-	})
+	sw := startSweeper(t, b, q)
 	honest := b.push(t, q, "honest", nil)
 	c := <-calls
 	if !errors.Is(c.ctxErr, context.DeadlineExceeded) || c.took < timeout*9/10 {
@@ -347,8 +333,7 @@ func TestConsumeTimeout(t *testing.T) {
 	}
 	waitStats(t, b, q, Stats{Delayed: 1}, "redelivered stuck message acked")
 	cs.stop(t)
-	close(stop)
-	sweeper()
+	sw.stop()
 	st := checkInvariants(t, b.rdb, q)
 	if len(st.Delayed) != 1 || st.env(t, honest).Failures != 1 || len(st.InFlight)+len(st.Ready) != 0 {
 		t.Errorf("state %+v", st)
@@ -411,23 +396,7 @@ func TestConsumeClockSkew(t *testing.T) {
 				return ctx.Err()
 			}, &ConsumeOpts{ErrorFunc: errs.add})
 
-			var requeued atomic.Int32
-			stop := make(chan struct{})
-			sweeper := background(func() {
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					r, err := b.c.Sweep(t.Context(), q, nil)
-					if err != nil {
-						t.Error(err)
-						return
-					}
-					requeued.Add(int32(r.Requeued + r.DeadLettered))
-				}
-			})
+			sw := startSweeper(t, b, q)
 			b.push(t, q, "x", &PushOpts{LeaseFor: leaseFor})
 			select {
 			case err := <-done:
@@ -437,12 +406,11 @@ func TestConsumeClockSkew(t *testing.T) {
 			case <-time.After(10 * time.Second):
 				t.Fatal("handler did not finish")
 			}
-			close(stop)
-			sweeper()
+			requeued := sw.stop()
 			b.waitIdle(t, q)
 			cs.stop(t)
-			if requeued.Load() != 0 {
-				t.Errorf("lease ran out %d times with the local clock off by %v", requeued.Load(), skew)
+			if requeued != 0 {
+				t.Errorf("lease ran out %d times with the local clock off by %v", requeued, skew)
 			}
 			if e := errs.list(); len(e) != 0 {
 				t.Errorf("errors: %v", e)

@@ -208,23 +208,6 @@ func (bh *busyHandlers) waitStarted(t *testing.T, n int) []*Lease {
 	return ls
 }
 
-// stopWithin cancels cs and fails unless Consume returns within limit.
-func (cs *consumer) stopWithin(t *testing.T, limit time.Duration) time.Duration {
-	t.Helper()
-	start := time.Now()
-	cs.cancel()
-	select {
-	case err := <-cs.done:
-		if err != nil {
-			t.Fatalf("Consume returned %v, want nil", err)
-		}
-		cs.done <- nil // for the cleanup
-	case <-time.After(limit):
-		t.Fatalf("Consume did not return within %v of cancel", limit)
-	}
-	return time.Since(start)
-}
-
 // TestConsumeStopReleasesBusyHandlers: a stop during 64 busy handlers
 // waits StopTimeout, cancels them, puts all 64 messages back at the head
 // of the queue at once with their attempts unchanged, and returns.
