@@ -99,7 +99,7 @@ func DefaultBackoff(attempt int) time.Duration {
 //
 // A handler that ends its lease itself (Ack, Nack, DeadLetter, Fail,
 // Release) is left alone. If the lease is lost while the handler runs (it
-// ran out and the message went to another consumeRun), the handler's ctx is
+// ran out and the message went to another consumer), the handler's ctx is
 // cancelled and the message is left to its new holder.
 //
 // On cancel, Consume stops taking at once (a take under way when ctx is
@@ -196,7 +196,7 @@ type job struct {
 }
 
 var (
-	errStopping       = errors.New("lease: consumeRun stopping")
+	errStopping       = errors.New("lease: consumer stopping")
 	errHandlerTimeout = errors.New("lease: handler timeout (ConsumeOpts.Timeout)")
 )
 
