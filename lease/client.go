@@ -48,7 +48,9 @@ type Config struct {
 	// to 1 MiB.
 	MaxPayload int
 	// Logger receives the client's few log lines (malformed data found in
-	// Redis). Defaults to discarding them.
+	// Redis) and Consume's reports of handler errors and panics. Defaults
+	// to discarding the former; Consume then logs through slog.Default(),
+	// so that failing handlers are never silent.
 	Logger *slog.Logger
 }
 
@@ -84,7 +86,10 @@ func (c *Config) validate() error {
 type Client struct {
 	rdb        redis.UniversalClient
 	cfg        Config
+	logSet     bool     // Config.Logger was given
 	registered sync.Map // queue name -> struct{}: SADDed to the registry
+	// now is the local wall clock; tests skew it.
+	now func() time.Time
 
 	mu  sync.Mutex
 	rng *mrand.ChaCha8
@@ -104,7 +109,7 @@ func New(rdb redis.UniversalClient, cfg *Config) (*Client, error) {
 	if _, err := rand.Read(seed[:]); err != nil {
 		return nil, fmt.Errorf("lease: seed: %w", err)
 	}
-	return &Client{rdb: rdb, cfg: c, rng: mrand.NewChaCha8(seed)}, nil
+	return &Client{rdb: rdb, cfg: c, logSet: cfg != nil && cfg.Logger != nil, now: time.Now, rng: mrand.NewChaCha8(seed)}, nil
 }
 
 // newTokens fills n fresh lease tokens and n fresh message ids.

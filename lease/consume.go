@@ -5,21 +5,33 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
+	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
-// Handler processes one leased message. Returning nil acks it; returning
-// an error nacks it with backoff. Its ctx is cancelled if the lease is lost
-// (it ran out and the message went to another consumer).
+// Handler processes one leased message. What it returns decides what
+// happens to the message (see Consume): nil acks it; an error nacks it
+// with backoff; SkipRetry(err) dead-letters it; RetryAfter(d, err) nacks
+// it with delay d. Its ctx is cancelled when the lease is lost, when
+// ConsumeOpts.Timeout passes, and when Consume stops and
+// ConsumeOpts.StopTimeout has passed.
 type Handler func(ctx context.Context, l *Lease) error
+
+// Middleware wraps every handler Consume runs: tracing, metrics, logging.
+// It sees the handler's error, before Consume acts on it, and may change
+// it.
+type Middleware func(Handler) Handler
 
 // Defaults for ConsumeOpts.
 const (
 	WorkersDefault     = 10
 	BackoffBaseDefault = time.Second
 	BackoffMaxDefault  = 5 * time.Minute
+	StopTimeoutDefault = 10 * time.Second
 )
 
 // ConsumeOpts configure Consume. A nil *ConsumeOpts means all defaults.
@@ -29,11 +41,27 @@ type ConsumeOpts struct {
 	// LeaseFor overrides the lease duration of every take (see
 	// TakeOpts.LeaseFor). Zero means the message's own or the Config's.
 	LeaseFor time.Duration
+	// Timeout bounds each handler: its ctx is cancelled when it passes,
+	// and the heartbeat stops extending the lease a third of a lease
+	// length after it, so a handler that ignores its ctx loses its lease
+	// and the message is delivered again. Zero means no bound.
+	Timeout time.Duration
+	// StopTimeout is how long running handlers may go on after Consume's
+	// ctx is cancelled. Then their contexts are cancelled, the leases of
+	// those that have not returned are released (back to the head of the
+	// queue, the attempt not counted) and Consume returns. Defaults to 10
+	// seconds; a negative value stops at once.
+	StopTimeout time.Duration
 	// BackoffFunc gives the nack delay after a handler error on the given
 	// attempt (1-based). Defaults to DefaultBackoff.
 	BackoffFunc func(attempt int) time.Duration
-	// ErrorFunc, if set, is told of every handler error and of Redis
-	// errors the loop rides out. Defaults to logging them.
+	// Middleware wraps the handler, the first one outermost.
+	Middleware []Middleware
+	// ErrorFunc, if set, is told of every handler error (a *PanicError for
+	// a panic) and of Redis errors the loop rides out (l is nil then),
+	// instead of the log. Defaults to logging them to Config.Logger, or
+	// slog.Default() if the Config has none, at most about one line a
+	// second after a burst of ten.
 	ErrorFunc func(l *Lease, err error)
 }
 
@@ -51,11 +79,37 @@ func DefaultBackoff(attempt int) time.Duration {
 // Consume runs h on queue's messages with opts.Workers concurrent
 // handlers until ctx is cancelled. One goroutine takes messages in batches
 // as workers free up; each lease is extended in the background while its
-// handler runs (every third of its duration). A handler's nil acks, an
-// error or a panic nacks with backoff.
+// handler runs, a third of the way through each extension as timed from
+// the call that set it, on the monotonic clock. A lease's length comes
+// from ConsumeOpts.LeaseFor or from the deadline Redis returned, read
+// against Redis's own TIME: local clock skew does not shorten leases.
 //
-// On cancel it stops taking, lets running handlers finish and settle their
-// leases, and returns nil. Redis errors are ridden out with backoff, never
+// What the handler returns decides the message's fate:
+//
+//   - nil: acked.
+//   - an error: nacked with ConsumeOpts.BackoffFunc's delay; on its last
+//     allowed delivery it goes to the dead set, reason "failed".
+//   - an error wrapping ErrSkipRetry (SkipRetry): dead set at once, reason
+//     "failed", with the error's text (DeadLetter.Error).
+//   - an error wrapping a *RetryAfterError (RetryAfter): nacked with
+//     exactly its delay.
+//   - a panic, or runtime.Goexit: recovered and logged with its stack,
+//     then like an error, except that on its last allowed delivery it goes
+//     to the dead set with reason "panic". It never stops the process.
+//
+// A handler that ends its lease itself (Ack, Nack, DeadLetter, Fail,
+// Release) is left alone. If the lease is lost while the handler runs (it
+// ran out and the message went to another consumer), the handler's ctx is
+// cancelled and the message is left to its new holder.
+//
+// On cancel, Consume stops taking at once (a take under way when ctx is
+// cancelled has its leases released untouched), lets running handlers
+// finish and settle for up to ConsumeOpts.StopTimeout, then cancels their
+// contexts, releases every lease whose handler has not returned (to the
+// head of the queue, not counted as an attempt) and returns nil: within
+// StopTimeout plus a quarter of a second and one round trip. A handler
+// that ignores its ctx goes on running, but its lease is gone and its
+// heartbeat stopped. Redis errors are ridden out with backoff, never
 // returned. Consume keeps one connection blocked while the queue is empty.
 func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts *ConsumeOpts) error {
 	if err := ValidateQueue(queue); err != nil {
@@ -68,9 +122,7 @@ func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts *Con
 	if opts != nil {
 		o = *opts
 	}
-	if o.Workers == 0 {
-		o.Workers = WorkersDefault
-	}
+	o.Workers = cmp.Or(o.Workers, WorkersDefault)
 	if o.Workers < 1 || o.Workers > MaxBatch {
 		return fmt.Errorf("%w: ConsumeOpts.Workers %d: must be 1 to %d", ErrInvalidArgument, o.Workers, MaxBatch)
 	}
@@ -79,36 +131,120 @@ func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts *Con
 			return err
 		}
 	}
+	if o.Timeout != 0 {
+		if err := checkDuration("ConsumeOpts.Timeout", o.Timeout); err != nil {
+			return err
+		}
+	}
+	switch {
+	case o.StopTimeout == 0:
+		o.StopTimeout = StopTimeoutDefault
+	case o.StopTimeout < 0:
+		o.StopTimeout = 0
+	}
 	if o.BackoffFunc == nil {
 		o.BackoffFunc = DefaultBackoff
 	}
-	if o.ErrorFunc == nil {
-		o.ErrorFunc = func(l *Lease, err error) {
-			if l != nil {
-				c.cfg.Logger.Warn("consume", "queue", queue, "message_id", l.ID, "attempt", l.Attempt, "error", err)
-			} else {
-				c.cfg.Logger.Warn("consume", "queue", queue, "error", err)
-			}
+	for i := len(o.Middleware) - 1; i >= 0; i-- {
+		if o.Middleware[i] == nil {
+			return fmt.Errorf("%w: ConsumeOpts.Middleware[%d] is nil", ErrInvalidArgument, i)
+		}
+		if h = o.Middleware[i](h); h == nil {
+			return fmt.Errorf("%w: ConsumeOpts.Middleware[%d] returned a nil handler", ErrInvalidArgument, i)
 		}
 	}
+	r := &consumeRun{c: c, queue: queue, h: h, o: o, jobs: map[*job]bool{}, changed: make(chan struct{}, 1)}
+	if o.ErrorFunc == nil {
+		logger := c.cfg.Logger
+		if !c.logSet {
+			logger = slog.Default()
+		}
+		r.log = &limitedLog{logger: logger.With("component", "consume", "queue", queue)}
+	}
+	return r.run(ctx)
+}
 
-	slots := make(chan struct{}, o.Workers)
-	for range o.Workers {
+// consumeRun is one Consume call.
+type consumeRun struct {
+	c     *Client
+	queue string
+	h     Handler
+	o     ConsumeOpts
+	log   *limitedLog // nil when ErrorFunc is set
+
+	offset atomic.Int64 // Redis clock minus the local clock, ns
+
+	mu      sync.Mutex
+	jobs    map[*job]bool // running or settling
+	changed chan struct{} // a job ended
+}
+
+// job states
+const (
+	running int32 = iota
+	settling
+	abandoned
+)
+
+type job struct {
+	l        *Lease
+	state    atomic.Int32
+	cancel   context.CancelCauseFunc
+	beatStop chan struct{} // closed by whoever moves state off running
+	beatDone chan struct{}
+	lost     atomic.Pointer[error]
+}
+
+var (
+	errStopping       = errors.New("lease: consumer stopping")
+	errHandlerTimeout = errors.New("lease: handler timeout (ConsumeOpts.Timeout)")
+)
+
+// idleWait bounds one blocking take, so that a cancel is seen within it:
+// Consume returns at most this long after StopTimeout (plus the release).
+const idleWait = 250 * time.Millisecond
+
+func (r *consumeRun) run(ctx context.Context) error {
+	// Handlers run under a context of their own: Consume's cancel starts
+	// the stop sequence, it does not interrupt them.
+	base, cancelAll := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer cancelAll(errStopping)
+	bg := context.WithoutCancel(ctx)
+
+	slots := make(chan struct{}, r.o.Workers)
+	for range r.o.Workers {
 		slots <- struct{}{}
 	}
-	var wg sync.WaitGroup
-	defer wg.Wait()
+	takerDone := make(chan struct{})
+	go func() {
+		defer close(takerDone)
+		r.take(ctx, bg, base, slots)
+	}()
+	<-ctx.Done()
+	stopBy := time.NewTimer(r.o.StopTimeout)
+	defer stopBy.Stop()
+	<-takerDone // after this no job starts
+
+	if !r.waitJobs(stopBy.C) {
+		r.abandon(bg, cancelAll)
+		r.waitJobs(nil) // those that were settling
+	}
+	return nil
+}
+
+// take is the taking loop; it returns once ctx is cancelled.
+func (r *consumeRun) take(ctx, bg, base context.Context, slots chan struct{}) {
 	retry := 0
+	var lastSync time.Time // zero: measure before the first take
 	for {
-		// Wait for one free worker, then take as many as are free.
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-slots:
 		}
 		n := 1
 	more:
-		for n < o.Workers {
+		for n < r.o.Workers {
 			select {
 			case <-slots:
 				n++
@@ -116,97 +252,371 @@ func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts *Con
 				break more
 			}
 		}
-		ls, err := c.TakeBatch(ctx, queue, n, &TakeOpts{Wait: blockChunk, LeaseFor: o.LeaseFor})
+		if time.Since(lastSync) > time.Minute && r.syncClock(ctx) {
+			lastSync = time.Now()
+		}
+		// The take itself is never interrupted: a take cancelled after
+		// Redis ran it would strand its leases until they ran out.
+		start := time.Now()
+		ls, err := r.c.TakeBatch(bg, r.queue, n, &TakeOpts{Wait: idleWait, LeaseFor: r.o.LeaseFor})
 		for range n - len(ls) {
 			slots <- struct{}{}
 		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
+		if ctx.Err() != nil {
+			// Stopped while taking: these were never started.
+			if len(ls) > 0 {
+				if err := r.c.ReleaseBatch(bg, ls); err != nil {
+					r.report(nil, fmt.Errorf("release leases taken while stopping: %w", err))
+				}
 			}
-			o.ErrorFunc(nil, err)
+			return
+		}
+		if err != nil {
+			r.report(nil, err)
 			retry++
 			if !sleepCtx(ctx, retryDelay(retry)) {
-				return nil
+				return
 			}
 			continue
 		}
 		retry = 0
+		if len(ls) == 0 && time.Since(start) < idleWait/4 {
+			// Nothing to take, and the take did not wait (the queue is
+			// paused, or only delayed messages are due soon): do not spin.
+			if !sleepCtx(ctx, 50*time.Millisecond) {
+				return
+			}
+		}
 		for _, l := range ls {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() { slots <- struct{}{} }()
-				c.handle(context.WithoutCancel(ctx), l, h, &o)
-			}()
+			r.start(base, bg, l, slots)
 		}
 	}
 }
 
-// handle runs h on l with a heartbeat and settles the lease.
-func (c *Client) handle(ctx context.Context, l *Lease, h Handler, o *ConsumeOpts) {
-	hctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	// The lease's length, by the local clock. A client clock far ahead of
-	// Redis's would make it negative: then fall back to the configured one.
-	d := time.Until(l.Deadline())
-	if d < time.Millisecond {
-		d = cmp.Or(o.LeaseFor, c.cfg.LeaseFor)
+// syncClock measures the offset between Redis's clock and ours, once a
+// minute, so that Consume can read a deadline Redis returned. Of three
+// TIME calls it keeps the one with the shortest round trip (the first may
+// include a dial). It reports whether it could; until then the offset is
+// zero (the local clock).
+func (r *consumeRun) syncClock(ctx context.Context) bool {
+	best := time.Duration(-1)
+	for range 3 {
+		t0 := time.Now()
+		tm, err := r.c.rdb.Time(ctx).Result()
+		if err != nil {
+			return false // the take that follows reports the outage
+		}
+		rtt := time.Since(t0)
+		if best < 0 || rtt < best {
+			best = rtt
+			r.offset.Store(int64(tm.Sub(r.c.now().Add(-rtt / 2))))
+		}
 	}
-	stop := make(chan struct{})
-	var lost error
-	var beat sync.WaitGroup
-	beat.Add(1)
+	return true
+}
+
+// redisNow estimates Redis's clock.
+func (r *consumeRun) redisNow() time.Time {
+	return r.c.now().Add(time.Duration(r.offset.Load()))
+}
+
+func (r *consumeRun) start(base, bg context.Context, l *Lease, slots chan struct{}) {
+	hctx, cancel := context.WithCancelCause(base)
+	cancelT := context.CancelFunc(func() {})
+	var handlerEnd time.Time
+	if r.o.Timeout > 0 {
+		handlerEnd = time.Now().Add(r.o.Timeout)
+		hctx, cancelT = context.WithTimeoutCause(hctx, r.o.Timeout, errHandlerTimeout)
+	}
+	j := &job{l: l, cancel: cancel, beatStop: make(chan struct{}), beatDone: make(chan struct{})}
+	r.mu.Lock()
+	r.jobs[j] = true
+	r.mu.Unlock()
+	go r.heartbeat(bg, j, handlerEnd)
 	go func() {
-		defer beat.Done()
-		t := time.NewTicker(max(d/3, time.Millisecond))
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-				if err := l.Extend(ctx, d); err != nil {
-					if errors.Is(err, ErrNotHeld) || errors.Is(err, ErrStale) {
-						lost = err
-						cancel()
-						return
-					}
-					o.ErrorFunc(l, err)
-				}
-			}
+		defer func() { slots <- struct{}{} }()
+		defer r.end(j)
+		defer cancel(nil)
+		defer cancelT()
+		err := runHandler(hctx, l, r.h)
+		if !j.state.CompareAndSwap(running, settling) {
+			// Consume gave up on this handler and released its lease.
+			return
 		}
+		close(j.beatStop)
+		<-j.beatDone
+		r.settle(bg, j, err)
 	}()
-	err := runHandler(hctx, l, h)
-	close(stop)
-	beat.Wait()
-	if lost != nil {
-		o.ErrorFunc(l, fmt.Errorf("lease lost while handling: %w", lost))
-		return
+}
+
+// end removes j from the running jobs, if stop has not already.
+func (r *consumeRun) end(j *job) {
+	r.mu.Lock()
+	delete(r.jobs, j)
+	r.mu.Unlock()
+	select {
+	case r.changed <- struct{}{}:
+	default:
 	}
-	if err == nil {
-		if err := l.Ack(ctx); err != nil {
-			o.ErrorFunc(l, err)
+}
+
+// waitJobs waits until no job is running or settling, or until timeout
+// fires; it reports whether all ended.
+func (r *consumeRun) waitJobs(timeout <-chan time.Time) bool {
+	for {
+		r.mu.Lock()
+		n := len(r.jobs)
+		r.mu.Unlock()
+		if n == 0 {
+			return true
 		}
+		select {
+		case <-r.changed:
+		case <-timeout:
+			return false
+		}
+	}
+}
+
+// abandon ends the stop: it cancels every handler still running, stops
+// their heartbeats and releases their leases.
+func (r *consumeRun) abandon(bg context.Context, cancelAll context.CancelCauseFunc) {
+	var gone []*job
+	r.mu.Lock()
+	for j := range r.jobs {
+		// A handler that returned first settles its lease itself.
+		if j.state.CompareAndSwap(running, abandoned) {
+			gone = append(gone, j)
+			delete(r.jobs, j)
+		}
+	}
+	r.mu.Unlock()
+	cancelAll(errStopping)
+	var release []*Lease
+	for _, j := range gone {
+		close(j.beatStop)
+		<-j.beatDone
+		if j.lost.Load() == nil && !j.l.settled.Load() {
+			release = append(release, j.l)
+		}
+	}
+	for len(release) > 0 {
+		batch := release[:min(len(release), MaxBatch)]
+		release = release[len(batch):]
+		if err := r.c.ReleaseBatch(bg, batch); err != nil && !onlyGone(err) {
+			r.report(nil, fmt.Errorf("release %d leases on stop: %w", len(batch), err))
+		}
+	}
+}
+
+// heartbeat extends j's lease while its handler runs, each time a third
+// of the last extension has passed since it was asked for, by the
+// monotonic clock: a wall clock that is off changes nothing. The lease's
+// length is ConsumeOpts.LeaseFor, or else what the deadline Redis returned
+// means by Redis's clock (see syncClock). With a handler
+// timeout, it extends no further than a third of a lease past it.
+func (r *consumeRun) heartbeat(bg context.Context, j *job, handlerEnd time.Time) {
+	defer close(j.beatDone)
+	l := j.l
+	// Redis set the deadline after the take script was sent: measure from
+	// then.
+	d := r.o.LeaseFor
+	if d == 0 {
+		// The message's own lease or the Config's: what Redis granted
+		// (at most one round trip too long).
+		d = l.Deadline().Sub(r.redisNow().Add(-time.Since(l.sent)))
+		if d < time.Millisecond || d > MaxLeaseFor {
+			d = r.c.cfg.LeaseFor
+		}
+	}
+	grace := d / 3
+	last := d
+	lastAt := l.sent // when the current deadline was asked for
+	var failedBefore bool
+	for {
+		wait := last/3 - time.Since(lastAt)
+		if failedBefore {
+			// Retry an outage a tenth of a lease apart, not in a spin.
+			wait = max(wait, last/10)
+		}
+		t := time.NewTimer(max(wait, 0))
+		select {
+		case <-j.beatStop:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		ext := d
+		if !handlerEnd.IsZero() {
+			left := time.Until(handlerEnd)
+			if left <= 0 {
+				// Past the handler's timeout: let the lease run out.
+				<-j.beatStop
+				return
+			}
+			ext = min(d, left+grace)
+		}
+		ext = max(ext, time.Millisecond)
+		sent := time.Now()
+		err := l.Extend(bg, ext)
+		failedBefore = err != nil
+		switch {
+		case err == nil:
+			last, lastAt = ext, sent
+		case errors.Is(err, ErrNotHeld) || errors.Is(err, ErrStale):
+			j.lost.Store(&err)
+			j.cancel(fmt.Errorf("lease lost: %w", err))
+			<-j.beatStop
+			return
+		default:
+			r.report(l, err)
+		}
+	}
+}
+
+// settle acts on what the handler returned.
+func (r *consumeRun) settle(ctx context.Context, j *job, err error) {
+	l := j.l
+	if lost := j.lost.Load(); lost != nil {
+		r.report(l, fmt.Errorf("lease lost while handling: %w", *lost))
 		return
 	}
-	o.ErrorFunc(l, err)
-	delay := max(o.BackoffFunc(l.Attempt), 0)
+	if err != nil {
+		r.report(l, err)
+	}
+	if l.settled.Load() {
+		return // the handler ended the lease itself
+	}
+	var pe *PanicError
+	var ra *RetryAfterError
+	var serr error
+	switch {
+	case err == nil:
+		serr = l.Ack(ctx)
+	case errors.As(err, &pe):
+		if l.MaxDeliveries != Unlimited && l.Attempt >= l.MaxDeliveries {
+			serr = l.fail(ctx, ReasonPanic, pe.Error()+"\n"+string(pe.Stack))
+		} else {
+			serr = l.Nack(ctx, r.backoff(l))
+		}
+	case errors.Is(err, ErrSkipRetry):
+		serr = l.fail(ctx, ReasonFailed, err.Error())
+	case errors.As(err, &ra):
+		serr = l.Nack(ctx, min(max(ra.Delay, 0), MaxLeaseFor))
+	default:
+		serr = l.Nack(ctx, r.backoff(l))
+	}
+	if serr != nil {
+		r.report(l, serr)
+	}
+}
+
+// onlyGone reports whether err (from a batch call) only says that leases
+// were no longer held: they ran out while their handler ignored its
+// timeout, and someone else has the message now.
+func onlyGone(err error) bool {
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	for _, e := range errs {
+		if !errors.Is(e, ErrNotHeld) && !errors.Is(e, ErrStale) {
+			return false
+		}
+	}
+	return true
+}
+
+func (r *consumeRun) backoff(l *Lease) time.Duration {
+	delay := min(max(r.o.BackoffFunc(l.Attempt), 0), MaxLeaseFor)
 	if delay > 0 && delay < time.Millisecond {
 		delay = time.Millisecond
 	}
-	if err := l.Nack(ctx, delay); err != nil {
-		o.ErrorFunc(l, err)
+	return delay
+}
+
+// report hands err to ErrorFunc, or logs it.
+func (r *consumeRun) report(l *Lease, err error) {
+	if r.o.ErrorFunc != nil {
+		r.o.ErrorFunc(l, err)
+		return
+	}
+	attrs := []any{"error", err}
+	if l != nil {
+		attrs = append(attrs, "message_id", l.ID, "attempt", l.Attempt)
+	}
+	var pe *PanicError
+	switch {
+	case errors.As(err, &pe):
+		r.log.log(slog.LevelError, "handler panicked", append(attrs, "stack", string(pe.Stack))...)
+	case l != nil:
+		r.log.log(slog.LevelWarn, "handler failed", attrs...)
+	default:
+		r.log.log(slog.LevelWarn, "redis error", attrs...)
 	}
 }
 
-func runHandler(ctx context.Context, l *Lease, h Handler) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("lease: handler panic: %v", r)
-		}
+// runHandler runs h in a goroutine of its own, so that a panic or a
+// runtime.Goexit in it becomes a *PanicError instead of ending the worker.
+func runHandler(ctx context.Context, l *Lease, h Handler) error {
+	done := make(chan error, 1)
+	go func() {
+		returned := false
+		defer func() {
+			if returned {
+				return
+			}
+			r := recover()
+			pe := &PanicError{Value: r, Stack: debug.Stack()}
+			if r == nil {
+				// Since Go 1.21 panic(nil) recovers a *runtime.PanicNilError:
+				// nothing recovered means runtime.Goexit.
+				pe.Goexit = true
+			}
+			done <- pe
+		}()
+		err := h(ctx, l)
+		returned = true
+		done <- err
 	}()
-	return h(ctx, l)
+	return <-done
+}
+
+// limitedLog logs at most logBurst lines at once and then about one a
+// second, so that a failing queue cannot flood the log; it counts what it
+// drops and says so on the next line.
+type limitedLog struct {
+	logger *slog.Logger
+
+	mu         sync.Mutex
+	tokens     float64
+	last       time.Time
+	suppressed int
+}
+
+const logBurst = 10
+
+func (g *limitedLog) log(level slog.Level, msg string, attrs ...any) {
+	g.mu.Lock()
+	now := time.Now()
+	if g.last.IsZero() {
+		g.tokens = logBurst
+	} else {
+		g.tokens = min(logBurst, g.tokens+now.Sub(g.last).Seconds())
+	}
+	g.last = now
+	if g.tokens < 1 {
+		g.suppressed++
+		g.mu.Unlock()
+		return
+	}
+	g.tokens--
+	if g.suppressed > 0 {
+		attrs = append(attrs, "num_suppressed", g.suppressed)
+		g.suppressed = 0
+	}
+	g.mu.Unlock()
+	g.logger.Log(context.Background(), level, msg, attrs...)
 }
 
 func retryDelay(n int) time.Duration {

@@ -34,6 +34,13 @@ func startConsume(t *testing.T, c *Client, queue string, h Handler, opts *Consum
 
 func (cs *consumer) stop(t *testing.T) {
 	t.Helper()
+	cs.stopWithin(t, 10*time.Second)
+}
+
+// stopWithin cancels cs and fails unless Consume returns within limit.
+func (cs *consumer) stopWithin(t *testing.T, limit time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
 	cs.cancel()
 	select {
 	case err := <-cs.done:
@@ -41,9 +48,52 @@ func (cs *consumer) stop(t *testing.T) {
 			t.Fatalf("Consume returned %v, want nil", err)
 		}
 		cs.done <- nil // for the cleanup
-	case <-time.After(10 * time.Second):
-		t.Fatal("Consume did not return after cancel")
+	case <-time.After(limit):
+		t.Fatalf("Consume did not return within %v of cancel", limit)
 	}
+	return time.Since(start)
+}
+
+// sweeper sweeps a queue in a loop, as ackd would: a lease that runs out
+// is requeued within moments.
+type sweeper struct {
+	stopc    chan struct{}
+	wait     func()
+	requeued atomic.Int32
+	once     sync.Once
+}
+
+// startSweeper starts a sweeper on queue; it is stopped when the test ends
+// if the test does not stop it first.
+func startSweeper(t *testing.T, b *testBundle, queue string) *sweeper {
+	t.Helper()
+	sw := &sweeper{stopc: make(chan struct{})}
+	sw.wait = background(func() {
+		for {
+			select {
+			case <-sw.stopc:
+				return
+			default:
+			}
+			r, err := b.c.Sweep(t.Context(), queue, nil)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			sw.requeued.Add(int32(r.Requeued + r.DeadLettered))
+		}
+	})
+	t.Cleanup(func() { sw.stop() })
+	return sw
+}
+
+// stop stops the sweeper and returns how many leases it ended.
+func (sw *sweeper) stop() int {
+	sw.once.Do(func() {
+		close(sw.stopc)
+		sw.wait()
+	})
+	return int(sw.requeued.Load())
 }
 
 // errorLog collects what ConsumeOpts.ErrorFunc is told.
@@ -261,31 +311,7 @@ func TestConsumeAutoExtend(t *testing.T) {
 	}, &ConsumeOpts{LeaseFor: leaseFor, ErrorFunc: errs.add})
 
 	// A sweeper, as ackd runs it: a lease that ran out would be requeued.
-	stop := make(chan struct{})
-	var requeued atomic.Int32
-	sweeper := background(func() {
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			r, err := b.c.Sweep(t.Context(), q, nil)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			requeued.Add(int32(r.Requeued + r.DeadLettered))
-		}
-	})
-	defer func() {
-		select {
-		case <-stop:
-		default:
-			close(stop)
-		}
-		sweeper()
-	}()
+	sw := startSweeper(t, b, q)
 
 	b.push(t, q, "slow", nil)
 	select {
@@ -297,11 +323,10 @@ func TestConsumeAutoExtend(t *testing.T) {
 		t.Fatal("handler did not finish")
 	}
 	b.waitIdle(t, q)
-	close(stop)
-	sweeper()
+	requeued := sw.stop()
 	cs.stop(t)
-	if calls.Load() != 1 || requeued.Load() != 0 || moves.Load() < 2 {
-		t.Errorf("calls %d, requeued %d, deadline moves %d", calls.Load(), requeued.Load(), moves.Load())
+	if calls.Load() != 1 || requeued != 0 || moves.Load() < 2 {
+		t.Errorf("calls %d, requeued %d, deadline moves %d", calls.Load(), requeued, moves.Load())
 	}
 	if e := errs.list(); len(e) != 0 {
 		t.Errorf("errors: %v", e)

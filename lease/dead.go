@@ -3,15 +3,18 @@ package lease
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 )
 
 // Dead-letter reasons.
 const (
 	ReasonExpired   = "expired"   // its last lease ran out
-	ReasonFailed    = "failed"    // its last delivery was nacked
+	ReasonFailed    = "failed"    // its last delivery was nacked, or a consumer called Fail
 	ReasonMalformed = "malformed" // not something ackd wrote, or a second copy of an id in flight
 	ReasonKilled    = "killed"    // a consumer called DeadLetter
+	ReasonPanic     = "panic"     // its handler panicked on its last allowed delivery
 )
 
 // DeadLetter is a message in a queue's dead set.
@@ -26,6 +29,9 @@ type DeadLetter struct {
 	// Raw holds the bytes found in Redis when Reason is "malformed" and
 	// they could not be parsed as a message; Payload is nil then.
 	Raw []byte
+	// Error is the text of the handler's error (reason "failed" after
+	// Fail or SkipRetry) or panic (reason "panic"), if one was kept.
+	Error string
 }
 
 // DeadLetters lists up to count dead letters of queue, oldest first,
@@ -45,17 +51,29 @@ func (c *Client) DeadLetters(ctx context.Context, queue string, offset, count in
 	if len(ids) == 0 {
 		return nil, nil
 	}
-	recs, err := c.rdb.HMGet(ctx, k.DeadMsgs, ids...).Result()
-	if err != nil {
+	pipe := c.rdb.Pipeline()
+	recsCmd := pipe.HMGet(ctx, k.DeadMsgs, ids...)
+	errsCmd := pipe.HMGet(ctx, k.DeadErrs, ids...)
+	if _, err := pipe.Exec(ctx); err != nil {
 		return nil, fmt.Errorf("lease: dead letters of %s: %w", queue, convertErr(err))
 	}
+	recs, texts := recsCmd.Val(), errsCmd.Val()
 	out := make([]DeadLetter, 0, len(ids))
 	for i, id := range ids {
 		s, ok := recs[i].(string)
 		if !ok {
 			continue // removed between the two reads
 		}
-		out = append(out, decodeDead(id, []byte(s)))
+		d := decodeDead(id, []byte(s))
+		// An error text belongs to this dead letter only if it was written
+		// at the same millisecond: one left over from an earlier dead
+		// letter of the same id (replayed or purged since) is not shown.
+		if t, ok := texts[i].(string); ok {
+			if at, text, ok := strings.Cut(t, "|"); ok && at == strconv.FormatInt(d.At.UnixMilli(), 10) {
+				d.Error = text
+			}
+		}
+		out = append(out, d)
 	}
 	return out, nil
 }
@@ -106,6 +124,16 @@ func (c *Client) Replay(ctx context.Context, queue string, ids ...string) (int, 
 func (c *Client) Purge(ctx context.Context, queue string, ids ...string) (int, error) {
 	return c.deadOp(ctx, queue, "purge", ids, func(k Keys, args []any) (int, []string, error) {
 		n, err := purgeScript.Run(ctx, c.rdb, []string{k.Dead, k.DeadMsgs}, args...).Int()
+		if err == nil && len(args) > 1 {
+			// Their error texts too. Best effort: a text left behind is
+			// never shown for a later dead letter of the same id (its
+			// time would have to match).
+			batch := make([]string, 0, len(args)-1)
+			for _, a := range args[1:] {
+				batch = append(batch, a.(string))
+			}
+			_ = c.rdb.HDel(ctx, k.DeadErrs, batch...).Err()
+		}
 		return n, nil, err
 	})
 }

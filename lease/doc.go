@@ -33,7 +33,37 @@
 //
 // Consume runs a handler on N workers with all of that done for it: ack on
 // success, nack with backoff on error, leases extended while the handler
-// runs, clean stop on cancel.
+// runs, a bounded stop on cancel. A consumer that gives up on a message
+// can also call Fail (dead set now, with the error's text) or Release
+// (back to the head of the queue, the delivery not counted).
+//
+// # Handler outcomes
+//
+// What a Consume handler returns decides the message's fate:
+//
+//	return nil                                  // ack
+//	return err                                  // nack with backoff; dead ("failed") when out of deliveries
+//	return lease.SkipRetry(err)                 // dead now, reason "failed", err's text kept
+//	return fmt.Errorf("bad: %w", lease.ErrSkipRetry) // the same, by wrapping
+//	return lease.RetryAfter(10*time.Minute, err) // nack with exactly that delay
+//	panic(...)                                  // logged with its stack; like an error, dead ("panic") when out of deliveries
+//
+// Both helpers survive wrapping with %w. A handler that settles its lease
+// itself (Ack, Nack, DeadLetter, Fail) is left alone. Handler errors and
+// panics go to ConsumeOpts.ErrorFunc, or else to Config.Logger, or else to
+// slog.Default(): never silently dropped, rate-limited so a failing queue
+// cannot flood the log. ConsumeOpts.Timeout bounds each handler;
+// ConsumeOpts.Middleware wraps them all (see ExampleMiddleware, which
+// times handlers into a Prometheus histogram).
+//
+// # Stopping Consume
+//
+// Cancel Consume's ctx (on SIGTERM, say) and it stops taking at once, lets
+// running handlers finish for up to ConsumeOpts.StopTimeout, then cancels
+// their contexts, releases every lease whose handler has not returned
+// (back to the head of the queue, the attempt not counted, so a deploy
+// never pushes a message toward the dead set) and returns. Nothing is
+// left held, nothing lost. Example_consumerMain shows a consumer's main.
 //
 // # Fencing
 //
@@ -45,10 +75,13 @@
 //
 // # Retries and dead letters
 //
-// Each delivery counts as an attempt. A message whose lease runs out, or
-// that is nacked, after its last allowed delivery goes to the queue's dead
-// set with a reason: "expired", "failed", "killed" (DeadLetter) or
-// "malformed" (data in the queue that ackd did not write and cannot parse).
+// Each delivery counts as an attempt, except one given back with Release.
+// A message whose lease runs out, or that is nacked, after its last
+// allowed delivery goes to the queue's dead set with a reason: "expired",
+// "failed" (also Fail and SkipRetry, with the error's text), "panic" (its
+// Consume handler panicked on its last delivery), "killed" (DeadLetter)
+// or "malformed" (data in the queue that ackd did not write and cannot
+// parse).
 // DeadLetters lists them, Replay puts them back with fresh attempts, Purge
 // deletes them.
 //
@@ -86,6 +119,7 @@
 //	ackd:{q}:delayed      ZSET  envelopes scored by the time they become ready
 //	ackd:{q}:dead         ZSET  dead-letter ids scored by when they died
 //	ackd:{q}:deadmsgs     HASH  id -> "reason|ms|envelope"
+//	ackd:{q}:deaderrs     HASH  id -> "ms|error text" of a dead letter from Fail
 //	ackd:queues           SET   every queue name (the registry)
 //
 // docs/PROTOCOL.md gives every format and every script's contract, for

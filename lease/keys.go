@@ -31,6 +31,7 @@ type Keys struct {
 	Delayed   string // ZSET: envelopes that become ready later, scored by due time (ms)
 	Dead      string // ZSET: id of each dead letter, scored by when it died (ms)
 	DeadMsgs  string // HASH: id -> dead record
+	DeadErrs  string // HASH: dead-letter id -> "at_ms|error text" of a handler's error
 }
 
 // KeysFor returns the key names of queue. It does not validate the name.
@@ -44,6 +45,7 @@ func KeysFor(queue string) Keys {
 		Delayed:   p + "delayed",
 		Dead:      p + "dead",
 		DeadMsgs:  p + "deadmsgs",
+		DeadErrs:  p + "deaderrs",
 	}
 }
 

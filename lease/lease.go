@@ -25,7 +25,13 @@ type Lease struct {
 	Token string
 
 	deadline atomic.Int64 // ms since the epoch, by Redis's clock
-	c        *Client
+	// settled is set once one of the methods that end the lease was
+	// called: Consume then leaves the lease to the handler.
+	settled atomic.Bool
+	// sent is when the take that made this lease was sent (monotonic):
+	// its deadline was set no earlier. Zero for LeaseOf.
+	sent time.Time
+	c    *Client
 }
 
 // Deadline is when the lease runs out, by Redis's clock. Extend moves it.
@@ -103,6 +109,7 @@ func (c *Client) AckBatch(ctx context.Context, leases []*Lease) error {
 		}
 		keys = append(keys, LeaseKey(queue, l.Token))
 		args = append(args, l.ID, l.Token)
+		l.settled.Store(true)
 	}
 	k := KeysFor(queue)
 	keys[0], keys[1] = k.Leases, k.Deadlines
@@ -135,6 +142,7 @@ func (l *Lease) Nack(ctx context.Context, delay time.Duration) error {
 			return err
 		}
 	}
+	l.settled.Store(true)
 	k := KeysFor(l.Queue)
 	code, err := nackScript.Run(ctx, l.c.rdb,
 		[]string{k.Ready, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs, LeaseKey(l.Queue, l.Token)},
@@ -175,6 +183,7 @@ func (l *Lease) DeadLetter(ctx context.Context) error {
 	if err := l.check(); err != nil {
 		return err
 	}
+	l.settled.Store(true)
 	k := KeysFor(l.Queue)
 	code, err := deadletterScript.Run(ctx, l.c.rdb,
 		[]string{k.Leases, k.Deadlines, k.Dead, k.DeadMsgs, LeaseKey(l.Queue, l.Token)},
@@ -183,4 +192,98 @@ func (l *Lease) DeadLetter(ctx context.Context) error {
 		return fmt.Errorf("lease: dead-letter %s/%s: %w", l.Queue, l.ID, convertErr(err))
 	}
 	return l.statusErr("dead-letter", code)
+}
+
+// Release gives the lease back unfinished, as if this delivery never
+// happened: the message goes to the head of the ready list at once, its
+// attempt count as it was before this take. It does not count as a failed
+// attempt, so a consumer that stops (a deploy) never pushes a message
+// toward the dead set. Consume releases the leases of handlers that did
+// not finish within ConsumeOpts.StopTimeout.
+func (l *Lease) Release(ctx context.Context) error {
+	if err := l.check(); err != nil {
+		return err
+	}
+	return l.c.ReleaseBatch(ctx, []*Lease{l})
+}
+
+// ReleaseBatch releases leases of one queue in one script call (see
+// Release); the first lease given ends up first on the ready list. The
+// result joins one error per lease that could not be released (errors.Is
+// finds ErrStale and ErrNotHeld in it); the others are released.
+func (c *Client) ReleaseBatch(ctx context.Context, leases []*Lease) error {
+	if len(leases) == 0 {
+		return nil
+	}
+	if len(leases) > MaxBatch {
+		return fmt.Errorf("%w: release of %d leases: at most %d", ErrInvalidArgument, len(leases), MaxBatch)
+	}
+	queue := ""
+	for _, l := range leases {
+		if err := l.check(); err != nil {
+			return err
+		}
+		if queue == "" {
+			queue = l.Queue
+		}
+		if l.Queue != queue {
+			return fmt.Errorf("%w: release batch mixes queues %s and %s", ErrInvalidArgument, queue, l.Queue)
+		}
+		l.settled.Store(true)
+	}
+	k := KeysFor(queue)
+	keys := make([]string, 0, 5+len(leases))
+	keys = append(keys, k.Ready, k.Leases, k.Deadlines, k.Dead, k.DeadMsgs)
+	args := make([]any, 0, 2*len(leases))
+	for _, l := range leases {
+		keys = append(keys, LeaseKey(queue, l.Token))
+		args = append(args, l.ID, l.Token)
+	}
+	res, err := releaseScript.Run(ctx, c.rdb, keys, args...).Int64Slice()
+	if err != nil {
+		return fmt.Errorf("lease: release %d in %s: %w", len(leases), queue, convertErr(err))
+	}
+	if len(res) != len(leases) {
+		return fmt.Errorf("lease: release %d in %s: %w: %d statuses", len(leases), queue, ErrMalformed, len(res))
+	}
+	var errs []error
+	for i, code := range res {
+		if code != 1 {
+			errs = append(errs, leases[i].statusErr("release", code))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// maxErrorText bounds the error text Fail keeps with a dead letter.
+const maxErrorText = 4096
+
+// Fail moves the message to the dead set now, with reason "failed" and
+// cause's text (DeadLetter.Error): for a message no retry will fix, such
+// as one that does not decode. A handler run by Consume gets the same by
+// returning SkipRetry(err).
+func (l *Lease) Fail(ctx context.Context, cause error) error {
+	text := "<nil>"
+	if cause != nil {
+		text = cause.Error()
+	}
+	return l.fail(ctx, ReasonFailed, text)
+}
+
+func (l *Lease) fail(ctx context.Context, reason, text string) error {
+	if err := l.check(); err != nil {
+		return err
+	}
+	l.settled.Store(true)
+	if len(text) > maxErrorText {
+		text = text[:maxErrorText]
+	}
+	k := KeysFor(l.Queue)
+	code, err := failScript.Run(ctx, l.c.rdb,
+		[]string{k.Leases, k.Deadlines, k.Dead, k.DeadMsgs, k.DeadErrs, LeaseKey(l.Queue, l.Token)},
+		l.ID, l.Token, reason, text).Int64()
+	if err != nil {
+		return fmt.Errorf("lease: fail %s/%s: %w", l.Queue, l.ID, convertErr(err))
+	}
+	return l.statusErr("fail", code)
 }

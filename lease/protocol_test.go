@@ -28,7 +28,7 @@ func TestScriptsLoad(t *testing.T) {
 			}
 		}
 	})
-	want := []string{"ack", "deadletter", "extend", "nack", "purge", "push", "replay", "sweep", "take"}
+	want := []string{"ack", "deadletter", "extend", "fail", "nack", "purge", "push", "release", "replay", "sweep", "take"}
 	if !slices.Equal(names, want) {
 		t.Fatalf("Scripts() has %v, want %v", names, want)
 	}
@@ -59,6 +59,7 @@ func TestScriptsLoad(t *testing.T) {
 		"take": takeScript.Hash(), "ack": ackScript.Hash(), "extend": extendScript.Hash(), "nack": nackScript.Hash(),
 		"deadletter": deadletterScript.Hash(), "sweep": sweepScript.Hash(),
 		"push": pushScript.Hash(), "replay": replayScript.Hash(), "purge": purgeScript.Hash(),
+		"release": releaseScript.Hash(), "fail": failScript.Hash(),
 	}
 	for name, hash := range scripts {
 		sum := sha1.Sum([]byte(src[name]))

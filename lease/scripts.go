@@ -30,6 +30,10 @@ var (
 	replayLua string
 	//go:embed lua/purge.lua
 	purgeLua string
+	//go:embed lua/release.lua
+	releaseLua string
+	//go:embed lua/fail.lua
+	failLua string
 )
 
 // sources holds each script's full text, as loaded: lib.lua, a newline,
@@ -51,6 +55,8 @@ var (
 	pushScript       = newScript("push", pushLua)
 	replayScript     = newScript("replay", replayLua)
 	purgeScript      = newScript("purge", purgeLua)
+	releaseScript    = newScript("release", releaseLua)
+	failScript       = newScript("fail", failLua)
 )
 
 // Scripts returns the source of every script by name ("take", "ack", ...),

@@ -109,6 +109,7 @@ func (c *Client) takeOnce(ctx context.Context, queue string, k Keys, n int, leas
 		keys = append(keys, LeaseKey(queue, tokens[i]))
 		args = append(args, tokens[i], ids[i])
 	}
+	sent := time.Now()
 	res, err := takeScript.Run(ctx, c.rdb, keys, args...).Slice()
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("lease: take from %s: %w", queue, convertErr(err))
@@ -116,6 +117,9 @@ func (c *Client) takeOnce(ctx context.Context, queue string, k Keys, n int, leas
 	ls, next, bad, err := c.parseTakeReply(queue, res)
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("lease: take from %s: %w", queue, err)
+	}
+	for _, l := range ls {
+		l.sent = sent
 	}
 	if bad > 0 {
 		c.cfg.Logger.WarnContext(ctx, "dead-lettered malformed messages", "queue", queue, "num_malformed", bad)

@@ -524,8 +524,11 @@ func TestTwoInstances(t *testing.T) {
 		for _, id := range ids {
 			pushed[id] = true
 		}
-		// Deadlines spread over a few hundred milliseconds.
-		ls, err := lc.TakeBatch(ctx, q, lease.MaxBatch, &lease.TakeOpts{LeaseFor: 150 * time.Millisecond})
+		// Deadlines spread over the time the batches take. Each lease
+		// outlasts the next batch's push and take even on a loaded
+		// machine: a batch that ran out first would be back at the head
+		// and taken again by the next take, a third delivery.
+		ls, err := lc.TakeBatch(ctx, q, lease.MaxBatch, &lease.TakeOpts{LeaseFor: time.Second})
 		if err != nil || len(ls) != lease.MaxBatch {
 			t.Fatalf("TakeBatch: %d leases, %v", len(ls), err)
 		}

@@ -12,9 +12,15 @@
 //	-stall             every worker takes one message and hangs without acking
 //	-stale-ack         every worker takes one message, waits until another
 //	                   consumer holds it, then acks it and prints the result
+//	-consume           run lease.Consume, the library's worker loop, instead
+//	                   of its own take loop (with -work, -slow-prefix, -slow,
+//	                   -stop-timeout, -nack-prefix, -crash-prefix)
 //
 // It prints "ready" on stdout once connected, and exits 0 on SIGTERM after
-// settling what it holds.
+// settling what it holds. With -consume, SIGTERM starts Consume's stop:
+// handlers get -stop-timeout to finish, then the leases of the others are
+// released; it prints "bye interrupted=N" (N handlers whose lease was
+// released).
 package main
 
 import (
@@ -49,6 +55,10 @@ type options struct {
 	abandonEvery int64
 	stall        bool
 	staleAck     bool
+	consume      bool
+	slowPrefix   string
+	slow         time.Duration
+	stopTimeout  time.Duration
 }
 
 func main() {
@@ -64,6 +74,10 @@ func main() {
 	flag.Int64Var(&o.abandonEvery, "abandon-every", 0, "drop every N-th take without settling it (0: never)")
 	flag.BoolVar(&o.stall, "stall", false, "take one message per worker and never settle it")
 	flag.BoolVar(&o.staleAck, "stale-ack", false, "take one message per worker, ack it after it was redelivered")
+	flag.BoolVar(&o.consume, "consume", false, "use lease.Consume")
+	flag.StringVar(&o.slowPrefix, "slow-prefix", "", "with -consume: payloads with this prefix take -slow to process")
+	flag.DurationVar(&o.slow, "slow", 2*time.Second, "processing time of -slow-prefix payloads")
+	flag.DurationVar(&o.stopTimeout, "stop-timeout", time.Second, "with -consume: ConsumeOpts.StopTimeout")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "consumer:", err)
@@ -99,6 +113,9 @@ func run(o options) error {
 	c := &consumer{o: o, rdb: rdb, lc: lc}
 	fmt.Printf("ready pid=%d\n", os.Getpid())
 
+	if o.consume {
+		return c.consume(ctx)
+	}
 	var wg sync.WaitGroup
 	for range o.workers {
 		wg.Go(func() { c.worker(ctx) })
@@ -108,12 +125,84 @@ func run(o options) error {
 	return nil
 }
 
+// consume runs lease.Consume until SIGTERM, as a production consumer
+// would. Each handler records its handling in the journal and settles the
+// lease itself (so that the journal holds the result); Consume leaves a
+// lease its handler settled alone.
+func (c *consumer) consume(ctx context.Context) error {
+	go func() {
+		<-ctx.Done()
+		c.stopping.Store(true)
+	}()
+	err := c.lc.Consume(ctx, c.o.queue, c.handle, &lease.ConsumeOpts{
+		Workers:     c.o.workers,
+		LeaseFor:    c.o.leaseFor,
+		StopTimeout: c.o.stopTimeout,
+		ErrorFunc: func(l *lease.Lease, err error) {
+			if !errors.Is(err, context.Canceled) {
+				fmt.Fprintln(os.Stderr, "consumer: consume:", err)
+			}
+		},
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("bye interrupted=%d\n", c.interrupted.Load())
+	return nil
+}
+
+// handle processes one delivery under Consume. Once the process is told
+// to stop, it commits nothing more: a handler that has not recorded its
+// handling by then waits until Consume cancels it and releases its lease,
+// so that a released delivery was never handled.
+func (c *consumer) handle(ctx context.Context, l *lease.Lease) error {
+	sctx := context.WithoutCancel(ctx)
+	h := journal.NewHandling(sctx, c.rdb, l)
+	work := time.Duration(0)
+	if c.o.work > 0 {
+		work = rand.N(c.o.work)
+	}
+	if c.o.slowPrefix != "" && strings.HasPrefix(h.Payload, c.o.slowPrefix) {
+		work = c.o.slow
+	}
+	t := time.NewTimer(work)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		c.interrupted.Add(1)
+		return ctx.Err()
+	case <-t.C:
+	}
+	if c.stopping.Load() {
+		<-ctx.Done()
+		c.interrupted.Add(1)
+		return ctx.Err()
+	}
+	if err := journal.Record(sctx, c.rdb, c.o.queue, h); err != nil {
+		return err
+	}
+	if c.o.crashPrefix != "" && strings.HasPrefix(h.Payload, c.o.crashPrefix) {
+		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {} // SIGKILL is on its way
+	}
+	if c.o.nackPrefix != "" && strings.HasPrefix(h.Payload, c.o.nackPrefix) {
+		_, err := journal.Nack(sctx, c.rdb, l, 0)
+		return err
+	}
+	_, err := journal.Ack(sctx, c.rdb, l)
+	return err
+}
+
 type consumer struct {
 	o     options
 	rdb   *redis.Client
 	lc    *lease.Client
 	takes atomic.Int64
 	out   sync.Mutex
+	// stopping is set on SIGTERM; interrupted counts handlers Consume
+	// cancelled (their leases were released).
+	stopping    atomic.Bool
+	interrupted atomic.Int64
 }
 
 func (c *consumer) printf(format string, args ...any) {
