@@ -31,6 +31,7 @@ type Keys struct {
 	Delayed   string // ZSET: envelopes that become ready later, scored by due time (ms)
 	Dead      string // ZSET: id of each dead letter, scored by when it died (ms)
 	DeadMsgs  string // HASH: id -> dead record
+	Paused    string // STRING: exists while the queue is paused (value: when, in ms)
 }
 
 // KeysFor returns the key names of queue. It does not validate the name.
@@ -44,6 +45,7 @@ func KeysFor(queue string) Keys {
 		Delayed:   p + "delayed",
 		Dead:      p + "dead",
 		DeadMsgs:  p + "deadmsgs",
+		Paused:    p + "paused",
 	}
 }
 

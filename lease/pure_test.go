@@ -108,6 +108,7 @@ func TestKeysFor(t *testing.T) {
 		Delayed:   "ackd:{q}:delayed",
 		Dead:      "ackd:{q}:dead",
 		DeadMsgs:  "ackd:{q}:deadmsgs",
+		Paused:    "ackd:{q}:paused",
 	}
 	if k != want {
 		t.Errorf("KeysFor(q) = %+v, want %+v", k, want)

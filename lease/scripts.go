@@ -32,6 +32,12 @@ var (
 	replayLua string
 	//go:embed lua/purge.lua
 	purgeLua string
+	//go:embed lua/pause.lua
+	pauseLua string
+	//go:embed lua/stats.lua
+	statsLua string
+	//go:embed lua/peek.lua
+	peekLua string
 )
 
 // sources holds each script's full text, as loaded: lib.lua, a newline,
@@ -54,6 +60,9 @@ var (
 	pushScript       = newScript("push", pushLua)
 	replayScript     = newScript("replay", replayLua)
 	purgeScript      = newScript("purge", purgeLua)
+	pauseScript      = newScript("pause", pauseLua)
+	statsScript      = newScript("stats", statsLua)
+	peekScript       = newScript("peek", peekLua)
 )
 
 // Scripts returns the source of every script by name ("take", "ack", ...),
