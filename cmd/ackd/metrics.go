@@ -157,6 +157,12 @@ func newMetrics(lis listenerStats, ignored func() uint64, queueStats func(ctx co
 			desc: prometheus.NewDesc("ackd_queue_messages",
 				"Messages of each watched queue by state (ready includes the claim list), read at scrape time; at most 1000 queues.",
 				[]string{"queue", "state"}, nil),
+			paused: prometheus.NewDesc("ackd_queue_paused",
+				"1 while the queue is paused (takes lease nothing), 0 otherwise; read at scrape time.",
+				[]string{"queue"}, nil),
+			oldestAge: prometheus.NewDesc("ackd_queue_oldest_ready_age_seconds",
+				"Age of the oldest ready message, from its push (or the end of its delay); 0 when none is ready. Absent while the oldest is a raw RPUSH payload, whose push time is unknown.",
+				[]string{"queue"}, nil),
 			stats: queueStats,
 			log:   log,
 		},
@@ -204,12 +210,18 @@ type queueCount struct {
 
 // queueCollector reads the watched queues' counts at scrape time.
 type queueCollector struct {
-	desc  *prometheus.Desc
-	stats func(ctx context.Context) ([]queueCount, error)
-	log   *slog.Logger
+	desc      *prometheus.Desc
+	paused    *prometheus.Desc
+	oldestAge *prometheus.Desc
+	stats     func(ctx context.Context) ([]queueCount, error)
+	log       *slog.Logger
 }
 
-func (c *queueCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c *queueCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.desc
+	ch <- c.paused
+	ch <- c.oldestAge
+}
 
 func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), queueStatsTimeout)
@@ -225,6 +237,10 @@ func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
 			n     int64
 		}{{"ready", q.stats.Ready}, {"in_flight", q.stats.InFlight}, {"delayed", q.stats.Delayed}, {"dead", q.stats.Dead}} {
 			ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(s.n), q.queue, s.state)
+		}
+		ch <- prometheus.MustNewConstMetric(c.paused, prometheus.GaugeValue, b2f(q.stats.Paused), q.queue)
+		if q.stats.Ready == 0 || !q.stats.OldestReady.IsZero() {
+			ch <- prometheus.MustNewConstMetric(c.oldestAge, prometheus.GaugeValue, q.stats.OldestReadyAge.Seconds(), q.queue)
 		}
 	}
 }
