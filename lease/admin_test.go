@@ -394,3 +394,27 @@ func TestForget(t *testing.T) {
 		t.Error("not registered again after a push")
 	}
 }
+
+// FuzzDecodePeek: whatever peek.lua returns from Redis, decoding it never
+// panics, never reports a negative size or more preview than asked.
+func FuzzDecodePeek(f *testing.F) {
+	e := envelope{ID: "01a22f72-6419-7f8e-9a41-4b60b0fc9381", Attempts: 1, Max: 3, Payload: []byte("hello")}
+	env := e.appendTo(nil)
+	f.Add("ready", env, 0, 3)
+	f.Add("inflight", append([]byte("0123456789abcdef|"), env...), 10, 0)
+	f.Add("delayed", env, 5, 100)
+	f.Add("dead", append([]byte("failed|1767225630000|"), env...), 0, 2)
+	f.Add("dead", []byte("malformed|1|\x00\x01"), 7, 1)
+	f.Add("ready", []byte("\xffackd1|x|99999999999999999|"), 0, 4)
+	f.Fuzz(func(t *testing.T, state string, prefix []byte, extra, preview int) {
+		st, err := ParseState(state)
+		if err != nil || extra < 0 || preview < 0 || preview > MaxPreview {
+			return
+		}
+		m := decodePeek(st, "id", 1, len(prefix)+extra, prefix, preview)
+		if m.Size < 0 || len(m.Preview) > preview || m.State != st {
+			t.Fatalf("decodePeek(%s, %q, +%d, %d) = %+v", st, prefix, extra, preview, m)
+		}
+		_, _ = pushTime(string(prefix))
+	})
+}
