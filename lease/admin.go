@@ -315,8 +315,13 @@ func (c *Client) Peek(ctx context.Context, queue string, state State, opts *Peek
 		return Page{}, fmt.Errorf("%w: peek offset %d limit %d preview %d: need offset >= 0, limit 1 to %d, preview 0 to %d",
 			ErrInvalidArgument, o.Offset, o.Limit, o.Preview, MaxBatch, MaxPreview)
 	}
-	if o.Reason != "" && (state != StateDead || !validReason(o.Reason)) {
-		return Page{}, fmt.Errorf("%w: reason %q: only for dead letters, lowercase letters", ErrInvalidArgument, o.Reason)
+	if o.Reason != "" {
+		if state != StateDead {
+			return Page{}, fmt.Errorf("%w: reason %q: only for dead letters", ErrInvalidArgument, o.Reason)
+		}
+		if err := ValidateReason(o.Reason); err != nil {
+			return Page{}, err
+		}
 	}
 	k := KeysFor(queue)
 	p := Page{Next: o.Offset}
@@ -343,13 +348,14 @@ func (c *Client) Peek(ctx context.Context, queue string, state State, opts *Peek
 	return p, nil
 }
 
-func validReason(r string) bool {
-	for i := 0; i < len(r); i++ {
-		if r[i] < 'a' || r[i] > 'z' {
-			return false
-		}
+// ValidateReason reports whether r can be a dead-letter reason: 1 to 32
+// lowercase ASCII letters (ackd writes "expired", "failed", "malformed"
+// and "killed").
+func ValidateReason(r string) error {
+	if r == "" || len(r) > 32 || strings.IndexFunc(r, func(c rune) bool { return c < 'a' || c > 'z' }) >= 0 {
+		return fmt.Errorf("%w: reason %q: want 1 to 32 lowercase letters", ErrInvalidArgument, r)
 	}
-	return r != "" && len(r) <= 32
+	return nil
 }
 
 // decodePeek turns the first bytes of a stored element into a Message.
@@ -501,8 +507,10 @@ func (c *Client) deadAll(ctx context.Context, queue, op string, opts *DeadOpts) 
 	if o.BatchSize < 1 || o.BatchSize > MaxBatch {
 		return 0, fmt.Errorf("%w: %s: batch size %d: must be 1 to %d", ErrInvalidArgument, op, o.BatchSize, MaxBatch)
 	}
-	if o.Reason != "" && !validReason(o.Reason) {
-		return 0, fmt.Errorf("%w: %s: reason %q: lowercase letters", ErrInvalidArgument, op, o.Reason)
+	if o.Reason != "" {
+		if err := ValidateReason(o.Reason); err != nil {
+			return 0, fmt.Errorf("lease: %s: %w", op, err)
+		}
 	}
 	k := KeysFor(queue)
 	start, err := c.rdb.ZCard(ctx, k.Dead).Result()

@@ -120,8 +120,8 @@ func (c *Client) deadOp(ctx context.Context, queue, op string, ids []string) (in
 		return 0, err
 	}
 	for _, id := range ids {
-		if id == "" || len(id) > 128 {
-			return 0, fmt.Errorf("%w: %s: dead letter id %q", ErrInvalidArgument, op, id)
+		if err := ValidateDeadLetterID(id); err != nil {
+			return 0, fmt.Errorf("lease: %s: %w", op, err)
 		}
 	}
 	if len(ids) == 0 {

@@ -113,8 +113,20 @@ func validToken(t string) bool {
 
 // Message ids are what an envelope may carry: 1 to 64 bytes of letters,
 // digits, '-' and '.' (ackd itself uses UUIDs).
-func validID(id string) bool {
-	if id == "" || len(id) > 64 {
+func validID(id string) bool { return idOf(id, 64) }
+
+// ValidateDeadLetterID reports whether id can name a dead letter: 1 to 128
+// bytes of letters, digits, '-' and '.' (a message id, maybe with the
+// suffix ackd adds when an id is already in the dead set).
+func ValidateDeadLetterID(id string) error {
+	if !idOf(id, 128) {
+		return fmt.Errorf("%w: dead letter id %q: want 1 to 128 letters, digits, '-' and '.'", ErrInvalidArgument, id)
+	}
+	return nil
+}
+
+func idOf(id string, maxLen int) bool {
+	if id == "" || len(id) > maxLen {
 		return false
 	}
 	for i := 0; i < len(id); i++ {

@@ -241,19 +241,6 @@ func knownQueue(ctx context.Context, e *cliEnv, q string) error {
 	return nil
 }
 
-func validDeadID(id string) bool {
-	if id == "" || len(id) > 128 {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.') {
-			return false
-		}
-	}
-	return true
-}
-
 // --- queues
 
 func runQueues(ctx context.Context, e *cliEnv, fl any, args []string) error {
@@ -433,11 +420,11 @@ func runDeadOp(ctx context.Context, e *cliEnv, f *deadFlags, args []string, op s
 	if f.batch < 1 || f.batch > lease.MaxBatch {
 		return usagef("%s: --batch %d: want 1 to %d", cmd, f.batch, lease.MaxBatch)
 	}
-	if f.reason != "" && !validReasonName(f.reason) {
+	if f.reason != "" && lease.ValidateReason(f.reason) != nil {
 		return usagef("%s: --reason %q: a reason is lowercase letters (expired, failed, malformed, killed)", cmd, f.reason)
 	}
 	for _, id := range ids {
-		if !validDeadID(id) {
+		if lease.ValidateDeadLetterID(id) != nil {
 			return usagef("%s: malformed dead letter id %q (letters, digits, '-' and '.', at most 128 bytes)", cmd, id)
 		}
 	}
@@ -522,42 +509,23 @@ func runDeadOp(ctx context.Context, e *cliEnv, f *deadFlags, args []string, op s
 	return nil
 }
 
-func validReasonName(r string) bool {
-	if r == "" || len(r) > 32 {
-		return false
+// pauseCmd is ackd pause (pause true) and ackd resume.
+func pauseCmd(pause bool) func(ctx context.Context, e *cliEnv, fl any, args []string) error {
+	name, do := "resume", (*lease.Client).Resume
+	if pause {
+		name, do = "pause", (*lease.Client).Pause
 	}
-	for i := 0; i < len(r); i++ {
-		if r[i] < 'a' || r[i] > 'z' {
-			return false
+	return func(ctx context.Context, e *cliEnv, fl any, args []string) error {
+		q, err := oneQueue(ctx, e, name, args)
+		if err != nil {
+			return err
 		}
+		changed, err := do(e.c, ctx, q)
+		if err != nil {
+			return err
+		}
+		return writeState(e, fl, q, pause, changed)
 	}
-	return true
-}
-
-// --- pause, resume, forget
-
-func runPause(ctx context.Context, e *cliEnv, fl any, args []string) error {
-	q, err := oneQueue(ctx, e, "pause", args)
-	if err != nil {
-		return err
-	}
-	changed, err := e.c.Pause(ctx, q)
-	if err != nil {
-		return err
-	}
-	return writeState(e, fl, q, true, changed)
-}
-
-func runResume(ctx context.Context, e *cliEnv, fl any, args []string) error {
-	q, err := oneQueue(ctx, e, "resume", args)
-	if err != nil {
-		return err
-	}
-	changed, err := e.c.Resume(ctx, q)
-	if err != nil {
-		return err
-	}
-	return writeState(e, fl, q, false, changed)
 }
 
 func writeState(e *cliEnv, fl any, q string, paused, changed bool) error {
@@ -707,11 +675,11 @@ func commands() []*command {
 		{name: "pause", args: "QUEUE", summary: "stop deliveries; pushes are still accepted",
 			help:     "Pauses a queue: takes return nothing and blocking takes keep waiting (Consume idles) until resume. Pushes, plain RPUSH producers, acks and the requeue of expired leases go on.",
 			examples: []string{"ackd pause orders"},
-			run:      runPause},
+			run:      pauseCmd(true)},
 		{name: "resume", args: "QUEUE", summary: "deliver again after pause",
 			help:     "Resumes a paused queue; waiting consumers get messages within a quarter of a second.",
 			examples: []string{"ackd resume orders"},
-			run:      runResume},
+			run:      pauseCmd(false)},
 		{name: "push", args: "QUEUE [PAYLOAD | -]", summary: "push one message, or one per line of stdin",
 			help: "Pushes PAYLOAD, or stdin as one message (- or no payload), or with --lines one message per line of stdin (in batches of 1000; an over-long line pushes nothing).\n" +
 				"The queue is created if it is new. Prints the new message's id.",
