@@ -175,7 +175,10 @@ var ErrNotEmpty = errors.New("lease: queue not empty")
 // stop watching it; its keys are all gone already. A queue with messages
 // in any state, or paused, is refused with an error wrapping ErrNotEmpty
 // and the counts. A producer that pushes while Forget runs wins: the
-// queue is registered again and Forget reports ErrNotEmpty.
+// queue is registered again and Forget reports ErrNotEmpty. A Client
+// registers a queue once, so one that pushes to it again after Forget
+// does not register it again until it is restarted: forget a queue once
+// its producers are gone.
 func (c *Client) Forget(ctx context.Context, queue string) error {
 	s, err := c.Stats(ctx, queue)
 	if err != nil {
