@@ -62,7 +62,6 @@ type command struct {
 	examples []string
 	flags    func(fs *flag.FlagSet) any // declares flags, returns the struct they fill
 	run      func(ctx context.Context, e *cliEnv, fl any, args []string) error
-	noRedis  bool
 }
 
 // isCommand reports whether args name an operator command, so that main
@@ -90,25 +89,17 @@ func (quietLogger) Printf(context.Context, string, ...any) {}
 // runCLI runs one operator command and returns the process's exit code.
 func runCLI(ctx context.Context, args []string, e *cliEnv) int {
 	err := dispatch(ctx, args, e)
-	var ue *usageError
-	switch {
-	case err == nil:
+	if err == nil || errors.Is(err, flag.ErrHelp) {
 		return exitOK
-	case errors.Is(err, flag.ErrHelp):
-		return exitOK
-	case errors.As(err, &ue):
-		fmt.Fprintf(e.stderr, "ackd: %s\n", oneLine(err.Error()))
-		return exitUsage
-	case errors.Is(err, lease.ErrInvalidQueue), errors.Is(err, lease.ErrInvalidArgument):
-		fmt.Fprintf(e.stderr, "ackd: %s\n", oneLine(err.Error()))
-		return exitUsage
-	default:
-		fmt.Fprintf(e.stderr, "ackd: %s\n", oneLine(err.Error()))
-		return exitError
 	}
+	// One line, whatever the error holds.
+	fmt.Fprintf(e.stderr, "ackd: %s\n", strings.Join(strings.Fields(err.Error()), " "))
+	var ue *usageError
+	if errors.As(err, &ue) || errors.Is(err, lease.ErrInvalidQueue) || errors.Is(err, lease.ErrInvalidArgument) {
+		return exitUsage
+	}
+	return exitError
 }
-
-func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 func dispatch(ctx context.Context, args []string, e *cliEnv) error {
 	if args[0] == "help" {
@@ -158,12 +149,9 @@ func dispatch(ctx context.Context, args []string, e *cliEnv) error {
 	} else if j, ok := fl.(interface{ setJSON(bool) }); ok {
 		j.setJSON(*jsonOut)
 	}
-	if cmd.noRedis {
-		return cmd.run(ctx, e, fl, pos)
-	}
-	url := e.environ["ACKD_REDIS_URL"]
+	url := e.environ[envPrefix+"REDIS_URL"]
 	if url == "" {
-		url = "redis://127.0.0.1:6379/0"
+		url = redisURLDefault()
 	}
 	opts, err := parseRedisURL(url)
 	if err != nil {
@@ -177,6 +165,16 @@ func dispatch(ctx context.Context, args []string, e *cliEnv) error {
 	}
 	e.c = c
 	return cmd.run(ctx, e, fl, pos)
+}
+
+// redisURLDefault is the daemon's default ACKD_REDIS_URL.
+func redisURLDefault() string {
+	for _, v := range configVars() {
+		if v.Name == envPrefix+"REDIS_URL" {
+			return v.Default
+		}
+	}
+	return ""
 }
 
 // parseInterspersed parses flags anywhere among the arguments (ackd peek
