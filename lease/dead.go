@@ -130,14 +130,20 @@ func (c *Client) deadOp(ctx context.Context, queue, op string, ids []string) (in
 	k := KeysFor(queue)
 	total := 0
 	var missing []string
+	// Like ReplayAll: a batch under way finishes even if ctx is
+	// cancelled, so that the count returned is exact.
+	bctx := context.WithoutCancel(ctx)
 	for len(ids) > 0 {
+		if err := ctx.Err(); err != nil {
+			return total, err
+		}
 		batch := ids[:min(len(ids), MaxBatch)]
 		ids = ids[len(batch):]
 		args := []any{len(batch)}
 		for _, id := range batch {
 			args = append(args, id)
 		}
-		n, miss, err := c.deadBatch(ctx, op, k, args)
+		n, miss, err := c.deadBatch(bctx, op, k, args)
 		total += n
 		missing = append(missing, miss...)
 		if err != nil {
