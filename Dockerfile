@@ -15,10 +15,12 @@ RUN --mount=type=cache,target=/go/pkg/mod \
     CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /ackd ./cmd/ackd
 
 FROM gcr.io/distroless/static-debian12:nonroot
-COPY --from=build /ackd /ackd
+# On PATH, so operators can run the commands in a running container:
+#   docker exec <container> ackd queues
+COPY --from=build /ackd /usr/local/bin/ackd
 USER nonroot
 EXPOSE 9466
 # No shell or curl in the image: ackd checks its own /healthz.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=5s --retries=3 \
-    CMD ["/ackd", "-healthcheck"]
-ENTRYPOINT ["/ackd"]
+    CMD ["/usr/local/bin/ackd", "-healthcheck"]
+ENTRYPOINT ["/usr/local/bin/ackd"]

@@ -79,6 +79,7 @@ func (c *cliConsumer) take(n int, leaseFor time.Duration) []cliLease {
 		keys = append(keys, lease.LeaseKey(c.queue, tokens[i]))
 		args = append(args, tokens[i], "cli-"+newToken()) // token, and the id a raw payload gets
 	}
+	keys = append(keys, k.Paused)
 	cmd := append([]string{"EVALSHA", c.takeSHA, strconv.Itoa(len(keys))}, keys...)
 	out := c.cli(append(cmd, args...)...)
 	f := strings.Split(out, "\n")

@@ -13,7 +13,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -117,24 +116,25 @@ func (c *Client) newTokens(n int) (tokens, ids []string) {
 	tokens = make([]string, n)
 	ids = make([]string, n)
 	var b [8]byte
+	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for i := range n {
 		_, _ = c.rng.Read(b[:])
 		tokens[i] = hex.EncodeToString(b[:])
-		u, _ := uuid.NewRandomFromReader(c.rng)
-		ids[i] = u.String()
+		ids[i] = newID(c.rng, now)
 	}
 	return tokens, ids
 }
 
-func (c *Client) newIDs(n int) []string {
+// newIDs returns n message ids, UUIDv7s stamped with at: when the messages
+// become ready, which Stats reports as their age.
+func (c *Client) newIDs(n int, at time.Time) []string {
 	ids := make([]string, n)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for i := range n {
-		u, _ := uuid.NewRandomFromReader(c.rng)
-		ids[i] = u.String()
+		ids[i] = newID(c.rng, at)
 	}
 	return ids
 }

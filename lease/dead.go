@@ -100,29 +100,23 @@ func decodeDead(id string, rec []byte) DeadLetter {
 
 // Replay puts dead letters back at the tail of queue's ready list with
 // their delivery count reset, keeping their ids. With no ids it replays
-// every dead letter, in bounded batches. It returns how many it replayed;
+// every dead letter, in bounded batches (see ReplayAll). It returns how many it replayed;
 // ids that were not in the dead set are reported in an error wrapping
 // ErrNotHeld, after the others were replayed.
 func (c *Client) Replay(ctx context.Context, queue string, ids ...string) (int, error) {
-	return c.deadOp(ctx, queue, "replay", ids, func(k Keys, args []any) (int, []string, error) {
-		v, err := replayScript.Run(ctx, c.rdb, []string{k.Ready, k.Dead, k.DeadMsgs}, args...).Slice()
-		if err != nil {
-			return 0, nil, err
-		}
-		n, _ := v[0].(int64)
-		var missing []string
-		for _, m := range v[1:] {
-			s, _ := m.(string)
-			missing = append(missing, s)
-		}
-		return int(n), missing, nil
-	})
+	return c.deadOp(ctx, queue, "replay", ids)
 }
 
 // Purge deletes dead letters of queue for good: the given ids, or with
 // none, all of them.
 func (c *Client) Purge(ctx context.Context, queue string, ids ...string) (int, error) {
-	return c.deadOp(ctx, queue, "purge", ids, func(k Keys, args []any) (int, []string, error) {
+	return c.deadOp(ctx, queue, "purge", ids)
+}
+
+// deadBatch runs replay.lua or purge.lua once; args are its ARGV. It
+// returns how many it handled and, for replay, the ids it did not find.
+func (c *Client) deadBatch(ctx context.Context, op string, k Keys, args []any) (int, []string, error) {
+	if op == "purge" {
 		n, err := purgeScript.Run(ctx, c.rdb, []string{k.Dead, k.DeadMsgs}, args...).Int()
 		if err == nil && len(args) > 1 {
 			// Their error texts too. Best effort: a text left behind is
@@ -130,87 +124,64 @@ func (c *Client) Purge(ctx context.Context, queue string, ids ...string) (int, e
 			// time would have to match).
 			batch := make([]string, 0, len(args)-1)
 			for _, a := range args[1:] {
-				batch = append(batch, a.(string))
+				if id, ok := a.(string); ok {
+					batch = append(batch, id)
+				}
 			}
 			_ = c.rdb.HDel(ctx, k.DeadErrs, batch...).Err()
 		}
 		return n, nil, err
-	})
+	}
+	v, err := replayScript.Run(ctx, c.rdb, []string{k.Ready, k.Dead, k.DeadMsgs}, args...).Slice()
+	if err != nil {
+		return 0, nil, err
+	}
+	n, _ := v[0].(int64)
+	var missing []string
+	for _, m := range v[1:] {
+		s, _ := m.(string)
+		missing = append(missing, s)
+	}
+	return int(n), missing, nil
 }
 
-func (c *Client) deadOp(ctx context.Context, queue, op string, ids []string, run func(Keys, []any) (int, []string, error)) (int, error) {
+func (c *Client) deadOp(ctx context.Context, queue, op string, ids []string) (int, error) {
 	if err := ValidateQueue(queue); err != nil {
 		return 0, err
 	}
 	for _, id := range ids {
-		if id == "" || len(id) > 128 {
-			return 0, fmt.Errorf("%w: %s: dead letter id %q", ErrInvalidArgument, op, id)
+		if err := ValidateDeadLetterID(id); err != nil {
+			return 0, fmt.Errorf("lease: %s: %w", op, err)
 		}
+	}
+	if len(ids) == 0 {
+		return c.deadAll(ctx, queue, op, nil)
 	}
 	k := KeysFor(queue)
 	total := 0
 	var missing []string
-	if len(ids) > 0 {
-		for len(ids) > 0 {
-			batch := ids[:min(len(ids), MaxBatch)]
-			ids = ids[len(batch):]
-			args := []any{len(batch)}
-			for _, id := range batch {
-				args = append(args, id)
-			}
-			n, miss, err := run(k, args)
-			total += n
-			missing = append(missing, miss...)
-			if err != nil {
-				return total, fmt.Errorf("lease: %s dead letters of %s: %w", op, queue, convertErr(err))
-			}
+	// Like ReplayAll: a batch under way finishes even if ctx is
+	// cancelled, so that the count returned is exact.
+	bctx := context.WithoutCancel(ctx)
+	for len(ids) > 0 {
+		if err := ctx.Err(); err != nil {
+			return total, err
 		}
-	} else {
-		for {
-			n, _, err := run(k, []any{MaxBatch})
-			total += n
-			if err != nil {
-				return total, fmt.Errorf("lease: %s dead letters of %s: %w", op, queue, convertErr(err))
-			}
-			if n < MaxBatch {
-				break
-			}
-			if err := ctx.Err(); err != nil {
-				return total, err
-			}
+		batch := ids[:min(len(ids), MaxBatch)]
+		ids = ids[len(batch):]
+		args := []any{len(batch)}
+		for _, id := range batch {
+			args = append(args, id)
+		}
+		n, miss, err := c.deadBatch(bctx, op, k, args)
+		total += n
+		missing = append(missing, miss...)
+		if err != nil {
+			return total, fmt.Errorf("lease: %s dead letters of %s: %w", op, queue, convertErr(err))
 		}
 	}
 	if len(missing) > 0 {
 		return total, fmt.Errorf("lease: %s dead letters of %s: %w: %d ids not in the dead set: %v", op, queue, ErrNotHeld, len(missing), missing)
 	}
 	return total, nil
-}
-
-// Stats counts one queue's messages by state.
-type Stats struct {
-	Ready    int64 // waiting on the ready list (and the claim list)
-	InFlight int64 // leased
-	Delayed  int64 // waiting for their delay or nack backoff
-	Dead     int64 // in the dead set
-}
-
-// Stats reads queue's counts in one round trip.
-func (c *Client) Stats(ctx context.Context, queue string) (Stats, error) {
-	var s Stats
-	if err := ValidateQueue(queue); err != nil {
-		return s, err
-	}
-	k := KeysFor(queue)
-	pipe := c.rdb.Pipeline()
-	ready := pipe.LLen(ctx, k.Ready)
-	claim := pipe.LLen(ctx, k.Claim)
-	inflight := pipe.ZCard(ctx, k.Deadlines)
-	delayed := pipe.ZCard(ctx, k.Delayed)
-	dead := pipe.ZCard(ctx, k.Dead)
-	if _, err := pipe.Exec(ctx); err != nil {
-		return s, fmt.Errorf("lease: stats of %s: %w", queue, convertErr(err))
-	}
-	s.Ready = ready.Val() + claim.Val()
-	s.InFlight, s.Delayed, s.Dead = inflight.Val(), delayed.Val(), dead.Val()
-	return s, nil
 }

@@ -5,8 +5,9 @@
 //
 // # Producers
 //
-// Push adds a message to the tail of a queue and returns its id (a UUID;
-// identical payloads are distinct messages). PushBatch adds many in one
+// Push adds a message to the tail of a queue and returns its id (a UUIDv7
+// stamped with the time the message becomes ready; identical payloads are
+// distinct messages). PushBatch adds many in one
 // round trip. A producer may give a message its own lease duration, a
 // delay, and a maximum number of deliveries:
 //
@@ -85,6 +86,32 @@
 // DeadLetters lists them, Replay puts them back with fresh attempts, Purge
 // deletes them.
 //
+// # Operating queues
+//
+// The operations behind the ackd command (ackd help) are here for any
+// tool to use, a dashboard for one. Each reads or moves a bounded number
+// of elements per script, so Redis is never blocked for long:
+//
+//	s, err := c.Stats(ctx, "emails")    // counts, paused, oldest ready age, next deadline, in one script
+//	p, err := c.Peek(ctx, "emails", lease.StateDead, &lease.PeekOpts{Reason: "failed", Limit: 50})
+//	byReason, err := c.DeadReasons(ctx, "emails")
+//	n, err := c.ReplayAll(ctx, "emails", &lease.DeadOpts{Reason: "expired", ProgressFunc: report})
+//	n, err = c.PurgeAll(ctx, "emails", nil)
+//	_, err = c.Pause(ctx, "emails")     // takes lease nothing until Resume
+//	err = c.Forget(ctx, "old")          // drop an empty queue from the registry
+//
+// Peek returns each payload's size and, only if PeekOpts.Preview asks,
+// its first bytes: payloads may hold personal data. ReplayAll and PurgeAll
+// finish the batch under way when ctx is cancelled and report an exact
+// count; a message is then either back on the queue or still dead.
+//
+// While a queue is paused, pushes (plain RPUSH too), acks, extends, nacks
+// and the requeue of expired leases go on; takes lease nothing, a blocking
+// take keeps waiting without moving messages (it looks again every 250 ms
+// instead of blocking in Redis) and Consume idles. Stats.OldestReadyAge
+// counts from the time in the head message's id, so it is unknown (zero)
+// when the head is a raw payload pushed with a plain RPUSH.
+//
 // # Sweep
 //
 // Sweep is what a reaper (package reaper, or the ackd daemon built on it)
@@ -120,6 +147,7 @@
 //	ackd:{q}:dead         ZSET  dead-letter ids scored by when they died
 //	ackd:{q}:deadmsgs     HASH  id -> "reason|ms|envelope"
 //	ackd:{q}:deaderrs     HASH  id -> "ms|error text" of a dead letter from Fail
+//	ackd:{q}:paused       STRING exists while the queue is paused (value: since when, ms)
 //	ackd:queues           SET   every queue name (the registry)
 //
 // docs/PROTOCOL.md gives every format and every script's contract, for

@@ -32,6 +32,7 @@ type Keys struct {
 	Dead      string // ZSET: id of each dead letter, scored by when it died (ms)
 	DeadMsgs  string // HASH: id -> dead record
 	DeadErrs  string // HASH: dead-letter id -> "at_ms|error text" of a handler's error
+	Paused    string // STRING: exists while the queue is paused (value: when, in ms)
 }
 
 // KeysFor returns the key names of queue. It does not validate the name.
@@ -46,6 +47,7 @@ func KeysFor(queue string) Keys {
 		Dead:      p + "dead",
 		DeadMsgs:  p + "deadmsgs",
 		DeadErrs:  p + "deaderrs",
+		Paused:    p + "paused",
 	}
 }
 
@@ -113,8 +115,20 @@ func validToken(t string) bool {
 
 // Message ids are what an envelope may carry: 1 to 64 bytes of letters,
 // digits, '-' and '.' (ackd itself uses UUIDs).
-func validID(id string) bool {
-	if id == "" || len(id) > 64 {
+func validID(id string) bool { return idOf(id, 64) }
+
+// ValidateDeadLetterID reports whether id can name a dead letter: 1 to 128
+// bytes of letters, digits, '-' and '.' (a message id, maybe with the
+// suffix ackd adds when an id is already in the dead set).
+func ValidateDeadLetterID(id string) error {
+	if !idOf(id, 128) {
+		return fmt.Errorf("%w: dead letter id %q: want 1 to 128 letters, digits, '-' and '.'", ErrInvalidArgument, id)
+	}
+	return nil
+}
+
+func idOf(id string, maxLen int) bool {
+	if id == "" || len(id) > maxLen {
 		return false
 	}
 	for i := 0; i < len(id); i++ {

@@ -28,7 +28,7 @@ func TestScriptsLoad(t *testing.T) {
 			}
 		}
 	})
-	want := []string{"ack", "deadletter", "extend", "fail", "nack", "purge", "push", "release", "replay", "sweep", "take"}
+	want := []string{"ack", "deadletter", "extend", "fail", "nack", "pause", "peek", "purge", "push", "release", "replay", "stats", "sweep", "take"}
 	if !slices.Equal(names, want) {
 		t.Fatalf("Scripts() has %v, want %v", names, want)
 	}
@@ -60,6 +60,7 @@ func TestScriptsLoad(t *testing.T) {
 		"deadletter": deadletterScript.Hash(), "sweep": sweepScript.Hash(),
 		"push": pushScript.Hash(), "replay": replayScript.Hash(), "purge": purgeScript.Hash(),
 		"release": releaseScript.Hash(), "fail": failScript.Hash(),
+		"pause": pauseScript.Hash(), "stats": statsScript.Hash(), "peek": peekScript.Hash(),
 	}
 	for name, hash := range scripts {
 		sum := sha1.Sum([]byte(src[name]))
@@ -147,7 +148,7 @@ func (c *cli) take(leaseMS, defaultMax int) (*cliLease, []string) {
 	token, id := newToken(c.t), "cli-"+newToken(c.t)
 	out := c.evalsha("take",
 		[]string{c.key("ready"), c.key("claim"), c.key("leases"), c.key("deadlines"), c.key("delayed"),
-			c.key("dead"), c.key("deadmsgs"), c.key("lease:" + token)},
+			c.key("dead"), c.key("deadmsgs"), c.key("lease:" + token), c.key("paused")},
 		"1", "0", strconv.Itoa(leaseMS), strconv.Itoa(defaultMax), "ackd:wake", c.queue, token, id)
 	if len(out) < 3 {
 		c.t.Fatalf("take: %q", out)

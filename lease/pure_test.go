@@ -109,6 +109,7 @@ func TestKeysFor(t *testing.T) {
 		Dead:      "ackd:{q}:dead",
 		DeadMsgs:  "ackd:{q}:deadmsgs",
 		DeadErrs:  "ackd:{q}:deaderrs",
+		Paused:    "ackd:{q}:paused",
 	}
 	if k != want {
 		t.Errorf("KeysFor(q) = %+v, want %+v", k, want)

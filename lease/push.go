@@ -72,7 +72,7 @@ func (c *Client) PushBatch(ctx context.Context, queue string, payloads [][]byte,
 		return nil, err
 	}
 
-	ids := c.newIDs(len(payloads))
+	ids := c.newIDs(len(payloads), time.Now().Add(o.Delay))
 	envs := make([]any, len(payloads))
 	for i, p := range payloads {
 		e := envelope{ID: ids[i], Max: maxd, LeaseMS: ms(o.LeaseFor), Payload: p}

@@ -34,6 +34,12 @@ var (
 	releaseLua string
 	//go:embed lua/fail.lua
 	failLua string
+	//go:embed lua/pause.lua
+	pauseLua string
+	//go:embed lua/stats.lua
+	statsLua string
+	//go:embed lua/peek.lua
+	peekLua string
 )
 
 // sources holds each script's full text, as loaded: lib.lua, a newline,
@@ -57,6 +63,9 @@ var (
 	purgeScript      = newScript("purge", purgeLua)
 	releaseScript    = newScript("release", releaseLua)
 	failScript       = newScript("fail", failLua)
+	pauseScript      = newScript("pause", pauseLua)
+	statsScript      = newScript("stats", statsLua)
+	peekScript       = newScript("peek", peekLua)
 )
 
 // Scripts returns the source of every script by name ("take", "ack", ...),

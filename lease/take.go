@@ -25,6 +25,11 @@ type TakeOpts struct {
 // reached.
 const blockChunk = time.Second
 
+// pausedPoll is how often a blocking take looks again at a paused queue.
+// It never blocks on the ready list while paused: BLMOVE would move
+// messages onto the claim list, and return at once on a non-empty list.
+var pausedPoll = 250 * time.Millisecond
+
 // Take leases one message of queue. When the queue is empty it waits up to
 // opts.Wait for one, and returns ErrNoMessage if none came.
 func (c *Client) Take(ctx context.Context, queue string, opts *TakeOpts) (*Lease, error) {
@@ -69,13 +74,21 @@ func (c *Client) TakeBatch(ctx context.Context, queue string, n int, opts *TakeO
 		deadline = time.Now().Add(o.Wait)
 	}
 	for {
-		ls, nextDelayed, err := c.takeOnce(ctx, queue, k, n, o.LeaseFor)
+		ls, nextDelayed, paused, err := c.takeOnce(ctx, queue, k, n, o.LeaseFor)
 		if err != nil || len(ls) > 0 || o.Wait == 0 {
 			return ls, err
 		}
 		wait := time.Until(deadline)
 		if wait <= 0 {
 			return nil, nil
+		}
+		if paused {
+			// Keep waiting without touching the lists until the queue is
+			// resumed or the wait is over.
+			if !sleepCtx(ctx, min(wait, pausedPoll)) {
+				return nil, ctx.Err()
+			}
+			continue
 		}
 		wait = min(wait, blockChunk)
 		if !nextDelayed.IsZero() {
@@ -99,9 +112,9 @@ func (c *Client) TakeBatch(ctx context.Context, queue string, n int, opts *TakeO
 	}
 }
 
-func (c *Client) takeOnce(ctx context.Context, queue string, k Keys, n int, leaseFor time.Duration) ([]*Lease, time.Time, error) {
+func (c *Client) takeOnce(ctx context.Context, queue string, k Keys, n int, leaseFor time.Duration) (ls []*Lease, nextDelayed time.Time, paused bool, err error) {
 	tokens, ids := c.newTokens(n)
-	keys := make([]string, 0, 7+n)
+	keys := make([]string, 0, 8+n)
 	keys = append(keys, k.Ready, k.Claim, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs)
 	args := make([]any, 0, 6+2*n)
 	args = append(args, n, ms(leaseFor), ms(c.cfg.LeaseFor), max(c.cfg.MaxDeliveries, 0), WakeChannel, queue)
@@ -110,13 +123,14 @@ func (c *Client) takeOnce(ctx context.Context, queue string, k Keys, n int, leas
 		args = append(args, tokens[i], ids[i])
 	}
 	sent := time.Now()
+	keys = append(keys, k.Paused)
 	res, err := takeScript.Run(ctx, c.rdb, keys, args...).Slice()
 	if err != nil {
-		return nil, time.Time{}, fmt.Errorf("lease: take from %s: %w", queue, convertErr(err))
+		return nil, time.Time{}, false, fmt.Errorf("lease: take from %s: %w", queue, convertErr(err))
 	}
 	ls, next, bad, err := c.parseTakeReply(queue, res)
 	if err != nil {
-		return nil, time.Time{}, fmt.Errorf("lease: take from %s: %w", queue, err)
+		return nil, time.Time{}, false, fmt.Errorf("lease: take from %s: %w", queue, err)
 	}
 	for _, l := range ls {
 		l.sent = sent
@@ -124,7 +138,7 @@ func (c *Client) takeOnce(ctx context.Context, queue string, k Keys, n int, leas
 	if bad > 0 {
 		c.cfg.Logger.WarnContext(ctx, "dead-lettered malformed messages", "queue", queue, "num_malformed", bad)
 	}
-	return ls, next, nil
+	return ls, next, res[1] == int64(-2), nil
 }
 
 // parseTakeReply decodes take.lua's reply.

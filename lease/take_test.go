@@ -537,6 +537,7 @@ func TestTakeResent(t *testing.T) {
 		keys = append(keys, LeaseKey(q, tokens[i]))
 		args = append(args, tokens[i], ids[i])
 	}
+	keys = append(keys, k.Paused)
 	var runs [2][]*Lease
 	for r := range runs {
 		res, err := takeScript.Run(ctx, b.rdb, keys, args...).Slice()

@@ -306,6 +306,7 @@ Usage:
   ackd -healthcheck   GET /healthz of the ackd at ACKD_HTTP_ADDR; exit 0 if it answers 200
   ackd -version       print the version and exit
   ackd -h, --help     print this help and exit
+  ackd help           the operator commands: queues, stats, peek, dead, pause, push, ...
 
 HTTP: /healthz (liveness), /readyz (Redis answers and the subscription is
 live; JSON), /metrics (Prometheus).

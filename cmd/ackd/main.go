@@ -1,5 +1,6 @@
 // Command ackd is the lease daemon: it returns the expired leases of ackd
 // queues in Redis to their ready lists. ackd -h lists its configuration.
+// With a command (ackd help lists them) it is the operator tool instead.
 package main
 
 import (
@@ -28,6 +29,9 @@ func main() {
 		fmt.Fprintln(os.Stderr, "ackd: second signal, exiting without finishing the shutdown")
 		os.Exit(1)
 	}()
+	if isCommand(os.Args[1:]) {
+		os.Exit(cliMain(ctx, os.Args[1:]))
+	}
 	if err := run(ctx, os.Args[1:], env.ToMap(os.Environ()), os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "ackd:", err)
 		os.Exit(1)

@@ -136,6 +136,12 @@ func (m *metrics) watch(rp *reaper.Reaper) {
 			desc: prometheus.NewDesc("ackd_queue_messages",
 				"Messages of each watched queue by state (ready includes the claim list), as the queue's last sweep found them (at most ACKD_SCAN_INTERVAL ago); at most 1000 queues. A queue of the registry drops out after two scans in a row found it empty, or once it left the registry.",
 				[]string{"queue", "state"}, nil),
+			paused: prometheus.NewDesc("ackd_queue_paused",
+				"1 while the queue is paused (takes lease nothing), 0 otherwise, as the queue's last sweep found it.",
+				[]string{"queue"}, nil),
+			oldestAge: prometheus.NewDesc("ackd_queue_oldest_ready_age_seconds",
+				"Age of the oldest ready message, from its push (or the end of its delay), as the queue's last sweep found it; 0 when none is ready. Absent while the oldest is a raw RPUSH payload, whose push time is unknown.",
+				[]string{"queue"}, nil),
 			rp: rp,
 		},
 	)
@@ -192,11 +198,17 @@ func b2f(b bool) float64 {
 
 // queueCollector reports the counts the reaper's sweeps found.
 type queueCollector struct {
-	desc *prometheus.Desc
-	rp   *reaper.Reaper
+	desc      *prometheus.Desc
+	paused    *prometheus.Desc
+	oldestAge *prometheus.Desc
+	rp        *reaper.Reaper
 }
 
-func (c *queueCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c *queueCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.desc
+	ch <- c.paused
+	ch <- c.oldestAge
+}
 
 func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
 	qs := c.rp.Queues()
@@ -206,6 +218,10 @@ func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
 			n     int64
 		}{{"ready", q.Ready}, {"in_flight", q.InFlight}, {"delayed", q.Delayed}, {"dead", q.Dead}} {
 			ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(s.n), q.Queue, s.state)
+		}
+		ch <- prometheus.MustNewConstMetric(c.paused, prometheus.GaugeValue, b2f(q.Paused), q.Queue)
+		if q.Ready == 0 || !q.OldestReady.IsZero() {
+			ch <- prometheus.MustNewConstMetric(c.oldestAge, prometheus.GaugeValue, q.OldestReadyAge.Seconds(), q.Queue)
 		}
 	}
 }

@@ -7,6 +7,7 @@
 -- KEYS[6] ackd:{q}:dead       ZSET  id scored by time dead-lettered (ms)
 -- KEYS[7] ackd:{q}:deadmsgs   HASH  id -> dead record
 -- KEYS[7+i] ackd:{q}:lease:<token_i>  shadow key of the i-th lease (i = 1..n)
+-- KEYS[8+n] ackd:{q}:paused     STRING  exists while the queue is paused
 -- ARGV[1] n
 -- ARGV[2] lease ms for this take, 0 to use the message's own or the default
 -- ARGV[3] default lease ms (messages that carry none, raw payloads)
@@ -15,6 +16,7 @@
 -- ARGV[6] queue name
 -- ARGV[5+2i] token_i, ARGV[6+2i] id_i (the id a raw payload in slot i gets)
 -- A resent call (same tokens) returns what the first run leased.
+-- A paused queue leases nothing and moves nothing: returns {0, -2, 0}.
 -- returns {count, next_delayed_ms or -1, malformed,
 --          then per lease: id, token, attempt, deadline_ms, max, payload}
 local n = tonumber(ARGV[1])
@@ -49,6 +51,12 @@ if redis.call('EXISTS', KEYS[8]) == 1 then
     end
   end
   out[1] = j
+  return out
+end
+
+if not KEYS[8 + n] then return redis.error_reply('ERR take: KEYS[8+n] must be ackd:{q}:paused') end
+if redis.call('EXISTS', KEYS[8 + n]) == 1 then
+  out[2] = -2
   return out
 end
 
