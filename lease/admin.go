@@ -46,6 +46,11 @@ type Stats struct {
 	Now time.Time
 }
 
+// Empty reports whether the queue holds no message in any state.
+func (s Stats) Empty() bool {
+	return s.Ready == 0 && s.InFlight == 0 && s.Delayed == 0 && s.Dead == 0
+}
+
 // headBytes is enough of an element for its mark and id.
 const headBytes = len(envelopeMark) + 64 + 1
 

@@ -741,7 +741,7 @@ func TestSweep(t *testing.T) {
 	if len(st.Ready) != 4 || len(st.InFlight) != 1 || len(st.Dead) != 1 || len(st.Delayed) != 1 {
 		t.Fatalf("state = %+v", st)
 	}
-	if want := (Stats{Ready: 4, InFlight: 1, Delayed: 1, Dead: 1}); r.Counts != want {
+	if got, want := [4]int64{r.Counts.Ready, r.Counts.InFlight, r.Counts.Delayed, r.Counts.Dead}, [4]int64{4, 1, 1, 1}; got != want || r.Counts.Paused || r.Counts.OldestReady.IsZero() {
 		t.Errorf("Sweep counts = %+v, want %+v", r.Counts, want)
 	}
 	for _, d := range st.Dead {

@@ -53,6 +53,10 @@ func (r SweepResult) Next() time.Time {
 	return r.NextDelayed
 }
 
+// sweepHead is the index of the one string in sweep.lua's reply: the
+// first bytes of the ready list's head element.
+const sweepHead = 14
+
 // Sweep requeues every due lease of queue and promotes every due delayed
 // message, each bounded by opts.Limit, in one atomic script call. It is
 // idempotent: the deadlines ZSET decides, so any number of callers racing
@@ -78,14 +82,32 @@ func (c *Client) Sweep(ctx context.Context, queue string, opts *SweepOpts) (Swee
 		reclaim = 1
 	}
 	k := KeysFor(queue)
-	v, err := sweepScript.Run(ctx, c.rdb,
-		[]string{k.Ready, k.Leases, k.Deadlines, k.Dead, k.DeadMsgs, k.Delayed, k.Claim},
-		o.Limit, reclaim).Int64Slice()
+	reply, err := sweepScript.Run(ctx, c.rdb,
+		[]string{k.Ready, k.Leases, k.Deadlines, k.Dead, k.DeadMsgs, k.Delayed, k.Claim, k.Paused},
+		o.Limit, reclaim, headBytes).Slice()
 	if err != nil {
 		return r, fmt.Errorf("lease: sweep %s: %w", queue, convertErr(err))
 	}
-	if len(v) < 12 {
-		return r, fmt.Errorf("lease: sweep %s: %w: reply %v", queue, ErrMalformed, v)
+	v := make([]int64, 0, len(reply))
+	var head string
+	for i, x := range reply {
+		if i == sweepHead {
+			s, ok := x.(string)
+			if !ok {
+				return r, fmt.Errorf("lease: sweep %s: %w: reply %v", queue, ErrMalformed, reply)
+			}
+			head = s
+			v = append(v, 0)
+			continue
+		}
+		n, ok := x.(int64)
+		if !ok {
+			return r, fmt.Errorf("lease: sweep %s: %w: reply %v", queue, ErrMalformed, reply)
+		}
+		v = append(v, n)
+	}
+	if len(v) <= sweepHead {
+		return r, fmt.Errorf("lease: sweep %s: %w: reply %v", queue, ErrMalformed, reply)
 	}
 	r.Requeued, r.DeadLettered, r.Malformed, r.Promoted, r.Reclaimed = int(v[0]), int(v[1]), int(v[2]), int(v[3]), int(v[4])
 	if v[5] >= 0 {
@@ -95,10 +117,20 @@ func (c *Client) Sweep(ctx context.Context, queue string, opts *SweepOpts) (Swee
 		r.NextDelayed = fromMS(v[6])
 	}
 	r.More = v[7] == 1
-	r.Counts = Stats{Ready: v[8], InFlight: v[9], Delayed: v[10], Dead: v[11]}
-	if len(v) > 12 {
-		r.Lags = make([]time.Duration, len(v)-12)
-		for i, l := range v[12:] {
+	r.Counts = Stats{
+		Ready: v[8], InFlight: v[9], Delayed: v[10], Dead: v[11],
+		Paused: v[12] >= 0, PausedAt: msTime(v[12]),
+		EarliestDeadline: r.NextDeadline, NextDue: r.NextDelayed, Now: fromMS(v[13]),
+	}
+	if r.Counts.Ready > 0 {
+		if t, ok := pushTime(head); ok {
+			r.Counts.OldestReady = t
+			r.Counts.OldestReadyAge = max(r.Counts.Now.Sub(t), 0)
+		}
+	}
+	if lags := v[sweepHead+1:]; len(lags) > 0 {
+		r.Lags = make([]time.Duration, len(lags))
+		for i, l := range lags {
 			r.Lags[i] = time.Duration(l) * time.Millisecond
 		}
 	}

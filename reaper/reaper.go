@@ -334,7 +334,7 @@ func (r *Reaper) setCounts(queue, trigger string, s lease.Stats) {
 	}
 	qc.stats, qc.at = s, time.Now()
 	switch {
-	case s != (lease.Stats{}) || r.watched != nil:
+	case !s.Empty() || s.Paused || r.watched != nil:
 		qc.emptyScans = 0
 	case trigger == TriggerScan:
 		qc.emptyScans++

@@ -285,7 +285,7 @@ func TestQueues(t *testing.T) {
 	for _, r := range []*reaper.Reaper{rp, fixed} {
 		redistest.WaitFor(t, waitLong, func() bool {
 			s, _ := counts(r, "a")
-			return s == lease.Stats{Ready: 1, InFlight: 1}
+			return s.Ready == 1 && s.InFlight == 1 && s.Delayed == 0 && s.Dead == 0
 		}, "a counted: 1 ready, 1 in flight")
 	}
 
@@ -302,7 +302,7 @@ func TestQueues(t *testing.T) {
 	redistest.WaitFor(t, waitLong, func() bool { _, ok := counts(rp, "a"); return !ok }, "empty a dropped")
 	redistest.WaitFor(t, waitLong, func() bool {
 		s, ok := counts(fixed, "a")
-		return ok && s == lease.Stats{}
+		return ok && s.Empty()
 	}, "a of Config.Queues counted empty")
 
 	// A queue that leaves the registry (an operator forgot it) drops out
@@ -322,7 +322,7 @@ func TestQueues(t *testing.T) {
 	}
 	redistest.WaitFor(t, waitLong, func() bool {
 		s, _ := counts(rp, "a")
-		return s == lease.Stats{Ready: 1}
+		return s.Ready == 1 && s.InFlight == 0 && s.Delayed == 0 && s.Dead == 0
 	}, "a counted again")
 }
 

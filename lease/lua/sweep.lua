@@ -7,16 +7,21 @@
 -- KEYS[5] ackd:{q}:deadmsgs   HASH
 -- KEYS[6] ackd:{q}:delayed    ZSET
 -- KEYS[7] ackd:{q}:claim      LIST
+-- KEYS[8] ackd:{q}:paused     STRING (only read)
 -- ARGV[1] limit (per kind of work)
 -- ARGV[2] 1 to also move the claim list back to the head of ready, else 0
+-- ARGV[3] bytes of the head element to return (its envelope id tells when
+--         it was pushed)
 -- returns {requeued, dead_expired, dead_malformed, promoted, reclaimed,
 --          next_deadline_ms or -1, next_delayed_ms or -1, more (0/1),
 --          then the queue's counts after the sweep: ready (ready + claim
 --          lists), in_flight, delayed, dead,
+--          paused_at_ms or -1, now_ms, the head element's first ARGV[3]
+--          bytes or '' (the one string in the reply),
 --          then lag_ms of each requeued or dead-lettered lease...}
 local limit = tonumber(ARGV[1])
 local now = now_ms()
-local out = {0, 0, 0, 0, 0, -1, -1, 0, 0, 0, 0, 0}
+local out = {0, 0, 0, 0, 0, -1, -1, 0, 0, 0, 0, 0, -1, now, ''}
 local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. now, 'WITHSCORES', 'LIMIT', 0, limit)
 for i = 1, #due, 2 do
   local r = expire_one(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], due[i], now)
@@ -40,4 +45,8 @@ out[9] = redis.call('LLEN', KEYS[1]) + redis.call('LLEN', KEYS[7])
 out[10] = redis.call('ZCARD', KEYS[3])
 out[11] = redis.call('ZCARD', KEYS[6])
 out[12] = redis.call('ZCARD', KEYS[4])
+local paused = redis.call('GET', KEYS[8])
+out[13] = (paused and tonumber(paused)) or -1
+local head = redis.call('LINDEX', KEYS[1], 0)
+if head then out[15] = string.sub(head, 1, tonumber(ARGV[3])) end
 return out
