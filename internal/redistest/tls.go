@@ -20,7 +20,7 @@ import (
 // "localhost" and a client certificate, all written as PEM files to a
 // temporary directory.
 type Certs struct {
-	CAFile               string
+	CAFile                string
 	ServerCert, ServerKey string
 	ClientCert, ClientKey string
 	// OtherCAFile is a second, unrelated CA: a client that trusts only it
