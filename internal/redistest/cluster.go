@@ -419,6 +419,20 @@ func (m *Migration) MoveKeys(t testing.TB, n int) int {
 // docs require), and returns once every running node agrees.
 func (m *Migration) Finish(t testing.TB) {
 	t.Helper()
+	m.assign(t)
+	m.c.poll(t, clusterReadyTimeout, fmt.Sprintf("slot %d moves to %s", m.Slot, m.To.Addr()), func() (bool, string) {
+		v, err := m.c.agreedView()
+		if err != nil {
+			return false, err.Error()
+		}
+		return v.owner[m.Slot] == m.c.ID(m.To), "owned by " + v.owner[m.Slot]
+	})
+}
+
+// assign moves the remaining keys and gives the slot to the target, without
+// waiting for the other nodes to hear of it.
+func (m *Migration) assign(t testing.TB) {
+	t.Helper()
 	m.MoveKeys(t, 0)
 	ctx := context.Background()
 	toID := m.c.ID(m.To)
@@ -438,13 +452,6 @@ func (m *Migration) Finish(t testing.TB) {
 			t.Fatalf("redistest: SETSLOT %d NODE on %s: %v", m.Slot, n.Addr(), err)
 		}
 	}
-	m.c.poll(t, clusterReadyTimeout, fmt.Sprintf("slot %d moves to %s", m.Slot, m.To.Addr()), func() (bool, string) {
-		v, err := m.c.agreedView()
-		if err != nil {
-			return false, err.Error()
-		}
-		return v.owner[m.Slot] == toID, "owned by " + v.owner[m.Slot]
-	})
 }
 
 // MigrateSlot moves slot, with its keys, to the master to.
@@ -454,8 +461,9 @@ func (c *Cluster) MigrateSlot(t testing.TB, slot int, to *Server) {
 }
 
 // Reshard moves n of the slots that from owns, with their keys, to the
-// master to, one slot at a time (the last n of its slots), and returns the
-// slots moved.
+// master to, one slot at a time (the last n of its slots), as redis-cli
+// --cluster reshard does, and returns the slots moved once every running
+// node agrees on the new owners.
 func (c *Cluster) Reshard(t testing.TB, n int, from, to *Server) []int {
 	t.Helper()
 	v := c.agreed(t)
@@ -469,10 +477,32 @@ func (c *Cluster) Reshard(t testing.TB, n int, from, to *Server) []int {
 	if len(slots) < n {
 		t.Fatalf("redistest: Reshard: %s owns %d slots, fewer than %d", from.Addr(), len(slots), n)
 	}
-	for _, s := range slots {
-		c.MigrateSlot(t, s, to)
-	}
+	c.MoveSlots(t, slots, to)
 	return slots
+}
+
+// MoveSlots migrates each of slots, with its keys, to the master to, one
+// after the other, and returns once every running node agrees.
+func (c *Cluster) MoveSlots(t testing.TB, slots []int, to *Server) {
+	t.Helper()
+	for _, s := range slots {
+		if c.SlotMaster(t, s) != to {
+			c.BeginMigration(t, s, to).assign(t)
+		}
+	}
+	toID := c.ID(to)
+	c.poll(t, clusterReadyTimeout, fmt.Sprintf("%d slots move to %s", len(slots), to.Addr()), func() (bool, string) {
+		v, err := c.agreedView()
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, s := range slots {
+			if v.owner[s] != toID {
+				return false, fmt.Sprintf("slot %d owned by %s", s, v.owner[s])
+			}
+		}
+		return true, ""
+	})
 }
 
 // poll calls cond until it reports true, failing the test with cond's last
