@@ -57,8 +57,10 @@ type Config struct {
 	// caller: a Cluster slot being migrated or resharded (TRYAGAIN, ASK,
 	// MOVED), a Cluster or Sentinel failover in progress (CLUSTERDOWN,
 	// READONLY, MASTERDOWN, LOADING), too few replicas for
-	// min-replicas-to-write (NOREPLICAS), a connection refused. Other
-	// errors, which may mean the command ran, are never retried here.
+	// min-replicas-to-write (NOREPLICAS), and, on a Cluster or Sentinel
+	// client, a connection refused by a master that is failing over.
+	// Other errors, which may mean the command ran, are never retried
+	// here.
 	// Defaults to 5 seconds; negative turns retrying off.
 	RetryWindow time.Duration
 	// Replicas, if positive, makes every state change (each script, and

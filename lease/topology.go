@@ -35,6 +35,9 @@ type conn struct {
 	retryWindow    time.Duration
 	replicas       int
 	replicaTimeout time.Duration
+	// redialable: a refused connection may be a master that is failing
+	// over (Cluster, Sentinel), not a server that is simply down.
+	redialable bool
 }
 
 func newConn(rdb redis.UniversalClient, cfg *Config) *conn {
@@ -47,6 +50,13 @@ func newConn(rdb redis.UniversalClient, cfg *Config) *conn {
 	}
 	if cfg.BlockingClient != nil {
 		c.blocking = cfg.BlockingClient
+	}
+	switch r := rdb.(type) {
+	case *redis.ClusterClient:
+		c.redialable = true
+	case *redis.Client:
+		// go-redis names a Sentinel-managed client's address so.
+		c.redialable = r.Options().Addr == "FailoverClient"
 	}
 	return c
 }
@@ -131,7 +141,7 @@ func retry[C redis.Cmder](ctx context.Context, c *conn, do func() C) C {
 	backoff := retryBackoffMin
 	for {
 		cmd := do()
-		if c.retryWindow <= 0 || !refused(cmd.Err()) || time.Now().Add(backoff).After(deadline) {
+		if c.retryWindow <= 0 || !refused(cmd.Err(), c.redialable) || time.Now().Add(backoff).After(deadline) {
 			return cmd
 		}
 		if cc, ok := c.UniversalClient.(*redis.ClusterClient); ok {
@@ -153,9 +163,10 @@ func retry[C redis.Cmder](ctx context.Context, c *conn, do func() C) C {
 // migration (MOVED, ASK, TRYAGAIN), a Cluster or master that is down or
 // loading (CLUSTERDOWN, MASTERDOWN, LOADING), a write sent to a replica
 // or refused for lack of replicas (READONLY, NOREPLICAS; a script stops at
-// its first write then, so it wrote nothing), or a connection that could
-// not be made.
-func refused(err error) bool {
+// its first write then, so it wrote nothing), or, with redial, a
+// connection that could not be made. A standalone server that refuses
+// connections is down, and waiting here would only delay the error.
+func refused(err error, redial bool) bool {
 	if err == nil {
 		return false
 	}
@@ -165,5 +176,5 @@ func refused(err error) bool {
 		}
 	}
 	var oe *net.OpError
-	return errors.As(err, &oe) && oe.Op == "dial"
+	return redial && errors.As(err, &oe) && oe.Op == "dial"
 }

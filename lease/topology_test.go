@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -398,8 +399,9 @@ func placesOf(t *testing.T, rdb *redis.Client, queue string) map[string]int {
 	return out
 }
 
-// TestClusterKillMaster kills the master of busy queues: callers see
-// errors for no longer than the Cluster's own failover plus 2 s.
+// TestClusterKillMaster runs CLUSTER FAILOVER, then kills the master of
+// busy queues: callers see errors for no longer than the Cluster's own
+// failover plus 2 s (with the default RetryWindow, none: they wait).
 func TestClusterKillMaster(t *testing.T) {
 	t.Parallel()
 	cl := redistest.StartCluster(t, nil)
@@ -409,26 +411,36 @@ func TestClusterKillMaster(t *testing.T) {
 	led := newLedger()
 	stop := make(chan struct{})
 	wait := runWorkload(ctx, c, queues, led, stop)
-	victim := cl.MasterOf(t, KeysFor(queues[0]).Ready)
 	redistest.WaitFor(t, 10*time.Second, func() bool {
 		led.mu.Lock()
 		defer led.mu.Unlock()
 		return len(led.acked) > 100
 	}, "the workload runs")
-	killed := time.Now()
-	cl.KillMaster(t, victim)
-	failedOver := time.Now()
-	led.mark()
-	redistest.WaitFor(t, 10*time.Second, func() bool { return led.okAfter.Load() > 100 }, "the workload recovers")
+	phase := func(name string, do func()) {
+		t.Helper()
+		errs0 := led.errs.Load()
+		led.maxLat.Store(0)
+		led.okAfter.Store(0)
+		led.markedAt.Store(0)
+		began := time.Now()
+		do()
+		done := time.Now()
+		led.mark()
+		redistest.WaitFor(t, 10*time.Second, func() bool { return led.okAfter.Load() > 100 }, "the workload recovers after %s", name)
+		_, last := led.window()
+		t.Logf("%s: Cluster done in %v; %d errors reached callers, the last %v after it was done; longest push or ack %v",
+			name, done.Sub(began).Round(time.Millisecond), led.errs.Load()-errs0, sub(last, done),
+			time.Duration(led.maxLat.Load()).Round(time.Millisecond))
+		if last.After(began) && last.Sub(done) > 2*time.Second {
+			t.Errorf("%s: callers saw errors %v after the Cluster was done; want at most 2 s", name, last.Sub(done))
+		}
+	}
+	m := cl.MasterOf(t, KeysFor(queues[0]).Ready)
+	r := cl.ReplicaOf(t, m)
+	phase("CLUSTER FAILOVER", func() { cl.Failover(t, r) })
+	phase("SIGKILL of a master", func() { cl.KillMaster(t, r) })
 	close(stop)
 	wait()
-	first, last := led.window()
-	t.Logf("SIGKILL of a master: Cluster failed over in %v; %d errors reached callers, from %v to %v after the kill (%v after the failover); longest push or ack %v",
-		failedOver.Sub(killed).Round(time.Millisecond), led.errs.Load(), sub(first, killed), sub(last, killed), sub(last, failedOver),
-		time.Duration(led.maxLat.Load()).Round(time.Millisecond))
-	if !last.IsZero() && last.Sub(failedOver) > 2*time.Second {
-		t.Errorf("callers saw errors %v after the Cluster had failed over; want at most 2 s", last.Sub(failedOver))
-	}
 	// Without WAIT a killed master may take acknowledged writes with it;
 	// count them, do not require none.
 	led.vanished(t, func(q string) *redis.Client { return nodeOf(t, cl, q) }, queues)
@@ -537,4 +549,95 @@ func TestSentinelFailoverDurable(t *testing.T) {
 			led.check(t, func(string) *redis.Client { return mc }, queues)
 		})
 	}
+}
+
+// redisErr is a Redis error reply, as go-redis returns it.
+type redisErr string
+
+func (e redisErr) Error() string { return string(e) }
+func (redisErr) RedisError()     {}
+
+func TestRefused(t *testing.T) {
+	t.Parallel()
+	dial := &net.OpError{Op: "dial", Err: errors.New("connection refused")}
+	read := &net.OpError{Op: "read", Err: errors.New("connection reset")}
+	for _, tc := range []struct {
+		err    error
+		redial bool
+		want   bool
+	}{
+		{nil, true, false},
+		{redisErr("TRYAGAIN Multiple keys request during rehashing of slot"), false, true},
+		{redisErr("ASK 3999 127.0.0.1:6381"), false, true},
+		{redisErr("MOVED 3999 127.0.0.1:6381"), false, true},
+		{redisErr("CLUSTERDOWN The cluster is down"), false, true},
+		{redisErr("READONLY You can't write against a read only replica."), false, true},
+		{redisErr("NOREPLICAS Not enough good replicas to write."), false, true},
+		{redisErr("LOADING Redis is loading the dataset in memory"), false, true},
+		{redisErr("MASTERDOWN Link with MASTER is down"), false, true},
+		{fmt.Errorf("lease: take: %w", redisErr("TRYAGAIN x")), false, true},
+		{redisErr("WRONGTYPE Operation against a key holding the wrong kind of value"), true, false},
+		{redisErr("ERR Error running script"), true, false},
+		{dial, true, true},
+		{dial, false, false},
+		{read, true, false}, // the command may have run
+		{context.DeadlineExceeded, true, false},
+		{redis.Nil, true, false},
+	} {
+		if got := refused(tc.err, tc.redial); got != tc.want {
+			t.Errorf("refused(%v, %v) = %v, want %v", tc.err, tc.redial, got, tc.want)
+		}
+	}
+}
+
+// TestBlockingClientKeepsPoolFree parks more blocked takes than the main
+// pool has connections: with Config.BlockingClient they hold its
+// connections, and pushes and acks on the main pool go through at once.
+func TestBlockingClientKeepsPoolFree(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	main := redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: 2, PoolTimeout: 200 * time.Millisecond})
+	blocking := redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: 20})
+	t.Cleanup(func() { _ = main.Close(); _ = blocking.Close() })
+	c, err := New(main, &Config{BlockingClient: blocking})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	const waiters = 10
+	var wg sync.WaitGroup
+	for i := range waiters {
+		wg.Go(func() {
+			l, err := c.Take(ctx, fmt.Sprintf("idle%d", i), &TakeOpts{Wait: 3 * time.Second})
+			if err == nil {
+				_ = l.Ack(ctx)
+			} else if !errors.Is(err, ErrNoMessage) {
+				t.Errorf("blocked take: %v", err)
+			}
+		})
+	}
+	waitBlocked(t, srv.Client(t), waiters)
+	for i := range 20 {
+		began := time.Now()
+		if _, err := c.Push(ctx, "busy", []byte("x"), nil); err != nil {
+			t.Fatalf("push %d with %d takes blocked: %v", i, waiters, err)
+		}
+		l, err := c.Take(ctx, "busy", nil)
+		if err != nil {
+			t.Fatalf("take %d: %v", i, err)
+		}
+		if err := l.Ack(ctx); err != nil {
+			t.Fatalf("ack %d: %v", i, err)
+		}
+		if d := time.Since(began); d > time.Second {
+			t.Fatalf("push, take and ack took %v with %d takes blocked", d, waiters)
+		}
+	}
+	// Wake the waiters so the test ends without waiting them out.
+	for i := range waiters {
+		if _, err := c.Push(ctx, fmt.Sprintf("idle%d", i), []byte("wake"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
 }
