@@ -138,6 +138,9 @@ func New(rdb redis.UniversalClient, cfg *Config) (*Client, error) {
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
+	if err := checkReplicaTimeout(rdb, &c); err != nil {
+		return nil, err
+	}
 	var seed [32]byte
 	if _, err := rand.Read(seed[:]); err != nil {
 		return nil, fmt.Errorf("lease: seed: %w", err)

@@ -83,6 +83,26 @@ func (c *conn) block(ctx context.Context, args ...any) *redis.Cmd {
 	return retry(ctx, c, func() *redis.Cmd { return c.blocking.Do(ctx, args...) })
 }
 
+// checkReplicaTimeout refuses a ReplicaTimeout the client would cut short:
+// WAIT is read with the client's read timeout, and a WAIT that times out
+// on the client side leaves the outcome unknown for no reason.
+func checkReplicaTimeout(rdb redis.UniversalClient, cfg *Config) error {
+	if cfg.Replicas == 0 {
+		return nil
+	}
+	var rt time.Duration
+	switch r := rdb.(type) {
+	case *redis.Client:
+		rt = r.Options().ReadTimeout
+	case *redis.ClusterClient:
+		rt = r.Options().ReadTimeout
+	}
+	if rt > 0 && cfg.ReplicaTimeout >= rt {
+		return fmt.Errorf("%w: Config.ReplicaTimeout %v: must be below the Redis client's read timeout %v", ErrInvalidArgument, cfg.ReplicaTimeout, rt)
+	}
+	return nil
+}
+
 func firstKey(keys []string) string {
 	if len(keys) == 0 {
 		return ""

@@ -112,13 +112,17 @@ func TestClusterMigrationRetried(t *testing.T) {
 	short, _ := clusterClient(t, cl, &Config{RetryWindow: 300 * time.Millisecond})
 	ctx := t.Context()
 	const q = "migrating"
-	for _, p := range []string{"1", "2", "3"} {
+	for _, p := range []string{"1", "2", "3", "4"} {
 		if _, err := c.Push(ctx, q, []byte(p), nil); err != nil {
 			t.Fatal(err)
 		}
 	}
 	held, err := c.Take(ctx, q, nil)
 	if err != nil {
+		t.Fatal(err)
+	}
+	// A lease that runs out at once, for a sweep during the migration.
+	if _, err := c.Take(ctx, q, &TakeOpts{LeaseFor: time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}
 	slot := cl.Slot(t, KeysFor(q).Ready)
@@ -129,8 +133,9 @@ func TestClusterMigrationRetried(t *testing.T) {
 			to = m
 		}
 	}
+	fromClient := from.Client(t)
 	tryagains := func() int {
-		info := from.Client(t).Info(ctx, "errorstats").Val()
+		info := fromClient.Info(ctx, "errorstats").Val()
 		_, rest, ok := strings.Cut(info, "errorstat_TRYAGAIN:count=")
 		if !ok {
 			return 0
@@ -154,11 +159,18 @@ func TestClusterMigrationRetried(t *testing.T) {
 	redistest.WaitFor(t, 10*time.Second, func() bool { return tryagains() >= before+2 }, "the take is refused and retried")
 	// Move one key: the ack's keys are now split between the nodes.
 	mig.MoveKeys(t, 1)
-	var ackErr error
+	var ackErr, sweepErr error
+	var swept SweepResult
 	waitAck := background(func() { ackErr = held.Ack(ctx) })
+	waitSweep := background(func() { swept, sweepErr = c.Sweep(ctx, q, nil) })
+	redistest.WaitFor(t, 10*time.Second, func() bool { return tryagains() >= before+6 }, "the ack and the sweep are refused and retried")
 	mig.Finish(t)
 	waitTake()
 	waitAck()
+	waitSweep()
+	if sweepErr != nil || swept.Requeued != 1 {
+		t.Fatalf("sweep across the migration: %+v, %v; want 1 requeued", swept, sweepErr)
+	}
 	if takeErr != nil || took == nil {
 		t.Fatalf("take across the migration: %v", takeErr)
 	}
@@ -169,8 +181,8 @@ func TestClusterMigrationRetried(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := checkInvariants(t, to.Client(t), q)
-	if len(st.Ready) != 1 || len(st.InFlight) != 0 {
-		t.Fatalf("after the migration: ready %v, in flight %v; want one ready", st.Ready, st.InFlight)
+	if len(st.Ready) != 2 || len(st.InFlight) != 0 {
+		t.Fatalf("after the migration: ready %v, in flight %v; want two ready", st.Ready, st.InFlight)
 	}
 
 	// Reshard the slots of busy queues, and some more, to another master
@@ -280,7 +292,12 @@ func runWorkload(ctx context.Context, c *Client, queues []string, led *ledger, s
 	}
 	for _, q := range queues {
 		wg.Go(func() {
+			// Paced, so that the load leaves the machine's other tests
+			// their share: at most one push per 2 ms per queue.
+			pace := time.NewTicker(2 * time.Millisecond)
+			defer pace.Stop()
 			for i := 0; !stopped(); i++ {
+				<-pace.C
 				cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 				began := time.Now()
 				id, err := c.Push(cctx, q, fmt.Appendf(nil, "%s-%d", q, i), nil)
@@ -640,4 +657,26 @@ func TestBlockingClientKeepsPoolFree(t *testing.T) {
 		}
 	}
 	wg.Wait()
+}
+
+func TestTopologyConfig(t *testing.T) {
+	t.Parallel()
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", ReadTimeout: 2 * time.Second})
+	t.Cleanup(func() { _ = rdb.Close() })
+	for _, tc := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{Replicas: -1}, "Config.Replicas"},
+		{Config{Replicas: 1, ReplicaTimeout: 2 * time.Second}, "read timeout"},
+		{Config{Replicas: 1, ReplicaTimeout: time.Microsecond}, "Config.ReplicaTimeout"},
+	} {
+		_, err := New(rdb, &tc.cfg)
+		if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("New(%+v) = %v, want ErrInvalidArgument naming %s", tc.cfg, err, tc.want)
+		}
+	}
+	if _, err := New(rdb, &Config{Replicas: 1, ReplicaTimeout: time.Second, RetryWindow: -1}); err != nil {
+		t.Errorf("a valid topology Config: %v", err)
+	}
 }

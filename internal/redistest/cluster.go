@@ -155,9 +155,11 @@ func StartCluster(t testing.TB, opts *ClusterOptions) *Cluster {
 func (c *Cluster) Nodes() []*Server { return slices.Clone(c.nodes) }
 
 // Addrs returns every node's address.
-func (c *Cluster) Addrs() []string {
-	out := make([]string, len(c.nodes))
-	for i, n := range c.nodes {
+func (c *Cluster) Addrs() []string { return addrsOf(c.nodes) }
+
+func addrsOf(servers []*Server) []string {
+	out := make([]string, len(servers))
+	for i, n := range servers {
 		out[i] = n.Addr()
 	}
 	return out
@@ -529,15 +531,7 @@ func pollUntil(t testing.TB, timeout time.Duration, what string, cond func() (bo
 	}
 }
 
-func (c *Cluster) running() []*Server {
-	var out []*Server
-	for _, n := range c.nodes {
-		if n.Running() {
-			out = append(out, n)
-		}
-	}
-	return out
-}
+func (c *Cluster) running() []*Server { return runningOf(c.nodes) }
 
 func (c *Cluster) byID(id string) *Server {
 	c.mu.Lock()

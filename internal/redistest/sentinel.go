@@ -138,13 +138,7 @@ func (s *Sentinel) config(master *Server) string {
 func (s *Sentinel) MasterName() string { return s.opts.MasterName }
 
 // Addrs returns the Sentinels' addresses.
-func (s *Sentinel) Addrs() []string {
-	out := make([]string, len(s.Sentinels))
-	for i, n := range s.Sentinels {
-		out[i] = n.Addr()
-	}
-	return out
-}
+func (s *Sentinel) Addrs() []string { return addrsOf(s.Sentinels) }
 
 // URL returns the deployment in redis.ParseFailoverURL's form:
 // redis://[:sentinel-password@]first-sentinel?master_name=NAME&addr=...

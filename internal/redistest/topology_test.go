@@ -8,45 +8,6 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-func TestStartCluster(t *testing.T) {
-	t.Parallel()
-	began := time.Now()
-	c := StartCluster(t, nil)
-	t.Logf("cluster ready in %v", time.Since(began))
-	ctx := t.Context()
-	masters := c.Masters(t)
-	if len(masters) != 3 {
-		t.Fatalf("masters = %d, want 3", len(masters))
-	}
-	rc := c.Client(t)
-	// Keys spread over every master, each readable through the Cluster.
-	seen := map[*Server]bool{}
-	for i := 0; len(seen) < 3 && i < 100; i++ {
-		k := "k" + string(rune('a'+i%26)) + strings.Repeat("x", i/26)
-		if err := rc.Set(ctx, k, "v", 0).Err(); err != nil {
-			t.Fatalf("SET %s: %v", k, err)
-		}
-		m := c.MasterOf(t, k)
-		got, err := m.Client(t).Get(ctx, k).Result()
-		if err != nil || got != "v" {
-			t.Fatalf("GET %s on its master %s: %q, %v", k, m.Addr(), got, err)
-		}
-		seen[m] = true
-	}
-	if len(seen) != 3 {
-		t.Fatalf("keys landed on %d masters, want 3", len(seen))
-	}
-	for _, m := range masters {
-		if c.ReplicaOf(t, m) == nil {
-			t.Fatalf("master %s has no replica", m.Addr())
-		}
-	}
-	opt, err := redis.ParseClusterURL(c.URL())
-	if err != nil || len(opt.Addrs) != 6 {
-		t.Fatalf("ParseClusterURL(%q) = %v, %v; want 6 addresses", c.URL(), opt, err)
-	}
-}
-
 func TestClusterFailoverAndKill(t *testing.T) {
 	t.Parallel()
 	c := StartCluster(t, nil)
@@ -81,9 +42,12 @@ func TestClusterFailoverAndKill(t *testing.T) {
 
 func TestClusterMigration(t *testing.T) {
 	t.Parallel()
+	began := time.Now()
 	c := StartCluster(t, nil)
+	t.Logf("cluster ready in %v", time.Since(began))
 	ctx := t.Context()
 	rc := c.Client(t)
+	checkStarted(t, c)
 	const a, b = "{mig}a", "{mig}b"
 	if err := rc.Set(ctx, a, "1", 0).Err(); err != nil {
 		t.Fatal(err)
@@ -183,4 +147,42 @@ func TestSentinelKillMaster(t *testing.T) {
 	WaitFor(t, 10*time.Second, func() bool { return rc.Get(ctx, "k").Val() == "v" }, "the key is readable on the new master")
 	// A restarted old master rejoins as a replica, but only when the
 	// Sentinels next look at it (about 20 s): too slow for this suite.
+}
+
+// checkStarted checks what StartCluster promises: three masters with a
+// replica each, keys spread over all three, the URL in go-redis' form.
+func checkStarted(t *testing.T, c *Cluster) {
+	t.Helper()
+	ctx := t.Context()
+	masters := c.Masters(t)
+	if len(masters) != 3 {
+		t.Fatalf("masters = %d, want 3", len(masters))
+	}
+	rc := c.Client(t)
+	// Keys spread over every master, each readable through the Cluster.
+	seen := map[*Server]bool{}
+	for i := 0; len(seen) < 3 && i < 100; i++ {
+		k := "k" + string(rune('a'+i%26)) + strings.Repeat("x", i/26)
+		if err := rc.Set(ctx, k, "v", 0).Err(); err != nil {
+			t.Fatalf("SET %s: %v", k, err)
+		}
+		m := c.MasterOf(t, k)
+		got, err := m.Client(t).Get(ctx, k).Result()
+		if err != nil || got != "v" {
+			t.Fatalf("GET %s on its master %s: %q, %v", k, m.Addr(), got, err)
+		}
+		seen[m] = true
+	}
+	if len(seen) != 3 {
+		t.Fatalf("keys landed on %d masters, want 3", len(seen))
+	}
+	for _, m := range masters {
+		if c.ReplicaOf(t, m) == nil {
+			t.Fatalf("master %s has no replica", m.Addr())
+		}
+	}
+	opt, err := redis.ParseClusterURL(c.URL())
+	if err != nil || len(opt.Addrs) != 6 {
+		t.Fatalf("ParseClusterURL(%q) = %v, %v; want 6 addresses", c.URL(), opt, err)
+	}
 }
