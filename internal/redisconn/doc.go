@@ -20,7 +20,8 @@
 //
 // # Checks at start
 //
-// [Open] connects and refuses what cannot work, with an [*Error] naming
+// [Check] validates the settings without connecting; [Open] connects and
+// refuses what cannot work, with an [*Error] naming
 // the setting: a URL that mixes forms (a Cluster has only database 0; a
 // unix socket has no master_name or addr), a Sentinel set that knows no
 // master of that name, a Cluster whose slots are not all served by a live

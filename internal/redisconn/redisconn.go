@@ -148,6 +148,20 @@ func Open(ctx context.Context, o Options) (*Conn, error) {
 	return conn, nil
 }
 
+// Check validates o without connecting: the URL's form and parameters,
+// the password sources and the TLS files. Open does the same first; a
+// daemon calls Check at start to exit on bad settings at once, and Open
+// (perhaps repeatedly) to connect. Errors are as Open's.
+func Check(o Options) error {
+	if o.Var == "" {
+		o.Var = VarDefault
+	}
+	if s, err := parse(o); err != nil {
+		return s.scrub(err)
+	}
+	return nil
+}
+
 // settings is a parsed Options.
 type settings struct {
 	o       Options

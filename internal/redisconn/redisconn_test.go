@@ -72,6 +72,9 @@ func TestBadURLs(t *testing.T) {
 			if tc.name == "tls options on redis://" {
 				o.TLSServerName = "x"
 			}
+			if err := redisconn.Check(o); err == nil {
+				t.Fatalf("Check(%q) succeeded", tc.url)
+			}
 			_, err := open(t, o)
 			if err == nil {
 				t.Fatalf("Open(%q) succeeded", tc.url)
@@ -90,6 +93,21 @@ func TestBadURLs(t *testing.T) {
 				t.Fatalf("error %v is not a *redisconn.Error naming the variable", err)
 			}
 		})
+	}
+}
+
+func TestCheckAcceptsEveryForm(t *testing.T) {
+	t.Parallel()
+	for _, u := range []string{
+		"redis://127.0.0.1:1/0",
+		"rediss://user:pw@127.0.0.1:1/3?dial_timeout=2s",
+		"unix:///tmp/redis.sock?db=2",
+		"redis://127.0.0.1:1?addr=127.0.0.1:2&addr=127.0.0.1:3",
+		"redis://:spw@127.0.0.1:26379?master_name=m&addr=127.0.0.1:26380&password=pw",
+	} {
+		if err := redisconn.Check(redisconn.Options{URL: u}); err != nil {
+			t.Errorf("Check(%s): %v", redisconn.Redact(u), err)
+		}
 	}
 }
 
@@ -235,18 +253,25 @@ func TestCluster(t *testing.T) {
 	}
 	r.Kill(t)
 	m.Kill(t)
+	// Open asks whichever node its client picks: wait until every running
+	// node has marked the slots failed.
 	var live *redistest.Server
+	var clients []*redis.Client
 	for _, n := range cl.Nodes() {
 		if n.Running() {
 			live = n
-			break
+			clients = append(clients, n.Client(t))
 		}
 	}
-	liveClient := live.Client(t)
 	redistest.WaitFor(t, 20*time.Second, func() bool {
-		info := liveClient.ClusterInfo(ctx).Val()
-		return strings.Contains(info, "cluster_slots_ok:") && !strings.Contains(info, "cluster_slots_ok:16384")
-	}, "the dead master's slots are marked failed")
+		for _, c := range clients {
+			info := c.ClusterInfo(ctx).Val()
+			if !strings.Contains(info, "cluster_slots_ok:") || strings.Contains(info, "cluster_slots_ok:16384") {
+				return false
+			}
+		}
+		return true
+	}, "the dead master's slots are marked failed on every node")
 	_, err := open(t, redisconn.Options{URL: "redis://" + live.Addr()})
 	if err == nil || !errors.Is(err, redisconn.ErrUncovered) || !strings.HasPrefix(err.Error(), "ACKD_REDIS_URL: ") {
 		t.Fatalf("a Cluster with uncovered slots: %v", err)
