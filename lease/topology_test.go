@@ -198,20 +198,12 @@ func TestClusterMigrationRetried(t *testing.T) {
 			dst = m
 		}
 	}
-	stop := make(chan struct{})
-	led := newLedger()
-	wait := runWorkload(ctx, c, queues, led, stop)
-	redistest.WaitFor(t, 10*time.Second, func() bool {
-		led.mu.Lock()
-		defer led.mu.Unlock()
-		return len(led.acked) > 100
-	}, "the workload runs")
+	led, stop := startWorkload(t, c, queues)
 	began := time.Now()
 	cl.MoveSlots(t, slots, dst)
 	moved := cl.Reshard(t, 20, src, dst)
 	t.Logf("resharded %d busy and %d other slots under load in %v", len(slots), len(moved), time.Since(began).Round(time.Millisecond))
-	close(stop)
-	wait()
+	stop()
 	led.check(t, func(q string) *redis.Client { return nodeOf(t, cl, q) }, queues)
 	if n := led.errs.Load(); n != 0 {
 		t.Fatalf("%d errors reached callers during the reshard: %v", n, led.lastErr())
@@ -277,6 +269,32 @@ func (l *ledger) window() (first, last time.Time) {
 
 // mark starts counting successful acks.
 func (l *ledger) mark() { l.markedAt.Store(time.Now().UnixNano()) }
+
+// startWorkload runs runWorkload until the returned stop is called, and
+// returns once it has acked 100 messages.
+func startWorkload(t *testing.T, c *Client, queues []string) (led *ledger, stop func()) {
+	t.Helper()
+	led = newLedger()
+	done := make(chan struct{})
+	wait := runWorkload(t.Context(), c, queues, led, done)
+	t.Cleanup(func() {
+		select {
+		case <-done:
+		default:
+			close(done)
+			wait()
+		}
+	})
+	redistest.WaitFor(t, 10*time.Second, func() bool {
+		led.mu.Lock()
+		defer led.mu.Unlock()
+		return len(led.acked) > 100
+	}, "the workload runs")
+	return led, func() {
+		close(done)
+		wait()
+	}
+}
 
 // runWorkload pushes to and consumes every queue until stop is closed:
 // one producer and one consumer per queue.
@@ -423,16 +441,8 @@ func TestClusterKillMaster(t *testing.T) {
 	t.Parallel()
 	cl := redistest.StartCluster(t, nil)
 	c, _ := clusterClient(t, cl, nil)
-	ctx := t.Context()
 	queues := queuesOnEveryMaster(t, cl, 2)
-	led := newLedger()
-	stop := make(chan struct{})
-	wait := runWorkload(ctx, c, queues, led, stop)
-	redistest.WaitFor(t, 10*time.Second, func() bool {
-		led.mu.Lock()
-		defer led.mu.Unlock()
-		return len(led.acked) > 100
-	}, "the workload runs")
+	led, stop := startWorkload(t, c, queues)
 	phase := func(name string, do func()) {
 		t.Helper()
 		errs0 := led.errs.Load()
@@ -456,8 +466,7 @@ func TestClusterKillMaster(t *testing.T) {
 	r := cl.ReplicaOf(t, m)
 	phase("CLUSTER FAILOVER", func() { cl.Failover(t, r) })
 	phase("SIGKILL of a master", func() { cl.KillMaster(t, r) })
-	close(stop)
-	wait()
+	stop()
 	// Without WAIT a killed master may take acknowledged writes with it;
 	// count them, do not require none.
 	led.vanished(t, func(q string) *redis.Client { return nodeOf(t, cl, q) }, queues)
@@ -477,17 +486,9 @@ func TestClusterFailoverDurable(t *testing.T) {
 	t.Parallel()
 	cl := redistest.StartCluster(t, nil)
 	c, _ := clusterClient(t, cl, &Config{Replicas: 1, ReplicaTimeout: 500 * time.Millisecond})
-	ctx := t.Context()
 	queues := queuesOnEveryMaster(t, cl, 2)
-	led := newLedger()
-	stop := make(chan struct{})
-	wait := runWorkload(ctx, c, queues, led, stop)
+	led, stop := startWorkload(t, c, queues)
 	m := cl.MasterOf(t, KeysFor(queues[0]).Ready)
-	redistest.WaitFor(t, 10*time.Second, func() bool {
-		led.mu.Lock()
-		defer led.mu.Unlock()
-		return len(led.acked) > 100
-	}, "the workload runs")
 	r := cl.ReplicaOf(t, m)
 	began := time.Now()
 	cl.Failover(t, r)
@@ -501,8 +502,7 @@ func TestClusterFailoverDurable(t *testing.T) {
 	cl.WaitHealthy(t, 30*time.Second)
 	led.mark()
 	redistest.WaitFor(t, 10*time.Second, func() bool { return led.okAfter.Load() > 100 }, "the workload recovers")
-	close(stop)
-	wait()
+	stop()
 	led.check(t, func(q string) *redis.Client { return nodeOf(t, cl, q) }, queues)
 }
 
@@ -531,16 +531,8 @@ func TestSentinelFailoverDurable(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ctx := t.Context()
 			queues := []string{"a", "b", "c", "d"}
-			led := newLedger()
-			stop := make(chan struct{})
-			wait := runWorkload(ctx, c, queues, led, stop)
-			redistest.WaitFor(t, 10*time.Second, func() bool {
-				led.mu.Lock()
-				defer led.mu.Unlock()
-				return len(led.acked) > 100
-			}, "the workload runs")
+			led, stop := startWorkload(t, c, queues)
 			began := time.Now()
 			var m *redistest.Server
 			if kill {
@@ -553,8 +545,7 @@ func TestSentinelFailoverDurable(t *testing.T) {
 			// about a second, writes to the old master meanwhile fail WAIT.
 			led.mark()
 			redistest.WaitFor(t, 10*time.Second, func() bool { return time.Since(switched) > 2*time.Second }, "load after the switch")
-			close(stop)
-			wait()
+			stop()
 			first, last := led.window()
 			t.Logf("%s: +switch-master after %v; %d errors to callers (%d ErrNotReplicated) from %v to %v after it began; %d acks after the switch",
 				name, switched.Sub(began).Round(time.Millisecond), led.errs.Load(), led.notRepl.Load(), sub(first, began), sub(last, began), led.okAfter.Load())
