@@ -51,6 +51,35 @@ type Config struct {
 	// to discarding the former; Consume then logs through slog.Default(),
 	// so that failing handlers are never silent.
 	Logger *slog.Logger
+
+	// RetryWindow bounds how long a command that Redis refused without
+	// running it is retried, with backoff, before its error reaches the
+	// caller: a Cluster slot being migrated or resharded (TRYAGAIN, ASK,
+	// MOVED), a Cluster or Sentinel failover in progress (CLUSTERDOWN,
+	// READONLY, MASTERDOWN, LOADING), too few replicas for
+	// min-replicas-to-write (NOREPLICAS), and, on a Cluster or Sentinel
+	// client, a connection refused by a master that is failing over.
+	// Other errors, which may mean the command ran, are never retried
+	// here.
+	// Defaults to 5 seconds; negative turns retrying off.
+	RetryWindow time.Duration
+	// Replicas, if positive, makes every state change (each script, and
+	// the RPUSH of an immediate push) wait until that many replicas have
+	// it (WAIT), and fail with ErrNotReplicated when they do not within
+	// ReplicaTimeout: the change was made on the master, but a failover
+	// may undo it, so the outcome is uncertain. Defaults to 0: no waiting.
+	Replicas int
+	// ReplicaTimeout bounds each WAIT. It must stay below the Redis
+	// client's read timeout. Defaults to 1 second.
+	ReplicaTimeout time.Duration
+	// BlockingClient, if set, carries Take's blocking waits (BLMOVE), so
+	// that consumers waiting on empty queues hold connections of its pool
+	// and not of the one acks, extends and sweeps need. It must reach the
+	// same deployment as the main client. Defaults to the main client,
+	// whose pool must then exceed the number of concurrent blocking takes
+	// (one per Take with a Wait in progress; one per Consume) plus the
+	// other concurrent calls.
+	BlockingClient redis.UniversalClient
 }
 
 func (c *Config) withDefaults() Config {
@@ -61,6 +90,8 @@ func (c *Config) withDefaults() Config {
 	out.LeaseFor = cmp.Or(out.LeaseFor, LeaseForDefault)
 	out.MaxDeliveries = cmp.Or(out.MaxDeliveries, MaxDeliveriesDefault)
 	out.MaxPayload = cmp.Or(out.MaxPayload, MaxPayloadDefault)
+	out.RetryWindow = cmp.Or(out.RetryWindow, RetryWindowDefault)
+	out.ReplicaTimeout = cmp.Or(out.ReplicaTimeout, ReplicaTimeoutDefault)
 	if out.Logger == nil {
 		out.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -77,13 +108,19 @@ func (c *Config) validate() error {
 	if c.MaxPayload < 1 {
 		return fmt.Errorf("%w: Config.MaxPayload %d: must be at least 1", ErrInvalidArgument, c.MaxPayload)
 	}
+	if c.Replicas < 0 {
+		return fmt.Errorf("%w: Config.Replicas %d: must not be negative", ErrInvalidArgument, c.Replicas)
+	}
+	if c.ReplicaTimeout < time.Millisecond {
+		return fmt.Errorf("%w: Config.ReplicaTimeout %v: must be at least 1ms", ErrInvalidArgument, c.ReplicaTimeout)
+	}
 	return nil
 }
 
 // Client is the lease API over one Redis deployment. It is safe for
 // concurrent use.
 type Client struct {
-	rdb        redis.UniversalClient
+	rdb        *conn // the user's client, with retries and WAIT
 	cfg        Config
 	logSet     bool     // Config.Logger was given
 	registered sync.Map // queue name -> struct{}: SADDed to the registry
@@ -104,11 +141,14 @@ func New(rdb redis.UniversalClient, cfg *Config) (*Client, error) {
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
+	if err := checkReplicaTimeout(rdb, &c); err != nil {
+		return nil, err
+	}
 	var seed [32]byte
 	if _, err := rand.Read(seed[:]); err != nil {
 		return nil, fmt.Errorf("lease: seed: %w", err)
 	}
-	return &Client{rdb: rdb, cfg: c, logSet: cfg != nil && cfg.Logger != nil, now: time.Now, rng: mrand.NewChaCha8(seed)}, nil
+	return &Client{rdb: newConn(rdb, &c), cfg: c, logSet: cfg != nil && cfg.Logger != nil, now: time.Now, rng: mrand.NewChaCha8(seed)}, nil
 }
 
 // newTokens fills n fresh lease tokens and n fresh message ids.

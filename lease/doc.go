@@ -130,7 +130,36 @@
 // data: every change of state is one atomic Lua script, and a message is
 // in exactly one place at a time (the ready or claim list, in flight,
 // delayed, or dead). If Redis itself loses writes (no persistence, a
-// failover to a replica that lagged), ackd cannot bring them back.
+// failover to a replica that lagged), ackd cannot bring them back; see
+// below for how a caller learns of it.
+//
+// # Cluster, Sentinel and failover
+//
+// Any redis.UniversalClient works: standalone, Sentinel (failover) or
+// Cluster. Commands that Redis refused without running them, as during a
+// slot migration (TRYAGAIN, ASK, MOVED) or a failover (CLUSTERDOWN,
+// READONLY, a refused connection on a Cluster or Sentinel client), are
+// retried with backoff for up to Config.RetryWindow before the caller sees
+// the error.
+//
+// Replication is asynchronous, so a failover can drop changes the old
+// master acknowledged. With Config.Replicas set, every change waits
+// (WAIT, on the same connection, on the master of the queue's slot) until
+// that many replicas have it, and returns ErrNotReplicated when they do
+// not: the outcome is uncertain, the caller retries, and no message
+// vanishes without an error to the caller that wrote it.
+//
+//	c, err := lease.New(rdb, &lease.Config{Replicas: 1, ReplicaTimeout: time.Second})
+//	...
+//	if _, err := c.Push(ctx, "emails", payload, nil); errors.Is(err, lease.ErrNotReplicated) {
+//		// pushed to the master, maybe not to its replica: push again
+//	}
+//
+// A blocking take holds a pooled connection while it waits. Give blocking
+// takes their own client with Config.BlockingClient, or size the pool for
+// them and everything else. docs/TOPOLOGY.md has the measured error
+// windows, the cost of WAIT and what min-replicas-to-write, AOF and
+// cluster-require-full-coverage trade.
 //
 // # Key layout
 //

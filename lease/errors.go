@@ -29,4 +29,11 @@ var (
 	// value, a wrong key type). Malformed messages are moved to the dead
 	// set with reason "malformed"; this error reports that it happened.
 	ErrMalformed = errors.New("lease: malformed data in redis")
+	// ErrNotReplicated: the change was made on the master, but fewer than
+	// Config.Replicas replicas confirmed it within Config.ReplicaTimeout,
+	// so a failover may still undo it. The outcome is uncertain: retry a
+	// push (a duplicate is possible, a loss is not); a take's leases are
+	// not returned and its messages come back when their leases run out;
+	// an ack may have to be repeated (ErrNotHeld then means it held).
+	ErrNotReplicated = errors.New("lease: not replicated")
 )

@@ -102,7 +102,7 @@ func (c *Client) TakeBatch(ctx context.Context, queue string, n int, opts *TakeO
 		// Block until a producer pushes. BLMOVE parks the element on the
 		// claim list, which the next take (ours or anyone's) drains first,
 		// so nothing is lost if this consumer dies right here.
-		err = c.rdb.Do(ctx, "blmove", k.Ready, k.Claim, "LEFT", "RIGHT", strconv.FormatFloat(wait.Seconds(), 'f', 3, 64)).Err()
+		err = c.rdb.block(ctx, "blmove", k.Ready, k.Claim, "LEFT", "RIGHT", strconv.FormatFloat(wait.Seconds(), 'f', 3, 64)).Err()
 		if err != nil && !errors.Is(err, redis.Nil) {
 			return nil, fmt.Errorf("lease: take from %s: wait: %w", queue, convertErr(err))
 		}

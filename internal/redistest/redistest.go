@@ -48,7 +48,11 @@ const (
 	pollInterval = 2 * time.Millisecond
 )
 
-var readyMarker = []byte("Ready to accept connections")
+var (
+	readyMarker = []byte("Ready to accept connections")
+	// A Sentinel never logs readyMarker; it logs its id once it serves.
+	sentinelReadyMarker = []byte("Sentinel ID is")
+)
 
 // reservedFlags are set by Start and must not be overridden by callers,
 // because the helper depends on them (address, data dir, log capture).
@@ -68,6 +72,9 @@ type Server struct {
 	dir   string
 	flags []string // caller's extra flags, appended after the base flags
 	log   *logBuffer
+	// sentinelConf, if set, makes this a Sentinel: the process runs
+	// `redis-server sentinelConf --sentinel <flags>`.
+	sentinelConf string
 
 	// life serialises lifecycle operations (Stop, Kill, Restart, cleanup).
 	life sync.Mutex
@@ -111,27 +118,45 @@ func (p *process) exited() bool {
 // fails the test after 10 s, including the server's output in the message.
 func Start(t testing.TB, flags ...string) *Server {
 	t.Helper()
+	return start(t, "redistest.Start", "", flags, nil)
+}
+
+// start launches a redis-server (or, with sentinelConf set, a Sentinel
+// reading that file) on a free port, retrying with another port when the
+// one picked was taken meanwhile. perAttempt, if not nil, returns flags
+// appended for one attempt only (a Cluster node's bus port, picked afresh
+// each time); they stay with the server for its restarts.
+func start(t testing.TB, what, sentinelConf string, flags []string, perAttempt func() ([]string, error)) *Server {
+	t.Helper()
 	bin := requireBinary(t, "redis-server", os.Getenv, exec.LookPath)
 	if err := checkFlags(flags); err != nil {
-		t.Fatalf("redistest.Start: %v", err)
+		t.Fatalf("%s: %v", what, err)
 	}
 	dir := filepath.Join(t.TempDir(), "redis")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatalf("redistest.Start: %v", err)
+		t.Fatalf("%s: %v", what, err)
 	}
-
 	var failures []string
 	for attempt := 1; attempt <= startAttempts; attempt++ {
 		port, err := freePort()
 		if err != nil {
-			t.Fatalf("redistest.Start: picking a free port: %v", err)
+			t.Fatalf("%s: picking a free port: %v", what, err)
+		}
+		all := append([]string(nil), flags...)
+		if perAttempt != nil {
+			more, err := perAttempt()
+			if err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+			all = append(all, more...)
 		}
 		s := &Server{
-			bin:   bin,
-			port:  port,
-			dir:   dir,
-			flags: append([]string(nil), flags...),
-			log:   &logBuffer{},
+			bin:          bin,
+			port:         port,
+			dir:          dir,
+			flags:        all,
+			log:          &logBuffer{},
+			sentinelConf: sentinelConf,
 		}
 		err = s.launch()
 		if err == nil {
@@ -143,10 +168,10 @@ func Start(t testing.TB, flags ...string) *Server {
 			failures = append(failures, fmt.Sprintf("attempt %d: %v", attempt, err))
 			continue
 		}
-		t.Fatalf("redistest.Start: %v", err)
+		t.Fatalf("%s: %v", what, err)
 	}
-	t.Fatalf("redistest.Start: giving up after %d attempts, every port was taken:\n%s",
-		startAttempts, strings.Join(failures, "\n"))
+	t.Fatalf("%s: giving up after %d attempts, every port was taken:\n%s",
+		what, startAttempts, strings.Join(failures, "\n"))
 	return nil
 }
 
@@ -247,7 +272,11 @@ func (s *Server) Restart(t testing.TB) {
 
 // args returns the full redis-server command line (without the binary).
 func (s *Server) args() []string {
-	args := []string{
+	var args []string
+	if s.sentinelConf != "" {
+		args = []string{s.sentinelConf, "--sentinel"}
+	}
+	args = append(args,
 		"--bind", "127.0.0.1",
 		"--port", strconv.Itoa(s.port),
 		"--save", "",
@@ -255,7 +284,7 @@ func (s *Server) args() []string {
 		"--dir", s.dir,
 		"--notify-keyspace-events", "Ex",
 		"--logfile", "",
-	}
+	)
 	return append(args, s.flags...)
 }
 
@@ -274,7 +303,11 @@ func (e *launchError) Error() string {
 // becomes s.proc; on failure the process is gone and s.proc is unchanged.
 // The caller holds s.life (or owns s exclusively).
 func (s *Server) launch() error {
-	ready, from := s.log.watch()
+	marker := readyMarker
+	if s.sentinelConf != "" {
+		marker = sentinelReadyMarker
+	}
+	ready, from := s.log.watch(marker)
 	cmdline := s.args()
 	cmd := exec.Command(s.bin, cmdline...)
 	cmd.Stdout = s.log
@@ -495,6 +528,7 @@ type logBuffer struct {
 	buf     []byte
 	from    int           // where to look for the marker next
 	readyCh chan struct{} // closed when the marker appears; nil if not watching
+	marker  []byte        // the line watched for
 }
 
 func (b *logBuffer) Write(p []byte) (int, error) {
@@ -502,21 +536,22 @@ func (b *logBuffer) Write(p []byte) (int, error) {
 	defer b.mu.Unlock()
 	b.buf = append(b.buf, p...)
 	if b.readyCh != nil {
-		if bytes.Contains(b.buf[b.from:], readyMarker) {
+		if bytes.Contains(b.buf[b.from:], b.marker) {
 			close(b.readyCh)
 			b.readyCh = nil
-		} else if n := len(b.buf) - len(readyMarker) + 1; n > b.from {
+		} else if n := len(b.buf) - len(b.marker) + 1; n > b.from {
 			b.from = n // the marker may still straddle the next write
 		}
 	}
 	return len(p), nil
 }
 
-// watch starts looking for the ready marker in output written from now on.
-// It returns a channel closed when the marker is seen and the current offset.
-func (b *logBuffer) watch() (<-chan struct{}, int) {
+// watch starts looking for marker in output written from now on. It
+// returns a channel closed when the marker is seen and the current offset.
+func (b *logBuffer) watch(marker []byte) (<-chan struct{}, int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.marker = marker
 	b.from = len(b.buf)
 	b.readyCh = make(chan struct{})
 	return b.readyCh, b.from
