@@ -348,7 +348,7 @@ func waitStats(t *testing.T, b *testBundle, queue string, want Stats, what strin
 	t.Helper()
 	redistest.WaitFor(t, 10*time.Second, func() bool {
 		s, err := b.c.Stats(t.Context(), queue)
-		return err == nil && s == want
+		return err == nil && counts(s) == want
 	}, "%s: stats %+v", what, want)
 }
 

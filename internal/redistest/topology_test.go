@@ -35,9 +35,10 @@ func TestClusterFailoverAndKill(t *testing.T) {
 	// The killed node rejoins as a replica of the new master.
 	r.Restart(t)
 	c.WaitHealthy(t, 30*time.Second)
-	if c.ReplicaOf(t, nm) != r {
-		t.Fatalf("restarted node %s is not the replica of %s", r.Addr(), nm.Addr())
-	}
+	// Other nodes clear its fail flag only once they have talked to it
+	// again, which may come after the Cluster is healthy.
+	WaitFor(t, 30*time.Second, func() bool { return c.ReplicaOf(t, nm) == r },
+		"restarted node %s is seen as the replica of %s", r.Addr(), nm.Addr())
 }
 
 func TestClusterMigration(t *testing.T) {
