@@ -87,6 +87,30 @@ func (e *benchEnv) cpu(b *testing.B) float64 {
 	return total
 }
 
+// commands returns how many commands the server has run (INFO
+// commandstats), those called by scripts included, INFO itself excluded.
+func (e *benchEnv) commands(b *testing.B) int64 {
+	b.Helper()
+	info, err := e.rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var total int64
+	for line := range strings.SplitSeq(info, "\n") {
+		name, stats, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || !strings.HasPrefix(name, "cmdstat_") || name == "cmdstat_info" {
+			continue
+		}
+		calls, _, _ := strings.Cut(strings.TrimPrefix(stats, "calls="), ",")
+		n, err := strconv.ParseInt(calls, 10, 64)
+		if err != nil {
+			b.Fatalf("INFO commandstats %s: %v", line, err)
+		}
+		total += n
+	}
+	return total
+}
+
 // measure times total messages' worth of op on conc goroutines. Each
 // goroutine claims up to batch messages at a time from a shared count and
 // calls op(ctx, worker, n) for them. The timer runs only around the work.
@@ -113,7 +137,7 @@ func (e *benchEnv) measure(b *testing.B, conc, batch int, op func(ctx context.Co
 		once sync.Once
 		fail error
 	)
-	cpu0 := e.cpu(b)
+	cpu0, cmds0 := e.cpu(b), e.commands(b)
 	b.ResetTimer()
 	for w := range conc {
 		wg.Add(1)
@@ -133,8 +157,9 @@ func (e *benchEnv) measure(b *testing.B, conc, batch int, op func(ctx context.Co
 	if fail != nil {
 		b.Fatal(fail)
 	}
-	cpu1 := e.cpu(b)
+	cpu1, cmds1 := e.cpu(b), e.commands(b)
 	b.ReportMetric((cpu1-cpu0)*1e6/float64(total), "redis-cpu-us/msg")
+	b.ReportMetric(float64(cmds1-cmds0)/float64(total), "redis-cmds/msg")
 	b.ReportMetric(float64(total)/b.Elapsed().Seconds(), "msgs/s")
 }
 
