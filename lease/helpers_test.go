@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -204,8 +205,8 @@ func (s state) env(t *testing.T, id string) envelope {
 //     record parses.
 func checkInvariants(t *testing.T, rdb *redis.Client, queue string) state {
 	t.Helper()
-	ctx := t.Context()
 	k := KeysFor(queue)
+	q := readQueue(t, rdb, queue)
 	s := state{
 		InFlight:  map[string]int64{},
 		Tokens:    map[string]string{},
@@ -222,45 +223,26 @@ func checkInvariants(t *testing.T, rdb *redis.Client, queue string) state {
 		where[id] = p
 	}
 
-	for _, list := range []string{k.Claim, k.Ready} {
-		elems, err := rdb.LRange(ctx, list, 0, -1).Result()
+	for _, el := range slices.Concat(q.claim, q.ready) {
+		b := []byte(el)
+		if !isEnvelope(b) {
+			s.Raw = append(s.Raw, b)
+			continue
+		}
+		e, err := parseEnvelope(b)
 		if err != nil {
-			t.Fatalf("LRANGE %s: %v", list, err)
+			s.Broken = append(s.Broken, b)
+			continue
 		}
-		for _, el := range elems {
-			b := []byte(el)
-			if !isEnvelope(b) {
-				s.Raw = append(s.Raw, b)
-				continue
-			}
-			e, err := parseEnvelope(b)
-			if err != nil {
-				s.Broken = append(s.Broken, b)
-				continue
-			}
-			place(e.ID, "ready")
-			s.Ready = append(s.Ready, e.ID)
-			s.readyEnvs[e.ID] = e
-		}
+		place(e.ID, "ready")
+		s.Ready = append(s.Ready, e.ID)
+		s.readyEnvs[e.ID] = e
 	}
 
-	recs, err := rdb.HGetAll(ctx, k.Leases).Result()
-	if err != nil {
-		t.Fatalf("HGETALL %s: %v", k.Leases, err)
-	}
-	dls, err := rdb.ZRangeWithScores(ctx, k.Deadlines, 0, -1).Result()
-	if err != nil {
-		t.Fatalf("ZRANGE %s: %v", k.Deadlines, err)
-	}
-	now, err := rdb.Time(ctx).Result()
-	if err != nil {
-		t.Fatalf("TIME: %v", err)
-	}
-	for _, z := range dls {
-		id := z.Member.(string)
-		dl := int64(z.Score)
+	for _, z := range q.deadlines {
+		id, dl := z.member, z.score
 		s.InFlight[id] = dl
-		rec, ok := recs[id]
+		rec, ok := q.leases[id]
 		if !ok {
 			t.Errorf("invariant: %s is in %s but not in %s", id, k.Deadlines, k.Leases)
 			continue
@@ -278,71 +260,50 @@ func checkInvariants(t *testing.T, rdb *redis.Client, queue string) state {
 		place(id, "in flight")
 		s.Tokens[id] = token
 		sk := LeaseKey(queue, token)
-		v, err := rdb.Get(ctx, sk).Result()
+		sh, ok := q.shadows[sk]
 		switch {
-		case errors.Is(err, redis.Nil):
-			if dl >= now.UnixMilli() {
-				t.Errorf("invariant: shadow key %s of %s is gone before its deadline %d (now %d)", sk, id, dl, now.UnixMilli())
+		case !ok:
+			// Redis deletes a key only once its deadline millisecond is over.
+			if dl >= q.now {
+				t.Errorf("invariant: shadow key %s of %s is gone before its deadline %d (now %d)", sk, id, dl, q.now)
 			}
-		case err != nil:
-			t.Fatalf("GET %s: %v", sk, err)
-		default:
-			if v != id {
-				t.Errorf("invariant: shadow key %s holds %q, want %s", sk, v, id)
-			}
-			at, err := rdb.Do(ctx, "pexpiretime", sk).Int64()
-			if err != nil || at != dl {
-				t.Errorf("invariant: shadow key %s expires at %d (%v), want the ZSET deadline %d", sk, at, err, dl)
-			}
+		case sh.value != id:
+			t.Errorf("invariant: shadow key %s holds %q, want %s", sk, sh.value, id)
+		case sh.expires != dl:
+			t.Errorf("invariant: shadow key %s expires at %d, want the ZSET deadline %d", sk, sh.expires, dl)
 		}
 	}
-	for id := range recs {
+	for id := range q.leases {
 		if _, ok := s.InFlight[id]; !ok {
 			t.Errorf("invariant: %s is in %s but not in %s", id, k.Leases, k.Deadlines)
 		}
-	}
-	shadows, err := rdb.Keys(ctx, LeaseKey(queue, "*")).Result()
-	if err != nil {
-		t.Fatalf("KEYS: %v", err)
 	}
 	live := map[string]bool{}
 	for _, tok := range s.Tokens {
 		live[LeaseKey(queue, tok)] = true
 	}
-	for _, sk := range shadows {
+	for sk := range q.shadows {
 		if !live[sk] {
 			t.Errorf("invariant: shadow key %s has no lease", sk)
 		}
 	}
 
-	delayed, err := rdb.ZRangeWithScores(ctx, k.Delayed, 0, -1).Result()
-	if err != nil {
-		t.Fatalf("ZRANGE %s: %v", k.Delayed, err)
-	}
-	for _, z := range delayed {
-		e, err := parseEnvelope([]byte(z.Member.(string)))
+	for _, z := range q.delayed {
+		e, err := parseEnvelope([]byte(z.member))
 		if err != nil {
-			t.Errorf("invariant: delayed member %q: %v", z.Member, err)
+			t.Errorf("invariant: delayed member %q: %v", z.member, err)
 			continue
 		}
 		place(e.ID, "delayed")
-		s.Delayed[e.ID] = int64(z.Score)
+		s.Delayed[e.ID] = z.score
 		s.readyEnvs[e.ID] = e
 	}
 
-	deadIDs, err := rdb.ZRange(ctx, k.Dead, 0, -1).Result()
-	if err != nil {
-		t.Fatalf("ZRANGE %s: %v", k.Dead, err)
+	if len(q.deadIDs) != len(q.deadRecs) {
+		t.Errorf("invariant: %s has %d ids, %s %d records", k.Dead, len(q.deadIDs), k.DeadMsgs, len(q.deadRecs))
 	}
-	deadRecs, err := rdb.HGetAll(ctx, k.DeadMsgs).Result()
-	if err != nil {
-		t.Fatalf("HGETALL %s: %v", k.DeadMsgs, err)
-	}
-	if len(deadIDs) != len(deadRecs) {
-		t.Errorf("invariant: %s has %d ids, %s %d records", k.Dead, len(deadIDs), k.DeadMsgs, len(deadRecs))
-	}
-	for _, id := range deadIDs {
-		rec, ok := deadRecs[id]
+	for _, id := range q.deadIDs {
+		rec, ok := q.deadRecs[id]
 		if !ok {
 			t.Errorf("invariant: dead id %s has no record", id)
 			continue
@@ -357,6 +318,103 @@ func checkInvariants(t *testing.T, rdb *redis.Client, queue string) state {
 		}
 	}
 	return s
+}
+
+// queueState is every key of one queue, read in one atomic script call.
+type queueState struct {
+	claim, ready []string
+	leases       map[string]string // id -> lease record
+	deadlines    []scored          // by deadline
+	delayed      []scored          // by due time
+	deadIDs      []string          // by time of death
+	deadRecs     map[string]string // id -> dead record
+	now          int64             // Redis's clock, ms
+	shadows      map[string]shadowKey
+}
+
+type scored struct {
+	member string
+	score  int64
+}
+
+type shadowKey struct {
+	value   string
+	expires int64 // PEXPIRETIME
+}
+
+// snapshotScript reads every key of one queue in one atomic call: a check
+// that read them in several calls would see things move between them.
+// KEYS: claim, ready, leases, deadlines, delayed, dead, deadmsgs
+// ARGV[1]: the pattern of the queue's shadow keys
+var snapshotScript = redis.NewScript(`
+local out = {}
+out[1] = redis.call('LRANGE', KEYS[1], 0, -1)
+out[2] = redis.call('LRANGE', KEYS[2], 0, -1)
+out[3] = redis.call('HGETALL', KEYS[3])
+out[4] = redis.call('ZRANGE', KEYS[4], 0, -1, 'WITHSCORES')
+out[5] = redis.call('ZRANGE', KEYS[5], 0, -1, 'WITHSCORES')
+out[6] = redis.call('ZRANGE', KEYS[6], 0, -1)
+out[7] = redis.call('HGETALL', KEYS[7])
+local t = redis.call('TIME')
+out[8] = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local shadows = {}
+for _, k in ipairs(redis.call('KEYS', ARGV[1])) do
+  shadows[#shadows + 1] = k
+  shadows[#shadows + 1] = redis.call('GET', k) or ''
+  shadows[#shadows + 1] = redis.call('PEXPIRETIME', k)
+end
+out[9] = shadows
+return out
+`)
+
+// readQueue reads queue's keys atomically. rdb's user must be allowed
+// every command and key.
+func readQueue(t *testing.T, rdb redis.Scripter, queue string) queueState {
+	t.Helper()
+	k := KeysFor(queue)
+	res, err := snapshotScript.Run(t.Context(), rdb,
+		[]string{k.Claim, k.Ready, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs},
+		LeaseKey(queue, "*")).Slice()
+	if err != nil {
+		t.Fatalf("snapshot of %s: %v", queue, err)
+	}
+	strs := func(v any) []string {
+		var out []string
+		for _, x := range v.([]any) {
+			out = append(out, fmt.Sprint(x))
+		}
+		return out
+	}
+	pairs := func(v any) map[string]string {
+		l := strs(v)
+		m := make(map[string]string, len(l)/2)
+		for i := 0; i+1 < len(l); i += 2 {
+			m[l[i]] = l[i+1]
+		}
+		return m
+	}
+	zset := func(v any) []scored {
+		l := strs(v)
+		out := make([]scored, 0, len(l)/2)
+		for i := 0; i+1 < len(l); i += 2 {
+			f, err := strconv.ParseFloat(l[i+1], 64)
+			if err != nil {
+				t.Fatalf("snapshot of %s: score %q: %v", queue, l[i+1], err)
+			}
+			out = append(out, scored{l[i], int64(f)})
+		}
+		return out
+	}
+	q := queueState{
+		claim: strs(res[0]), ready: strs(res[1]), leases: pairs(res[2]),
+		deadlines: zset(res[3]), delayed: zset(res[4]), deadIDs: strs(res[5]), deadRecs: pairs(res[6]),
+		now: res[7].(int64), shadows: map[string]shadowKey{},
+	}
+	sh := res[8].([]any)
+	for i := 0; i+2 < len(sh); i += 3 {
+		q.shadows[sh[i].(string)] = shadowKey{value: sh[i+1].(string), expires: sh[i+2].(int64)}
+	}
+	return q
 }
 
 // ids returns the ids of leases.
