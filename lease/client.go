@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	mrand "math/rand/v2"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -144,7 +143,7 @@ func (c *Client) register(ctx context.Context, queue string) error {
 		return nil
 	}
 	if err := c.rdb.SAdd(ctx, RegistryKey, queue).Err(); err != nil {
-		return fmt.Errorf("lease: register queue %s: %w", queue, err)
+		return fmt.Errorf("lease: register queue %s: %w", queue, convertErr(err))
 	}
 	c.registered.Store(queue, struct{}{})
 	return nil
@@ -191,16 +190,21 @@ func ms(d time.Duration) int64 { return int64((d + time.Millisecond - 1) / time.
 func fromMS(v int64) time.Time { return time.UnixMilli(v) }
 
 // convertErr maps Redis errors that mean "this key is not ackd's" to
-// ErrMalformed; redis.Nil never leaves the package.
+// ErrMalformed and ACL refusals to ErrNoPermission, wrapping the Redis
+// error; redis.Nil never leaves the package.
 func convertErr(err error) error {
-	if err == nil {
+	switch {
+	case err == nil:
 		return nil
-	}
-	if errors.Is(err, redis.Nil) {
+	case errors.Is(err, redis.Nil):
 		return ErrNotHeld
-	}
-	if strings.Contains(err.Error(), "WRONGTYPE") {
-		return fmt.Errorf("%w: %v", ErrMalformed, err)
+	case redis.HasErrorPrefix(err, "WRONGTYPE"):
+		return fmt.Errorf("%w: %w", ErrMalformed, err)
+	case redis.HasErrorPrefix(err, "NOPERM"),
+		// Redis 7.0 reports a command refused inside a script as
+		// "ERR The user executing the script can't run this command...".
+		redis.HasErrorPrefix(err, "The user executing the script can't"):
+		return fmt.Errorf("%w: %w", ErrNoPermission, err)
 	}
 	return err
 }

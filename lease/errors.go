@@ -29,4 +29,9 @@ var (
 	// value, a wrong key type). Malformed messages are moved to the dead
 	// set with reason "malformed"; this error reports that it happened.
 	ErrMalformed = errors.New("lease: malformed data in redis")
+	// ErrNoPermission: the Redis user lacks an ACL permission the call
+	// needs (a command, a key or the wake channel; docs/SECURITY.md lists
+	// each role's). The Redis error is wrapped with it. Every script
+	// checks its permissions before it writes, so nothing was written.
+	ErrNoPermission = errors.New("lease: redis refused a command to this user (ACL)")
 )

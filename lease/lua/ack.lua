@@ -24,6 +24,8 @@ for i = 1, n do
   end
 end
 if #done > 0 then
+  local denied = refused({{'HDEL', KEYS[1]}, {'ZREM', KEYS[2]}, {'DEL', unpack(shadows)}})
+  if denied then return denied end
   redis.call('HDEL', KEYS[1], unpack(done))
   redis.call('ZREM', KEYS[2], unpack(done))
   redis.call('DEL', unpack(shadows))

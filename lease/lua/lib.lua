@@ -52,6 +52,33 @@ local function parse_rec(rec)
   return tok, string.sub(rec, pos)
 end
 
+-- refused returns nil when the script's user may run every command in
+-- checks, else an error reply naming the first one it may not. Redis keeps
+-- whatever a script wrote before a command that ACL refuses, so a script
+-- refused halfway could leave a message nowhere, or in two places: every
+-- script calls this before its first write, with each command it may call
+-- after that write. A check is a command and its keys (or channel), e.g.
+-- {'HSET', key}; it costs no command, only Redis's ACL lookup.
+local function refused(checks)
+  for i = 1, #checks do
+    local c = checks[i]
+    if not redis.acl_check_cmd(unpack(c)) then
+      return redis.error_reply('NOPERM ackd: this user may not run ' .. table.concat(c, ' ') ..
+        ', which this script needs (see docs/SECURITY.md); nothing was written')
+    end
+  end
+  return nil
+end
+
+-- dead_checks are the commands dead_letter runs.
+local function dead_checks(checks, k_dead, k_deadmsgs)
+  checks[#checks + 1] = {'HEXISTS', k_deadmsgs}
+  checks[#checks + 1] = {'HLEN', k_deadmsgs}
+  checks[#checks + 1] = {'ZADD', k_dead}
+  checks[#checks + 1] = {'HSET', k_deadmsgs}
+  return checks
+end
+
 local function first_score(key)
   local r = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
   if r[2] then return tonumber(r[2]) end
@@ -96,25 +123,48 @@ end
 -- Returns 1 requeued, 2 dead-lettered (expired), 3 dead-lettered
 -- (malformed record), 0 nothing to do (no record).
 local function expire_one(k_ready, k_leases, k_deadlines, k_dead, k_deadmsgs, id, now)
-  -- Read before writing: Redis does not roll a script back when a later
-  -- call fails (a wrong-type key), so nothing may be written before it.
+  -- Read before writing, and write the new place before removing the old
+  -- one: Redis does not roll a script back when a later call fails (a
+  -- wrong-type key, a command ACL refuses).
   local rec = redis.call('HGET', k_leases, id)
-  redis.call('ZREM', k_deadlines, id)
-  if not rec then return 0 end
-  redis.call('HDEL', k_leases, id)
+  if not rec then
+    redis.call('ZREM', k_deadlines, id)
+    return 0
+  end
   local _, envs = parse_rec(rec)
   local m = envs and parse_env(envs)
+  local status = 1
   if not m or m.id ~= id then
     dead_letter(k_dead, k_deadmsgs, id, 'malformed', now, rec)
-    return 3
+    status = 3
+  else
+    m.expiries = m.expiries + 1
+    if m.max > 0 and m.attempts >= m.max then
+      dead_letter(k_dead, k_deadmsgs, id, 'expired', now, build_env(m))
+      status = 2
+    else
+      redis.call('LPUSH', k_ready, build_env(m))
+    end
   end
-  m.expiries = m.expiries + 1
-  if m.max > 0 and m.attempts >= m.max then
-    dead_letter(k_dead, k_deadmsgs, id, 'expired', now, build_env(m))
-    return 2
-  end
-  redis.call('LPUSH', k_ready, build_env(m))
-  return 1
+  redis.call('HDEL', k_leases, id)
+  redis.call('ZREM', k_deadlines, id)
+  return status
+end
+
+-- expire_checks are the commands expire_one runs after its first write.
+local function expire_checks(checks, k_ready, k_leases, k_deadlines, k_dead, k_deadmsgs)
+  checks[#checks + 1] = {'LPUSH', k_ready}
+  checks[#checks + 1] = {'HDEL', k_leases}
+  checks[#checks + 1] = {'ZREM', k_deadlines}
+  return dead_checks(checks, k_dead, k_deadmsgs)
+end
+
+-- release_checks are the commands release runs after its first write.
+local function release_checks(checks, k_leases, k_deadlines, k_shadow, k_dead, k_deadmsgs)
+  checks[#checks + 1] = {'HDEL', k_leases}
+  checks[#checks + 1] = {'ZREM', k_deadlines}
+  checks[#checks + 1] = {'DEL', k_shadow}
+  return dead_checks(checks, k_dead, k_deadmsgs)
 end
 
 -- release ends the lease of id if token holds it: it removes the lease

@@ -9,6 +9,8 @@ if #ids == 0 then
   ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 end
 if #ids == 0 then return 0 end
+local denied = refused({{'HDEL', KEYS[2]}, {'ZREM', KEYS[1]}})
+if denied then return denied end
 local n = redis.call('HDEL', KEYS[2], unpack(ids))
 redis.call('ZREM', KEYS[1], unpack(ids))
 return n

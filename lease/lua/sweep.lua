@@ -13,6 +13,10 @@
 --          next_deadline_ms or -1, next_delayed_ms or -1, more (0/1),
 --          lag_ms of each requeued or dead-lettered lease...}
 local limit = tonumber(ARGV[1])
+local denied = refused(expire_checks({{'RPUSH', KEYS[1]}, {'ZREM', KEYS[6]},
+  {'ZRANGEBYSCORE', KEYS[6]}, {'ZRANGE', KEYS[3]}, {'ZRANGE', KEYS[6]},
+  {'LMOVE', KEYS[7], KEYS[1]}}, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]))
+if denied then return denied end
 local now = now_ms()
 local out = {0, 0, 0, 0, 0, -1, -1, 0}
 local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. now, 'WITHSCORES', 'LIMIT', 0, limit)

@@ -52,6 +52,13 @@ if redis.call('EXISTS', KEYS[8]) == 1 then
   return out
 end
 
+local checks = dead_checks({{'RPUSH', KEYS[1]}, {'ZREM', KEYS[5]}, {'ZRANGE', KEYS[4]},
+  {'ZRANGE', KEYS[5]}, {'LMPOP', '2', KEYS[2], KEYS[1], 'LEFT'}, {'HSETNX', KEYS[3]},
+  {'ZADD', KEYS[4]}, {'PUBLISH', ARGV[5]}}, KEYS[6], KEYS[7])
+for i = 1, n do checks[#checks + 1] = {'SET', KEYS[7 + i]} end
+local denied = refused(checks)
+if denied then return denied end
+
 local now = now_ms()
 promote(KEYS[5], KEYS[1], now, 100)
 
