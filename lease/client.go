@@ -44,7 +44,10 @@ type Config struct {
 	// to messages pushed without their own maximum and to raw payloads.
 	// Defaults to 10; Unlimited for no maximum.
 	MaxDeliveries int
-	// MaxPayload is the largest payload Push accepts, in bytes. Defaults
+	// MaxPayload is the largest payload Push accepts, in bytes. Take
+	// applies it too, to what other producers put on the queue: a larger
+	// element goes to the dead set with reason "oversized" instead of
+	// being leased (and copied through Redis on every delivery). Defaults
 	// to 1 MiB.
 	MaxPayload int
 	// Logger receives the client's few log lines (malformed data found in

@@ -12,6 +12,7 @@ const (
 	ReasonFailed    = "failed"    // its last delivery was nacked
 	ReasonMalformed = "malformed" // not something ackd wrote, or a second copy of an id in flight
 	ReasonKilled    = "killed"    // a consumer called DeadLetter
+	ReasonOversized = "oversized" // over the taking client's Config.MaxPayload
 )
 
 // DeadLetter is a message in a queue's dead set.
@@ -69,6 +70,11 @@ func decodeDead(id string, rec []byte) DeadLetter {
 	}
 	d.Reason, d.At, d.Raw = r.Reason, fromMS(r.AtMS), r.Body
 	body := r.Body
+	if r.Reason == ReasonOversized && !isEnvelope(body) {
+		// a raw payload, kept as it was found
+		d.Payload, d.Raw = body, nil
+		return d
+	}
 	if !isEnvelope(body) {
 		if _, inner, ok := splitLeaseRecord(body); ok && isEnvelope(inner) {
 			body = inner

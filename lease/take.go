@@ -109,6 +109,7 @@ func (c *Client) takeOnce(ctx context.Context, queue string, k Keys, n int, leas
 		keys = append(keys, LeaseKey(queue, tokens[i]))
 		args = append(args, tokens[i], ids[i])
 	}
+	args = append(args, c.cfg.MaxPayload)
 	res, err := takeScript.Run(ctx, c.rdb, keys, args...).Slice()
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("lease: take from %s: %w", queue, convertErr(err))
@@ -118,7 +119,7 @@ func (c *Client) takeOnce(ctx context.Context, queue string, k Keys, n int, leas
 		return nil, time.Time{}, fmt.Errorf("lease: take from %s: %w", queue, err)
 	}
 	if bad > 0 {
-		c.cfg.Logger.WarnContext(ctx, "dead-lettered malformed messages", "queue", queue, "num_malformed", bad)
+		c.cfg.Logger.WarnContext(ctx, "dead-lettered malformed or oversized messages", "queue", queue, "num_malformed", bad)
 	}
 	return ls, next, nil
 }

@@ -538,6 +538,7 @@ func TestTakeResent(t *testing.T) {
 		keys = append(keys, LeaseKey(q, tokens[i]))
 		args = append(args, tokens[i], ids[i])
 	}
+	args = append(args, MaxPayloadDefault)
 	var runs [2][]*Lease
 	for r := range runs {
 		res, err := takeScript.Run(ctx, b.rdb, keys, args...).Slice()

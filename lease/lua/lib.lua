@@ -11,6 +11,11 @@
 
 local MARK = "\255ackd1|"
 local MARKLEN = #MARK
+-- ENV_HEAD bounds an envelope's header: mark, an id of up to 64 bytes, five
+-- numbers of up to 14 digits and the six separators.
+local ENV_HEAD = MARKLEN + 64 + 5 * 14 + 6
+-- MAX_MS is the longest lease or delay ackd writes: a week.
+local MAX_MS = 604800000
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -79,10 +84,22 @@ local function dead_checks(checks, k_dead, k_deadmsgs)
   return checks
 end
 
+-- first_score is the lowest score of key, kept within 0 and 10^15 ms: a
+-- foreign -inf or +inf would not fit the integer reply.
 local function first_score(key)
   local r = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  if r[2] then return tonumber(r[2]) end
+  if r[2] then return math.max(0, math.min(tonumber(r[2]), 1e15)) end
   return nil
+end
+
+-- pull_in rescores up to limit members of key whose score is beyond latest
+-- to latest, and returns how many. ackd never writes a deadline or due
+-- time more than MAX_MS ahead: anything beyond came from elsewhere (or
+-- Redis's clock went back), and would otherwise wait forever.
+local function pull_in(key, latest, limit)
+  local far = redis.call('ZRANGEBYSCORE', key, '(' .. latest, '+inf', 'LIMIT', 0, limit)
+  for i = 1, #far do redis.call('ZADD', key, 'XX', latest, far[i]) end
+  return #far
 end
 
 -- dead_letter files body under id in the dead set. An id that is already
@@ -154,6 +171,7 @@ end
 -- expire_checks are the commands expire_one runs after its first write.
 local function expire_checks(checks, k_ready, k_leases, k_deadlines, k_dead, k_deadmsgs)
   checks[#checks + 1] = {'LPUSH', k_ready}
+  checks[#checks + 1] = {'HGET', k_leases}
   checks[#checks + 1] = {'HDEL', k_leases}
   checks[#checks + 1] = {'ZREM', k_deadlines}
   return dead_checks(checks, k_dead, k_deadmsgs)

@@ -14,13 +14,16 @@
 -- ARGV[5] wake channel
 -- ARGV[6] queue name
 -- ARGV[5+2i] token_i, ARGV[6+2i] id_i (the id a raw payload in slot i gets)
+-- ARGV[7+2n] max payload bytes: a larger element is dead-lettered as
+--            oversized, before it is parsed or copied (absent: no limit)
 -- A resent call (same tokens) returns what the first run leased.
--- returns {count, next_delayed_ms or -1, malformed,
+-- returns {count, next_delayed_ms or -1, malformed or oversized,
 --          then per lease: id, token, attempt, deadline_ms, max, payload}
 local n = tonumber(ARGV[1])
 local override = tonumber(ARGV[2])
 local deflease = tonumber(ARGV[3])
 local defmax = tonumber(ARGV[4])
+local maxp = tonumber(ARGV[7 + 2 * n]) or math.huge
 local out = {0, -1, 0}
 
 -- A client that lost the reply resends the same call (go-redis retries by
@@ -75,12 +78,21 @@ while j < n and bad < 100 do
     local e = elems[x]
     local token, rawid = ARGV[5 + 2 * (j + 1)], ARGV[6 + 2 * (j + 1)]
     local m
-    if string.sub(e, 1, MARKLEN) == MARK then
+    local env = string.sub(e, 1, MARKLEN) == MARK
+    -- Size first: an element far over the limit is never parsed or copied
+    -- but into its dead record.
+    local over = #e > maxp and (not env or #e > maxp + ENV_HEAD)
+    if env and not over then
       m = parse_env(e)
-    else
+      over = m and #m.payload > maxp
+    elseif not env and not over then
       m = { id = rawid, attempts = 0, max = defmax, lease = 0, expiries = 0, failures = 0, payload = e }
     end
-    if not m then
+    if over then
+      bad = bad + 1
+      local id = env and string.match(string.sub(e, MARKLEN + 1, MARKLEN + 65), '^([%w%-%.]+)|')
+      dead_letter(KEYS[6], KEYS[7], id or rawid .. '.o' .. bad, 'oversized', now, e)
+    elseif not m then
       bad = bad + 1
       dead_letter(KEYS[6], KEYS[7], rawid .. '.m' .. bad, 'malformed', now, e)
     else
