@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"os"
 	"regexp"
 	"slices"
@@ -353,6 +354,11 @@ var aclOps = []aclOp{
 		e.push("m2", nil)
 		return e.userTake(2, 1, nil)
 	}},
+	{"consumer", "take oversized", func(e *aclEnv) error {
+		e.raw(strings.Repeat("o", 2000)) // the user's MaxPayload is 1024
+		e.push("m1", nil)
+		return e.userTake(2, 1, nil)
+	}},
 	{"consumer", "take claimed", func(e *aclEnv) error {
 		e.push("m1", nil)
 		k := KeysFor(e.queue)
@@ -414,6 +420,19 @@ var aclOps = []aclOp{
 			return err
 		}
 		return want(r.Malformed == 1, "sweep: %+v", r)
+	}},
+	{"daemon", "sweep pulls in far due times", func(e *aclEnv) error {
+		// (A foreign deadline would also leave ackd's shadow key at its
+		// old expiry, which this audit counts; TestAbsurdDeadlines covers it.)
+		e.push("m1", &PushOpts{Delay: time.Hour})
+		k := KeysFor(e.queue)
+		elem := e.adminDB.ZRange(e.ctx(), k.Delayed, 0, 0).Val()[0]
+		e.must(e.adminDB.ZAdd(e.ctx(), k.Delayed, redis.Z{Score: math.Inf(1), Member: elem}).Err())
+		r, err := e.user.Sweep(e.ctx(), e.queue, nil)
+		if err != nil {
+			return err
+		}
+		return want(r.NextDelayed.Before(time.Now().Add(MaxLeaseFor+time.Minute)), "sweep: %+v", r)
 	}},
 	{"daemon", "sweep promotes", func(e *aclEnv) error {
 		e.push("m1", &PushOpts{Delay: time.Millisecond})
