@@ -93,27 +93,35 @@ func decodeDead(id string, rec []byte) DeadLetter {
 // ErrNotHeld, after the others were replayed.
 func (c *Client) Replay(ctx context.Context, queue string, ids ...string) (int, error) {
 	return c.deadOp(ctx, queue, "replay", ids, func(k Keys, args []any) (int, []string, error) {
-		v, err := replayScript.Run(ctx, c.rdb, []string{k.Ready, k.Dead, k.DeadMsgs}, args...).Slice()
-		if err != nil {
-			return 0, nil, err
-		}
-		n, _ := v[0].(int64)
-		var missing []string
-		for _, m := range v[1:] {
-			s, _ := m.(string)
-			missing = append(missing, s)
-		}
-		return int(n), missing, nil
+		return deadOpReply(replayScript.Run(ctx, c.rdb, []string{k.Ready, k.Dead, k.DeadMsgs}, args...).Slice())
 	})
 }
 
 // Purge deletes dead letters of queue for good: the given ids, or with
-// none, all of them.
+// none, all of them. It returns how many it deleted; ids that were not in
+// the dead set are reported in an error wrapping ErrNotHeld, after the
+// others were deleted.
 func (c *Client) Purge(ctx context.Context, queue string, ids ...string) (int, error) {
 	return c.deadOp(ctx, queue, "purge", ids, func(k Keys, args []any) (int, []string, error) {
-		n, err := purgeScript.Run(ctx, c.rdb, []string{k.Dead, k.DeadMsgs}, args...).Int()
-		return n, nil, err
+		return deadOpReply(purgeScript.Run(ctx, c.rdb, []string{k.Dead, k.DeadMsgs}, args...).Slice())
 	})
+}
+
+// deadOpReply decodes {count, then each id not in the dead set}.
+func deadOpReply(v []any, err error) (int, []string, error) {
+	if err != nil {
+		return 0, nil, err
+	}
+	n, ok := v[0].(int64)
+	if len(v) == 0 || !ok {
+		return 0, nil, fmt.Errorf("%w: reply %v", ErrMalformed, v)
+	}
+	var missing []string
+	for _, m := range v[1:] {
+		s, _ := m.(string)
+		missing = append(missing, s)
+	}
+	return int(n), missing, nil
 }
 
 func (c *Client) deadOp(ctx context.Context, queue, op string, ids []string, run func(Keys, []any) (int, []string, error)) (int, error) {
