@@ -1,14 +1,11 @@
 package lease
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"maps"
 	"math"
-	"os"
-	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -16,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ackd/ackd/internal/acldoc"
 	"github.com/ackd/ackd/internal/redistest"
 )
 
@@ -23,75 +21,14 @@ import (
 // rights: these tests parse them, so the document cannot drift from what
 // the code needs.
 
-// aclRole is one ACL SETUSER line of docs/SECURITY.md.
-type aclRole struct {
-	user     string   // e.g. ackd-consumer, ackd-consumer-orders
-	role     string   // producer, consumer, admin or daemon
-	password string   // from the >password rule
-	rules    []string // everything after the user name
-}
-
-// grants lists the rules that give a right (+command, ~keys, %R~keys,
-// &channel): the permissions a leave-one-out run removes one at a time.
-func (r aclRole) grants() []string {
-	var out []string
-	for _, rule := range r.rules {
-		if strings.HasPrefix(rule, "+") || strings.HasPrefix(rule, "~") ||
-			strings.HasPrefix(rule, "%") || strings.HasPrefix(rule, "&") {
-			out = append(out, rule)
-		}
-	}
-	return out
-}
-
-// without returns the rules minus one grant.
-func (r aclRole) without(grant string) []string {
-	return slices.DeleteFunc(slices.Clone(r.rules), func(s string) bool { return s == grant })
-}
-
-var aclLineRE = regexp.MustCompile(`^ACL SETUSER (ackd-(producer|consumer|admin|daemon)(?:-[a-z]+)?) (.+)$`)
-
-// securityDocRoles parses every ACL SETUSER line of docs/SECURITY.md.
-func securityDocRoles(t *testing.T) map[string]aclRole {
+// securityDocRoles reads the users of docs/SECURITY.md.
+func securityDocRoles(t *testing.T) map[string]acldoc.User {
 	t.Helper()
-	f, err := os.Open("../docs/SECURITY.md")
+	users, err := acldoc.Read("../docs/SECURITY.md")
 	if err != nil {
-		t.Fatalf("open docs/SECURITY.md: %v", err)
+		t.Fatal(err)
 	}
-	defer func() { _ = f.Close() }()
-	roles := map[string]aclRole{}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		m := aclLineRE.FindStringSubmatch(strings.TrimSpace(sc.Text()))
-		if m == nil {
-			continue
-		}
-		r := aclRole{user: m[1], role: m[2], rules: strings.Fields(m[3])}
-		for _, rule := range r.rules {
-			if p, ok := strings.CutPrefix(rule, ">"); ok {
-				r.password = p
-			}
-		}
-		if r.password == "" || r.rules[0] != "reset" {
-			t.Fatalf("docs/SECURITY.md: %s: want reset first and a >password", m[0])
-		}
-		if _, dup := roles[r.user]; dup {
-			t.Fatalf("docs/SECURITY.md: user %s defined twice", r.user)
-		}
-		roles[r.user] = r
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatalf("read docs/SECURITY.md: %v", err)
-	}
-	for _, u := range []string{"producer", "consumer", "admin", "daemon"} {
-		for _, name := range []string{"ackd-" + u, "ackd-" + u + "-orders"} {
-			if _, ok := roles[name]; !ok {
-				t.Fatalf("docs/SECURITY.md: no ACL SETUSER line for %s", name)
-			}
-		}
-	}
-	return roles
+	return users
 }
 
 // placement is where every message of one queue is, read atomically:
@@ -578,24 +515,24 @@ func TestACLRoles(t *testing.T) {
 	}
 	for _, name := range slices.Sorted(maps.Keys(roles)) {
 		r := roles[name]
-		user := srv.SetUser(t, r.user, r.password, r.rules...)
+		user := srv.SetUser(t, r.Name, r.Password, r.Rules...)
 		for i, op := range aclOps {
-			if op.role != r.role {
+			if op.role != r.Role {
 				continue
 			}
-			queue := fmt.Sprintf("%s.%d", r.user, i)
-			if strings.HasSuffix(r.user, "-orders") {
+			queue := fmt.Sprintf("%s.%d", r.Name, i)
+			if strings.HasSuffix(r.Name, "-orders") {
 				queue = "orders"
 			}
 			c, why, err := runACLOp(t, admin, user, queue, op)
 			if err != nil {
-				t.Errorf("%s: %s: %v", r.user, op.name, err)
+				t.Errorf("%s: %s: %v", r.Name, op.name, err)
 			}
 			if c != (aclCounts{}) {
-				t.Errorf("%s: %s: %+v: %v", r.user, op.name, c, why)
+				t.Errorf("%s: %s: %+v: %v", r.Name, op.name, c, why)
 			}
 			if log := srv.ACLLog(t); len(log) > 0 {
-				t.Errorf("%s: %s: Redis refused %v", r.user, op.name, log)
+				t.Errorf("%s: %s: Redis refused %v", r.Name, op.name, log)
 			}
 			if queue == "orders" {
 				clearQueue(t, admin.rdb.(*redis.Client), queue)
@@ -620,10 +557,10 @@ func TestACLLeaveOneOut(t *testing.T) {
 	var table strings.Builder
 	fmt.Fprintf(&table, "%-9s %-26s %5s %5s %5s %6s\n", "role", "removed", "lost", "dup", "misp", "failed")
 	n := 0
-	for _, role := range []string{"producer", "consumer", "daemon", "admin"} {
+	for _, role := range acldoc.Roles {
 		r := roles["ackd-"+role]
-		for _, grant := range r.grants() {
-			user := srv.SetUser(t, r.user, r.password, r.without(grant)...)
+		for _, grant := range r.Grants() {
+			user := srv.SetUser(t, r.Name, r.Password, r.Without(grant)...)
 			var sum aclCounts
 			failed := 0
 			for _, op := range aclOps {
