@@ -409,44 +409,10 @@ var aclOps = []aclOp{
 		}
 		return want(len(d) == 1, "dead letters: %d", len(d))
 	}},
-	{"admin", "replay", func(e *aclEnv) error {
-		id := e.dead("m1")
-		e.dead("m2")
-		n, err := e.user.Replay(e.ctx(), e.queue, id)
-		if err != nil {
-			return err
-		}
-		return want(n == 1, "replayed %d", n)
-	}},
-	{"admin", "replay all", func(e *aclEnv) error {
-		e.dead("m1")
-		e.dead("m2")
-		n, err := e.user.Replay(e.ctx(), e.queue)
-		if err != nil {
-			return err
-		}
-		return want(n == 2, "replayed %d", n)
-	}},
-	{"admin", "purge", func(e *aclEnv) error {
-		id := e.dead("m1")
-		e.dead("m2")
-		e.vanish["m1"] = true
-		n, err := e.user.Purge(e.ctx(), e.queue, id)
-		if err != nil {
-			return err
-		}
-		return want(n == 1, "purged %d", n)
-	}},
-	{"admin", "purge all", func(e *aclEnv) error {
-		e.dead("m1")
-		e.dead("m2")
-		e.vanish["m1"], e.vanish["m2"] = true, true
-		n, err := e.user.Purge(e.ctx(), e.queue)
-		if err != nil {
-			return err
-		}
-		return want(n == 2, "purged %d", n)
-	}},
+	{"admin", "replay", func(e *aclEnv) error { return e.userDeadOp(false, true) }},
+	{"admin", "replay all", func(e *aclEnv) error { return e.userDeadOp(false, false) }},
+	{"admin", "purge", func(e *aclEnv) error { return e.userDeadOp(true, true) }},
+	{"admin", "purge all", func(e *aclEnv) error { return e.userDeadOp(true, false) }},
 	{"admin", "queues and stats", func(e *aclEnv) error { return e.userStats() }},
 }
 
@@ -465,6 +431,26 @@ func (e *aclEnv) userPush(payloads []string, opts *PushOpts) error {
 		}
 	}
 	return err
+}
+
+// userDeadOp makes two dead letters, then replays or purges the first
+// (byID) or all of them as the user.
+func (e *aclEnv) userDeadOp(purge, byID bool) error {
+	ids := []string{e.dead("m1")}
+	e.dead("m2")
+	if !byID {
+		ids = nil
+	}
+	op := e.user.Replay
+	if purge {
+		op = e.user.Purge
+		e.vanish["m1"], e.vanish["m2"] = true, !byID
+	}
+	n, err := op(e.ctx(), e.queue, ids...)
+	if err != nil {
+		return err
+	}
+	return want(n == 2-len(ids), "purge %v: %d done", purge, n)
 }
 
 func (e *aclEnv) userTake(n, leased int, opts *TakeOpts) error {

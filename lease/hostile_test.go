@@ -3,6 +3,7 @@ package lease
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -51,7 +52,7 @@ func TestTakeOversized(t *testing.T) {
 		got[string(l.Payload)] = true
 	}
 	if len(ls) != 2 || !got[strings.Repeat("s", limit)] || !got[strings.Repeat("e", limit)] {
-		t.Fatalf("leased %d: %v; want the two payloads at the limit", len(ls), slices.Collect(mapKeys(got)))
+		t.Fatalf("leased %d: %v; want the two payloads at the limit", len(ls), slices.Collect(maps.Keys(got)))
 	}
 	st := checkInvariants(t, b.rdb, q)
 	byPayload := map[string]DeadLetter{}
@@ -70,7 +71,7 @@ func TestTakeOversized(t *testing.T) {
 	}
 	for _, id := range []string{"env-over", "env-far"} {
 		if _, ok := st.Dead[id]; !ok {
-			t.Errorf("oversized envelope %s not dead under its own id: %v", id, slices.Collect(mapKeys(st.Dead)))
+			t.Errorf("oversized envelope %s not dead under its own id: %v", id, slices.Collect(maps.Keys(st.Dead)))
 		}
 	}
 	if d := byPayload[strings.Repeat("e", 10*limit)]; d.Attempts != 0 {
@@ -93,16 +94,6 @@ func TestTakeOversized(t *testing.T) {
 		t.Fatalf("TakeBatch with MaxPayload %d: %d leases, %v; want 3 (the one without an id is malformed)", 10*limit, len(ls), err)
 	}
 	checkInvariants(t, b.rdb, q)
-}
-
-func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
-	return func(yield func(K) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 // TestAbsurdDeadlines: infinite, huge and negative scores written into the
