@@ -225,8 +225,11 @@ func TestConsumeAutoExtend(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	const q = "autoextend"
-	const leaseFor = 60 * time.Millisecond
-	const runFor = 250 * time.Millisecond
+	// Extends come every leaseFor/3: the lease survives a goroutine held
+	// up for 2/3 of it, which a loaded 2-core machine needs (60 ms was
+	// lost about one run in eight).
+	const leaseFor = 150 * time.Millisecond
+	const runFor = 500 * time.Millisecond
 
 	var calls atomic.Int32
 	var moves atomic.Int32
