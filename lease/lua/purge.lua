@@ -15,7 +15,7 @@ else
   end
 end
 if #ids == 0 then return out end
-local denied = refused({{'HDEL', KEYS[2]}, {'ZREM', KEYS[1]}})
+local denied = refused('ZREM', KEYS[1]) -- HDEL is the first write
 if denied then return denied end
 out[1] = redis.call('HDEL', KEYS[2], unpack(ids))
 redis.call('ZREM', KEYS[1], unpack(ids))

@@ -9,7 +9,8 @@ for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
 if #ids == 0 then
   ids = redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[1]) - 1)
 end
-local denied = refused({{'HGET', KEYS[3]}, {'RPUSH', KEYS[1]}, {'HDEL', KEYS[3]}, {'ZREM', KEYS[2]}})
+-- HGET runs first, then RPUSH is the first write
+local denied = refused('HDEL', KEYS[3]) or refused('ZREM', KEYS[2])
 if denied then return denied end
 local out = {0}
 for i = 1, #ids do

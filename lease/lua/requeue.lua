@@ -17,6 +17,6 @@ local now = now_ms()
 -- A lease is due once its deadline millisecond is over: Redis itself deletes
 -- the shadow key only when now > deadline.
 if score >= now then return {-1, math.min(score - now, MAX_MS)} end
-local denied = refused(expire_checks({}, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]))
+local denied = expire_refused(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 if denied then return denied end
 return {expire_one(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], now), math.min(now - score, now)}

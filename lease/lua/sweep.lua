@@ -15,9 +15,10 @@
 --          next_deadline_ms or -1, next_delayed_ms or -1, more (0/1),
 --          lag_ms of each requeued or dead-lettered lease...}
 local limit = tonumber(ARGV[1])
-local denied = refused(expire_checks({{'RPUSH', KEYS[1]}, {'ZREM', KEYS[6]},
-  {'ZRANGEBYSCORE', KEYS[6]}, {'ZRANGEBYSCORE', KEYS[3]}, {'ZRANGE', KEYS[3]}, {'ZRANGE', KEYS[6]},
-  {'LMOVE', KEYS[7], KEYS[1]}, {'ZADD', KEYS[3]}, {'ZADD', KEYS[6]}}, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]))
+local denied = expire_refused(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]) or refused('RPUSH', KEYS[1]) or
+  refused('ZREM', KEYS[6]) or refused('ZRANGEBYSCORE', KEYS[6]) or refused('ZRANGEBYSCORE', KEYS[3]) or
+  refused('ZRANGE', KEYS[3]) or refused('ZRANGE', KEYS[6]) or refused('LMOVE', KEYS[7], KEYS[1]) or
+  refused('ZADD', KEYS[3]) or refused('ZADD', KEYS[6])
 if denied then return denied end
 local now = now_ms()
 pull_in(KEYS[3], now + MAX_MS, limit)

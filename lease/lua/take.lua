@@ -55,17 +55,18 @@ if redis.call('EXISTS', KEYS[8]) == 1 then
   return out
 end
 
-local checks = dead_checks({{'RPUSH', KEYS[1]}, {'ZREM', KEYS[5]}, {'ZRANGE', KEYS[4]},
-  {'ZRANGE', KEYS[5]}, {'LMPOP', '2', KEYS[2], KEYS[1], 'LEFT'}, {'HSETNX', KEYS[3]},
-  {'ZADD', KEYS[4]}, {'PUBLISH', ARGV[5]}}, KEYS[6], KEYS[7])
-for i = 1, n do checks[#checks + 1] = {'SET', KEYS[7 + i]} end
-local denied = refused(checks)
+local before = first_score(KEYS[4])
+-- The first write is promote's RPUSH or LMPOP. Redis has checked every
+-- declared key; SET is asked about the first shadow key for all.
+local denied = refused('ZREM', KEYS[5]) or refused('ZRANGE', KEYS[5]) or
+  refused('LMPOP', '2', KEYS[2], KEYS[1], 'LEFT') or refused('HSETNX', KEYS[3]) or
+  refused('ZADD', KEYS[4]) or refused('SET', KEYS[8]) or refused('PUBLISH', ARGV[5]) or
+  dead_refused(KEYS[6], KEYS[7])
 if denied then return denied end
 
 local now = now_ms()
 promote(KEYS[5], KEYS[1], now, 100)
 
-local before = first_score(KEYS[4])
 local earliest = nil
 local zadd = {}
 local j, bad = 0, 0
