@@ -21,14 +21,20 @@ import (
 // rights: these tests parse them, so the document cannot drift from what
 // the code needs.
 
-// securityDocRoles reads the users of docs/SECURITY.md.
-func securityDocRoles(t *testing.T) map[string]acldoc.User {
+// aclSetup reads the users of docs/SECURITY.md and starts a server with a
+// client of the default user (allowed everything) for seeding and audits.
+func aclSetup(t *testing.T) (map[string]acldoc.User, *redistest.Server, *Client) {
 	t.Helper()
 	users, err := acldoc.Read("../docs/SECURITY.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return users
+	srv := redistest.Start(t)
+	admin, err := New(srv.Client(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return users, srv, admin
 }
 
 // placement is where every message of one queue is, read atomically:
@@ -493,12 +499,7 @@ func runACLOp(t *testing.T, admin *Client, user *redis.Client, queue string, op 
 // nothing (its ACL LOG stays empty).
 func TestACLRoles(t *testing.T) {
 	t.Parallel()
-	roles := securityDocRoles(t)
-	srv := redistest.Start(t)
-	admin, err := New(srv.Client(t), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	roles, srv, admin := aclSetup(t)
 	for _, name := range slices.Sorted(maps.Keys(roles)) {
 		r := roles[name]
 		user := srv.SetUser(t, r.Name, r.Password, r.Rules...)
@@ -534,12 +535,7 @@ func TestACLRoles(t *testing.T) {
 // writing its new place would lose it.
 func TestACLLeaveOneOut(t *testing.T) {
 	t.Parallel()
-	roles := securityDocRoles(t)
-	srv := redistest.Start(t)
-	admin, err := New(srv.Client(t), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	roles, srv, admin := aclSetup(t)
 	var table strings.Builder
 	fmt.Fprintf(&table, "%-9s %-26s %5s %5s %5s %6s\n", "role", "removed", "lost", "dup", "misp", "failed")
 	n := 0

@@ -5,7 +5,8 @@
 // directory under t.TempDir(), logs captured in memory and keyspace expiry
 // events enabled. The server is killed when the test ends. [Server] can also
 // stop, kill and restart the process (on the same port and data directory) to
-// test crashes and reconnection.
+// test crashes and reconnection, define ACL users ([Server.SetUser]) and read
+// what Redis refused them ([Server.ACLLog]).
 //
 // If redis-server (or redis-cli, for [RedisCLI]) is not on PATH the test is
 // skipped, unless the environment variable CI is non-empty, in which case the
