@@ -56,12 +56,13 @@ if redis.call('EXISTS', KEYS[8]) == 1 then
 end
 
 local before = first_score(KEYS[4])
--- The first write is promote's RPUSH or LMPOP. Redis has checked every
--- declared key; SET is asked about the first shadow key for all.
+-- Redis has checked every declared key, so each command is asked about
+-- once. Promote (RPUSH, then ZREM) is complete for every message it moves:
+-- a refused LMPOP after it changes nothing more, so LMPOP is not asked.
 local denied = refused('ZREM', KEYS[5]) or refused('ZRANGE', KEYS[5]) or
-  refused('LMPOP', '2', KEYS[2], KEYS[1], 'LEFT') or refused('HSETNX', KEYS[3]) or
-  refused('ZADD', KEYS[4]) or refused('SET', KEYS[8]) or refused('PUBLISH', ARGV[5]) or
-  dead_refused(KEYS[6], KEYS[7])
+  refused('HSETNX', KEYS[3]) or refused('ZADD', KEYS[4]) or refused('SET', KEYS[8]) or
+  refused('PUBLISH', ARGV[5]) or refused('HEXISTS', KEYS[7]) or refused('HLEN', KEYS[7]) or
+  refused('HSET', KEYS[7])
 if denied then return denied end
 
 local now = now_ms()
