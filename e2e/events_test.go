@@ -82,9 +82,6 @@ func TestPubSubKilled(t *testing.T) {
 	if killed < kills {
 		t.Errorf("killed %d pub/sub connections, want at least %d", killed, kills)
 	}
-	if reconnects < kills {
-		t.Errorf("ackd_subscription_reconnects_total %v after %d kills: ackd did not notice every disconnect", reconnects, kills)
-	}
 	if s.Expiries == 0 {
 		t.Error("no lease ran out: the scenario did not exercise recovery")
 	}

@@ -156,10 +156,17 @@ func TestBadInputWritesNothing(t *testing.T) {
 			}
 			return err
 		}},
-		call{"Purge unknown id", nil, func() error {
+		call{"Purge unknown id", ErrNotHeld, func() error {
 			n, err := b.c.Purge(ctx, q, "no-such-id")
-			if err == nil && n != 0 {
+			if n != 0 {
 				return errors.New("purged something")
+			}
+			return err
+		}},
+		call{"Replay unknown id", ErrNotHeld, func() error {
+			n, err := b.c.Replay(ctx, q, "no-such-id")
+			if n != 0 {
+				return errors.New("replayed something")
 			}
 			return err
 		}},

@@ -66,23 +66,53 @@ func (e *benchEnv) reset(b *testing.B) *lease.Client {
 	return c
 }
 
-// cpu returns the server's CPU time so far (INFO cpu), in seconds.
-func (e *benchEnv) cpu(b *testing.B) float64 {
+// info returns the fields of one INFO section.
+func (e *benchEnv) info(b *testing.B, section string) map[string]string {
 	b.Helper()
-	info, err := e.rdb.Info(context.Background(), "cpu").Result()
+	info, err := e.rdb.Info(context.Background(), section).Result()
 	if err != nil {
 		b.Fatal(err)
 	}
-	var total float64
+	out := map[string]string{}
 	for line := range strings.SplitSeq(info, "\n") {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if ok && (k == "used_cpu_sys" || k == "used_cpu_user") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), ":"); ok {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// cpu returns the server's CPU time so far (INFO cpu), in seconds.
+func (e *benchEnv) cpu(b *testing.B) float64 {
+	b.Helper()
+	var total float64
+	for k, v := range e.info(b, "cpu") {
+		if k == "used_cpu_sys" || k == "used_cpu_user" {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil {
-				b.Fatalf("INFO cpu %s: %v", line, err)
+				b.Fatalf("INFO cpu %s: %v", k, err)
 			}
 			total += f
 		}
+	}
+	return total
+}
+
+// commands returns how many commands the server has run (INFO
+// commandstats), those called by scripts included, INFO itself excluded.
+func (e *benchEnv) commands(b *testing.B) int64 {
+	b.Helper()
+	var total int64
+	for name, stats := range e.info(b, "commandstats") {
+		if !strings.HasPrefix(name, "cmdstat_") || name == "cmdstat_info" {
+			continue
+		}
+		calls, _, _ := strings.Cut(strings.TrimPrefix(stats, "calls="), ",")
+		n, err := strconv.ParseInt(calls, 10, 64)
+		if err != nil {
+			b.Fatalf("INFO commandstats %s: %v", name, err)
+		}
+		total += n
 	}
 	return total
 }
@@ -113,7 +143,7 @@ func (e *benchEnv) measure(b *testing.B, conc, batch int, op func(ctx context.Co
 		once sync.Once
 		fail error
 	)
-	cpu0 := e.cpu(b)
+	cpu0, cmds0 := e.cpu(b), e.commands(b)
 	b.ResetTimer()
 	for w := range conc {
 		wg.Add(1)
@@ -133,8 +163,9 @@ func (e *benchEnv) measure(b *testing.B, conc, batch int, op func(ctx context.Co
 	if fail != nil {
 		b.Fatal(fail)
 	}
-	cpu1 := e.cpu(b)
+	cpu1, cmds1 := e.cpu(b), e.commands(b)
 	b.ReportMetric((cpu1-cpu0)*1e6/float64(total), "redis-cpu-us/msg")
+	b.ReportMetric(float64(cmds1-cmds0)/float64(total), "redis-cmds/msg")
 	b.ReportMetric(float64(total)/b.Elapsed().Seconds(), "msgs/s")
 }
 

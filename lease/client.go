@@ -43,7 +43,10 @@ type Config struct {
 	// to messages pushed without their own maximum and to raw payloads.
 	// Defaults to 10; Unlimited for no maximum.
 	MaxDeliveries int
-	// MaxPayload is the largest payload Push accepts, in bytes. Defaults
+	// MaxPayload is the largest payload Push accepts, in bytes. Take
+	// applies it too, to what other producers put on the queue: a larger
+	// element goes to the dead set with reason "oversized" instead of
+	// being leased (and copied through Redis on every delivery). Defaults
 	// to 1 MiB.
 	MaxPayload int
 	// Logger receives the client's few log lines (malformed data found in
@@ -185,7 +188,7 @@ func (c *Client) register(ctx context.Context, queue string) error {
 		return nil
 	}
 	if err := c.rdb.SAdd(ctx, RegistryKey, queue).Err(); err != nil {
-		return fmt.Errorf("lease: register queue %s: %w", queue, err)
+		return fmt.Errorf("lease: register queue %s: %w", queue, convertErr(err))
 	}
 	c.registered.Store(queue, struct{}{})
 	return nil
@@ -232,18 +235,21 @@ func ms(d time.Duration) int64 { return int64((d + time.Millisecond - 1) / time.
 func fromMS(v int64) time.Time { return time.UnixMilli(v) }
 
 // convertErr maps Redis errors that mean "this key is not ackd's" to
-// ErrMalformed; redis.Nil never leaves the package.
+// ErrMalformed and ACL refusals to ErrNoPermission, wrapping the Redis
+// error; redis.Nil never leaves the package.
 func convertErr(err error) error {
-	if err == nil {
+	switch {
+	case err == nil:
 		return nil
-	}
-	if errors.Is(err, redis.Nil) {
+	case errors.Is(err, redis.Nil):
 		return ErrNotHeld
-	}
-	if redis.HasErrorPrefix(err, "WRONGTYPE") {
-		// Both wrapped: the caller can still tell a Redis error reply
-		// from an outage.
+	case redis.HasErrorPrefix(err, "WRONGTYPE"):
 		return fmt.Errorf("%w: %w", ErrMalformed, err)
+	case redis.HasErrorPrefix(err, "NOPERM"),
+		// Redis 7.0 reports a command refused inside a script as
+		// "ERR The user executing the script can't run this command...".
+		redis.HasErrorPrefix(err, "The user executing the script can't"):
+		return fmt.Errorf("%w: %w", ErrNoPermission, err)
 	}
 	return err
 }

@@ -275,10 +275,12 @@ func TestConsumeAutoExtend(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	const q = "autoextend"
-	// Consume extends every leaseFor/3: a lease of 300 ms survives a
-	// 200 ms stall of a loaded machine.
-	const leaseFor = 300 * time.Millisecond
-	const runFor = 900 * time.Millisecond
+	// Extends come every leaseFor/3: the lease survives a heartbeat held
+	// up for 2/3 of it, which a loaded 2-core machine running the race
+	// detector needs (60 ms was lost about one run in eight, 150 ms under
+	// a load of 20).
+	const leaseFor = 500 * time.Millisecond
+	const runFor = 1200 * time.Millisecond
 
 	var calls atomic.Int32
 	var moves atomic.Int32

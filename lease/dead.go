@@ -15,6 +15,7 @@ const (
 	ReasonMalformed = "malformed" // not something ackd wrote, or a second copy of an id in flight
 	ReasonKilled    = "killed"    // a consumer called DeadLetter
 	ReasonPanic     = "panic"     // its handler panicked on its last allowed delivery
+	ReasonOversized = "oversized" // over the taking client's Config.MaxPayload
 )
 
 // DeadLetter is a message in a queue's dead set.
@@ -87,6 +88,11 @@ func decodeDead(id string, rec []byte) DeadLetter {
 	}
 	d.Reason, d.At, d.Raw = r.Reason, fromMS(r.AtMS), r.Body
 	body := r.Body
+	if r.Reason == ReasonOversized && !isEnvelope(body) {
+		// a raw payload, kept as it was found
+		d.Payload, d.Raw = body, nil
+		return d
+	}
 	if !isEnvelope(body) {
 		if _, inner, ok := splitLeaseRecord(body); ok && isEnvelope(inner) {
 			body = inner
@@ -108,16 +114,18 @@ func (c *Client) Replay(ctx context.Context, queue string, ids ...string) (int, 
 }
 
 // Purge deletes dead letters of queue for good: the given ids, or with
-// none, all of them.
+// none, all of them. It returns how many it deleted; ids that were not in
+// the dead set are reported in an error wrapping ErrNotHeld, after the
+// others were deleted.
 func (c *Client) Purge(ctx context.Context, queue string, ids ...string) (int, error) {
 	return c.deadOp(ctx, queue, "purge", ids)
 }
 
 // deadBatch runs replay.lua or purge.lua once; args are its ARGV. It
-// returns how many it handled and, for replay, the ids it did not find.
+// returns how many it handled and the ids it did not find.
 func (c *Client) deadBatch(ctx context.Context, op string, k Keys, args []any) (int, []string, error) {
 	if op == "purge" {
-		n, err := purgeScript.Run(ctx, c.rdb, []string{k.Dead, k.DeadMsgs}, args...).Int()
+		n, missing, err := deadOpReply(purgeScript.Run(ctx, c.rdb, []string{k.Dead, k.DeadMsgs}, args...).Slice())
 		if err == nil && len(args) > 1 {
 			// Their error texts too. Best effort: a text left behind is
 			// never shown for a later dead letter of the same id (its
@@ -130,13 +138,23 @@ func (c *Client) deadBatch(ctx context.Context, op string, k Keys, args []any) (
 			}
 			_ = c.rdb.HDel(ctx, k.DeadErrs, batch...).Err()
 		}
-		return n, nil, err
+		return n, missing, err
 	}
-	v, err := replayScript.Run(ctx, c.rdb, []string{k.Ready, k.Dead, k.DeadMsgs}, args...).Slice()
+	return deadOpReply(replayScript.Run(ctx, c.rdb, []string{k.Ready, k.Dead, k.DeadMsgs}, args...).Slice())
+}
+
+// deadOpReply decodes {count, then each id not in the dead set}.
+func deadOpReply(v []any, err error) (int, []string, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	n, _ := v[0].(int64)
+	if len(v) == 0 {
+		return 0, nil, fmt.Errorf("%w: reply %v", ErrMalformed, v)
+	}
+	n, ok := v[0].(int64)
+	if !ok {
+		return 0, nil, fmt.Errorf("%w: reply %v", ErrMalformed, v)
+	}
 	var missing []string
 	for _, m := range v[1:] {
 		s, _ := m.(string)

@@ -80,11 +80,19 @@
 // A message whose lease runs out, or that is nacked, after its last
 // allowed delivery goes to the queue's dead set with a reason: "expired",
 // "failed" (also Fail and SkipRetry, with the error's text), "panic" (its
-// Consume handler panicked on its last delivery), "killed" (DeadLetter)
-// or "malformed" (data in the queue that ackd did not write and cannot
-// parse).
-// DeadLetters lists them, Replay puts them back with fresh attempts, Purge
-// deletes them.
+// Consume handler panicked on its last delivery), "killed" (DeadLetter),
+// "malformed" (data in the queue that ackd did not write and cannot parse)
+// or "oversized" (an element longer than the taking client's MaxPayload,
+// pushed by a plain producer: never parsed nor delivered). DeadLetters
+// lists them, Replay puts them back with fresh attempts, Purge deletes
+// them; both name the ids that were not dead letters in an ErrNotHeld.
+//
+// # Permissions
+//
+// Give each role its own Redis ACL user with the lines of docs/SECURITY.md.
+// Every script checks, before it writes anything, that its user may run
+// each command it needs; if not, the call fails with ErrNoPermission and
+// nothing changed.
 //
 // # Operating queues
 //

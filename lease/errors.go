@@ -36,4 +36,9 @@ var (
 	// not returned and its messages come back when their leases run out;
 	// an ack may have to be repeated (ErrNotHeld then means it held).
 	ErrNotReplicated = errors.New("lease: not replicated")
+	// ErrNoPermission: the Redis user lacks an ACL permission the call
+	// needs (a command, a key or the wake channel; docs/SECURITY.md lists
+	// each role's). The Redis error is wrapped with it. Every script
+	// checks its permissions before it writes, so nothing was written.
+	ErrNoPermission = errors.New("lease: redis refused a command to this user (ACL)")
 )

@@ -403,7 +403,7 @@ return {now,
 `)
 
 // readQueue runs readQueueScript on queue.
-func readQueue(t *testing.T, rdb *redis.Client, queue string) queueSnapshot {
+func readQueue(t *testing.T, rdb redis.Scripter, queue string) queueSnapshot {
 	t.Helper()
 	k := KeysFor(queue)
 	v, err := readQueueScript.Run(t.Context(), rdb,

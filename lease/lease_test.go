@@ -4,6 +4,7 @@ import (
 	"errors"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -437,12 +438,13 @@ func TestDeadLettersReplayPurge(t *testing.T) {
 		t.Fatalf("Replay(known, unknown) = %d, %v; want 1, ErrNotHeld", n, err)
 	}
 
-	// Purge by id, then replay all, then purge all.
-	if n, err := b.c.Purge(ctx, q, dead[2]); err != nil || n != 1 {
-		t.Fatalf("Purge(%s) = %d, %v", dead[2], n, err)
+	// Purge by id, then replay all, then purge all. Unknown ids are
+	// reported as Replay does; the known ones are purged anyway.
+	if n, err := b.c.Purge(ctx, q, dead[2], "no-such-id"); !errors.Is(err, ErrNotHeld) || n != 1 || !strings.Contains(err.Error(), "no-such-id") {
+		t.Fatalf("Purge(%s, no-such-id) = %d, %v; want 1, ErrNotHeld naming no-such-id", dead[2], n, err)
 	}
-	if n, err := b.c.Purge(ctx, q, dead[2]); err != nil || n != 0 {
-		t.Errorf("Purge again = %d, %v; want 0", n, err)
+	if n, err := b.c.Purge(ctx, q, dead[2]); !errors.Is(err, ErrNotHeld) || n != 0 {
+		t.Errorf("Purge again = %d, %v; want 0, ErrNotHeld", n, err)
 	}
 	st = checkInvariants(t, b.rdb, q)
 	if len(st.Dead) != 1 || st.Dead[dead[3]].ID == "" {

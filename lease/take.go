@@ -124,6 +124,7 @@ func (c *Client) takeOnce(ctx context.Context, queue string, k Keys, n int, leas
 	}
 	sent := time.Now()
 	keys = append(keys, k.Paused)
+	args = append(args, c.cfg.MaxPayload)
 	res, err := takeScript.Run(ctx, c.rdb, keys, args...).Slice()
 	if err != nil {
 		return nil, time.Time{}, false, fmt.Errorf("lease: take from %s: %w", queue, convertErr(err))
@@ -136,7 +137,7 @@ func (c *Client) takeOnce(ctx context.Context, queue string, k Keys, n int, leas
 		l.sent = sent
 	}
 	if bad > 0 {
-		c.cfg.Logger.WarnContext(ctx, "dead-lettered malformed messages", "queue", queue, "num_malformed", bad)
+		c.cfg.Logger.WarnContext(ctx, "dead-lettered malformed or oversized messages", "queue", queue, "num_malformed", bad)
 	}
 	return ls, next, res[1] == int64(-2), nil
 }

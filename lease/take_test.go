@@ -538,6 +538,7 @@ func TestTakeResent(t *testing.T) {
 		args = append(args, tokens[i], ids[i])
 	}
 	keys = append(keys, k.Paused)
+	args = append(args, MaxPayloadDefault)
 	var runs [2][]*Lease
 	for r := range runs {
 		res, err := takeScript.Run(ctx, b.rdb, keys, args...).Slice()

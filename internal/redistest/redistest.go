@@ -5,7 +5,8 @@
 // directory under t.TempDir(), logs captured in memory and keyspace expiry
 // events enabled. The server is killed when the test ends. [Server] can also
 // stop, kill and restart the process (on the same port and data directory) to
-// test crashes and reconnection.
+// test crashes and reconnection, define ACL users ([Server.SetUser]) and read
+// what Redis refused them ([Server.ACLLog]).
 //
 // If redis-server (or redis-cli, for [RedisCLI]) is not on PATH the test is
 // skipped, unless the environment variable CI is non-empty, in which case the
@@ -564,3 +565,61 @@ func (b *logBuffer) since(off int) string {
 }
 
 func (b *logBuffer) String() string { return b.since(0) }
+
+// SetUser defines (or redefines) the ACL user name with ACL SETUSER name
+// rules..., run as the default user, and returns a client logged in as that
+// user with password, closed when the test ends. Rules are ACL SETUSER
+// arguments such as "reset", "on", ">"+password, "~ackd:*", "+get".
+func (s *Server) SetUser(t testing.TB, name, password string, rules ...string) *redis.Client {
+	t.Helper()
+	args := append([]any{"acl", "setuser", name}, anySlice(rules)...)
+	admin := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	defer func() { _ = admin.Close() }()
+	if err := admin.Do(context.Background(), args...).Err(); err != nil {
+		t.Fatalf("redistest: ACL SETUSER %s %s: %v", name, strings.Join(rules, " "), err)
+	}
+	c := redis.NewClient(&redis.Options{Addr: s.Addr(), Username: name, Password: password})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// ACLLog returns the server's ACL LOG (the commands, keys and channels
+// refused to users, newest first), one "user reason context object" line
+// per entry, and resets it.
+func (s *Server) ACLLog(t testing.TB) []string {
+	t.Helper()
+	admin := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	defer func() { _ = admin.Close() }()
+	ctx := context.Background()
+	entries, err := admin.Do(ctx, "acl", "log").Slice()
+	if err != nil {
+		t.Fatalf("redistest: ACL LOG: %v", err)
+	}
+	var out []string
+	for _, e := range entries {
+		f := map[string]string{}
+		switch e := e.(type) {
+		case []any: // RESP2: field, value, ...
+			for i := 0; i+1 < len(e); i += 2 {
+				f[fmt.Sprint(e[i])] = fmt.Sprint(e[i+1])
+			}
+		case map[any]any: // RESP3
+			for k, v := range e {
+				f[fmt.Sprint(k)] = fmt.Sprint(v)
+			}
+		}
+		out = append(out, fmt.Sprintf("%s %s %s %s", f["username"], f["reason"], f["context"], f["object"]))
+	}
+	if err := admin.Do(ctx, "acl", "log", "reset").Err(); err != nil {
+		t.Fatalf("redistest: ACL LOG RESET: %v", err)
+	}
+	return out
+}
+
+func anySlice(ss []string) []any {
+	out := make([]any, len(ss))
+	for i, s := range ss {
+		out[i] = s
+	}
+	return out
+}

@@ -415,3 +415,31 @@ func runFake(fn func(testing.TB)) *fakeTB {
 	<-done
 	return f
 }
+
+func TestSetUserAndACLLog(t *testing.T) {
+	t.Parallel()
+	s := Start(t)
+	ctx := t.Context()
+	u := s.SetUser(t, "reader", "pw", "reset", "on", ">pw", "~k:*", "+get")
+	if err := u.Set(ctx, "k:1", "v", 0).Err(); err == nil || !strings.HasPrefix(err.Error(), "NOPERM") {
+		t.Fatalf("SET as reader: %v, want NOPERM", err)
+	}
+	if err := u.Get(ctx, "k:1").Err(); !errors.Is(err, redis.Nil) {
+		t.Fatalf("GET as reader: %v, want redis.Nil", err)
+	}
+	if err := u.Get(ctx, "other").Err(); err == nil {
+		t.Fatal("GET of a key outside ~k:* succeeded")
+	}
+	log := s.ACLLog(t)
+	if len(log) != 2 || log[0] != "reader key toplevel other" || log[1] != "reader command toplevel set" {
+		t.Fatalf("ACLLog = %q", log)
+	}
+	if log := s.ACLLog(t); len(log) != 0 {
+		t.Fatalf("ACLLog after reset = %q", log)
+	}
+	// Redefining the user replaces its rules.
+	u = s.SetUser(t, "reader", "pw", "reset", "on", ">pw", "~k:*", "+get", "+set")
+	if err := u.Set(ctx, "k:1", "v", 0).Err(); err != nil {
+		t.Fatalf("SET after +set: %v", err)
+	}
+}

@@ -24,6 +24,10 @@ for i = 1, n do
   end
 end
 if #done > 0 then
+  -- HDEL is the first write; every shadow key is declared, so Redis has
+  -- checked them all, and DEL is asked about the first for all.
+  local denied = refused('ZREM', KEYS[2]) or refused('DEL', shadows[1])
+  if denied then return denied end
   redis.call('HDEL', KEYS[1], unpack(done))
   redis.call('ZREM', KEYS[2], unpack(done))
   redis.call('DEL', unpack(shadows))

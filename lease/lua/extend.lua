@@ -9,6 +9,8 @@
 local rec = redis.call('HGET', KEYS[1], ARGV[1])
 if not rec then return 0 end
 if string.sub(rec, 1, #ARGV[2] + 1) ~= ARGV[2] .. '|' then return -1 end
+local denied = refused('SET', KEYS[3]) or refused('PUBLISH', ARGV[4]) -- ZADD is the first write
+if denied then return denied end
 local before = first_score(KEYS[2])
 local deadline = now_ms() + tonumber(ARGV[3])
 redis.call('ZADD', KEYS[2], deadline, ARGV[1])

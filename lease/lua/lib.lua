@@ -11,6 +11,11 @@
 
 local MARK = "\255ackd1|"
 local MARKLEN = #MARK
+-- ENV_HEAD bounds an envelope's header: mark, an id of up to 64 bytes, five
+-- numbers of up to 14 digits and the six separators.
+local ENV_HEAD = MARKLEN + 64 + 5 * 14 + 6
+-- MAX_MS is the longest lease or delay ackd writes: a week.
+local MAX_MS = 604800000
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -52,10 +57,44 @@ local function parse_rec(rec)
   return tok, string.sub(rec, pos)
 end
 
+-- refused returns nil when the script's user may run cmd with these keys
+-- (or channel), else an error reply naming them. Redis checks a script's
+-- declared KEYS before it runs, but its commands and channels only at each
+-- call, and keeps whatever the script wrote before a refused one: it could
+-- leave a message nowhere, or in two places. So every script asks, before
+-- its first write, about each command it may call after that write,
+-- chained with "or": refused(a) or refused(b) or .... (A command that
+-- always runs before the first write needs no check.) It costs no command,
+-- only Redis's ACL lookup: about as much as a cheap command, so ask only
+-- what is needed.
+local function refused(cmd, ...)
+  if redis.acl_check_cmd(cmd, ...) then return nil end
+  return redis.error_reply('NOPERM ackd: this user may not run ' .. table.concat({cmd, ...}, ' ') ..
+    ', which this script needs (see docs/SECURITY.md); nothing was written')
+end
+
+-- dead_refused checks the commands dead_letter runs.
+local function dead_refused(k_dead, k_deadmsgs)
+  return refused('HEXISTS', k_deadmsgs) or refused('HLEN', k_deadmsgs) or
+    refused('ZADD', k_dead) or refused('HSET', k_deadmsgs)
+end
+
+-- first_score is the lowest score of key, kept within 0 and 10^15 ms: a
+-- foreign -inf or +inf would not fit the integer reply.
 local function first_score(key)
   local r = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  if r[2] then return tonumber(r[2]) end
+  if r[2] then return math.max(0, math.min(tonumber(r[2]), 1e15)) end
   return nil
+end
+
+-- pull_in rescores up to limit members of key whose score is beyond latest
+-- to latest, and returns how many. ackd never writes a deadline or due
+-- time more than MAX_MS ahead: anything beyond came from elsewhere (or
+-- Redis's clock went back), and would otherwise wait forever.
+local function pull_in(key, latest, limit)
+  local far = redis.call('ZRANGEBYSCORE', key, '(' .. latest, '+inf', 'LIMIT', 0, limit)
+  for i = 1, #far do redis.call('ZADD', key, 'XX', latest, far[i]) end
+  return #far
 end
 
 -- dead_letter files body under id in the dead set. An id that is already
@@ -96,25 +135,44 @@ end
 -- Returns 1 requeued, 2 dead-lettered (expired), 3 dead-lettered
 -- (malformed record), 0 nothing to do (no record).
 local function expire_one(k_ready, k_leases, k_deadlines, k_dead, k_deadmsgs, id, now)
-  -- Read before writing: Redis does not roll a script back when a later
-  -- call fails (a wrong-type key), so nothing may be written before it.
+  -- Read before writing, and write the new place before removing the old
+  -- one: Redis does not roll a script back when a later call fails (a
+  -- wrong-type key, a command ACL refuses).
   local rec = redis.call('HGET', k_leases, id)
-  redis.call('ZREM', k_deadlines, id)
-  if not rec then return 0 end
-  redis.call('HDEL', k_leases, id)
+  if not rec then
+    redis.call('ZREM', k_deadlines, id)
+    return 0
+  end
   local _, envs = parse_rec(rec)
   local m = envs and parse_env(envs)
+  local status = 1
   if not m or m.id ~= id then
     dead_letter(k_dead, k_deadmsgs, id, 'malformed', now, rec)
-    return 3
+    status = 3
+  else
+    m.expiries = m.expiries + 1
+    if m.max > 0 and m.attempts >= m.max then
+      dead_letter(k_dead, k_deadmsgs, id, 'expired', now, build_env(m))
+      status = 2
+    else
+      redis.call('LPUSH', k_ready, build_env(m))
+    end
   end
-  m.expiries = m.expiries + 1
-  if m.max > 0 and m.attempts >= m.max then
-    dead_letter(k_dead, k_deadmsgs, id, 'expired', now, build_env(m))
-    return 2
-  end
-  redis.call('LPUSH', k_ready, build_env(m))
-  return 1
+  redis.call('HDEL', k_leases, id)
+  redis.call('ZREM', k_deadlines, id)
+  return status
+end
+
+-- expire_refused checks the commands expire_one runs after its first write.
+local function expire_refused(k_ready, k_leases, k_deadlines, k_dead, k_deadmsgs)
+  return refused('LPUSH', k_ready) or refused('HGET', k_leases) or refused('HDEL', k_leases) or
+    refused('ZREM', k_deadlines) or dead_refused(k_dead, k_deadmsgs)
+end
+
+-- release_refused checks the commands release runs after its first write
+-- (HDEL).
+local function release_refused(k_deadlines, k_shadow, k_dead, k_deadmsgs)
+  return refused('ZREM', k_deadlines) or refused('DEL', k_shadow) or dead_refused(k_dead, k_deadmsgs)
 end
 
 -- release ends the lease of id if token holds it: it removes the lease

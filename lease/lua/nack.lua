@@ -10,6 +10,9 @@
 -- ARGV[4] wake channel, ARGV[5] queue
 -- returns 1 requeued, 2 dead-lettered (failed: no deliveries left),
 -- 3 dead-lettered (malformed record), 0 not held, -1 stale token
+local denied = release_refused(KEYS[3], KEYS[7], KEYS[5], KEYS[6]) or refused('ZRANGE', KEYS[4]) or
+  refused('ZADD', KEYS[4]) or refused('PUBLISH', ARGV[4]) or refused('RPUSH', KEYS[1])
+if denied then return denied end
 local now = now_ms()
 local m, status = release(KEYS[2], KEYS[3], KEYS[7], KEYS[5], KEYS[6], ARGV[1], ARGV[2], now)
 if not m then return status end

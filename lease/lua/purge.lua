@@ -2,13 +2,21 @@
 -- KEYS[1] ackd:{q}:dead       ZSET
 -- KEYS[2] ackd:{q}:deadmsgs   HASH
 -- ARGV[1] limit, ARGV[2..] ids; with no ids, the oldest `limit` dead letters
--- returns how many were deleted
+-- returns {deleted, then each id not found in the dead set}
 local ids = {}
 for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
+local out = {0}
 if #ids == 0 then
   ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+else
+  local scores = redis.call('ZMSCORE', KEYS[1], unpack(ids))
+  for i = 1, #ids do
+    if not scores[i] then out[#out + 1] = ids[i] end
+  end
 end
-if #ids == 0 then return 0 end
-local n = redis.call('HDEL', KEYS[2], unpack(ids))
+if #ids == 0 then return out end
+local denied = refused('ZREM', KEYS[1]) -- HDEL is the first write
+if denied then return denied end
+out[1] = redis.call('HDEL', KEYS[2], unpack(ids))
 redis.call('ZREM', KEYS[1], unpack(ids))
-return n
+return out

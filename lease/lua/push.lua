@@ -5,6 +5,8 @@
 -- ARGV[1] delay ms (> 0), ARGV[2] wake channel, ARGV[3] queue,
 -- ARGV[4..] envelopes
 -- returns the due time in ms
+local denied = refused('PUBLISH', ARGV[2]) -- ZADD is the first write
+if denied then return denied end
 local before = first_score(KEYS[1])
 local due = now_ms() + tonumber(ARGV[1])
 for i = 4, #ARGV do

@@ -9,6 +9,9 @@ for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
 if #ids == 0 then
   ids = redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[1]) - 1)
 end
+-- HGET runs first, then RPUSH is the first write
+local denied = refused('HDEL', KEYS[3]) or refused('ZREM', KEYS[2])
+if denied then return denied end
 local out = {0}
 for i = 1, #ids do
   local rec = redis.call('HGET', KEYS[3], ids[i])

@@ -1,5 +1,7 @@
 -- sweep.lua: requeue every due lease of a queue, promote due delayed
 -- messages and return claimed-but-untaken elements, all bounded by limit.
+-- Deadlines and due times more than a week ahead (not ackd's) are first
+-- pulled in to now + a week, so that nothing waits forever.
 -- KEYS[1] ackd:{q}:ready      LIST
 -- KEYS[2] ackd:{q}:leases     HASH
 -- KEYS[3] ackd:{q}:deadlines  ZSET
@@ -20,14 +22,22 @@
 --          bytes or '' (the one string in the reply),
 --          then lag_ms of each requeued or dead-lettered lease...}
 local limit = tonumber(ARGV[1])
+local denied = expire_refused(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]) or refused('RPUSH', KEYS[1]) or
+  refused('ZREM', KEYS[6]) or refused('ZRANGEBYSCORE', KEYS[6]) or refused('ZRANGEBYSCORE', KEYS[3]) or
+  refused('ZRANGE', KEYS[3]) or refused('ZRANGE', KEYS[6]) or refused('LMOVE', KEYS[7], KEYS[1]) or
+  refused('ZADD', KEYS[3]) or refused('ZADD', KEYS[6]) or refused('LLEN', KEYS[1]) or
+  refused('ZCARD', KEYS[3]) or refused('GET', KEYS[8]) or refused('LINDEX', KEYS[1])
+if denied then return denied end
 local now = now_ms()
+pull_in(KEYS[3], now + MAX_MS, limit)
+pull_in(KEYS[6], now + MAX_MS, limit)
 local out = {0, 0, 0, 0, 0, -1, -1, 0, 0, 0, 0, 0, -1, now, ''}
 local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. now, 'WITHSCORES', 'LIMIT', 0, limit)
 for i = 1, #due, 2 do
   local r = expire_one(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], due[i], now)
   if r > 0 then
     out[r] = out[r] + 1
-    out[#out + 1] = now - tonumber(due[i + 1])
+    out[#out + 1] = math.min(now - tonumber(due[i + 1]), now) -- a -inf deadline: lag now
   end
 end
 out[4] = promote(KEYS[6], KEYS[1], now, limit)

@@ -15,14 +15,17 @@
 -- ARGV[5] wake channel
 -- ARGV[6] queue name
 -- ARGV[5+2i] token_i, ARGV[6+2i] id_i (the id a raw payload in slot i gets)
+-- ARGV[7+2n] max payload bytes: a larger element is dead-lettered as
+--            oversized, before it is parsed or copied (absent: no limit)
 -- A resent call (same tokens) returns what the first run leased.
 -- A paused queue leases nothing and moves nothing: returns {0, -2, 0}.
--- returns {count, next_delayed_ms or -1, malformed,
+-- returns {count, next_delayed_ms or -1, malformed or oversized,
 --          then per lease: id, token, attempt, deadline_ms, max, payload}
 local n = tonumber(ARGV[1])
 local override = tonumber(ARGV[2])
 local deflease = tonumber(ARGV[3])
 local defmax = tonumber(ARGV[4])
+local maxp = tonumber(ARGV[7 + 2 * n]) or math.huge
 local out = {0, -1, 0}
 
 -- A client that lost the reply resends the same call (go-redis retries by
@@ -60,10 +63,19 @@ if redis.call('EXISTS', KEYS[8 + n]) == 1 then
   return out
 end
 
+local before = first_score(KEYS[4])
+-- Redis has checked every declared key, so each command is asked about
+-- once. Promote (RPUSH, then ZREM) is complete for every message it moves:
+-- a refused LMPOP after it changes nothing more, so LMPOP is not asked.
+local denied = refused('ZREM', KEYS[5]) or refused('ZRANGE', KEYS[5]) or
+  refused('HSETNX', KEYS[3]) or refused('ZADD', KEYS[4]) or refused('SET', KEYS[8]) or
+  refused('PUBLISH', ARGV[5]) or refused('HEXISTS', KEYS[7]) or refused('HLEN', KEYS[7]) or
+  refused('HSET', KEYS[7])
+if denied then return denied end
+
 local now = now_ms()
 promote(KEYS[5], KEYS[1], now, 100)
 
-local before = first_score(KEYS[4])
 local earliest = nil
 local zadd = {}
 local j, bad = 0, 0
@@ -76,12 +88,21 @@ while j < n and bad < 100 do
     local e = elems[x]
     local token, rawid = ARGV[5 + 2 * (j + 1)], ARGV[6 + 2 * (j + 1)]
     local m
-    if string.sub(e, 1, MARKLEN) == MARK then
+    local env = string.sub(e, 1, MARKLEN) == MARK
+    -- Size first: an element far over the limit is never parsed or copied
+    -- but into its dead record.
+    local over = #e > maxp and (not env or #e > maxp + ENV_HEAD)
+    if env and not over then
       m = parse_env(e)
-    else
+      over = m and #m.payload > maxp
+    elseif not env and not over then
       m = { id = rawid, attempts = 0, max = defmax, lease = 0, expiries = 0, failures = 0, payload = e }
     end
-    if not m then
+    if over then
+      bad = bad + 1
+      local id = env and string.match(string.sub(e, MARKLEN + 1, MARKLEN + 65), '^([%w%-%.]+)|')
+      dead_letter(KEYS[6], KEYS[7], id or rawid .. '.o' .. bad, 'oversized', now, e)
+    elseif not m then
       bad = bad + 1
       dead_letter(KEYS[6], KEYS[7], rawid .. '.m' .. bad, 'malformed', now, e)
     else
