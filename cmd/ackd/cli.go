@@ -1,7 +1,7 @@
 package main
 
 // The operator commands: ackd with a subcommand is a tool for people and
-// scripts, configured by ACKD_REDIS_URL alone. Each command is one small
+// scripts, configured by the daemon's ACKD_REDIS_* variables alone. Each command is one small
 // function over the lease admin API; output goes through cli_output.go.
 
 import (
@@ -720,8 +720,10 @@ Commands:
 	}
 	fmt.Fprint(w, `
 Every command takes --json (output for scripts) and -h (its flags and
-examples). The only configuration is ACKD_REDIS_URL (default
-redis://127.0.0.1:6379/0), in any form the daemon accepts.
+examples). The only configuration is the daemon's ACKD_REDIS_URL (default
+redis://127.0.0.1:6379/0; one server, a Cluster or Sentinels, in any form
+ackd -h lists) with ACKD_REDIS_PASSWORD, ACKD_REDIS_PASSWORD_FILE and
+ACKD_REDIS_TLS_*; other ACKD_* variables are not read.
 
 Exit codes: 0 done, 1 error (Redis, unknown queue, interrupted), 2 usage
 (bad flags, names or ids; nothing was written).
