@@ -269,3 +269,42 @@ func TestWrongPasswordNotShown(t *testing.T) {
 		})
 	}
 }
+
+// TestClusterUncoveredAtRunTime: while a master and its replica are both
+// down, some slots have no master: /readyz says so (503), and once they
+// are back ackd is ready and serves that shard again.
+func TestClusterUncoveredAtRunTime(t *testing.T) {
+	t.Parallel()
+	c := redistest.StartCluster(t, nil)
+	lc, err := lease.New(c.Client(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	master := c.Masters(t)[0]
+	replica := c.ReplicaOf(t, master)
+	in := startAckd(t, master, map[string]string{"ACKD_REDIS_URL": c.URL(), "ACKD_SCAN_INTERVAL": "1h"})
+	in.waitReady(t)
+
+	replica.Kill(t) // first, so that no failover covers the slots
+	master.Kill(t)
+	var r readiness
+	redistest.WaitFor(t, waitTimeout, func() bool {
+		var code int
+		code, r = in.readyz(t)
+		return code == http.StatusServiceUnavailable && strings.Contains(r.RedisError, "does not cover every hash slot")
+	}, "/readyz 503 about uncovered slots (last %+v)", &r)
+
+	master.Restart(t)
+	replica.Restart(t)
+	c.WaitHealthy(t, waitTimeout)
+	in.waitReady(t)
+	q := ""
+	for i := 0; q == ""; i++ {
+		if name := fmt.Sprintf("back-%d", i); c.MasterOf(t, "{"+name+"}") == master {
+			q = name
+		}
+	}
+	id := expireOne(t, lc, q, 100*time.Millisecond)
+	waitBack(t, lc, q, 1)
+	retake(t, lc, q, id)
+}
