@@ -437,6 +437,29 @@ func cloneTLS(c *tls.Config) *tls.Config {
 	return c.Clone()
 }
 
+// isClusterNode asks the server it reaches whether it is a Cluster node:
+// HELLO's mode, which needs no ACL permission, or, from a server without
+// HELLO (Redis 5), INFO cluster. A user refused INFO (NOPERM) is taken to
+// name one server.
+func isClusterNode(ctx context.Context, c *redis.Client) (bool, error) {
+	hello, err := c.Do(ctx, "HELLO", "3").Result()
+	if err == nil {
+		if m, ok := hello.(map[any]any); ok {
+			if mode, ok := m["mode"].(string); ok {
+				return mode == "cluster", nil
+			}
+		}
+	}
+	info, err := c.Info(ctx, "cluster").Result()
+	if redis.HasErrorPrefix(err, "NOPERM") {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return strings.Contains(info, "cluster_enabled:1"), nil
+}
+
 func (s *settings) open(ctx context.Context) (*Conn, error) {
 	switch s.mode {
 	case Sentinel:
@@ -448,12 +471,12 @@ func (s *settings) open(ctx context.Context) (*Conn, error) {
 	probeOpts := *s.std
 	probeOpts.DB = 0
 	probe := redis.NewClient(&probeOpts)
-	info, err := probe.Info(ctx, "cluster").Result()
+	cluster, err := isClusterNode(ctx, probe)
 	_ = probe.Close()
 	if err != nil {
 		return nil, &Error{Var: s.o.Var, msg: "connecting to " + s.std.Addr, err: err}
 	}
-	if strings.Contains(info, "cluster_enabled:1") {
+	if cluster {
 		if s.std.DB != 0 {
 			return nil, &Error{Var: s.o.Var, msg: "names a Cluster node with database " + strconv.Itoa(s.std.DB) + "; a Cluster has only database 0"}
 		}
