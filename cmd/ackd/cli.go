@@ -1,7 +1,7 @@
 package main
 
 // The operator commands: ackd with a subcommand is a tool for people and
-// scripts, configured by ACKD_REDIS_URL alone. Each command is one small
+// scripts, configured by the daemon's ACKD_REDIS_* variables alone. Each command is one small
 // function over the lease admin API; output goes through cli_output.go.
 
 import (
@@ -20,6 +20,7 @@ import (
 	"github.com/caarlos0/env/v11"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ackd/ackd/internal/redisconn"
 	"github.com/ackd/ackd/lease"
 )
 
@@ -149,17 +150,12 @@ func dispatch(ctx context.Context, args []string, e *cliEnv) error {
 	} else if j, ok := fl.(interface{ setJSON(bool) }); ok {
 		j.setJSON(*jsonOut)
 	}
-	url := e.environ[envPrefix+"REDIS_URL"]
-	if url == "" {
-		url = redisURLDefault()
-	}
-	opts, err := parseRedisURL(url)
+	conn, err := cliRedis(ctx, e.environ)
 	if err != nil {
-		return usagef("ACKD_REDIS_URL: %v", err)
+		return err
 	}
-	rdb := redis.NewClient(opts)
-	defer rdb.Close()
-	c, err := lease.New(rdb, nil)
+	defer conn.Close()
+	c, err := lease.New(conn.Client, nil)
 	if err != nil {
 		return err
 	}
@@ -167,14 +163,23 @@ func dispatch(ctx context.Context, args []string, e *cliEnv) error {
 	return cmd.run(ctx, e, fl, pos)
 }
 
-// redisURLDefault is the daemon's default ACKD_REDIS_URL.
-func redisURLDefault() string {
-	for _, v := range configVars() {
-		if v.Name == envPrefix+"REDIS_URL" {
-			return v.Default
+// cliRedis connects to the Redis the daemon's ACKD_REDIS_* variables
+// name, in any of its forms. A bad variable is a usage error naming it;
+// the other ACKD_* variables, the daemon's, are not read.
+func cliRedis(ctx context.Context, environ map[string]string) (*redisconn.Conn, error) {
+	redisEnv := make(map[string]string)
+	for k, v := range environ {
+		if strings.HasPrefix(k, envPrefix+"REDIS_") {
+			redisEnv[k] = v
 		}
 	}
-	return ""
+	cfg, err := loadConfig(redisEnv)
+	if err != nil {
+		return nil, usagef("%s", strings.TrimPrefix(err.Error(), errConfig.Error()+": "))
+	}
+	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	defer cancel()
+	return redisconn.Open(ctx, cfg.redisConn)
 }
 
 // parseInterspersed parses flags anywhere among the arguments (ackd peek
@@ -715,8 +720,10 @@ Commands:
 	}
 	fmt.Fprint(w, `
 Every command takes --json (output for scripts) and -h (its flags and
-examples). The only configuration is ACKD_REDIS_URL (default
-redis://127.0.0.1:6379/0), in any form the daemon accepts.
+examples). The only configuration is the daemon's ACKD_REDIS_URL (default
+redis://127.0.0.1:6379/0; one server, a Cluster or Sentinels, in any form
+ackd -h lists) with ACKD_REDIS_PASSWORD, ACKD_REDIS_PASSWORD_FILE and
+ACKD_REDIS_TLS_*; other ACKD_* variables are not read.
 
 Exit codes: 0 done, 1 error (Redis, unknown queue, interrupted), 2 usage
 (bad flags, names or ids; nothing was written).

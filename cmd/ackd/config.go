@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/url"
 	"reflect"
 	"slices"
 	"strconv"
@@ -14,8 +13,8 @@ import (
 	"time"
 
 	"github.com/caarlos0/env/v11"
-	"github.com/redis/go-redis/v9"
 
+	"github.com/ackd/ackd/internal/redisconn"
 	"github.com/ackd/ackd/lease"
 	"github.com/ackd/ackd/reaper"
 )
@@ -36,7 +35,7 @@ var errConfig = errors.New("invalid configuration")
 // names its variable (after ACKD_), envDefault its default, and help says
 // what it means; `ackd -h` and the tests are generated from these tags.
 type config struct {
-	RedisURL         string        `env:"REDIS_URL" envDefault:"redis://127.0.0.1:6379/0" help:"Redis to serve: redis:// or rediss:// (TLS), with optional user, password and database, e.g. rediss://ackd:secret@redis.internal:6380/0. Query parameters of go-redis (dial_timeout, pool_size, ...) are accepted. The password is never logged."`
+	RedisURL         string        `env:"REDIS_URL" envDefault:"redis://127.0.0.1:6379/0" help:"Redis to serve, in one of go-redis' URL forms. One server: redis://[user:password@]host:port[/db], rediss://... for TLS, or unix://[user:password@]/path/redis.sock[?db=N]; a URL naming a Cluster node is detected and the whole Cluster served. Cluster: redis://[user:password@]host:port?addr=host2:port2&addr=host3:port3 (database 0 only). Sentinel: redis://[sentinel-user:sentinel-password@]sentinel1:26379?master_name=mymaster&addr=sentinel2:26379&addr=sentinel3:26379[&username=U][&password=P], where the userinfo is the Sentinels' own credentials and username/password the data nodes'. go-redis query parameters (dial_timeout, pool_size, skip_verify, ...) are accepted; skip_verify=true is logged as a warning. Checked at start; the password is never logged."`
 	HTTPAddr         string        `env:"HTTP_ADDR" envDefault:":9466" help:"Address of the HTTP server for /healthz, /readyz and /metrics (host:port; port 0 picks a free one)."`
 	ScanInterval     time.Duration `env:"SCAN_INTERVAL" envDefault:"5m" help:"How often every watched queue is swept in full, the safety net for lost events and timers. Also re-checks the keyspace-events setting. A Go duration (30s, 5m, 1h)."`
 	ConfigureEvents  bool          `env:"CONFIGURE_EVENTS" envDefault:"true" help:"Turn on the keyspace events ackd listens to (CONFIG SET notify-keyspace-events, adding E, x and e to what is there) at start and at every scan. false: only read the setting and report it. ackd works without events, on its timers and scans, and says so in its log, /readyz and metrics."`
@@ -47,9 +46,19 @@ type config struct {
 	SweepConcurrency int           `env:"SWEEP_CONCURRENCY" envDefault:"4" help:"How many queues are swept at the same time (1 to 256)."`
 	SweepLimit       int           `env:"SWEEP_LIMIT" envDefault:"1000" help:"Most leases requeued (and delayed messages promoted) by one Sweep script call; a sweep repeats until its queue is done (1 to 10000). Bounds how long one call blocks Redis."`
 
+	// Redis credentials and TLS, besides ACKD_REDIS_URL. Read by the
+	// daemon and the operator commands alike (see redisSettings).
+	RedisPassword      string `env:"REDIS_PASSWORD" help:"Password of the Redis data nodes, instead of the one in ACKD_REDIS_URL (which it replaces). Not with ACKD_REDIS_PASSWORD_FILE."`
+	RedisPasswordFile  string `env:"REDIS_PASSWORD_FILE" help:"File holding the Redis password, e.g. a Docker or Kubernetes secret mounted at /run/secrets/redis-password; one trailing newline is dropped. Read once at start; an unreadable or empty file is an error. Not with ACKD_REDIS_PASSWORD."`
+	RedisTLSCAFile     string `env:"REDIS_TLS_CA_FILE" help:"PEM file of the CA certificates that Redis' certificate must chain to, instead of the system's (a private CA). Needs a rediss:// URL."`
+	RedisTLSCertFile   string `env:"REDIS_TLS_CERT_FILE" help:"PEM client certificate presented to Redis, for servers that require one (tls-auth-clients yes). With ACKD_REDIS_TLS_KEY_FILE; needs a rediss:// URL."`
+	RedisTLSKeyFile    string `env:"REDIS_TLS_KEY_FILE" help:"PEM private key of ACKD_REDIS_TLS_CERT_FILE."`
+	RedisTLSServerName string `env:"REDIS_TLS_SERVER_NAME" help:"Name Redis' certificate must carry, when it is not the host in ACKD_REDIS_URL (e.g. connecting by IP address). Needs a rediss:// URL."`
+
 	// Derived by loadConfig.
-	redisOpts *redis.Options
-	logLevel  slog.Level
+	redisConn  redisconn.Options
+	skipVerify bool // the URL turns certificate verification off
+	logLevel   slog.Level
 	// tune, if set, adjusts the reaper's configuration: tests use it to
 	// shorten intervals that no variable sets.
 	tune func(*reaper.Config)
@@ -101,6 +110,19 @@ func loadConfig(environ map[string]string) (config, error) {
 			msg += " (did you mean " + s + "?)"
 		}
 		problems = append(problems, msg+"; ackd -h lists the variables it reads")
+	}
+
+	// An empty variable is a mistake (a template or secret that rendered
+	// to nothing), not a request for the default.
+	empty := false
+	for _, v := range vars {
+		if val, set := environ[v.Name]; set && strings.TrimSpace(val) == "" && v.Default != "" {
+			problems = append(problems, fmt.Sprintf("%s: is set but empty; unset it to use the default %s", v.Name, v.Default))
+			empty = true
+		}
+	}
+	if empty {
+		return config{}, configError(problems)
 	}
 
 	cfg, err := env.ParseAsWithOptions[config](env.Options{Prefix: envPrefix, Environment: environ})
@@ -161,10 +183,11 @@ func (c *config) validate() []string {
 		p = append(p, envPrefix+name+": "+fmt.Sprintf(format, args...))
 	}
 
-	if opts, err := parseRedisURL(c.RedisURL); err != nil {
-		bad("REDIS_URL", "%v", err)
-	} else {
-		c.redisOpts = opts
+	c.redisConn, c.skipVerify = c.redisSettings()
+	if err := redisconn.Check(c.redisConn); err != nil {
+		p = append(p, err.Error()) // names its variable; holds no secret
+	} else if n, ok := urlPoolSize(c.RedisURL); ok && n < c.SweepConcurrency+poolSpare {
+		bad("REDIS_URL", "pool_size=%d leaves too few connections for ACKD_SWEEP_CONCURRENCY=%d: sweeps would wait for each other; set pool_size to at least %d or leave it out", n, c.SweepConcurrency, c.SweepConcurrency+poolSpare)
 	}
 
 	if host, port, err := net.SplitHostPort(c.HTTPAddr); err != nil {
@@ -221,44 +244,6 @@ func (c *config) validate() []string {
 	}
 	c.Queues = queues
 	return p
-}
-
-// parseRedisURL parses u with redis.ParseURL, accepting only redis:// and
-// rediss://. Its errors never contain the password.
-func parseRedisURL(u string) (*redis.Options, error) {
-	parsed, err := url.Parse(u)
-	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err // the url.Error repeats the whole URL, password included
-		}
-		return nil, fmt.Errorf("not a URL: %v", err)
-	}
-	if parsed.Scheme != "redis" && parsed.Scheme != "rediss" {
-		return nil, fmt.Errorf("scheme %q is not redis:// or rediss:// (in %s)", parsed.Scheme, redactURL(u))
-	}
-	if parsed.Host == "" {
-		return nil, fmt.Errorf("no host in %s", redactURL(u))
-	}
-	if p := parsed.Port(); p != "" {
-		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
-			return nil, fmt.Errorf("port %q is not 1 to 65535 (in %s)", p, redactURL(u))
-		}
-	}
-	opts, err := redis.ParseURL(u)
-	if err != nil {
-		return nil, fmt.Errorf("%v (in %s)", err, redactURL(u))
-	}
-	return opts, nil
-}
-
-// redactURL returns u with its password, if any, replaced by "xxxxx".
-func redactURL(u string) string {
-	parsed, err := url.Parse(u)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	return parsed.Redacted()
 }
 
 // closest returns the known variable nearest to name by edit distance, if

@@ -7,10 +7,12 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ackd/ackd/internal/redisconn"
 	"github.com/ackd/ackd/lease"
 	"github.com/ackd/ackd/reaper"
 )
@@ -26,8 +28,8 @@ func TestConfigDefaults(t *testing.T) {
 		got, want any
 	}{
 		{"RedisURL", cfg.RedisURL, "redis://127.0.0.1:6379/0"},
-		{"redis addr", cfg.redisOpts.Addr, "127.0.0.1:6379"},
-		{"redis db", cfg.redisOpts.DB, 0},
+		{"redis URL passed on", cfg.redisConn.URL, "redis://127.0.0.1:6379/0"},
+		{"redis pool", cfg.redisConn.PoolSize, max(10*runtime.GOMAXPROCS(0), 4+poolSpare)},
 		{"HTTPAddr", cfg.HTTPAddr, ":9466"},
 		{"ScanInterval", cfg.ScanInterval, reaper.ScanIntervalDefault},
 		{"ConfigureEvents", cfg.ConfigureEvents, true},
@@ -62,9 +64,8 @@ func TestConfigValues(t *testing.T) {
 	if err != nil {
 		t.Fatalf("loadConfig: %v", err)
 	}
-	o := cfg.redisOpts
-	if o.Addr != "redis.internal:6380" || o.Username != "ackd" || o.Password != "s3cret" || o.DB != 3 || o.TLSConfig == nil || o.DialTimeout != 2*time.Second {
-		t.Errorf("redis options: addr %q user %q password %q db %d tls %v dial %v", o.Addr, o.Username, o.Password, o.DB, o.TLSConfig != nil, o.DialTimeout)
+	if o := cfg.redisConn; o.URL != "rediss://ackd:s3cret@redis.internal:6380/3?dial_timeout=2s" || o.Var != "ACKD_REDIS_URL" || o.PoolSize != max(10*runtime.GOMAXPROCS(0), 16+poolSpare) {
+		t.Errorf("redis options: URL %q var %q pool %d", o.URL, o.Var, o.PoolSize)
 	}
 	if got := strings.Join(cfg.Queues, "|"); got != "emails|jobs:high" {
 		t.Errorf("Queues = %q, want emails|jobs:high (trimmed, deduplicated, empties dropped)", got)
@@ -82,12 +83,25 @@ func TestConfigErrors(t *testing.T) {
 		env  map[string]string
 		want []string // each must appear in the error
 	}{
-		{"scheme http", map[string]string{"ACKD_REDIS_URL": "http://127.0.0.1:6379"}, []string{"ACKD_REDIS_URL", `scheme "http"`}},
+		{"scheme http", map[string]string{"ACKD_REDIS_URL": "http://127.0.0.1:6379"}, []string{"ACKD_REDIS_URL", "scheme"}},
 		{"scheme missing", map[string]string{"ACKD_REDIS_URL": "127.0.0.1:6379"}, []string{"ACKD_REDIS_URL"}},
-		{"unix scheme", map[string]string{"ACKD_REDIS_URL": "unix:///run/redis.sock"}, []string{"ACKD_REDIS_URL", "unix"}},
+		{"unix with master_name", map[string]string{"ACKD_REDIS_URL": "unix:///run/redis.sock?master_name=m"}, []string{"ACKD_REDIS_URL", "unix"}},
+		{"empty url", map[string]string{"ACKD_REDIS_URL": ""}, []string{"ACKD_REDIS_URL", "empty"}},
+		{"blank http addr", map[string]string{"ACKD_HTTP_ADDR": " "}, []string{"ACKD_HTTP_ADDR", "empty"}},
+		{"cluster with db", map[string]string{"ACKD_REDIS_URL": "redis://h:1/2?addr=h:2"}, []string{"ACKD_REDIS_URL", "database"}},
+		{"empty master_name", map[string]string{"ACKD_REDIS_URL": "redis://h:26379?master_name="}, []string{"ACKD_REDIS_URL", "master_name"}},
+		{"fragment", map[string]string{"ACKD_REDIS_URL": "redis://h:1/0#x"}, []string{"ACKD_REDIS_URL", "fragment"}},
+		{"pool too small", map[string]string{"ACKD_REDIS_URL": "redis://h:1/0?pool_size=3", "ACKD_SWEEP_CONCURRENCY": "8"}, []string{"ACKD_REDIS_URL", "pool_size=3", "ACKD_SWEEP_CONCURRENCY"}},
+		{"password twice", map[string]string{"ACKD_REDIS_PASSWORD": "a", "ACKD_REDIS_PASSWORD_FILE": "/etc/hostname"}, []string{"ACKD_REDIS_PASSWORD_FILE", "ACKD_REDIS_PASSWORD"}},
+		{"password file missing", map[string]string{"ACKD_REDIS_PASSWORD_FILE": "/nonexistent/redis-password"}, []string{"ACKD_REDIS_PASSWORD_FILE", "no such file"}},
+		{"password file empty", map[string]string{"ACKD_REDIS_PASSWORD_FILE": os.DevNull}, []string{"ACKD_REDIS_PASSWORD_FILE", "empty"}},
+		{"tls without rediss", map[string]string{"ACKD_REDIS_TLS_CA_FILE": "/etc/hostname"}, []string{"ACKD_REDIS_URL", "rediss://"}},
+		{"ca file missing", map[string]string{"ACKD_REDIS_URL": "rediss://h:1/0", "ACKD_REDIS_TLS_CA_FILE": "/nonexistent/ca.pem"}, []string{"ACKD_REDIS_TLS_CA_FILE", "no such file"}},
+		{"ca file not pem", map[string]string{"ACKD_REDIS_URL": "rediss://h:1/0", "ACKD_REDIS_TLS_CA_FILE": os.DevNull}, []string{"ACKD_REDIS_TLS_CA_FILE", "no PEM"}},
+		{"cert without key", map[string]string{"ACKD_REDIS_URL": "rediss://h:1/0", "ACKD_REDIS_TLS_CERT_FILE": "/etc/hostname"}, []string{"ACKD_REDIS_TLS_CERT_FILE", "together"}},
+		{"server name without rediss", map[string]string{"ACKD_REDIS_TLS_SERVER_NAME": "redis.internal"}, []string{"ACKD_REDIS_URL", "rediss://"}},
 		{"bad db", map[string]string{"ACKD_REDIS_URL": "redis://localhost:6379/x"}, []string{"ACKD_REDIS_URL", "database"}},
-		{"bad url", map[string]string{"ACKD_REDIS_URL": "redis://h:99999999999/0%"}, []string{"ACKD_REDIS_URL", "not a URL"}},
-		{"no host", map[string]string{"ACKD_REDIS_URL": "redis:///0"}, []string{"ACKD_REDIS_URL", "no host"}},
+		{"bad url", map[string]string{"ACKD_REDIS_URL": "redis://h:99999999999/0%"}, []string{"ACKD_REDIS_URL", "not a valid URL"}},
 		{"bad query", map[string]string{"ACKD_REDIS_URL": "redis://h:1/0?dial_timeout=soon"}, []string{"ACKD_REDIS_URL"}},
 		{"http addr no port", map[string]string{"ACKD_HTTP_ADDR": "9466"}, []string{"ACKD_HTTP_ADDR", "host:port"}},
 		{"http addr bad port", map[string]string{"ACKD_HTTP_ADDR": ":http-alt"}, []string{"ACKD_HTTP_ADDR", "port"}},
@@ -143,21 +157,29 @@ func TestConfigNeverShowsPassword(t *testing.T) {
 		"redis://user:" + secret + "@host:1/0?dial_timeout=soon",
 		"redis://:" + secret + "@host:6379/0%zz",
 		"rediss://user:" + secret + "@host:6379/0/1",
+		"redis://" + secret + "/x@host:6379/0",             // unencoded '/' in a password-only userinfo
+		"redis://:" + secret + ":/@host:6379/0",            // unencoded ':' and '/'
+		"redis://host:6379/0?password=" + secret + "&db=x", // password parameter, bad db
+		"redis://h:1/3?addr=h:2&password=" + secret,        // Cluster form with a database
+		"redis://:" + secret + "@h:26379?master_name=",     // Sentinel form, empty master
+		"redis://:" + secret + "@h:26379?master_name=m&addr=h:2&dial_timeout=x",
+		"unix://:" + secret + "@/run/redis.sock?addr=h:1",
+		"redis://:" + secret + "@h:1/0#frag",
+		"redis://:" + secret + "@h:1/0?pool_size=1",
 	} {
 		_, err := loadConfig(map[string]string{"ACKD_REDIS_URL": u})
 		if err == nil {
-			t.Errorf("%s: no error", redactURL(u))
+			t.Errorf("%s: no error", redisconn.Redact(u))
 			continue
 		}
 		if strings.Contains(err.Error(), secret) {
 			t.Errorf("error shows the password: %v", err)
 		}
 	}
-	if got := redactURL("redis://ackd:" + secret + "@redis:6379/0"); got != "redis://ackd:xxxxx@redis:6379/0" {
-		t.Errorf("redactURL = %q", got)
-	}
-	if got := redactURL("redis://redis:6379/0"); got != "redis://redis:6379/0" {
-		t.Errorf("redactURL without password = %q", got)
+	// The password from its own variable, in errors about other settings.
+	_, err := loadConfig(map[string]string{"ACKD_REDIS_URL": "redis://h:1/0?pool_size=1", "ACKD_REDIS_PASSWORD": secret})
+	if err == nil || strings.Contains(err.Error(), secret) {
+		t.Errorf("pool_size error with ACKD_REDIS_PASSWORD: %v", err)
 	}
 }
 
@@ -169,8 +191,8 @@ func TestHelpListsEveryVariable(t *testing.T) {
 	}
 	help := out.String()
 	vars := configVars()
-	if len(vars) != 10 {
-		t.Errorf("%d variables, want 10", len(vars))
+	if len(vars) != 16 {
+		t.Errorf("%d variables, want 16", len(vars))
 	}
 	for _, v := range vars {
 		if v.Help == "" {

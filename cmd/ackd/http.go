@@ -53,24 +53,33 @@ type eventsReport struct {
 	Error   string `json:"error,omitempty"`
 }
 
-// readyz answers 200 when Redis answers PING and the listener's
-// subscription is live, 503 otherwise. Keyspace events being off is
+// readyz answers 200 when Redis answers PING (for a Cluster: and every
+// slot is served) and the listener's subscription is live, 503 otherwise
+// with the reason. Keyspace events being off is
 // reported in the body but does not make ackd unready: it works on.
 func (d *daemon) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), readyPingTimeout)
 	defer cancel()
-	ev := d.rp.Events()
-	rd := readiness{
-		Subscribed: d.rp.Subscribed(),
-		Stopping:   d.stopping.Load(),
-		Events:     eventsReport{Checked: ev.Checked, Enabled: ev.Enabled, Flags: ev.Flags, Error: ev.Error},
-	}
-	if err := d.rdb.Ping(ctx).Err(); errors.Is(err, context.DeadlineExceeded) {
-		rd.RedisError = fmt.Sprintf("no answer to PING within %v", readyPingTimeout)
-	} else if err != nil {
-		rd.RedisError = err.Error()
+	rd := readiness{Stopping: d.stopping.Load()}
+	c := d.conn.Load()
+	if c == nil {
+		// Not connected yet: say why (redisconn's errors hold no secret).
+		rd.RedisError = *d.connectErr.Load()
 	} else {
-		rd.Redis = true
+		ev := c.rp.Events()
+		rd.Subscribed = c.rp.Subscribed()
+		rd.Events = eventsReport{Checked: ev.Checked, Enabled: ev.Enabled, Flags: ev.Flags, Error: ev.Error}
+		err := c.rdb.Ping(ctx).Err()
+		if err == nil {
+			err = clusterCoverage(ctx, c.rdb)
+		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			rd.RedisError = fmt.Sprintf("no answer within %v", readyPingTimeout)
+		} else if err != nil {
+			rd.RedisError = err.Error()
+		} else {
+			rd.Redis = true
+		}
 	}
 	rd.Ready = rd.Redis && rd.Subscribed && !rd.Stopping
 	w.Header().Set("Content-Type", "application/json")

@@ -119,6 +119,9 @@ func TestBinary(t *testing.T) {
 			{map[string]string{"ACKD_REDIS_ULR": url}, "ACKD_REDIS_ULR"},
 			{map[string]string{"ACKD_LOG_FORMAT": "yaml"}, "ACKD_LOG_FORMAT"},
 			{map[string]string{"ACKD_QUEUES": "a b"}, "ACKD_QUEUES"},
+			{map[string]string{"ACKD_REDIS_PASSWORD": "x", "ACKD_REDIS_PASSWORD_FILE": "/etc/hostname"}, "ACKD_REDIS_PASSWORD_FILE"},
+			{map[string]string{"ACKD_REDIS_PASSWORD_FILE": "/nonexistent/secret"}, "ACKD_REDIS_PASSWORD_FILE"},
+			{map[string]string{"ACKD_REDIS_TLS_CA_FILE": "/etc/hostname"}, "ACKD_REDIS_URL"}, // TLS file without rediss://
 		} {
 			tc.env["ACKD_REDIS_URL"] = url
 			tc.env["ACKD_HTTP_ADDR"] = "127.0.0.1:0"

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ackd/ackd/internal/redisconn"
 	"github.com/ackd/ackd/reaper"
 )
 
@@ -76,7 +78,7 @@ func (c config) reaperConfig(log *slog.Logger, obs reaper.Observer) *reaper.Conf
 		SweepLimit:      c.SweepLimit,
 		ConfigureEvents: c.ConfigureEvents,
 		ShutdownTimeout: c.ShutdownTimeout,
-		RedisName:       redactURL(c.RedisURL),
+		RedisName:       redisconn.Redact(c.RedisURL),
 		Observer:        obs,
 		Logger:          log,
 	}
@@ -98,16 +100,9 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	defer ln.Close()
 
-	rdb := redis.NewClient(cfg.redisOpts)
-	defer rdb.Close() // last
-
 	m := newMetrics()
-	rp, err := reaper.New(rdb, cfg.reaperConfig(log, m))
-	if err != nil {
-		return err
-	}
-	m.watch(rp)
-	d := &daemon{rdb: rdb, rp: rp, metrics: m}
+	d := &daemon{metrics: m}
+	d.setConnectError("connecting")
 	srv := &http.Server{
 		Handler:           d.handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -115,14 +110,34 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- srv.Serve(ln) }()
+	defer srv.Close() // if we return before the ordered shutdown below
 
 	queues := "all"
 	if len(cfg.Queues) > 0 {
 		queues = strings.Join(cfg.Queues, ",")
 	}
 	log.Info("ackd started", "version", version, "http_addr", ln.Addr().String(),
-		"redis", redactURL(cfg.RedisURL), "queues", queues, "scan_interval", cfg.ScanInterval.String(),
+		"redis", redisconn.Redact(cfg.RedisURL), "queues", queues, "scan_interval", cfg.ScanInterval.String(),
 		"configure_events", cfg.ConfigureEvents, "sweep_concurrency", cfg.SweepConcurrency)
+	if cfg.skipVerify {
+		log.Warn("TLS certificate verification is off (skip_verify=true in ACKD_REDIS_URL): anyone on the path to Redis can read and change what ackd sends")
+	}
+
+	rc := cfg.reaperConfig(log, m)
+	conn, err := connect(ctx, cfg, cmp.Or(rc.RetryDelay, reaper.RetryDelayDefault), log, d.setConnectError)
+	if err != nil {
+		log.Info("ackd stopped", "reason", "signal before Redis answered")
+		return nil
+	}
+	defer conn.Close() // last
+	rdb := conn.Client
+	rp, err := reaper.New(rdb, rc)
+	if err != nil {
+		return err
+	}
+	m.watch(rp)
+	d.conn.Store(&connected{rdb: rdb, rp: rp})
+	log.Info("redis connected", "mode", string(conn.Mode), "addrs", strings.Join(conn.Addrs, ","))
 
 	rctx, stopReaper := context.WithCancel(ctx)
 	defer stopReaper()
@@ -157,8 +172,18 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 
 // daemon is what the HTTP handlers read.
 type daemon struct {
-	rdb      redis.UniversalClient
-	rp       *reaper.Reaper
 	metrics  *metrics
 	stopping atomic.Bool
+	// conn is set once Redis answered at start; until then connectErr
+	// says why not.
+	conn       atomic.Pointer[connected]
+	connectErr atomic.Pointer[string]
 }
+
+// connected is the client and the reaper, once Redis answered.
+type connected struct {
+	rdb redis.UniversalClient
+	rp  *reaper.Reaper
+}
+
+func (d *daemon) setConnectError(reason string) { d.connectErr.Store(&reason) }

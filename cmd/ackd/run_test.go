@@ -752,7 +752,7 @@ func TestPasswordNotLogged(t *testing.T) {
 	in := startAckd(t, srv, map[string]string{"ACKD_REDIS_URL": "redis://:" + secret + "@" + srv.Addr() + "/0"})
 	in.waitReady(t)
 	started := in.log.find("ackd started")
-	if got, want := started[0]["redis"], "redis://:xxxxx@"+srv.Addr()+"/0"; got != want {
+	if got, want := started[0]["redis"], "redis://redacted@"+srv.Addr()+"/0"; got != want {
 		t.Errorf("started: redis = %v, want %v", got, want)
 	}
 	in.stop(t)

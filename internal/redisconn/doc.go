@@ -14,9 +14,10 @@
 //
 // In the Sentinel form the userinfo holds the Sentinels' own credentials
 // and the username/password parameters the data nodes'. A URL of the
-// first form that names a Cluster node is detected (INFO cluster) and
+// first form that names a Cluster node is detected and
 // gets a Cluster client seeded with that node, so a Cluster never looks
-// like a single shard.
+// like a single shard (HELLO tells, or INFO where HELLO is missing; a
+// user refused both is taken to name one server).
 //
 // # Checks at start
 //

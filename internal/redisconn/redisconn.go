@@ -61,10 +61,15 @@ type Options struct {
 	// TLSCAFile is a PEM file of CA certificates that server certificates
 	// are checked against instead of the system's. Needs a rediss:// URL.
 	TLSCAFile string
+	// TLSCAFileVar names TLSCAFile in errors. Defaults to "TLS CA file".
+	TLSCAFileVar string
 	// TLSCertFile and TLSKeyFile are the PEM client certificate and key
 	// presented to servers that require one (tls-auth-clients yes). Both
 	// or neither. Need a rediss:// URL.
 	TLSCertFile, TLSKeyFile string
+	// TLSCertVar names the certificate and key in errors. Defaults to
+	// "TLS client certificate".
+	TLSCertVar string
 	// TLSServerName is the name the server certificates must carry.
 	// Defaults to the URL's host.
 	TLSServerName string
@@ -72,6 +77,10 @@ type Options struct {
 	// the same deployment with a pool of this size, for blocking calls
 	// (see Conn.Blocking). Defaults to none.
 	BlockingPoolSize int
+	// PoolSize, if positive, is the size of Client's pool (per node for a
+	// Cluster) unless the URL sets pool_size itself. Defaults to go-redis'
+	// 10 per GOMAXPROCS.
+	PoolSize int
 	// ClusterReloadInterval is how often a Cluster client re-reads the
 	// slot map regardless of errors. Defaults to 1 second.
 	ClusterReloadInterval time.Duration
@@ -183,6 +192,11 @@ func parse(o Options) (*settings, error) {
 	if err != nil {
 		return s, &Error{Var: o.Var, msg: "is not a valid URL (" + s.redactParseError(err) + ")" + encode}
 	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return s, &Error{Var: o.Var, msg: "port is not 1 to 65535"}
+		}
+	}
 	if u.Fragment != "" || strings.Contains(o.URL, "#") {
 		return s, &Error{Var: o.Var, msg: "has a '#' fragment, which a Redis URL never has" + encode}
 	}
@@ -222,6 +236,16 @@ func parse(o Options) (*settings, error) {
 	}
 	if err := s.applyTLS(u.Scheme); err != nil {
 		return s, err
+	}
+	if n := o.PoolSize; n > 0 && !q.Has("pool_size") {
+		switch s.mode {
+		case Standalone:
+			s.std.PoolSize = n
+		case Cluster:
+			s.cluster.PoolSize = n
+		case Sentinel:
+			s.fail.PoolSize = n
+		}
 	}
 	return s, nil
 }
@@ -373,24 +397,26 @@ func (s *settings) applyTLS(scheme string) error {
 		return &Error{Var: o.Var, msg: "TLS settings (CA file, client certificate, server name) need a rediss:// URL"}
 	}
 	cfg := cloneTLS(*cfgp)
+	caVar := cmp.Or(o.TLSCAFileVar, "TLS CA file")
+	certVar := cmp.Or(o.TLSCertVar, "TLS client certificate")
 	if o.TLSCAFile != "" {
 		pem, err := os.ReadFile(o.TLSCAFile)
 		if err != nil {
-			return &Error{Var: "TLS CA file", msg: "reading", err: err}
+			return &Error{Var: caVar, msg: "reading", err: err}
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return &Error{Var: "TLS CA file", msg: o.TLSCAFile + " holds no PEM certificate"}
+			return &Error{Var: caVar, msg: o.TLSCAFile + " holds no PEM certificate"}
 		}
 		cfg.RootCAs = pool
 	}
 	if (o.TLSCertFile == "") != (o.TLSKeyFile == "") {
-		return &Error{Var: "TLS client certificate", msg: "the certificate file and the key file must be set together"}
+		return &Error{Var: certVar, msg: "the certificate file and the key file must be set together"}
 	}
 	if o.TLSCertFile != "" {
 		cert, err := tls.LoadX509KeyPair(o.TLSCertFile, o.TLSKeyFile)
 		if err != nil {
-			return &Error{Var: "TLS client certificate", msg: "loading", err: err}
+			return &Error{Var: certVar, msg: "loading", err: err}
 		}
 		cfg.Certificates = []tls.Certificate{cert}
 	}
@@ -411,6 +437,29 @@ func cloneTLS(c *tls.Config) *tls.Config {
 	return c.Clone()
 }
 
+// isClusterNode asks the server it reaches whether it is a Cluster node:
+// HELLO's mode, which needs no ACL permission, or, from a server without
+// HELLO (Redis 5), INFO cluster. A user refused INFO (NOPERM) is taken to
+// name one server.
+func isClusterNode(ctx context.Context, c *redis.Client) (bool, error) {
+	hello, err := c.Do(ctx, "HELLO", "3").Result()
+	if err == nil {
+		if m, ok := hello.(map[any]any); ok {
+			if mode, ok := m["mode"].(string); ok {
+				return mode == "cluster", nil
+			}
+		}
+	}
+	info, err := c.Info(ctx, "cluster").Result()
+	if redis.HasErrorPrefix(err, "NOPERM") {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return strings.Contains(info, "cluster_enabled:1"), nil
+}
+
 func (s *settings) open(ctx context.Context) (*Conn, error) {
 	switch s.mode {
 	case Sentinel:
@@ -422,12 +471,12 @@ func (s *settings) open(ctx context.Context) (*Conn, error) {
 	probeOpts := *s.std
 	probeOpts.DB = 0
 	probe := redis.NewClient(&probeOpts)
-	info, err := probe.Info(ctx, "cluster").Result()
+	cluster, err := isClusterNode(ctx, probe)
 	_ = probe.Close()
 	if err != nil {
 		return nil, &Error{Var: s.o.Var, msg: "connecting to " + s.std.Addr, err: err}
 	}
-	if strings.Contains(info, "cluster_enabled:1") {
+	if cluster {
 		if s.std.DB != 0 {
 			return nil, &Error{Var: s.o.Var, msg: "names a Cluster node with database " + strconv.Itoa(s.std.DB) + "; a Cluster has only database 0"}
 		}
