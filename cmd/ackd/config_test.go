@@ -169,8 +169,8 @@ func TestHelpListsEveryVariable(t *testing.T) {
 	}
 	help := out.String()
 	vars := configVars()
-	if len(vars) != 10 {
-		t.Errorf("%d variables, want 10", len(vars))
+	if len(vars) != 13 {
+		t.Errorf("%d variables, want 13", len(vars))
 	}
 	for _, v := range vars {
 		if v.Help == "" {

@@ -20,7 +20,7 @@ const (
 	healthcheckTimeout = 3 * time.Second
 )
 
-// handler serves /healthz, /readyz and /metrics.
+// handler serves /healthz, /readyz, /metrics and the dashboard (/ui/).
 func (d *daemon) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -32,6 +32,10 @@ func (d *daemon) handler() http.Handler {
 		ErrorHandling: promhttp.ContinueOnError,
 		Registry:      d.metrics.reg,
 	}))
+	if d.ui != nil {
+		mux.Handle("/ui/", d.ui)
+		mux.Handle("GET /ui", http.RedirectHandler("/ui/", http.StatusMovedPermanently))
+	}
 	return mux
 }
 

@@ -15,6 +15,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ackd/ackd/internal/ui"
+	"github.com/ackd/ackd/lease"
 	"github.com/ackd/ackd/reaper"
 )
 
@@ -102,12 +104,21 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	defer rdb.Close() // last
 
 	m := newMetrics()
-	rp, err := reaper.New(rdb, cfg.reaperConfig(log, m))
+	rec := ui.NewRecorder(0, 0)
+	rp, err := reaper.New(rdb, cfg.reaperConfig(log, observers{m, rec}))
 	if err != nil {
 		return err
 	}
 	m.watch(rp)
-	d := &daemon{rdb: rdb, rp: rp, metrics: m}
+	lc, err := lease.New(rdb, nil)
+	if err != nil {
+		return err
+	}
+	dash, err := newUI(cfg, rp, lc, rec, log)
+	if err != nil {
+		return err
+	}
+	d := &daemon{rdb: rdb, rp: rp, metrics: m, ui: dash}
 	srv := &http.Server{
 		Handler:           d.handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -122,7 +133,8 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	log.Info("ackd started", "version", version, "http_addr", ln.Addr().String(),
 		"redis", redactURL(cfg.RedisURL), "queues", queues, "scan_interval", cfg.ScanInterval.String(),
-		"configure_events", cfg.ConfigureEvents, "sweep_concurrency", cfg.SweepConcurrency)
+		"configure_events", cfg.ConfigureEvents, "sweep_concurrency", cfg.SweepConcurrency,
+		"ui", cfg.UI, "ui_actions", cfg.UIToken != "", "ui_payloads", cfg.UIPayloads)
 
 	rctx, stopReaper := context.WithCancel(ctx)
 	defer stopReaper()
@@ -160,5 +172,6 @@ type daemon struct {
 	rdb      redis.UniversalClient
 	rp       *reaper.Reaper
 	metrics  *metrics
+	ui       *ui.Handler // nil if ACKD_UI is false
 	stopping atomic.Bool
 }
