@@ -122,7 +122,10 @@ func (b *Browser) WaitFor(t testing.TB, timeout time.Duration, expr, what string
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("browsertest: waited %v for %s (last error %v)", timeout, what, err)
+			ctx, cancel := context.WithTimeout(b.ctx, 5*time.Second)
+			page, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`location.href + "\n" + (document.querySelector("main") || document.documentElement).innerText.slice(0, 3000)`))
+			cancel()
+			t.Fatalf("browsertest: waited %v for %s (last error %v); the page:\n%s", timeout, what, err, page)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -260,6 +260,7 @@ type queueData struct {
 	base
 	Queue    string
 	Stats    lease.Stats
+	Ready    section
 	InFlight section
 	Delayed  section
 	Dead     section
@@ -309,7 +310,7 @@ func (h *Handler) queue(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	offs := map[string]int{}
-	for _, name := range []string{"inflight", "delayed", "dead"} {
+	for _, name := range []string{"ready", "inflight", "delayed", "dead"} {
 		n, ok := offset(r, name)
 		if !ok {
 			h.fail(w, r, http.StatusBadRequest, "Bad page number", "A page offset must be a whole number from 0.")
@@ -342,9 +343,19 @@ func (h *Handler) queue(w http.ResponseWriter, r *http.Request) {
 		}
 		return sectionOf(rows(p, d.Stats.Now, h.cfg.Payloads), off, p.Next), nil
 	}
-	if d.InFlight, err = peek(lease.StateInFlight, offs["inflight"], ""); err == nil {
-		if d.Delayed, err = peek(lease.StateDelayed, offs["delayed"], ""); err == nil {
-			d.Dead, err = peek(lease.StateDead, offs["dead"], reason)
+	for _, s := range []struct {
+		sec    *section
+		state  lease.State
+		name   string
+		reason string
+	}{
+		{&d.Ready, lease.StateReady, "ready", ""},
+		{&d.InFlight, lease.StateInFlight, "inflight", ""},
+		{&d.Delayed, lease.StateDelayed, "delayed", ""},
+		{&d.Dead, lease.StateDead, "dead", reason},
+	} {
+		if *s.sec, err = peek(s.state, offs[s.name], s.reason); err != nil {
+			break
 		}
 	}
 	if err != nil {
@@ -481,7 +492,7 @@ type pagerView struct {
 // Link is the queue page with this section at off and the others kept.
 func (p pagerView) Link(off int) string {
 	v := url.Values{}
-	for name, s := range map[string]section{"inflight": p.d.InFlight, "delayed": p.d.Delayed, "dead": p.d.Dead} {
+	for name, s := range map[string]section{"ready": p.d.Ready, "inflight": p.d.InFlight, "delayed": p.d.Delayed, "dead": p.d.Dead} {
 		o := s.Offset
 		if name == p.Name {
 			o = off
