@@ -104,7 +104,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	defer rdb.Close() // last
 
 	m := newMetrics()
-	rec := ui.NewRecorder(0, 0)
+	rec := ui.NewRecorder(0, 0, lagBuckets)
 	rp, err := reaper.New(rdb, cfg.reaperConfig(log, observers{m, rec}))
 	if err != nil {
 		return err

@@ -64,7 +64,8 @@ func TestUIBrowser(t *testing.T) {
 	b.WaitFor(t, waitTimeout, `(() => {
 		const line = document.querySelector('#rates svg polyline.s1');
 		const bars = [...document.querySelectorAll('#lag svg rect.bar')];
-		return line && line.getAttribute('points').split(' ').some(p => parseFloat(p.split(',')[1]) < 122)
+		const ys = line ? line.getAttribute('points').split(' ').map(p => parseFloat(p.split(',')[1])) : [];
+		return ys.length === 60 && ys.some(y => y < Math.max(...ys))
 			&& bars.length === 17 && bars.some(r => parseFloat(r.getAttribute('height')) > 0);
 	})()`, "the rate and lag charts to show the requeue")
 

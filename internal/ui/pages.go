@@ -146,10 +146,11 @@ func (h *Handler) overviewData(r *http.Request) overviewData {
 		row.RequeuedPS, row.DeadPS = h.rec.Recent(q.Queue)
 		rows = append(rows, row)
 	}
+	bounds, counts := h.rec.Lag()
 	return overviewData{
 		base: h.base(r, "Queues"), Health: h.health(now), Queues: rows,
 		Series: h.rec.Series(""), Interval: h.rec.Interval().Seconds(),
-		Lag: lagChart{Bounds: LagBounds, Counts: h.rec.Lag()},
+		Lag: lagChart{Bounds: bounds, Counts: counts},
 	}
 }
 
@@ -230,7 +231,9 @@ func preview(b []byte) (string, bool) {
 			cut--
 		}
 		text = utf8.Valid(b[:cut])
-		b = b[:cut]
+		if text {
+			b = b[:cut]
+		}
 	}
 	if text {
 		text = strings.IndexFunc(string(b), func(r rune) bool {

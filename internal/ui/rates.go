@@ -15,10 +15,6 @@ const (
 	SampleCountDefault    = 60
 )
 
-// LagBounds are the upper bounds, in seconds, of the redelivery-lag
-// histogram: those of ackd_redelivery_lag_seconds.
-var LagBounds = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
-
 // Recorder keeps what the daemon's sweeps did, in memory, for the
 // dashboard's charts: per queue, a ring of buckets counting requeued,
 // dead-lettered and promoted messages, and a histogram of redelivery lag.
@@ -32,7 +28,8 @@ type Recorder struct {
 	mu     sync.Mutex
 	total  *ring
 	queues map[string]*ring
-	lag    []uint64 // len(LagBounds)+1, the last is +Inf
+	bounds []float64 // upper bounds of the lag histogram, in seconds, ascending
+	lag    []uint64  // len(bounds)+1, the last is +Inf
 }
 
 // Sample is what happened in one bucket.
@@ -49,16 +46,18 @@ type ring struct {
 	touched time.Time
 }
 
-// NewRecorder returns a Recorder of n buckets of interval each; zero
-// values take the defaults.
-func NewRecorder(interval time.Duration, n int) *Recorder {
+// NewRecorder returns a Recorder of n buckets of interval each (zero
+// values take the defaults) whose lag histogram has the upper bounds
+// lagBounds, in seconds, ascending (ackd passes those of its
+// ackd_redelivery_lag_seconds histogram).
+func NewRecorder(interval time.Duration, n int, lagBounds []float64) *Recorder {
 	if interval <= 0 {
 		interval = SampleIntervalDefault
 	}
 	if n <= 0 {
 		n = SampleCountDefault
 	}
-	return &Recorder{interval: interval, n: n, nowFunc: time.Now, queues: map[string]*ring{}, lag: make([]uint64, len(LagBounds)+1), total: &ring{buf: make([]Sample, n)}}
+	return &Recorder{interval: interval, n: n, nowFunc: time.Now, queues: map[string]*ring{}, bounds: lagBounds, lag: make([]uint64, len(lagBounds)+1), total: &ring{buf: make([]Sample, n)}}
 }
 
 // advance moves r to bucket b, clearing the buckets skipped.
@@ -113,7 +112,7 @@ func (rec *Recorder) Swept(queue, _ string, res lease.SweepResult) {
 	q.touched = rec.nowFunc()
 	for _, l := range res.Lags {
 		sec := max(l, 0).Seconds()
-		rec.lag[sort.SearchFloat64s(LagBounds, sec)]++
+		rec.lag[sort.SearchFloat64s(rec.bounds, sec)]++
 	}
 	rec.forgetIdle()
 }
@@ -166,12 +165,12 @@ func (rec *Recorder) Recent(queue string) (requeued, dead float64) {
 	return float64(rq) / secs, float64(dl) / secs
 }
 
-// Lag returns the redelivery-lag histogram: counts per bucket of
-// LagBounds, then the count above the last bound.
-func (rec *Recorder) Lag() []uint64 {
+// Lag returns the redelivery-lag histogram: its upper bounds, and the
+// count of each bucket followed by the count above the last bound.
+func (rec *Recorder) Lag() ([]float64, []uint64) {
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
-	return append([]uint64(nil), rec.lag...)
+	return rec.bounds, append([]uint64(nil), rec.lag...)
 }
 
 // Interval is the width of one bucket.

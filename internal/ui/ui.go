@@ -104,7 +104,7 @@ func New(src Source, admin Admin, cfg *Config) (*Handler, error) {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	if c.Recorder == nil {
-		c.Recorder = NewRecorder(0, 0)
+		c.Recorder = NewRecorder(0, 0, nil)
 	}
 	if src == nil || admin == nil {
 		return nil, errors.New("ui: nil source or admin")

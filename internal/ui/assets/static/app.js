@@ -29,12 +29,12 @@
   // lineChart draws per-second rates of samples (one per interval seconds).
   function lineChart(box, samples, interval) {
     if (!box) return;
-    const W = 600, H = 140, L = 36, B = 18, T = 8;
+    const W = box.clientWidth || 600, H = box.clientHeight || 140, L = 40, B = 18, T = 8;
     const keys = [["requeued", "s1"], ["dead_lettered", "s2"], ["promoted", "s3"]];
     let top = 0;
     for (const s of samples) for (const [k] of keys) top = Math.max(top, s[k] / interval);
     top = top > 0 ? niceCeil(top) : 1;
-    const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img", "aria-label": "messages per second" });
+    const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "messages per second" });
     const x = (i) => L + (i * (W - L - 4)) / Math.max(samples.length - 1, 1);
     const y = (v) => H - B - (v / top) * (H - B - T);
     svg.append(el("line", { class: "axis", x1: L, x2: W, y1: H - B, y2: H - B }));
@@ -43,10 +43,10 @@
     svg.append(el("text", { x: 2, y: H - B }, "0"));
     const span = Math.round(samples.length * interval / 60);
     svg.append(el("text", { x: L, y: H - 4 }, `−${span} min`));
-    svg.append(el("text", { x: W - 30, y: H - 4 }, "now"));
+    svg.append(el("text", { x: W - 4, y: H - 4, "text-anchor": "end" }, "now"));
     for (const [k, cls] of keys) {
       const pts = samples.map((s, i) => `${x(i).toFixed(1)},${y(s[k] / interval).toFixed(1)}`).join(" ");
-      svg.append(el("polyline", { class: cls + " series", points: pts, fill: "none", "stroke-width": 2, "vector-effect": "non-scaling-stroke", "data-points": samples.length }));
+      svg.append(el("polyline", { class: cls + " series", points: pts, fill: "none", "stroke-width": 2, "stroke-linejoin": "round", "data-points": samples.length }));
     }
     box.replaceChildren(svg);
   }
@@ -59,10 +59,10 @@
   // barChart draws the lag histogram: one bar per bucket.
   function barChart(box, bounds, counts) {
     if (!box) return;
-    const W = 600, H = 140, B = 18, T = 8;
+    const W = box.clientWidth || 600, H = box.clientHeight || 140, B = 18, T = 8;
     const top = Math.max(1, ...counts);
     const n = counts.length, bw = W / n;
-    const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img", "aria-label": "redelivery lag" });
+    const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "redelivery lag" });
     svg.append(el("line", { class: "axis", x1: 0, x2: W, y1: H - B, y2: H - B }));
     counts.forEach((c, i) => {
       const h = (c / top) * (H - B - T);
