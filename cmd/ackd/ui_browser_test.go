@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -216,4 +217,41 @@ func shoot(t *testing.T, b *browsertest.Browser, url, name string, phoneDark boo
 		_, err := chromedp.Call(ctx, emulation.SetEmulatedMedia, emulation.SetEmulatedMediaParams{})
 		return err
 	}))
+}
+
+// TestUIThousandQueues checks that the overview lists, filters and sorts
+// 1,000 queues, and logs what that costs.
+func TestUIThousandQueues(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	lc := newLeaseClient(t, srv)
+	const n = 1000
+	for i := range n {
+		q := fmt.Sprintf("q-%04d", i)
+		if _, err := lc.PushBatch(t.Context(), q, make([][]byte, i%7+1), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	in := startAckd(t, srv, nil)
+	redistest.WaitFor(t, waitTimeout, func() bool {
+		_, body := in.get(t, "/ui/api/overview")
+		return strings.Count(body, `"name":`) == n
+	}, "ackd to have swept %d queues", n)
+	start := time.Now()
+	_, body := in.get(t, "/ui/api/overview")
+	t.Logf("GET /ui/api/overview with %d queues: %d bytes in %v", n, len(body), time.Since(start))
+
+	b := browsertest.New(t)
+	b.Do(t, browserTimeout, chromedp.Navigate(in.base+"/ui/"))
+	b.WaitFor(t, waitTimeout, `document.querySelectorAll('#queues tbody tr[data-name]').length === 1000`, "1,000 rows")
+	ms := browsertest.Eval[float64](t, b, `(() => { const t0 = performance.now(); document.querySelector('th[data-sort="ready"]').click(); return performance.now() - t0; })()`)
+	t.Logf("sorting %d rows in the browser took %.1f ms", n, ms)
+	if first := browsertest.Eval[string](t, b, `document.querySelector('#queues tbody tr').cells[1].textContent`); first != "7" {
+		t.Errorf("sorted by ready, the first row has %s ready, want 7", first)
+	}
+	b.Do(t, browserTimeout, chromedp.SendKeys(chromedp.CSS("#filter"), "q-0999"))
+	b.WaitFor(t, waitTimeout, `[...document.querySelectorAll('#queues tbody tr[data-name]')].map(r => r.dataset.name).join() === 'q-0999'`, "the filter to keep q-0999 only")
+	if got := browsertest.Eval[string](t, b, `document.getElementById('qcount').textContent`); got != "1 of 1000" {
+		t.Errorf("count shown %q, want 1 of 1000", got)
+	}
 }
