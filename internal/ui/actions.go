@@ -159,17 +159,11 @@ func (h *Handler) action(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), actionTimeout)
 	defer cancel()
-	ok, err := h.known(ctx, q)
-	if err != nil {
-		h.redisFailed(w, r, "look up the queue", err)
-		return
-	}
-	if !ok {
-		h.fail(w, r, http.StatusNotFound, "No such queue", "ackd watches no queue of that name.")
+	if !h.found(ctx, w, r, q) {
 		return
 	}
 	if r.PostForm.Get("confirmed") != "1" {
-		h.confirm(w, r, ctx, q, a)
+		h.confirm(ctx, w, r, q, a)
 		return
 	}
 	start := time.Now()
@@ -185,7 +179,7 @@ func (h *Handler) action(w http.ResponseWriter, r *http.Request) {
 	msg := fmt.Sprintf("%s: %d", a.Action, n)
 	switch {
 	case a.Action == "pause" || a.Action == "resume":
-		msg = a.Action + "d"
+		msg = a.Action + "d" // paused, resumed
 	case errors.Is(err, lease.ErrNotHeld):
 		msg += " (some were no longer dead letters)"
 	}
@@ -211,7 +205,7 @@ func (h *Handler) run(ctx context.Context, q string, a act) (int, error) {
 	return h.admin.PurgeAll(ctx, q, &lease.DeadOpts{Reason: a.Reason})
 }
 
-func (h *Handler) confirm(w http.ResponseWriter, r *http.Request, ctx context.Context, q string, a act) {
+func (h *Handler) confirm(ctx context.Context, w http.ResponseWriter, r *http.Request, q string, a act) {
 	d := confirmData{base: h.base(r, "Confirm"), Queue: q, Act: a, What: a.String()}
 	if d.CSRF == "" && h.hasSession(r) {
 		d.CSRF = h.csrf

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -183,6 +184,19 @@ func (h *Handler) known(ctx context.Context, queue string) (bool, error) {
 	return h.admin.Known(ctx, queue)
 }
 
+// found reports whether queue exists; if not, it has written a 404 page,
+// or a 503 page if Redis did not answer.
+func (h *Handler) found(ctx context.Context, w http.ResponseWriter, r *http.Request, queue string) bool {
+	ok, err := h.known(ctx, queue)
+	switch {
+	case err != nil:
+		h.redisFailed(w, r, "look up the queue", err)
+	case !ok:
+		h.fail(w, r, http.StatusNotFound, "No such queue", "ackd watches no queue of that name.")
+	}
+	return err == nil && ok
+}
+
 // msgRow is one message of a queue page.
 type msgRow struct {
 	ID        string
@@ -281,6 +295,9 @@ type chart struct {
 	Interval float64  `json:"interval_s"`
 }
 
+// flashRE matches the messages action redirects with.
+var flashRE = regexp.MustCompile(`^((replay|purge): [0-9]{1,12}( \(some were no longer dead letters\))?|paused|resumed)$`)
+
 // offset reads a page offset from the query; bad values are a 400.
 func offset(r *http.Request, name string) (int, bool) {
 	v := r.URL.Query().Get(name)
@@ -303,13 +320,7 @@ func (h *Handler) queue(w http.ResponseWriter, r *http.Request) {
 	q := r.PathValue("queue")
 	ctx, cancel := context.WithTimeout(r.Context(), pageTimeout)
 	defer cancel()
-	ok, err := h.known(ctx, q)
-	if err != nil {
-		h.redisFailed(w, r, "look up the queue", err)
-		return
-	}
-	if !ok {
-		h.fail(w, r, http.StatusNotFound, "No such queue", "ackd watches no queue of that name.")
+	if !h.found(ctx, w, r, q) {
 		return
 	}
 	offs := map[string]int{}
@@ -328,9 +339,10 @@ func (h *Handler) queue(w http.ResponseWriter, r *http.Request) {
 	}
 	d := queueData{base: h.base(r, q), Queue: q, Reason: reason, Payloads: h.cfg.Payloads,
 		Chart: chart{Series: h.rec.Series(q), Interval: h.rec.Interval().Seconds()}}
-	if msg := r.URL.Query().Get("msg"); len(msg) <= 200 {
-		d.Flash = msg
+	if msg := r.URL.Query().Get("msg"); flashRE.MatchString(msg) {
+		d.Flash = msg // only what action redirects with: a link cannot put words on the page
 	}
+	var err error
 	if d.Stats, err = h.admin.Stats(ctx, q); err != nil {
 		h.redisFailed(w, r, "read the queue's counts", err)
 		return

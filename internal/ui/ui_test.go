@@ -121,3 +121,16 @@ func TestSameOriginAndNext(t *testing.T) {
 		}
 	}
 }
+
+func TestFlashOnlyFromActions(t *testing.T) {
+	t.Parallel()
+	for msg, ok := range map[string]bool{
+		"replay: 3": true, "purge: 0": true, "paused": true, "resumed": true,
+		"replay: 2 (some were no longer dead letters)": true,
+		"Your session expired, call +1 555":            false, "replay: 3; call us": false, "": false,
+	} {
+		if flashRE.MatchString(msg) != ok {
+			t.Errorf("flash %q allowed = %v, want %v", msg, !ok, ok)
+		}
+	}
+}
