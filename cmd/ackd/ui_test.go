@@ -6,10 +6,12 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ackd/ackd/internal/acldoc"
 	"github.com/ackd/ackd/internal/redistest"
 	"github.com/ackd/ackd/internal/ui"
 	"github.com/ackd/ackd/lease"
@@ -283,4 +285,32 @@ func TestUIOff(t *testing.T) {
 	if _, err := loadConfig(map[string]string{"ACKD_UI": "false", "ACKD_UI_TOKEN": uiToken}); err == nil || strings.Contains(err.Error(), uiToken) {
 		t.Errorf("ACKD_UI=false with a token: %v", err)
 	}
+}
+
+// TestUIAsDaemonUser runs ackd as the ackd-daemon ACL user of
+// docs/SECURITY.md: the overview works, and a queue page says that
+// Redis refused instead of failing obscurely.
+func TestUIAsDaemonUser(t *testing.T) {
+	t.Parallel()
+	users, err := acldoc.Read(filepath.Join("..", "..", "docs", "SECURITY.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := redistest.Start(t)
+	seedUI(t, newLeaseClient(t, srv))
+	u := users["ackd-daemon"]
+	srv.SetUser(t, u.Name, u.Password, u.Rules...)
+	in := startAckd(t, srv, map[string]string{
+		"ACKD_REDIS_URL":        "redis://" + u.Name + ":" + u.Password + "@" + srv.Addr() + "/0",
+		"ACKD_CONFIGURE_EVENTS": "false",
+	})
+	redistest.WaitFor(t, waitTimeout, func() bool {
+		_, body := in.get(t, "/ui/api/overview")
+		return strings.Contains(body, `"name":"orders"`)
+	}, "the overview to list orders")
+	code, body := in.get(t, "/ui/q/orders")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "lacks the rights") {
+		t.Errorf("queue page as the daemon user: %d\n%s", code, body)
+	}
+	noGoErrors(t, "queue page as the daemon user", body)
 }

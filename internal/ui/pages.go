@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -66,9 +67,15 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, status int, headi
 	h.render(w, status, "message", messagePage{base: h.base(r, heading), Status: status, Heading: heading, Text: text})
 }
 
-// redisFailed logs err and renders a 503 page.
+// redisFailed logs err and renders a 503 page: Redis refused (ACL) or
+// did not answer.
 func (h *Handler) redisFailed(w http.ResponseWriter, r *http.Request, what string, err error) {
 	h.log.Warn("ui: "+what, "path", r.URL.Path, "error", err)
+	if errors.Is(err, lease.ErrNoPermission) {
+		h.fail(w, r, http.StatusServiceUnavailable, "Redis refused",
+			"ackd could not "+what+": its Redis user lacks the rights (ACL). Queue pages and actions need the operator rights of docs/SECURITY.md; the details are in ackd's log.")
+		return
+	}
 	h.fail(w, r, http.StatusServiceUnavailable, "Redis did not answer",
 		"ackd could not "+what+". The details are in ackd's log; try again in a moment.")
 }
