@@ -45,6 +45,9 @@ type config struct {
 	ShutdownTimeout  time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s" help:"On SIGTERM or SIGINT, how long running sweeps and HTTP requests may take to finish before ackd exits anyway. A second signal exits at once."`
 	SweepConcurrency int           `env:"SWEEP_CONCURRENCY" envDefault:"4" help:"How many queues are swept at the same time (1 to 256)."`
 	SweepLimit       int           `env:"SWEEP_LIMIT" envDefault:"1000" help:"Most leases requeued (and delayed messages promoted) by one Sweep script call; a sweep repeats until its queue is done (1 to 10000). Bounds how long one call blocks Redis."`
+	UI               bool          `env:"UI" envDefault:"true" help:"Serve the web dashboard at /ui/ on ACKD_HTTP_ADDR. false: no /ui/."`
+	UIToken          string        `env:"UI_TOKEN" help:"Token that allows the dashboard's actions (replay, purge, pause, resume): typed into its login form, or sent as Authorization: Bearer. At least 16 characters, no spaces. Empty: the dashboard is read-only. Never logged."`
+	UIPayloads       bool          `env:"UI_PAYLOADS" envDefault:"false" help:"Show the first bytes of payloads on the dashboard's queue pages (escaped; binary shown as hex). Off by default: payloads may hold personal data."`
 
 	// Redis credentials and TLS, besides ACKD_REDIS_URL. Read by the
 	// daemon and the operator commands alike (see redisSettings).
@@ -243,6 +246,7 @@ func (c *config) validate() []string {
 		}
 	}
 	c.Queues = queues
+	p = append(p, c.validateUI()...)
 	return p
 }
 

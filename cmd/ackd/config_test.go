@@ -191,8 +191,8 @@ func TestHelpListsEveryVariable(t *testing.T) {
 	}
 	help := out.String()
 	vars := configVars()
-	if len(vars) != 16 {
-		t.Errorf("%d variables, want 16", len(vars))
+	if len(vars) != 19 {
+		t.Errorf("%d variables, want 19", len(vars))
 	}
 	for _, v := range vars {
 		if v.Help == "" {

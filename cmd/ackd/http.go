@@ -20,7 +20,7 @@ const (
 	healthcheckTimeout = 3 * time.Second
 )
 
-// handler serves /healthz, /readyz and /metrics.
+// handler serves /healthz, /readyz, /metrics and the dashboard (/ui/).
 func (d *daemon) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -32,6 +32,21 @@ func (d *daemon) handler() http.Handler {
 		ErrorHandling: promhttp.ContinueOnError,
 		Registry:      d.metrics.reg,
 	}))
+	if d.uiOn {
+		mux.Handle("/ui/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if h := d.ui.Load(); h != nil {
+				h.ServeHTTP(w, r)
+				return
+			}
+			// Until Redis first answers there is nothing to show; /readyz
+			// says why.
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.Header().Set("Retry-After", "1")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, "ackd is connecting to Redis; see /readyz\n")
+		}))
+		mux.Handle("GET /ui", http.RedirectHandler("/ui/", http.StatusMovedPermanently))
+	}
 	return mux
 }
 

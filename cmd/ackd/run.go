@@ -17,6 +17,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ackd/ackd/internal/redisconn"
+	"github.com/ackd/ackd/internal/ui"
+	"github.com/ackd/ackd/lease"
 	"github.com/ackd/ackd/reaper"
 )
 
@@ -101,7 +103,8 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	defer ln.Close()
 
 	m := newMetrics()
-	d := &daemon{metrics: m}
+	rec := ui.NewRecorder(0, 0, lagBuckets)
+	d := &daemon{metrics: m, uiOn: cfg.UI}
 	d.setConnectError("connecting")
 	srv := &http.Server{
 		Handler:           d.handler(),
@@ -118,12 +121,13 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	log.Info("ackd started", "version", version, "http_addr", ln.Addr().String(),
 		"redis", redisconn.Redact(cfg.RedisURL), "queues", queues, "scan_interval", cfg.ScanInterval.String(),
-		"configure_events", cfg.ConfigureEvents, "sweep_concurrency", cfg.SweepConcurrency)
+		"configure_events", cfg.ConfigureEvents, "sweep_concurrency", cfg.SweepConcurrency,
+		"ui", cfg.UI, "ui_actions", cfg.UIToken != "", "ui_payloads", cfg.UIPayloads)
 	if cfg.skipVerify {
 		log.Warn("TLS certificate verification is off (skip_verify=true in ACKD_REDIS_URL): anyone on the path to Redis can read and change what ackd sends")
 	}
 
-	rc := cfg.reaperConfig(log, m)
+	rc := cfg.reaperConfig(log, observers{m, rec})
 	conn, err := connect(ctx, cfg, cmp.Or(rc.RetryDelay, reaper.RetryDelayDefault), log, d.setConnectError)
 	if err != nil {
 		log.Info("ackd stopped", "reason", "signal before Redis answered")
@@ -136,6 +140,17 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	m.watch(rp)
+	lc, err := lease.New(rdb, nil)
+	if err != nil {
+		return err
+	}
+	dash, err := newUI(cfg, rp, lc, rec, log)
+	if err != nil {
+		return err
+	}
+	if dash != nil {
+		d.ui.Store(dash)
+	}
 	d.conn.Store(&connected{rdb: rdb, rp: rp})
 	log.Info("redis connected", "mode", string(conn.Mode), "addrs", strings.Join(conn.Addrs, ","))
 
@@ -173,6 +188,8 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 // daemon is what the HTTP handlers read.
 type daemon struct {
 	metrics  *metrics
+	uiOn     bool                       // ACKD_UI
+	ui       atomic.Pointer[ui.Handler] // the dashboard, once Redis answered
 	stopping atomic.Bool
 	// conn is set once Redis answered at start; until then connectErr
 	// says why not.

@@ -1,0 +1,316 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ackd/ackd/internal/acldoc"
+	"github.com/ackd/ackd/internal/redistest"
+	"github.com/ackd/ackd/internal/ui"
+	"github.com/ackd/ackd/lease"
+)
+
+// uiToken is the ACKD_UI_TOKEN of the dashboard tests.
+const uiToken = "test-token-0123456789abcdef"
+
+// uiSeed is what seedUI put in Redis.
+type uiSeed struct {
+	failed, killed []string // ids of dead letters by reason
+	inFlight       []string
+}
+
+// seedUI fills queue "orders" with 5 ready, 2 in flight, 3 delayed and
+// 4 dead letters (3 failed, 1 killed), "emails" with 1 ready, and a
+// paused "billing" with 2 ready.
+func seedUI(t *testing.T, lc *lease.Client) uiSeed {
+	t.Helper()
+	ctx := t.Context()
+	var s uiSeed
+	push := func(q, payload string, o *lease.PushOpts) string {
+		id, err := lc.Push(ctx, q, []byte(payload), o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	take := func(q string) *lease.Lease {
+		l, err := lc.Take(ctx, q, &lease.TakeOpts{LeaseFor: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	// Dead letters first: they are taken from the head.
+	for i := range 4 {
+		push("orders", fmt.Sprintf(`{"order":%d,"note":"<b>bold</b>"}`, i), nil)
+		l := take("orders")
+		var err error
+		if i < 3 {
+			err = l.Fail(ctx, errors.New("card declined"))
+			s.failed = append(s.failed, l.ID)
+		} else {
+			err = l.DeadLetter(ctx)
+			s.killed = append(s.killed, l.ID)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 2 {
+		push("orders", fmt.Sprintf("working-%d", i), nil)
+		s.inFlight = append(s.inFlight, take("orders").ID)
+	}
+	for i := range 5 {
+		push("orders", fmt.Sprintf("ready-%d", i), nil)
+	}
+	push("orders", "\x00\x01\x02binary", nil)
+	for i := range 3 {
+		push("orders", fmt.Sprintf("later-%d", i), &lease.PushOpts{Delay: time.Hour})
+	}
+	push("emails", "hello", nil)
+	push("billing", "b1", nil)
+	push("billing", "b2", nil)
+	if _, err := lc.Pause(ctx, "billing"); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// post sends a form to the dashboard of in, with headers, and returns the
+// status and body.
+func (in *instance) post(t *testing.T, path string, form url.Values, headers map[string]string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, in.base+path, strings.NewReader(form.Encode()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// deadCount reads queue's dead letters in one script.
+func deadCount(t *testing.T, lc *lease.Client, queue string) int64 {
+	t.Helper()
+	s, err := lc.Stats(t.Context(), queue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.Dead
+}
+
+// noGoErrors fails t if body looks like it shows a Go error or trace.
+func noGoErrors(t *testing.T, what, body string) {
+	t.Helper()
+	for _, s := range []string{"goroutine ", "panic", "lease: ", "redis: ", ".go:"} {
+		if strings.Contains(body, s) {
+			t.Errorf("%s shows %q:\n%s", what, s, body)
+		}
+	}
+}
+
+func TestUIBadInput(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	lc := newLeaseClient(t, srv)
+	seed := seedUI(t, lc)
+	in := startAckd(t, srv, map[string]string{"ACKD_UI_TOKEN": uiToken})
+	ro := startAckd(t, srv, nil)
+	bearer := map[string]string{"Authorization": "Bearer " + uiToken}
+	all := url.Values{"scope": {"all"}, "confirmed": {"1"}}
+
+	for _, tc := range []struct {
+		name, path string
+		want       int
+	}{
+		{"unknown queue", "/ui/q/nosuchqueue", 404},
+		{"bad queue name", "/ui/q/" + strings.Repeat("x", 300), 404},
+		{"unknown page", "/ui/nothing/here", 404},
+		{"bad offset", "/ui/q/orders?dead=-1", 400},
+		{"bad reason", "/ui/q/orders?reason=NOT%20A%20REASON", 400},
+		{"known queue", "/ui/q/orders", 200},
+		{"overview", "/ui/", 200},
+	} {
+		code, body := in.get(t, tc.path)
+		if code != tc.want {
+			t.Errorf("%s: GET %s = %d, want %d", tc.name, tc.path, code, tc.want)
+		}
+		noGoErrors(t, tc.path, body)
+	}
+
+	// Refused actions change nothing.
+	for _, tc := range []struct {
+		name    string
+		in      *instance
+		headers map[string]string
+	}{
+		{"read-only dashboard, bearer", ro, bearer},
+		{"no token", in, nil},
+		{"wrong bearer", in, map[string]string{"Authorization": "Bearer wrong-token-0123456789"}},
+		{"cookie without csrf", in, map[string]string{"Cookie": "ackd_ui_session=" + strings.Repeat("0", 64)}},
+	} {
+		code, body := tc.in.post(t, "/ui/q/orders/purge", all, tc.headers)
+		if code != http.StatusForbidden {
+			t.Errorf("%s: status %d, want 403", tc.name, code)
+		}
+		noGoErrors(t, tc.name, body)
+	}
+	// A session cookie is not enough from another site, or without the
+	// form's CSRF token.
+	code, _ := in.post(t, "/ui/login", url.Values{"token": {uiToken}}, map[string]string{"Origin": in.base})
+	if code != http.StatusSeeOther {
+		t.Fatalf("login: %d", code)
+	}
+	session := "ackd_ui_session=" + ui.SessionValue(uiToken)
+	for _, h := range []map[string]string{
+		{"Cookie": session, "Origin": "http://evil.example"},
+		{"Cookie": session, "Sec-Fetch-Site": "cross-site"},
+		{"Cookie": session, "Origin": in.base}, // no csrf field
+	} {
+		if code, _ := in.post(t, "/ui/q/orders/purge", all, h); code != http.StatusForbidden {
+			t.Errorf("POST with %v: %d, want 403", h, code)
+		}
+	}
+	if code, _ := in.post(t, "/ui/login", url.Values{"token": {"wrong"}}, map[string]string{"Origin": in.base}); code != http.StatusForbidden {
+		t.Errorf("login with a wrong token: %d, want 403", code)
+	}
+	if n := deadCount(t, lc, "orders"); n != 4 {
+		t.Fatalf("dead letters after refused actions: %d, want 4", n)
+	}
+
+	// Malformed or oversized input: 400, nothing changed.
+	for name, form := range map[string]url.Values{
+		"bad scope":    {"scope": {"some"}, "confirmed": {"1"}},
+		"bad reason":   {"scope": {"reason"}, "reason": {"Not-A-Reason"}, "confirmed": {"1"}},
+		"bad id":       {"scope": {"selected"}, "id": {"../../etc"}, "confirmed": {"1"}},
+		"no ids":       {"scope": {"selected"}, "confirmed": {"1"}},
+		"too many ids": {"scope": {"selected"}, "id": make([]string, lease.MaxBatch+1), "confirmed": {"1"}},
+		"oversized":    {"scope": {"all"}, "x": {strings.Repeat("a", 70<<10)}, "confirmed": {"1"}},
+		"id with junk": {"scope": {"selected"}, "id": {seed.failed[0] + "%zz"}, "confirmed": {"1"}},
+	} {
+		if code, body := in.post(t, "/ui/q/orders/purge", form, bearer); code != http.StatusBadRequest {
+			t.Errorf("%s: status %d, want 400", name, code)
+		} else {
+			noGoErrors(t, name, body)
+		}
+	}
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, in.base+"/ui/q/orders/purge", strings.NewReader("scope=all&confirmed=1&%zz"))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Authorization", "Bearer "+uiToken)
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("malformed form: %v %v, want 400", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	if code, _ := in.post(t, "/ui/q/orders/explode", all, bearer); code != http.StatusBadRequest {
+		t.Errorf("unknown action: %d, want 400", code)
+	}
+	if code, _ := in.post(t, "/ui/q/nosuchqueue/purge", all, bearer); code != http.StatusNotFound {
+		t.Errorf("action on an unknown queue: %d, want 404", code)
+	}
+	if n := deadCount(t, lc, "orders"); n != 4 {
+		t.Fatalf("dead letters after bad requests: %d, want 4", n)
+	}
+
+	// Without confirmed=1 an action only asks.
+	if code, body := in.post(t, "/ui/q/orders/purge", url.Values{"scope": {"all"}}, bearer); code != 200 || !strings.Contains(body, "Yes, purge every dead letter") {
+		t.Errorf("unconfirmed purge: %d\n%s", code, body)
+	}
+	// A script with the bearer token acts, and the action is logged.
+	code, _ = in.post(t, "/ui/q/orders/purge", url.Values{"scope": {"selected"}, "id": {seed.killed[0]}, "confirmed": {"1"}}, bearer)
+	if code != http.StatusSeeOther {
+		t.Fatalf("bearer purge: %d", code)
+	}
+	if n := deadCount(t, lc, "orders"); n != 3 {
+		t.Errorf("dead letters after purging one: %d, want 3", n)
+	}
+	logged := in.log.find("ui: action")
+	if len(logged) != 1 || logged[0]["by"] != "bearer" || logged[0]["num"] != float64(1) || logged[0]["action"] != "purge" || logged[0]["queue"] != "orders" {
+		t.Errorf("action log: %v", logged)
+	}
+	if strings.Contains(in.log.String(), uiToken) {
+		t.Error("the log shows the token")
+	}
+}
+
+func TestUIPayloadPreviews(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	lc := newLeaseClient(t, srv)
+	seedUI(t, lc)
+	off := startAckd(t, srv, nil)
+	on := startAckd(t, srv, map[string]string{"ACKD_UI_PAYLOADS": "true"})
+	_, body := off.get(t, "/ui/q/orders")
+	if strings.Contains(body, "order&#34;") || strings.Contains(body, "bold") {
+		t.Errorf("payloads shown while ACKD_UI_PAYLOADS is off:\n%s", body)
+	}
+	_, body = on.get(t, "/ui/q/orders")
+	if !strings.Contains(body, "&lt;b&gt;bold&lt;/b&gt;") || strings.Contains(body, "<b>bold") {
+		t.Errorf("payload preview not shown escaped:\n%s", body)
+	}
+}
+
+func TestUIOff(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	in := startAckd(t, srv, map[string]string{"ACKD_UI": "false"})
+	if code, _ := in.get(t, "/ui/"); code != http.StatusNotFound {
+		t.Errorf("GET /ui/ with ACKD_UI=false: %d, want 404", code)
+	}
+	for env, want := range map[string]string{
+		"short":                "ACKD_UI_TOKEN: too short",
+		"0123456789 abcdefghi": "ACKD_UI_TOKEN: contains spaces",
+	} {
+		_, err := loadConfig(map[string]string{"ACKD_UI_TOKEN": env})
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ACKD_UI_TOKEN=%q: %v, want %q", env, err, want)
+		}
+	}
+	if _, err := loadConfig(map[string]string{"ACKD_UI": "false", "ACKD_UI_TOKEN": uiToken}); err == nil || strings.Contains(err.Error(), uiToken) {
+		t.Errorf("ACKD_UI=false with a token: %v", err)
+	}
+}
+
+// TestUIAsDaemonUser runs ackd as the ackd-daemon ACL user of
+// docs/SECURITY.md: the overview works, and a queue page says that
+// Redis refused instead of failing obscurely.
+func TestUIAsDaemonUser(t *testing.T) {
+	t.Parallel()
+	users, err := acldoc.Read(filepath.Join("..", "..", "docs", "SECURITY.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := redistest.Start(t)
+	seedUI(t, newLeaseClient(t, srv))
+	u := users["ackd-daemon"]
+	srv.SetUser(t, u.Name, u.Password, u.Rules...)
+	in := startAckd(t, srv, map[string]string{
+		"ACKD_REDIS_URL":        "redis://" + u.Name + ":" + u.Password + "@" + srv.Addr() + "/0",
+		"ACKD_CONFIGURE_EVENTS": "false",
+	})
+	redistest.WaitFor(t, waitTimeout, func() bool {
+		_, body := in.get(t, "/ui/api/overview")
+		return strings.Contains(body, `"name":"orders"`)
+	}, "the overview to list orders")
+	code, body := in.get(t, "/ui/q/orders")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "lacks the rights") {
+		t.Errorf("queue page as the daemon user: %d\n%s", code, body)
+	}
+	noGoErrors(t, "queue page as the daemon user", body)
+}
