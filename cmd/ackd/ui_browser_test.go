@@ -36,6 +36,7 @@ func TestUIBrowser(t *testing.T) {
 	lc := newLeaseClient(t, srv)
 	seed := seedUI(t, lc)
 	in := startAckd(t, srv, map[string]string{"ACKD_UI_TOKEN": uiToken, "ACKD_UI_PAYLOADS": "true"})
+	in.waitUI(t)
 	b := browsertest.New(t)
 	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
 
@@ -237,6 +238,7 @@ func TestUIThousandQueues(t *testing.T) {
 		}
 	}
 	in := startAckd(t, srv, map[string]string{"ACKD_SWEEP_CONCURRENCY": "16"})
+	in.waitUI(t)
 	redistest.WaitFor(t, scanTimeout, func() bool {
 		_, body := in.get(t, "/ui/api/overview")
 		return strings.Count(body, `"name":`) == n

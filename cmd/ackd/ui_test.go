@@ -131,7 +131,9 @@ func TestUIBadInput(t *testing.T) {
 	lc := newLeaseClient(t, srv)
 	seed := seedUI(t, lc)
 	in := startAckd(t, srv, map[string]string{"ACKD_UI_TOKEN": uiToken})
+	in.waitUI(t)
 	ro := startAckd(t, srv, nil)
+	ro.waitUI(t)
 	bearer := map[string]string{"Authorization": "Bearer " + uiToken}
 	all := url.Values{"scope": {"all"}, "confirmed": {"1"}}
 
@@ -255,7 +257,9 @@ func TestUIPayloadPreviews(t *testing.T) {
 	lc := newLeaseClient(t, srv)
 	seedUI(t, lc)
 	off := startAckd(t, srv, nil)
+	off.waitUI(t)
 	on := startAckd(t, srv, map[string]string{"ACKD_UI_PAYLOADS": "true"})
+	on.waitUI(t)
 	_, body := off.get(t, "/ui/q/orders")
 	if strings.Contains(body, "order&#34;") || strings.Contains(body, "bold") {
 		t.Errorf("payloads shown while ACKD_UI_PAYLOADS is off:\n%s", body)
@@ -313,4 +317,14 @@ func TestUIAsDaemonUser(t *testing.T) {
 		t.Errorf("queue page as the daemon user: %d\n%s", code, body)
 	}
 	noGoErrors(t, "queue page as the daemon user", body)
+}
+
+// waitUI waits until the dashboard is served: ackd serves HTTP before it
+// first reaches Redis, and /ui/ answers 503 until then.
+func (in *instance) waitUI(t *testing.T) {
+	t.Helper()
+	redistest.WaitFor(t, startTimeout, func() bool {
+		code, _ := in.get(t, "/ui/")
+		return code != http.StatusServiceUnavailable
+	}, "the dashboard served")
 }
