@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"strings"
 	"sync/atomic"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -108,13 +107,19 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	m.watch(rp)
 	d := &daemon{rdb: rdb, rp: rp, metrics: m}
+	limit := newConnLimit(httpMaxConns)
 	srv := &http.Server{
 		Handler:           d.handler(),
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: httpReadHeaderTimeout,
+		ReadTimeout:       httpReadTimeout,
+		WriteTimeout:      httpWriteTimeout,
+		IdleTimeout:       httpIdleTimeout,
+		MaxHeaderBytes:    httpMaxHeaderBytes,
+		ConnState:         limit.connState,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	httpDone := make(chan error, 1)
-	go func() { httpDone <- srv.Serve(ln) }()
+	go func() { httpDone <- srv.Serve(limit.listener(ln)) }()
 
 	queues := "all"
 	if len(cfg.Queues) > 0 {
