@@ -32,6 +32,11 @@ const (
 // then ends and the queue goes to the back of the line.
 const maxCallsPerSweep = 1000
 
+// maxWakeAhead bounds how far ahead a wake message may point: no lease or
+// delay is longer than lease.MaxLeaseFor, plus an hour for a Redis clock
+// ahead of this host's. Later wakes are forged and ignored.
+const maxWakeAhead = lease.MaxLeaseFor + time.Hour
+
 // Observer is told what the Reaper does, for metrics. Its methods are
 // called from the Reaper's goroutines, possibly at once, and must be fast.
 type Observer interface {
@@ -55,7 +60,8 @@ func (nopObserver) Scanned(int, time.Duration, error)       {}
 type Stats struct {
 	Listener notify.ListenerStats  // events and wake messages heard
 	Scanner  fallback.ScannerStats // scans made
-	Ignored  uint64                // events and wake messages of queues outside Config.Queues
+	Ignored  uint64                // events and wake messages of queues outside Config.Queues, and wakes beyond lease.MaxLeaseFor
+	Dropped  uint64                // events and wakes dropped because too many queues had one pending (swept at the next scan)
 }
 
 // QueueStats is one queue's counts as its last sweep found them.
@@ -149,6 +155,10 @@ func New(rdb redis.UniversalClient, cfg *Config) (*Reaper, error) {
 			}
 		},
 		WakeFunc: func(_ context.Context, queue string, at time.Time) {
+			if at.After(time.Now().Add(maxWakeAhead)) {
+				r.ignored.Add(1)
+				return
+			}
 			if r.watches(queue) {
 				r.sched.At(queue, at)
 			}
@@ -373,7 +383,7 @@ func (r *Reaper) Queues() []QueueStats {
 
 // Stats returns a snapshot of the Reaper's counters.
 func (r *Reaper) Stats() Stats {
-	return Stats{Listener: r.lis.Stats(), Scanner: r.scan.Stats(), Ignored: r.ignored.Load()}
+	return Stats{Listener: r.lis.Stats(), Scanner: r.scan.Stats(), Ignored: r.ignored.Load(), Dropped: r.sched.Stats().Dropped}
 }
 
 // Subscribed reports whether the listener's subscriptions to keyspace

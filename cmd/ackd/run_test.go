@@ -640,7 +640,7 @@ func TestHTTP(t *testing.T) {
 	for _, name := range []string{
 		"ackd_requeues_total", "ackd_dead_lettered_total", "ackd_redelivery_lag_seconds", "ackd_promoted_total",
 		"ackd_reclaimed_total", "ackd_sweeps_total", "ackd_sweep_errors_total", "ackd_events_received_total",
-		"ackd_events_ignored_total", "ackd_subscription_reconnects_total", "ackd_subscribed", "ackd_scan_duration_seconds",
+		"ackd_events_ignored_total", "ackd_events_dropped_total", "ackd_subscription_reconnects_total", "ackd_subscribed", "ackd_scan_duration_seconds",
 		"ackd_scans_total", "ackd_scan_errors_total", "ackd_keyspace_events_enabled", "ackd_redis_up", "ackd_queue_messages",
 		"ackd_up", "ackd_build_info", "go_goroutines", "process_open_fds",
 	} {
