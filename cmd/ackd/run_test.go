@@ -102,6 +102,12 @@ func shortIntervals(c *reaper.Config) {
 // ends, and must then return nil.
 func startAckd(t *testing.T, srv *redistest.Server, env map[string]string) *instance {
 	t.Helper()
+	return startAckdTuned(t, srv, env, shortIntervals)
+}
+
+// startAckdTuned is startAckd with tune adjusting the reaper's intervals.
+func startAckdTuned(t *testing.T, srv *redistest.Server, env map[string]string, tune func(*reaper.Config)) *instance {
+	t.Helper()
 	e := map[string]string{
 		"ACKD_REDIS_URL":        srv.URL(),
 		"ACKD_HTTP_ADDR":        "127.0.0.1:0",
@@ -115,7 +121,7 @@ func startAckd(t *testing.T, srv *redistest.Server, env map[string]string) *inst
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.tune = shortIntervals
+	cfg.tune = tune
 	go func() {
 		defer close(in.done)
 		in.err = serve(ctx, cfg, newLogger(cfg, in.log))
