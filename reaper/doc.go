@@ -79,6 +79,10 @@
 // parts' warnings are demoted to Debug, so an outage is two log lines, not
 // one per retry. Outside sweeps, a PING every CheckInterval (every
 // OutageCheckInterval during an outage) notices an outage and its end.
+// An outage is Redis not answering, loading, or refusing the login
+// (NOAUTH, WRONGPASS: logged at Error, naming Config.RedisUser); an error
+// reply such as WRONGTYPE from a hostile key is not: that sweep fails and
+// is retried, and RedisUp stays true.
 //
 // Keyspace events need notify-keyspace-events to include E and x. Run
 // checks the setting at start and at every scan and logs each change of

@@ -32,6 +32,7 @@ type EventsStatus struct {
 type health struct {
 	log  *slog.Logger // not demoted: it reports the outage itself
 	name string
+	user string // the ACL user ackd logs in as, for the auth-failure line
 
 	mu    sync.Mutex
 	down  bool
@@ -43,10 +44,11 @@ type health struct {
 }
 
 // failed records a failed Redis call; the first one of an outage is
-// logged. Error replies (other than LOADING) are not an outage: Redis
-// answered, and the caller logs them.
+// logged. Error replies (WRONGTYPE from a hostile key, NOPERM, ...) are
+// not an outage: Redis answered, and the caller logs them. LOADING is
+// one, and so is a refused login (NOAUTH, WRONGPASS): ackd cannot work.
 func (h *health) failed(err error) {
-	if errors.Is(err, context.Canceled) || isReplyError(err) && !redis.IsLoadingError(err) {
+	if !isOutage(err) {
 		return
 	}
 	h.mu.Lock()
@@ -55,7 +57,25 @@ func (h *health) failed(err error) {
 		return
 	}
 	h.down, h.since = true, time.Now()
+	if redis.IsAuthError(err) {
+		// The reply names no password; the user is named so that an
+		// operator knows which credentials to fix.
+		h.log.Error("redis refused ackd's credentials, retrying", h.redisAttr(), "user", h.user, "error", err)
+		return
+	}
 	h.log.Warn("redis unavailable, retrying", h.redisAttr(), "error", err)
+}
+
+// isOutage reports whether err means ackd cannot use Redis: Redis did not
+// answer, is loading its data, or refused ackd's login.
+func isOutage(err error) bool {
+	switch {
+	case err == nil, errors.Is(err, context.Canceled):
+		return false
+	case redis.IsAuthError(err), redis.IsLoadingError(err):
+		return true
+	}
+	return !isReplyError(err)
 }
 
 // ok records a successful Redis call; the first one after an outage is
@@ -137,7 +157,7 @@ func (r *Reaper) checkEvents(ctx context.Context) {
 	if ctx.Err() != nil {
 		return
 	}
-	if st.Err != nil && !isReplyError(st.Err) {
+	if isOutage(st.Err) {
 		h.failed(st.Err) // Redis did not answer: the events state is unchanged
 		return
 	}

@@ -1,6 +1,7 @@
 package reaper
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -120,7 +121,7 @@ func New(rdb redis.UniversalClient, cfg *Config) (*Reaper, error) {
 		log:    c.Logger.With("component", "reaper"),
 		counts: map[string]*queueCounts{},
 	}
-	r.health = health{log: r.log, name: c.RedisName}
+	r.health = health{log: r.log, name: c.RedisName, user: cmp.Or(c.RedisUser, "default")}
 	if len(c.Queues) > 0 {
 		r.watched = make(map[string]bool, len(c.Queues))
 		for _, q := range c.Queues {

@@ -40,7 +40,7 @@ type config struct {
 	HTTPAddr         string        `env:"HTTP_ADDR" envDefault:":9466" help:"Address of the HTTP server for /healthz, /readyz and /metrics (host:port; port 0 picks a free one)."`
 	ScanInterval     time.Duration `env:"SCAN_INTERVAL" envDefault:"5m" help:"How often every watched queue is swept in full, the safety net for lost events and timers. Also re-checks the keyspace-events setting. A Go duration (30s, 5m, 1h)."`
 	ConfigureEvents  bool          `env:"CONFIGURE_EVENTS" envDefault:"true" help:"Turn on the keyspace events ackd listens to (CONFIG SET notify-keyspace-events, adding E, x and e to what is there) at start and at every scan. false: only read the setting and report it. ackd works without events, on its timers and scans, and says so in its log, /readyz and metrics."`
-	Queues           []string      `env:"QUEUES" help:"Comma-separated queues to watch. Empty: every queue in the registry (ackd:queues), found again at every scan. Events and wake messages of other queues are ignored."`
+	Queues           []string      `env:"QUEUES" help:"Comma-separated queues to watch. Unset: every queue in the registry (ackd:queues), found again at every scan. Events and wake messages of other queues are ignored."`
 	LogLevel         string        `env:"LOG_LEVEL" envDefault:"info" help:"Lowest level logged: debug, info, warn or error."`
 	LogFormat        string        `env:"LOG_FORMAT" envDefault:"json" help:"Log format on stderr: json or text (logfmt), one event per line."`
 	ShutdownTimeout  time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s" help:"On SIGTERM or SIGINT, how long running sweeps and HTTP requests may take to finish before ackd exits anyway. A second signal exits at once."`
@@ -93,6 +93,18 @@ func loadConfig(environ map[string]string) (config, error) {
 		if strings.HasPrefix(k, envPrefix) && !known[k] {
 			unknown = append(unknown, k)
 		}
+	}
+	// A variable set to "" is a mistake (a template left blank), not a
+	// wish for the default: say so rather than guess.
+	var empty []string
+	for k, v := range environ {
+		if known[k] && v == "" {
+			empty = append(empty, k)
+		}
+	}
+	slices.Sort(empty)
+	for _, k := range empty {
+		problems = append(problems, k+": set but empty; unset it to use the default")
 	}
 	slices.Sort(unknown)
 	for _, k := range unknown {

@@ -130,7 +130,7 @@ func (m *metrics) watch(rp *reaper.Reaper) {
 		gauge("ackd_subscribed", "1 while the listener's subscription to events and wake messages is live.", nil, rp.Subscribed),
 		gauge("ackd_keyspace_events_enabled", "1 if Redis sends the keyspace events ackd listens to (notify-keyspace-events has E and x), 0 if not or unknown; without them leases come back on timers and scans only.", nil,
 			func() bool { return rp.Events().Enabled }),
-		gauge("ackd_redis_up", "1 if the last Redis command ackd sent succeeded, 0 during an outage.", nil, rp.RedisUp),
+		gauge("ackd_redis_up", "1 if Redis answers ackd, 0 during an outage: no answer, loading, or ackd's login refused. An error reply (WRONGTYPE) is not an outage.", nil, rp.RedisUp),
 		gauge("ackd_up", "1 while ackd runs.", nil, always),
 		gauge("ackd_build_info", "Always 1; labels give ackd's version and the Go version that built it.",
 			prometheus.Labels{"version": version, "goversion": runtime.Version()}, always),

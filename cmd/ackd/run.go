@@ -79,6 +79,9 @@ func (c config) reaperConfig(log *slog.Logger, obs reaper.Observer) *reaper.Conf
 		Observer:        obs,
 		Logger:          log,
 	}
+	if c.redisOpts != nil {
+		rc.RedisUser = c.redisOpts.Username
+	}
 	if c.tune != nil {
 		c.tune(rc)
 	}
