@@ -65,6 +65,13 @@ type Config struct {
 	// read the setting and report it (Events). The Reaper works without
 	// events, on its timers and scans.
 	ConfigureEvents bool
+	// ObserveEvents makes the Reaper never send CONFIG, for a user
+	// without that right (docs/SECURITY.md) on a Redis whose operator set
+	// notify-keyspace-events: Events reports unknown (Checked false) until
+	// an expired event arrives, then on (Observed true). It cannot tell
+	// events switched off later. Not with ConfigureEvents. Defaults to
+	// false: read the setting at start and at every scan.
+	ObserveEvents bool
 	// CheckInterval is how often the Reaper PINGs Redis to notice an
 	// outage while it has nothing to sweep. With the PING's own 1 s
 	// timeout, an outage is logged within 2 s of its start. Defaults to 1
@@ -137,6 +144,9 @@ func (c *Config) withDefaults() (Config, error) {
 		if d.v < 0 {
 			bad(d.field, d.v, "must be positive")
 		}
+	}
+	if out.ObserveEvents && out.ConfigureEvents {
+		bad("ObserveEvents", true, "excludes ConfigureEvents")
 	}
 	if out.Concurrency < 1 || out.Concurrency > MaxConcurrency {
 		bad("Concurrency", out.Concurrency, "must be 1 to %d", MaxConcurrency)

@@ -88,7 +88,9 @@
 // checks the setting at start and at every scan and logs each change of
 // state once; with ConfigureEvents it also adds the missing flags. Many
 // managed services refuse CONFIG: the Reaper then says so (Events) and
-// works on its timers and scans, which need no events.
+// works on its timers and scans, which need no events. With ObserveEvents
+// it sends no CONFIG at all (a least-privilege user's ACL LOG stays
+// empty): Events reports unknown until an expired event arrives, then on.
 //
 // When Run's context ends the Reaper stops listening and scanning and
 // starts no new sweep; a Sweep call already running finishes, for at most

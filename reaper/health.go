@@ -26,6 +26,9 @@ type EventsStatus struct {
 	Enabled bool   // the flags include E and x: expired shadow keys are heard
 	Flags   string // the setting as read (per node on a cluster)
 	Error   string // why it could not be read or set, if so
+	// Observed: Enabled was inferred from an expired event arriving
+	// (Config.ObserveEvents), not read with CONFIG; Flags is then empty.
+	Observed bool
 }
 
 // health tracks whether Redis answers, and the keyspace-events setting.
@@ -148,6 +151,9 @@ func (r *Reaper) monitor(ctx context.Context) error {
 // checkEvents reads (and, if configured, sets) notify-keyspace-events and
 // logs a change of state once.
 func (r *Reaper) checkEvents(ctx context.Context) {
+	if r.cfg.ObserveEvents {
+		return // no CONFIG: observeEvents reports what arrives
+	}
 	h := &r.health
 	h.checkMu.Lock()
 	defer h.checkMu.Unlock()
@@ -188,6 +194,24 @@ func (r *Reaper) checkEvents(ctx context.Context) {
 	case !st.Changed:
 		r.log.Info("keyspace events are on", "flags", now.Flags)
 	}
+}
+
+// observeEvents, with Config.ObserveEvents, marks events on once an
+// expired event has arrived, and logs it once. It is called for every
+// expired or evicted event; after the first expired one it costs one
+// atomic load.
+func (r *Reaper) observeEvents() {
+	if !r.cfg.ObserveEvents || r.eventsSeen.Load() || r.lis.Stats().EventsExpired == 0 {
+		return
+	}
+	if !r.eventsSeen.CompareAndSwap(false, true) {
+		return
+	}
+	h := &r.health
+	h.eventsMu.Lock()
+	h.events = EventsStatus{Checked: true, Enabled: true, Observed: true}
+	h.eventsMu.Unlock()
+	r.log.Info("keyspace events are on: an expired event arrived")
 }
 
 // outageHandler demotes the parts' Warn and Error records to Debug while

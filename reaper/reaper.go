@@ -84,9 +84,10 @@ type Reaper struct {
 	scan   *fallback.Scanner
 	health health
 
-	watched map[string]bool // Config.Queues; nil: every queue
-	ignored atomic.Uint64
-	started atomic.Bool
+	watched    map[string]bool // Config.Queues; nil: every queue
+	ignored    atomic.Uint64
+	started    atomic.Bool
+	eventsSeen atomic.Bool // an expired event arrived (Config.ObserveEvents)
 
 	// Sweep calls run under sweepCtx, not Run's context, so that a call
 	// running at shutdown finishes; it ends ShutdownTimeout after Run's.
@@ -151,6 +152,7 @@ func New(rdb redis.UniversalClient, cfg *Config) (*Reaper, error) {
 	}
 	r.lis = notify.NewListener(rdb, &notify.Config{
 		ExpiredFunc: func(_ context.Context, queue, _ string) {
+			r.observeEvents()
 			if r.watches(queue) {
 				r.sched.Now(queue, TriggerEvent)
 			}
@@ -194,6 +196,9 @@ func (r *Reaper) Run(ctx context.Context) error {
 	// it once the listener is subscribed. If Redis does not answer, the
 	// scans check again.
 	r.checkEvents(ctx)
+	if r.cfg.ObserveEvents {
+		r.log.InfoContext(ctx, "keyspace events unknown until an expired event arrives: CONFIG is not used")
+	}
 
 	partsCtx, stop := context.WithCancel(ctx)
 	defer stop()

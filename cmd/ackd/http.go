@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ackd/ackd/reaper"
 )
 
 const (
@@ -47,10 +49,27 @@ type readiness struct {
 
 // eventsReport is what /readyz says about keyspace events.
 type eventsReport struct {
-	Checked bool   `json:"checked"` // false until Redis first answered the check
+	State   string `json:"state"`   // "on", "off" or "unknown"
+	Source  string `json:"source"`  // "config" (read with CONFIG GET) or "observed" (an expired event arrived)
+	Checked bool   `json:"checked"` // false while unknown
 	Enabled bool   `json:"enabled"`
 	Flags   string `json:"flags"`
 	Error   string `json:"error,omitempty"`
+}
+
+// eventsReportOf converts the reaper's events status for /readyz.
+func eventsReportOf(ev reaper.EventsStatus, observe bool) eventsReport {
+	r := eventsReport{State: "unknown", Source: "config", Checked: ev.Checked, Enabled: ev.Enabled, Flags: ev.Flags, Error: ev.Error}
+	if observe {
+		r.Source = "observed"
+	}
+	switch {
+	case ev.Enabled:
+		r.State = "on"
+	case ev.Checked && ev.Error == "":
+		r.State = "off"
+	}
+	return r
 }
 
 // readyz answers 200 when Redis answers PING and the listener's
@@ -59,11 +78,10 @@ type eventsReport struct {
 func (d *daemon) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), readyPingTimeout)
 	defer cancel()
-	ev := d.rp.Events()
 	rd := readiness{
 		Subscribed: d.rp.Subscribed(),
 		Stopping:   d.stopping.Load(),
-		Events:     eventsReport{Checked: ev.Checked, Enabled: ev.Enabled, Flags: ev.Flags, Error: ev.Error},
+		Events:     eventsReportOf(d.rp.Events(), d.observeEvents),
 	}
 	if err := d.rdb.Ping(ctx).Err(); errors.Is(err, context.DeadlineExceeded) {
 		rd.RedisError = fmt.Sprintf("no answer to PING within %v", readyPingTimeout)

@@ -128,8 +128,16 @@ func (m *metrics) watch(rp *reaper.Reaper) {
 		counter("ackd_subscription_reconnects_total", "Times the listener subscribed again after losing its connection (each followed by a catch-up scan).", nil,
 			func(s reaper.Stats) uint64 { return s.Listener.Reconnects }),
 		gauge("ackd_subscribed", "1 while the listener's subscription to events and wake messages is live.", nil, rp.Subscribed),
-		gauge("ackd_keyspace_events_enabled", "1 if Redis sends the keyspace events ackd listens to (notify-keyspace-events has E and x), 0 if not or unknown; without them leases come back on timers and scans only.", nil,
-			func() bool { return rp.Events().Enabled }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ackd_keyspace_events_enabled", Help: "1 if Redis sends the keyspace events ackd listens to (notify-keyspace-events has E and x, or, with ACKD_CONFIGURE_EVENTS=false, an expired event arrived), 0 if not, -1 while unknown; without them leases come back on timers and scans only."},
+			func() float64 {
+				switch ev := rp.Events(); {
+				case ev.Enabled:
+					return 1
+				case ev.Checked && ev.Error == "":
+					return 0
+				}
+				return -1
+			}),
 		gauge("ackd_redis_up", "1 if Redis answers ackd, 0 during an outage: no answer, loading, or ackd's login refused. An error reply (WRONGTYPE) is not an outage.", nil, rp.RedisUp),
 		gauge("ackd_up", "1 while ackd runs.", nil, always),
 		gauge("ackd_build_info", "Always 1; labels give ackd's version and the Go version that built it.",

@@ -74,6 +74,7 @@ func (c config) reaperConfig(log *slog.Logger, obs reaper.Observer) *reaper.Conf
 		Concurrency:     c.SweepConcurrency,
 		SweepLimit:      c.SweepLimit,
 		ConfigureEvents: c.ConfigureEvents,
+		ObserveEvents:   !c.ConfigureEvents,
 		ShutdownTimeout: c.ShutdownTimeout,
 		RedisName:       redactURL(c.RedisURL),
 		Observer:        obs,
@@ -109,7 +110,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	m.watch(rp)
-	d := &daemon{rdb: rdb, rp: rp, metrics: m}
+	d := &daemon{rdb: rdb, rp: rp, metrics: m, observeEvents: !cfg.ConfigureEvents}
 	limit := newConnLimit(httpMaxConns)
 	srv := &http.Server{
 		Handler:           d.handler(),
@@ -169,4 +170,7 @@ type daemon struct {
 	rp       *reaper.Reaper
 	metrics  *metrics
 	stopping atomic.Bool
+	// observeEvents: ACKD_CONFIGURE_EVENTS=false, ackd sends no CONFIG and
+	// learns of keyspace events from what arrives.
+	observeEvents bool
 }
