@@ -23,6 +23,14 @@ type Registry interface {
 	Queues(ctx context.Context) ([]string, error)
 }
 
+// pager is a Registry that can list itself in pages, skipping names with
+// no queue behind them (*lease.Client's ForEachQueue). The Scanner uses
+// it when it can: a registry of a million bogus names then neither fills
+// memory nor makes a scan sweep each of them.
+type pager interface {
+	ForEachQueue(ctx context.Context, fn func(ctx context.Context, queues []string) error) error
+}
+
 // Config configures a Scanner.
 type Config struct {
 	// SweepFunc sweeps one queue and returns when the sweep is done, with
@@ -151,23 +159,34 @@ func (s *Scanner) scan(ctx context.Context) (queues int, err error) {
 			s.cfg.ScanFunc(queues, took, err)
 		}
 	}()
+	var errs []error
+	sweep := func(ctx context.Context, qs []string) error {
+		for _, q := range qs {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if err := s.cfg.SweepFunc(ctx, q); err != nil {
+				errs = append(errs, fmt.Errorf("fallback: scan %s: %w", q, err))
+			}
+			queues++
+		}
+		return nil
+	}
 	qs := s.cfg.Queues
 	if len(qs) == 0 {
+		if p, ok := s.reg.(pager); ok {
+			if err := p.ForEachQueue(ctx, sweep); err != nil {
+				errs = append(errs, fmt.Errorf("fallback: scan: %w", err))
+			}
+			return queues, errors.Join(errs...)
+		}
 		qs, err = s.reg.Queues(ctx)
 		if err != nil {
 			return 0, fmt.Errorf("fallback: scan: %w", err)
 		}
 	}
-	var errs []error
-	for _, q := range qs {
-		if ctx.Err() != nil {
-			errs = append(errs, ctx.Err())
-			break
-		}
-		if err := s.cfg.SweepFunc(ctx, q); err != nil {
-			errs = append(errs, fmt.Errorf("fallback: scan %s: %w", q, err))
-		}
-		queues++
+	if err := sweep(ctx, qs); err != nil {
+		errs = append(errs, err)
 	}
 	return queues, errors.Join(errs...)
 }

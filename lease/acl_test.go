@@ -396,7 +396,7 @@ var aclOps = []aclOp{
 		}
 		return want(r.Reclaimed == 1, "sweep: %+v", r)
 	}},
-	{"daemon", "queues and stats", func(e *aclEnv) error { return e.userStats() }},
+	{"daemon", "registry scan and stats", func(e *aclEnv) error { return e.userScanStats() }},
 
 	{"admin", "dead letters", func(e *aclEnv) error {
 		e.dead("m1")
@@ -462,6 +462,32 @@ func (e *aclEnv) userStats() error {
 	e.push("m1", nil)
 	qs, err := e.user.Queues(e.ctx())
 	if err != nil {
+		return err
+	}
+	s, err := e.user.Stats(e.ctx(), e.queue)
+	if err != nil {
+		return err
+	}
+	return want(slices.Contains(qs, e.queue) && s.Ready == 1, "queues %v, stats %+v", qs, s)
+}
+
+// userScanStats is userStats the daemon's way: the registry read with
+// ForEachQueue (SSCAN, EXISTS). A daemon for one queue runs with
+// ACKD_QUEUES and never reads the registry.
+func (e *aclEnv) userScanStats() error {
+	e.push("m1", nil)
+	if e.queue == "orders" {
+		s, err := e.user.Stats(e.ctx(), e.queue)
+		if err != nil {
+			return err
+		}
+		return want(s.Ready == 1, "stats %+v", s)
+	}
+	var qs []string
+	if err := e.user.ForEachQueue(e.ctx(), func(_ context.Context, page []string) error {
+		qs = append(qs, page...)
+		return nil
+	}); err != nil {
 		return err
 	}
 	s, err := e.user.Stats(e.ctx(), e.queue)

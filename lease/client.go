@@ -219,6 +219,61 @@ func (c *Client) Queues(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
+// RegistryPage is how many registry names ForEachQueue reads per SSCAN.
+const RegistryPage = 1000
+
+// ForEachQueue calls fn with the queues of the registry, one page of at
+// most RegistryPage names at a time, read with SSCAN: a huge registry is
+// never held in memory nor read by one long command. Invalid names are
+// skipped, and so are names none of whose keys exist (one EXISTS per
+// name, pipelined): a million names registered by mistake or by a hostile
+// client then cost a scan seconds, not a sweep each. A name can come
+// twice (SSCAN's guarantee); a sweep is idempotent. It stops at fn's
+// first error and returns it.
+func (c *Client) ForEachQueue(ctx context.Context, fn func(ctx context.Context, queues []string) error) error {
+	var cursor uint64
+	for {
+		names, next, err := c.rdb.SScan(ctx, RegistryKey, cursor, "", RegistryPage).Result()
+		if err != nil {
+			return fmt.Errorf("lease: list queues: %w", convertErr(err))
+		}
+		valid := names[:0]
+		for _, q := range names {
+			if ValidateQueue(q) == nil {
+				valid = append(valid, q)
+			}
+		}
+		if len(valid) > 0 {
+			cmds := make([]*redis.IntCmd, len(valid))
+			_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for i, q := range valid {
+					k := KeysFor(q)
+					cmds[i] = p.Exists(ctx, k.Ready, k.Claim, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.Paused)
+				}
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("lease: list queues: %w", convertErr(err))
+			}
+			live := valid[:0]
+			for i, q := range valid {
+				if cmds[i].Val() > 0 {
+					live = append(live, q)
+				}
+			}
+			if len(live) > 0 {
+				if err := fn(ctx, live); err != nil {
+					return err
+				}
+			}
+		}
+		if next == 0 {
+			return nil
+		}
+		cursor = next
+	}
+}
+
 func checkDuration(what string, d time.Duration) error {
 	if d < time.Millisecond {
 		return fmt.Errorf("%w: %s %v: must be at least 1ms", ErrInvalidArgument, what, d)

@@ -20,7 +20,7 @@ const (
 	ConcurrencyDefault          = schedule.ConcurrencyDefault  // 4
 	SweepLimitDefault           = lease.SweepLimitDefault      // 1000
 	RetryDelayDefault           = schedule.RetryDelayDefault   // 1 second
-	CheckIntervalDefault        = 10 * time.Second
+	CheckIntervalDefault        = time.Second
 	OutageCheckIntervalDefault  = time.Second
 	ListenerPingIntervalDefault = notify.PingIntervalDefault     // 30 seconds
 	TopologyIntervalDefault     = notify.TopologyIntervalDefault // 10 seconds
@@ -65,9 +65,17 @@ type Config struct {
 	// read the setting and report it (Events). The Reaper works without
 	// events, on its timers and scans.
 	ConfigureEvents bool
+	// ObserveEvents makes the Reaper never send CONFIG, for a user
+	// without that right (docs/SECURITY.md) on a Redis whose operator set
+	// notify-keyspace-events: Events reports unknown (Checked false) until
+	// an expired event arrives, then on (Observed true). It cannot tell
+	// events switched off later. Not with ConfigureEvents. Defaults to
+	// false: read the setting at start and at every scan.
+	ObserveEvents bool
 	// CheckInterval is how often the Reaper PINGs Redis to notice an
-	// outage while it has nothing to sweep. Defaults to 10 seconds: an
-	// idle reaper must cost Redis next to nothing.
+	// outage while it has nothing to sweep. With the PING's own 1 s
+	// timeout, an outage is logged within 2 s of its start. Defaults to 1
+	// second: one PING a second is next to nothing for Redis.
 	CheckInterval time.Duration
 	// OutageCheckInterval is how often it PINGs during an outage, to see
 	// the recovery promptly. Defaults to 1 second.
@@ -86,6 +94,10 @@ type Config struct {
 	// RedisName names Redis in the outage log lines, e.g. its URL
 	// without the password. Defaults to none.
 	RedisName string
+	// RedisUser is the ACL user the client logs in as, named in the log
+	// line of a refused login (never the password). Defaults to
+	// "default", Redis's own user.
+	RedisUser string
 	// Observer is told about every sweep and scan, for metrics. Optional.
 	Observer Observer
 	// Logger receives the Reaper's log lines. While Redis is known to be
@@ -132,6 +144,9 @@ func (c *Config) withDefaults() (Config, error) {
 		if d.v < 0 {
 			bad(d.field, d.v, "must be positive")
 		}
+	}
+	if out.ObserveEvents && out.ConfigureEvents {
+		bad("ObserveEvents", true, "excludes ConfigureEvents")
 	}
 	if out.Concurrency < 1 || out.Concurrency > MaxConcurrency {
 		bad("Concurrency", out.Concurrency, "must be 1 to %d", MaxConcurrency)

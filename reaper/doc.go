@@ -79,12 +79,18 @@
 // parts' warnings are demoted to Debug, so an outage is two log lines, not
 // one per retry. Outside sweeps, a PING every CheckInterval (every
 // OutageCheckInterval during an outage) notices an outage and its end.
+// An outage is Redis not answering, loading, or refusing the login
+// (NOAUTH, WRONGPASS: logged at Error, naming Config.RedisUser); an error
+// reply such as WRONGTYPE from a hostile key is not: that sweep fails and
+// is retried, and RedisUp stays true.
 //
 // Keyspace events need notify-keyspace-events to include E and x. Run
 // checks the setting at start and at every scan and logs each change of
 // state once; with ConfigureEvents it also adds the missing flags. Many
 // managed services refuse CONFIG: the Reaper then says so (Events) and
-// works on its timers and scans, which need no events.
+// works on its timers and scans, which need no events. With ObserveEvents
+// it sends no CONFIG at all (a least-privilege user's ACL LOG stays
+// empty): Events reports unknown until an expired event arrives, then on.
 //
 // When Run's context ends the Reaper stops listening and scanning and
 // starts no new sweep; a Sweep call already running finishes, for at most

@@ -26,12 +26,16 @@ type EventsStatus struct {
 	Enabled bool   // the flags include E and x: expired shadow keys are heard
 	Flags   string // the setting as read (per node on a cluster)
 	Error   string // why it could not be read or set, if so
+	// Observed: Enabled was inferred from an expired event arriving
+	// (Config.ObserveEvents), not read with CONFIG; Flags is then empty.
+	Observed bool
 }
 
 // health tracks whether Redis answers, and the keyspace-events setting.
 type health struct {
 	log  *slog.Logger // not demoted: it reports the outage itself
 	name string
+	user string // the ACL user ackd logs in as, for the auth-failure line
 
 	mu    sync.Mutex
 	down  bool
@@ -43,10 +47,11 @@ type health struct {
 }
 
 // failed records a failed Redis call; the first one of an outage is
-// logged. Error replies (other than LOADING) are not an outage: Redis
-// answered, and the caller logs them.
+// logged. Error replies (WRONGTYPE from a hostile key, NOPERM, ...) are
+// not an outage: Redis answered, and the caller logs them. LOADING is
+// one, and so is a refused login (NOAUTH, WRONGPASS): ackd cannot work.
 func (h *health) failed(err error) {
-	if errors.Is(err, context.Canceled) || isReplyError(err) && !redis.IsLoadingError(err) {
+	if !isOutage(err) {
 		return
 	}
 	h.mu.Lock()
@@ -55,7 +60,25 @@ func (h *health) failed(err error) {
 		return
 	}
 	h.down, h.since = true, time.Now()
+	if redis.IsAuthError(err) {
+		// The reply names no password; the user is named so that an
+		// operator knows which credentials to fix.
+		h.log.Error("redis refused ackd's credentials, retrying", h.redisAttr(), "user", h.user, "error", err)
+		return
+	}
 	h.log.Warn("redis unavailable, retrying", h.redisAttr(), "error", err)
+}
+
+// isOutage reports whether err means ackd cannot use Redis: Redis did not
+// answer, is loading its data, or refused ackd's login.
+func isOutage(err error) bool {
+	switch {
+	case err == nil, errors.Is(err, context.Canceled):
+		return false
+	case redis.IsAuthError(err), redis.IsLoadingError(err):
+		return true
+	}
+	return !isReplyError(err)
 }
 
 // ok records a successful Redis call; the first one after an outage is
@@ -128,6 +151,9 @@ func (r *Reaper) monitor(ctx context.Context) error {
 // checkEvents reads (and, if configured, sets) notify-keyspace-events and
 // logs a change of state once.
 func (r *Reaper) checkEvents(ctx context.Context) {
+	if r.cfg.ObserveEvents {
+		return // no CONFIG: observeEvents reports what arrives
+	}
 	h := &r.health
 	h.checkMu.Lock()
 	defer h.checkMu.Unlock()
@@ -137,7 +163,7 @@ func (r *Reaper) checkEvents(ctx context.Context) {
 	if ctx.Err() != nil {
 		return
 	}
-	if st.Err != nil && !isReplyError(st.Err) {
+	if isOutage(st.Err) {
 		h.failed(st.Err) // Redis did not answer: the events state is unchanged
 		return
 	}
@@ -168,6 +194,24 @@ func (r *Reaper) checkEvents(ctx context.Context) {
 	case !st.Changed:
 		r.log.Info("keyspace events are on", "flags", now.Flags)
 	}
+}
+
+// observeEvents, with Config.ObserveEvents, marks events on once an
+// expired event has arrived, and logs it once. It is called for every
+// expired or evicted event; after the first expired one it costs one
+// atomic load.
+func (r *Reaper) observeEvents() {
+	if !r.cfg.ObserveEvents || r.eventsSeen.Load() || r.lis.Stats().EventsExpired == 0 {
+		return
+	}
+	if !r.eventsSeen.CompareAndSwap(false, true) {
+		return
+	}
+	h := &r.health
+	h.eventsMu.Lock()
+	h.events = EventsStatus{Checked: true, Enabled: true, Observed: true}
+	h.eventsMu.Unlock()
+	r.log.Info("keyspace events are on: an expired event arrived")
 }
 
 // outageHandler demotes the parts' Warn and Error records to Debug while

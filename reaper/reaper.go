@@ -1,6 +1,7 @@
 package reaper
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -32,6 +33,11 @@ const (
 // then ends and the queue goes to the back of the line.
 const maxCallsPerSweep = 1000
 
+// maxWakeAhead bounds how far ahead a wake message may point: no lease or
+// delay is longer than lease.MaxLeaseFor, plus an hour for a Redis clock
+// ahead of this host's. Later wakes are forged and ignored.
+const maxWakeAhead = lease.MaxLeaseFor + time.Hour
+
 // Observer is told what the Reaper does, for metrics. Its methods are
 // called from the Reaper's goroutines, possibly at once, and must be fast.
 type Observer interface {
@@ -55,7 +61,8 @@ func (nopObserver) Scanned(int, time.Duration, error)       {}
 type Stats struct {
 	Listener notify.ListenerStats  // events and wake messages heard
 	Scanner  fallback.ScannerStats // scans made
-	Ignored  uint64                // events and wake messages of queues outside Config.Queues
+	Ignored  uint64                // events and wake messages of queues outside Config.Queues, and wakes beyond lease.MaxLeaseFor
+	Dropped  uint64                // events and wakes dropped because too many queues had one pending (swept at the next scan)
 }
 
 // QueueStats is one queue's counts as its last sweep found them.
@@ -77,9 +84,10 @@ type Reaper struct {
 	scan   *fallback.Scanner
 	health health
 
-	watched map[string]bool // Config.Queues; nil: every queue
-	ignored atomic.Uint64
-	started atomic.Bool
+	watched    map[string]bool // Config.Queues; nil: every queue
+	ignored    atomic.Uint64
+	started    atomic.Bool
+	eventsSeen atomic.Bool // an expired event arrived (Config.ObserveEvents)
 
 	// Sweep calls run under sweepCtx, not Run's context, so that a call
 	// running at shutdown finishes; it ends ShutdownTimeout after Run's.
@@ -114,7 +122,7 @@ func New(rdb redis.UniversalClient, cfg *Config) (*Reaper, error) {
 		log:    c.Logger.With("component", "reaper"),
 		counts: map[string]*queueCounts{},
 	}
-	r.health = health{log: r.log, name: c.RedisName}
+	r.health = health{log: r.log, name: c.RedisName, user: cmp.Or(c.RedisUser, "default")}
 	if len(c.Queues) > 0 {
 		r.watched = make(map[string]bool, len(c.Queues))
 		for _, q := range c.Queues {
@@ -144,11 +152,16 @@ func New(rdb redis.UniversalClient, cfg *Config) (*Reaper, error) {
 	}
 	r.lis = notify.NewListener(rdb, &notify.Config{
 		ExpiredFunc: func(_ context.Context, queue, _ string) {
+			r.observeEvents()
 			if r.watches(queue) {
 				r.sched.Now(queue, TriggerEvent)
 			}
 		},
 		WakeFunc: func(_ context.Context, queue string, at time.Time) {
+			if at.After(time.Now().Add(maxWakeAhead)) {
+				r.ignored.Add(1)
+				return
+			}
 			if r.watches(queue) {
 				r.sched.At(queue, at)
 			}
@@ -183,6 +196,9 @@ func (r *Reaper) Run(ctx context.Context) error {
 	// it once the listener is subscribed. If Redis does not answer, the
 	// scans check again.
 	r.checkEvents(ctx)
+	if r.cfg.ObserveEvents {
+		r.log.InfoContext(ctx, "keyspace events unknown until an expired event arrives: CONFIG is not used")
+	}
 
 	partsCtx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -373,7 +389,7 @@ func (r *Reaper) Queues() []QueueStats {
 
 // Stats returns a snapshot of the Reaper's counters.
 func (r *Reaper) Stats() Stats {
-	return Stats{Listener: r.lis.Stats(), Scanner: r.scan.Stats(), Ignored: r.ignored.Load()}
+	return Stats{Listener: r.lis.Stats(), Scanner: r.scan.Stats(), Ignored: r.ignored.Load(), Dropped: r.sched.Stats().Dropped}
 }
 
 // Subscribed reports whether the listener's subscriptions to keyspace

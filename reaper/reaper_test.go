@@ -351,3 +351,30 @@ func TestOutage(t *testing.T) {
 		t.Fatalf("retake after the outage: %+v, %v", l, err)
 	}
 }
+
+// TestForgedWakes: wake messages more than a week ahead, or of a queue
+// outside Config.Queues, are ignored and counted; a wake for a watched
+// queue within the horizon is not.
+func TestForgedWakes(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	rp := start(t, rdb, &reaper.Config{Queues: []string{"a"}})
+	redistest.WaitFor(t, waitLong, rp.Subscribed, "subscribed")
+	soon := time.Now().Add(time.Hour).UnixMilli()
+	for _, msg := range []string{
+		fmt.Sprintf("lease|%d|a", soon), // kept
+		"lease|99999999999999|a",
+		fmt.Sprintf("delayed|%d|a", time.Now().Add(lease.MaxLeaseFor+2*time.Hour).UnixMilli()),
+		fmt.Sprintf("lease|%d|b", soon),
+	} {
+		if err := rdb.Publish(t.Context(), lease.WakeChannel, msg).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Messages are handled in order: once the last is ignored, all were.
+	redistest.WaitFor(t, waitLong, func() bool { return rp.Stats().Ignored >= 3 }, "3 wake messages ignored")
+	if st := rp.Stats(); st.Ignored != 3 || st.Dropped != 0 || st.Listener.WakeMessages != 4 {
+		t.Errorf("stats = %+v, want 4 wakes heard, 3 ignored, 0 dropped", st)
+	}
+}

@@ -38,8 +38,8 @@ type config struct {
 	RedisURL         string        `env:"REDIS_URL" envDefault:"redis://127.0.0.1:6379/0" help:"Redis to serve, in one of go-redis' URL forms. One server: redis://[user:password@]host:port[/db], rediss://... for TLS, or unix://[user:password@]/path/redis.sock[?db=N]; a URL naming a Cluster node is detected and the whole Cluster served. Cluster: redis://[user:password@]host:port?addr=host2:port2&addr=host3:port3 (database 0 only). Sentinel: redis://[sentinel-user:sentinel-password@]sentinel1:26379?master_name=mymaster&addr=sentinel2:26379&addr=sentinel3:26379[&username=U][&password=P], where the userinfo is the Sentinels' own credentials and username/password the data nodes'. go-redis query parameters (dial_timeout, pool_size, skip_verify, ...) are accepted; skip_verify=true is logged as a warning. Checked at start; the password is never logged."`
 	HTTPAddr         string        `env:"HTTP_ADDR" envDefault:":9466" help:"Address of the HTTP server for /healthz, /readyz and /metrics (host:port; port 0 picks a free one)."`
 	ScanInterval     time.Duration `env:"SCAN_INTERVAL" envDefault:"5m" help:"How often every watched queue is swept in full, the safety net for lost events and timers. Also re-checks the keyspace-events setting. A Go duration (30s, 5m, 1h)."`
-	ConfigureEvents  bool          `env:"CONFIGURE_EVENTS" envDefault:"true" help:"Turn on the keyspace events ackd listens to (CONFIG SET notify-keyspace-events, adding E, x and e to what is there) at start and at every scan. false: only read the setting and report it. ackd works without events, on its timers and scans, and says so in its log, /readyz and metrics."`
-	Queues           []string      `env:"QUEUES" help:"Comma-separated queues to watch. Empty: every queue in the registry (ackd:queues), found again at every scan. Events and wake messages of other queues are ignored."`
+	ConfigureEvents  bool          `env:"CONFIGURE_EVENTS" envDefault:"true" help:"Turn on the keyspace events ackd listens to (CONFIG SET notify-keyspace-events, adding E, x and e to what is there) at start and at every scan. false: send no CONFIG at all (for a least-privilege user); events are reported unknown until an expired event arrives, then on. ackd works without events, on its timers and scans, and says so in its log, /readyz and metrics."`
+	Queues           []string      `env:"QUEUES" help:"Comma-separated queues to watch. Unset: every queue in the registry (ackd:queues), found again at every scan (read with SSCAN 1,000 names at a time; names with none of their keys in Redis are skipped, so a million bogus names cost a scan about 10 s, not a sweep each). Events and wake messages of other queues are ignored. Set it where others can write to the registry."`
 	LogLevel         string        `env:"LOG_LEVEL" envDefault:"info" help:"Lowest level logged: debug, info, warn or error."`
 	LogFormat        string        `env:"LOG_FORMAT" envDefault:"json" help:"Log format on stderr: json or text (logfmt), one event per line."`
 	ShutdownTimeout  time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s" help:"On SIGTERM or SIGINT, how long running sweeps and HTTP requests may take to finish before ackd exits anyway. A second signal exits at once."`
@@ -115,16 +115,20 @@ func loadConfig(environ map[string]string) (config, error) {
 		problems = append(problems, msg+"; ackd -h lists the variables it reads")
 	}
 
-	// An empty variable is a mistake (a template or secret that rendered
-	// to nothing), not a request for the default.
-	empty := false
-	for _, v := range vars {
-		if val, set := environ[v.Name]; set && strings.TrimSpace(val) == "" && v.Default != "" {
-			problems = append(problems, fmt.Sprintf("%s: is set but empty; unset it to use the default %s", v.Name, v.Default))
-			empty = true
+	// A variable set to "" (or blanks) is a mistake (a template or a
+	// secret that rendered to nothing), not a wish for the default: say so
+	// rather than guess.
+	var empty []string
+	for k, v := range environ {
+		if known[k] && strings.TrimSpace(v) == "" {
+			empty = append(empty, k)
 		}
 	}
-	if empty {
+	if len(empty) > 0 {
+		slices.Sort(empty)
+		for _, k := range empty {
+			problems = append(problems, k+": set but empty; unset it to use the default")
+		}
 		return config{}, configError(problems)
 	}
 

@@ -277,3 +277,15 @@ func TestHealthcheckURL(t *testing.T) {
 		t.Error("port 0: no error")
 	}
 }
+
+// TestConfigEmptyVariable: every variable set to "" is an error naming
+// it, rather than silently meaning its default.
+func TestConfigEmptyVariable(t *testing.T) {
+	t.Parallel()
+	for _, v := range configVars() {
+		_, err := loadConfig(map[string]string{v.Name: ""})
+		if err == nil || !errors.Is(err, errConfig) || !strings.Contains(err.Error(), v.Name+": set but empty") {
+			t.Errorf("%s=\"\": error %v, want one naming it as empty", v.Name, err)
+		}
+	}
+}

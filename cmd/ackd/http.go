@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ackd/ackd/reaper"
 )
 
 const (
@@ -62,10 +64,27 @@ type readiness struct {
 
 // eventsReport is what /readyz says about keyspace events.
 type eventsReport struct {
-	Checked bool   `json:"checked"` // false until Redis first answered the check
+	State   string `json:"state"`   // "on", "off" or "unknown"
+	Source  string `json:"source"`  // "config" (read with CONFIG GET) or "observed" (an expired event arrived)
+	Checked bool   `json:"checked"` // false while unknown
 	Enabled bool   `json:"enabled"`
 	Flags   string `json:"flags"`
 	Error   string `json:"error,omitempty"`
+}
+
+// eventsReportOf converts the reaper's events status for /readyz.
+func eventsReportOf(ev reaper.EventsStatus, observe bool) eventsReport {
+	r := eventsReport{State: "unknown", Source: "config", Checked: ev.Checked, Enabled: ev.Enabled, Flags: ev.Flags, Error: ev.Error}
+	if observe {
+		r.Source = "observed"
+	}
+	switch {
+	case ev.Enabled:
+		r.State = "on"
+	case ev.Checked && ev.Error == "":
+		r.State = "off"
+	}
+	return r
 }
 
 // readyz answers 200 when Redis answers PING (for a Cluster: and every
@@ -83,7 +102,7 @@ func (d *daemon) readyz(w http.ResponseWriter, r *http.Request) {
 	} else {
 		ev := c.rp.Events()
 		rd.Subscribed = c.rp.Subscribed()
-		rd.Events = eventsReport{Checked: ev.Checked, Enabled: ev.Enabled, Flags: ev.Flags, Error: ev.Error}
+		rd.Events = eventsReportOf(ev, d.observeEvents)
 		err := c.rdb.Ping(ctx).Err()
 		if err == nil {
 			err = clusterCoverage(ctx, c.rdb)

@@ -32,6 +32,7 @@ type metrics struct {
 	scanDuration prometheus.Histogram
 	scans        prometheus.Counter
 	scanErrors   prometheus.Counter
+	connectErrs  prometheus.Counter
 }
 
 // newMetrics registers the metrics the reaper's Observer methods update;
@@ -78,6 +79,10 @@ func newMetrics() *metrics {
 			Name: "ackd_scans_total",
 			Help: "Scans of every watched queue (periodic, at start and after each resubscription).",
 		}),
+		connectErrs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ackd_redis_connect_errors_total",
+			Help: "Failed attempts to reach Redis at start (unreachable, login refused, no such Sentinel master, ...); ackd retries until one works.",
+		}),
 		scanErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ackd_scan_errors_total",
 			Help: "Scans that failed.",
@@ -94,7 +99,7 @@ func newMetrics() *metrics {
 
 	reg.MustRegister(
 		m.requeues, m.deadLettered, m.lag, m.promoted, m.reclaimed, m.sweeps, m.sweepErrors,
-		m.scanDuration, m.scans, m.scanErrors,
+		m.scanDuration, m.scans, m.scanErrors, m.connectErrs,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -121,14 +126,24 @@ func (m *metrics) watch(rp *reaper.Reaper) {
 			func(s reaper.Stats) uint64 { return s.Listener.EventsEvicted }),
 		counter("ackd_events_received_total", receivedHelp, prometheus.Labels{"event": "wake"},
 			func(s reaper.Stats) uint64 { return s.Listener.WakeMessages }),
-		counter("ackd_events_ignored_total", "Events and wake messages ignored: not about an ackd lease, malformed, or of a queue outside ACKD_QUEUES.", nil,
+		counter("ackd_events_ignored_total", "Events and wake messages ignored: not about an ackd lease, malformed, of a queue outside ACKD_QUEUES, or a wake beyond the longest lease (a week).", nil,
 			func(s reaper.Stats) uint64 { return s.Listener.Ignored + s.Ignored }),
+		counter("ackd_events_dropped_total", "Events and wake messages dropped because 10,000 queues already had a sweep pending; those queues are swept by the next scan.", nil,
+			func(s reaper.Stats) uint64 { return s.Dropped }),
 		counter("ackd_subscription_reconnects_total", "Times the listener subscribed again after losing its connection (each followed by a catch-up scan).", nil,
 			func(s reaper.Stats) uint64 { return s.Listener.Reconnects }),
 		gauge("ackd_subscribed", "1 while the listener's subscription to events and wake messages is live.", nil, rp.Subscribed),
-		gauge("ackd_keyspace_events_enabled", "1 if Redis sends the keyspace events ackd listens to (notify-keyspace-events has E and x), 0 if not or unknown; without them leases come back on timers and scans only.", nil,
-			func() bool { return rp.Events().Enabled }),
-		gauge("ackd_redis_up", "1 if the last Redis command ackd sent succeeded, 0 during an outage.", nil, rp.RedisUp),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ackd_keyspace_events_enabled", Help: "1 if Redis sends the keyspace events ackd listens to (notify-keyspace-events has E and x, or, with ACKD_CONFIGURE_EVENTS=false, an expired event arrived), 0 if not, -1 while unknown; without them leases come back on timers and scans only."},
+			func() float64 {
+				switch ev := rp.Events(); {
+				case ev.Enabled:
+					return 1
+				case ev.Checked && ev.Error == "":
+					return 0
+				}
+				return -1
+			}),
+		gauge("ackd_redis_up", "1 if Redis answers ackd, 0 during an outage: no answer, loading, or ackd's login refused. An error reply (WRONGTYPE) is not an outage.", nil, rp.RedisUp),
 		gauge("ackd_up", "1 while ackd runs.", nil, always),
 		gauge("ackd_build_info", "Always 1; labels give ackd's version and the Go version that built it.",
 			prometheus.Labels{"version": version, "goversion": runtime.Version()}, always),

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"runtime"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -84,7 +85,13 @@ func connect(ctx context.Context, cfg config, retry time.Duration, log *slog.Log
 		reason := err.Error()
 		failed(reason)
 		if reason != last {
-			log.Warn("redis unavailable, retrying", "error", reason, "retry_in", delay.String())
+			if redis.IsAuthError(err) || strings.Contains(reason, "WRONGPASS") || strings.Contains(reason, "NOAUTH") {
+				// The reply names no password; the user is named so that
+				// an operator knows which credentials to fix.
+				log.Error("redis refused ackd's credentials, retrying", "user", redisUser(cfg.RedisURL), "error", reason, "retry_in", delay.String())
+			} else {
+				log.Warn("redis unavailable, retrying", "error", reason, "retry_in", delay.String())
+			}
 			last = reason
 		}
 		t := time.NewTimer(delay)
@@ -96,6 +103,20 @@ func connect(ctx context.Context, cfg config, retry time.Duration, log *slog.Log
 		}
 		delay = min(2*delay, max(retry, 2*time.Second))
 	}
+}
+
+// redisUser is the user name in an ACKD_REDIS_URL, for log lines; "" if
+// none or the URL does not parse. A userinfo without a colon
+// (redis://SECRET@host) is not named: redis-cli reads it as a password.
+func redisUser(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil || u.User == nil {
+		return ""
+	}
+	if _, hasPassword := u.User.Password(); !hasPassword {
+		return ""
+	}
+	return u.User.Username()
 }
 
 // clusterCoverage returns an error while rdb is a Cluster some of whose

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"strings"
 	"sync/atomic"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -79,11 +78,13 @@ func (c config) reaperConfig(log *slog.Logger, obs reaper.Observer) *reaper.Conf
 		Concurrency:     c.SweepConcurrency,
 		SweepLimit:      c.SweepLimit,
 		ConfigureEvents: c.ConfigureEvents,
+		ObserveEvents:   !c.ConfigureEvents,
 		ShutdownTimeout: c.ShutdownTimeout,
 		RedisName:       redisconn.Redact(c.RedisURL),
 		Observer:        obs,
 		Logger:          log,
 	}
+	rc.RedisUser = redisUser(c.RedisURL) // named in logs; the password never is
 	if c.tune != nil {
 		c.tune(rc)
 	}
@@ -104,15 +105,21 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 
 	m := newMetrics()
 	rec := ui.NewRecorder(0, 0, lagBuckets)
-	d := &daemon{metrics: m, uiOn: cfg.UI}
+	d := &daemon{metrics: m, uiOn: cfg.UI, observeEvents: !cfg.ConfigureEvents}
 	d.setConnectError("connecting")
+	limit := newConnLimit(httpMaxConns)
 	srv := &http.Server{
 		Handler:           d.handler(),
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: httpReadHeaderTimeout,
+		ReadTimeout:       httpReadTimeout,
+		WriteTimeout:      httpWriteTimeout,
+		IdleTimeout:       httpIdleTimeout,
+		MaxHeaderBytes:    httpMaxHeaderBytes,
+		ConnState:         limit.connState,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	httpDone := make(chan error, 1)
-	go func() { httpDone <- srv.Serve(ln) }()
+	go func() { httpDone <- srv.Serve(limit.listener(ln)) }()
 	defer srv.Close() // if we return before the ordered shutdown below
 
 	queues := "all"
@@ -128,7 +135,10 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 
 	rc := cfg.reaperConfig(log, observers{m, rec})
-	conn, err := connect(ctx, cfg, cmp.Or(rc.RetryDelay, reaper.RetryDelayDefault), log, d.setConnectError)
+	conn, err := connect(ctx, cfg, cmp.Or(rc.RetryDelay, reaper.RetryDelayDefault), log, func(reason string) {
+		m.connectErrs.Inc()
+		d.setConnectError(reason)
+	})
 	if err != nil {
 		log.Info("ackd stopped", "reason", "signal before Redis answered")
 		return nil
@@ -195,6 +205,9 @@ type daemon struct {
 	// says why not.
 	conn       atomic.Pointer[connected]
 	connectErr atomic.Pointer[string]
+	// observeEvents: ACKD_CONFIGURE_EVENTS=false, ackd sends no CONFIG and
+	// learns of keyspace events from what arrives.
+	observeEvents bool
 }
 
 // connected is the client and the reaper, once Redis answered.

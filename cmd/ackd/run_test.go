@@ -102,6 +102,12 @@ func shortIntervals(c *reaper.Config) {
 // ends, and must then return nil.
 func startAckd(t *testing.T, srv *redistest.Server, env map[string]string) *instance {
 	t.Helper()
+	return startAckdTuned(t, srv, env, shortIntervals)
+}
+
+// startAckdTuned is startAckd with tune adjusting the reaper's intervals.
+func startAckdTuned(t *testing.T, srv *redistest.Server, env map[string]string, tune func(*reaper.Config)) *instance {
+	t.Helper()
 	e := map[string]string{
 		"ACKD_REDIS_URL":        srv.URL(),
 		"ACKD_HTTP_ADDR":        "127.0.0.1:0",
@@ -115,7 +121,7 @@ func startAckd(t *testing.T, srv *redistest.Server, env map[string]string) *inst
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.tune = shortIntervals
+	cfg.tune = tune
 	go func() {
 		defer close(in.done)
 		in.err = serve(ctx, cfg, newLogger(cfg, in.log))
@@ -330,11 +336,13 @@ func TestEventsOffTimerPath(t *testing.T) {
 	if code != http.StatusOK || !r.Ready || !r.Redis || !r.Subscribed {
 		t.Errorf("/readyz %d %+v: want 200, ready", code, r)
 	}
-	if !r.Events.Checked || r.Events.Enabled || r.Events.Flags != "" || r.Events.Error != "" {
-		t.Errorf("/readyz events = %+v, want checked, disabled, no flags, no error", r.Events)
+	// No CONFIG with ACKD_CONFIGURE_EVENTS=false, and no expired event
+	// arrives: ackd cannot know, and says so.
+	if want := (eventsReport{State: "unknown", Source: "observed"}); r.Events != want {
+		t.Errorf("/readyz events = %+v, want %+v", r.Events, want)
 	}
-	if got := in.metric(t, "ackd_keyspace_events_enabled"); got != 0 {
-		t.Errorf("ackd_keyspace_events_enabled = %v", got)
+	if got := in.metric(t, "ackd_keyspace_events_enabled"); got != -1 {
+		t.Errorf("ackd_keyspace_events_enabled = %v, want -1 (unknown)", got)
 	}
 	if got := redistest.RedisCLI(t, srv.Addr(), "CONFIG", "GET", "notify-keyspace-events"); got != "notify-keyspace-events" {
 		t.Errorf("ackd changed notify-keyspace-events with ACKD_CONFIGURE_EVENTS=false: %q", got)
@@ -356,12 +364,47 @@ func TestEventsOffTimerPath(t *testing.T) {
 	}
 }
 
+// TestEventsObserved: with ACKD_CONFIGURE_EVENTS=false ackd sends no
+// CONFIG (here it is renamed away, so any attempt would fail and be
+// reported); events are unknown until an expired event arrives, then on.
+func TestEventsObserved(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t, "--rename-command", "CONFIG", "")
+	in := startAckd(t, srv, map[string]string{"ACKD_SCAN_INTERVAL": "50ms", "ACKD_CONFIGURE_EVENTS": "false"})
+	in.waitReady(t)
+	if _, r := in.readyz(t); r.Events.State != "unknown" || r.Events.Checked || r.Events.Error != "" {
+		t.Errorf("/readyz events before any expiry = %+v, want unknown without error", r.Events)
+	}
+	if got := in.metric(t, "ackd_keyspace_events_enabled"); got != -1 {
+		t.Errorf("ackd_keyspace_events_enabled = %v before any expiry, want -1", got)
+	}
+	lc := newLeaseClient(t, srv)
+	id := expireOne(t, lc, "jobs", 50*time.Millisecond)
+	waitBack(t, lc, "jobs", 1)
+	retake(t, lc, "jobs", id)
+	redistest.WaitFor(t, waitTimeout, func() bool { return in.metric(t, "ackd_keyspace_events_enabled") == 1 }, "events observed on")
+	want := eventsReport{State: "on", Source: "observed", Checked: true, Enabled: true}
+	if _, r := in.readyz(t); r.Events != want {
+		t.Errorf("/readyz events = %+v, want %+v", r.Events, want)
+	}
+	if n := len(in.log.find("keyspace events are on: an expired event arrived")); n != 1 {
+		t.Errorf("%d lines that events were observed, want 1", n)
+	}
+	if strings.Contains(in.log.String(), "notify-keyspace-events") {
+		t.Errorf("ackd tried CONFIG:\n%s", in.log.String())
+	}
+}
+
 // TestEventsStateLoggedOnce: the events state is checked at every scan but
 // logged only when it changes.
 func TestEventsStateLoggedOnce(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t, "--notify-keyspace-events", "")
-	in := startAckd(t, srv, map[string]string{"ACKD_SCAN_INTERVAL": "10ms", "ACKD_CONFIGURE_EVENTS": "false"})
+	// The reaper's read-only mode: CONFIG GET at every scan, never SET.
+	in := startAckdTuned(t, srv, map[string]string{"ACKD_SCAN_INTERVAL": "10ms", "ACKD_CONFIGURE_EVENTS": "false"}, func(c *reaper.Config) {
+		shortIntervals(c)
+		c.ObserveEvents = false
+	})
 	scans := func(n float64) {
 		t.Helper()
 		from := in.metric(t, "ackd_scans_total")
@@ -622,7 +665,7 @@ func TestHTTP(t *testing.T) {
 		t.Errorf("/healthz = %d %q", code, body)
 	}
 	code, r := in.readyz(t)
-	want := readiness{Ready: true, Redis: true, Subscribed: true, Events: eventsReport{Checked: true, Enabled: true, Flags: r.Events.Flags}}
+	want := readiness{Ready: true, Redis: true, Subscribed: true, Events: eventsReport{State: "on", Source: "config", Checked: true, Enabled: true, Flags: r.Events.Flags}}
 	if code != http.StatusOK || r != want || !strings.Contains(r.Events.Flags, "E") {
 		t.Errorf("/readyz = %d %+v, want 200 %+v", code, r, want)
 	}
@@ -640,7 +683,7 @@ func TestHTTP(t *testing.T) {
 	for _, name := range []string{
 		"ackd_requeues_total", "ackd_dead_lettered_total", "ackd_redelivery_lag_seconds", "ackd_promoted_total",
 		"ackd_reclaimed_total", "ackd_sweeps_total", "ackd_sweep_errors_total", "ackd_events_received_total",
-		"ackd_events_ignored_total", "ackd_subscription_reconnects_total", "ackd_subscribed", "ackd_scan_duration_seconds",
+		"ackd_events_ignored_total", "ackd_events_dropped_total", "ackd_subscription_reconnects_total", "ackd_subscribed", "ackd_scan_duration_seconds",
 		"ackd_scans_total", "ackd_scan_errors_total", "ackd_keyspace_events_enabled", "ackd_redis_up", "ackd_queue_messages",
 		"ackd_up", "ackd_build_info", "go_goroutines", "process_open_fds",
 	} {

@@ -62,6 +62,15 @@
 // spinning. Lost wake times cost nothing but punctuality: the keyspace event
 // and the periodic scan still trigger a sweep, and every sweep is idempotent.
 //
+// Anyone allowed to publish on the wake channel can send wake times for
+// made-up queues. The Scheduler tracks at most Config.MaxQueues queues
+// (10,000 by default, a few MB): beyond that, At and Now for a new queue
+// are dropped, counted (Stats.Dropped) and logged once. The scan's Sweep is
+// never dropped, so a real queue whose wake was dropped is swept at the
+// next scan at the latest: late, never lost. The reaper also ignores wake
+// times beyond the longest lease or delay (lease.MaxLeaseFor), and, when
+// it watches a fixed set of queues, wakes for any other queue.
+//
 // Run returns nil once its context is done and the running sweeps, which
 // see the same context, have returned. At and Now may be called before Run;
 // what they record waits for it.

@@ -15,6 +15,7 @@ import (
 const (
 	ConcurrencyDefault = 4
 	RetryDelayDefault  = time.Second
+	MaxQueuesDefault   = 10000
 )
 
 // Triggers the Scheduler itself passes to a SweepFunc.
@@ -48,6 +49,13 @@ type Config struct {
 	// again. It also caps the back-off for clock skew (see SweepFunc).
 	// Defaults to 1 second.
 	RetryDelay time.Duration
+	// MaxQueues bounds the queues At and Now keep track of (a wake time,
+	// a place in line), and so the Scheduler's memory, whoever publishes
+	// wake messages. At the bound, At and Now for a queue not yet tracked
+	// do nothing and are counted in Stats().Dropped: such a queue is swept
+	// by the next periodic scan (Sweep is never dropped), so no lease is
+	// lost, only late. Defaults to 10,000.
+	MaxQueues int
 }
 
 // Stats is a snapshot of a Scheduler's counters.
@@ -55,6 +63,7 @@ type Stats struct {
 	Sweeps  uint64 // sweeps finished, failed ones included
 	Errors  uint64 // sweeps that returned an error other than a cancellation
 	Early   uint64 // sweeps whose own wake time was not due yet (clock skew)
+	Dropped uint64 // At and Now calls dropped because MaxQueues queues were tracked
 	Pending int    // as Pending()
 	Running int    // sweeps running now
 }
@@ -67,13 +76,14 @@ type Scheduler struct {
 	log   *slog.Logger
 	kick  chan struct{} // wakes the dispatcher; capacity 1
 
-	sweeps, errs, early atomic.Uint64
+	sweeps, errs, early, dropped atomic.Uint64
 
 	mu      sync.Mutex
 	entries map[string]*entry // queues with anything pending or running
 	timers  timerHeap         // entries with a pending wake time, earliest first
 	ready   []*entry          // entries waiting for a free worker, FIFO
 	running int
+	full    bool // MaxQueues reached: the warning was logged
 }
 
 // entry is the state of one queue. All fields are guarded by Scheduler.mu.
@@ -108,6 +118,9 @@ func New(sweep SweepFunc, cfg *Config) *Scheduler {
 	if c.RetryDelay <= 0 {
 		c.RetryDelay = RetryDelayDefault
 	}
+	if c.MaxQueues <= 0 {
+		c.MaxQueues = MaxQueuesDefault
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -128,7 +141,8 @@ func (s *Scheduler) At(queue string, t time.Time) {
 		return
 	}
 	s.mu.Lock()
-	first := s.atLocked(s.get(queue), t, TriggerTimer, t)
+	e := s.tracked(queue)
+	first := e != nil && s.atLocked(e, t, TriggerTimer, t)
 	s.mu.Unlock()
 	if first {
 		s.wake()
@@ -142,9 +156,14 @@ func (s *Scheduler) At(queue string, t time.Time) {
 // blocks.
 func (s *Scheduler) Now(queue, trigger string) {
 	s.mu.Lock()
-	s.fireLocked(s.get(queue), trigger, time.Time{}, nil)
+	e := s.tracked(queue)
+	if e != nil {
+		s.fireLocked(e, trigger, time.Time{}, nil)
+	}
 	s.mu.Unlock()
-	s.wake()
+	if e != nil {
+		s.wake()
+	}
 }
 
 // Sweep asks for a sweep of queue as Now does, then waits until a sweep
@@ -181,7 +200,7 @@ func (s *Scheduler) Stats() Stats {
 	s.mu.Lock()
 	p, r := s.pendingLocked(), s.running
 	s.mu.Unlock()
-	return Stats{Sweeps: s.sweeps.Load(), Errors: s.errs.Load(), Early: s.early.Load(), Pending: p, Running: r}
+	return Stats{Sweeps: s.sweeps.Load(), Errors: s.errs.Load(), Early: s.early.Load(), Dropped: s.dropped.Load(), Pending: p, Running: r}
 }
 
 func (s *Scheduler) pendingLocked() int {
@@ -304,6 +323,28 @@ func (s *Scheduler) get(queue string) *entry {
 		s.entries[queue] = e
 	}
 	return e
+}
+
+// tracked returns queue's entry, creating it unless MaxQueues queues are
+// tracked already: then it counts the drop and returns nil. The warning is
+// logged once per time the bound is reached.
+func (s *Scheduler) tracked(queue string) *entry {
+	if e := s.entries[queue]; e != nil {
+		return e
+	}
+	if len(s.entries) >= s.cfg.MaxQueues {
+		s.dropped.Add(1)
+		if !s.full {
+			s.full = true
+			s.log.Warn("too many queues with pending wake times, ignoring new ones until some are swept; the periodic scan sweeps them",
+				"max_queues", s.cfg.MaxQueues)
+		}
+		return nil
+	}
+	if s.full && len(s.entries) < s.cfg.MaxQueues*9/10 {
+		s.full = false
+	}
+	return s.get(queue)
 }
 
 // forgetLocked drops e from the map when nothing about it is pending.

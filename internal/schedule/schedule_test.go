@@ -495,3 +495,39 @@ func TestSweepWaits(t *testing.T) {
 		t.Errorf("Sweep without Run = %v, want the context's error", err)
 	}
 }
+
+// TestMaxQueues: At and Now for new queues are dropped once MaxQueues
+// queues are tracked, Sweep never is, and room comes back as queues are
+// swept.
+func TestMaxQueues(t *testing.T) {
+	t.Parallel()
+	rec := &recorder{}
+	s := New(rec.sweep, &Config{MaxQueues: 3})
+	far := time.Now().Add(time.Hour)
+	for i := range 5 {
+		s.At(fmt.Sprint("q", i), far)
+	}
+	s.Now("q9", "event")
+	if st := s.Stats(); st.Pending != 3 || st.Dropped != 3 {
+		t.Fatalf("stats = %+v, want 3 pending, 3 dropped", st)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	// Sweep of an untracked queue runs even at the bound.
+	if err := s.Sweep(ctx, "q4", "scan"); err != nil {
+		t.Fatal(err)
+	}
+	if got := rec.get(); !slices.Contains(got, call{"q4", "scan"}) {
+		t.Fatalf("calls = %v, want the scan of q4", got)
+	}
+	// An existing queue still takes an earlier time.
+	s.At("q0", time.Now())
+	redistest.WaitFor(t, waitLong, func() bool { return slices.Contains(rec.get(), call{"q0", TriggerTimer}) }, "q0 swept on its earlier time")
+	// q0 is forgotten after its sweep (nothing next): room for one more.
+	redistest.WaitFor(t, waitLong, func() bool {
+		s.Now("q8", "event")
+		return slices.Contains(rec.get(), call{"q8", "event"})
+	}, "a new queue admitted once q0 left")
+}
