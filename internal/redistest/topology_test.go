@@ -18,7 +18,9 @@ func TestClusterFailoverAndKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := c.MasterOf(t, key)
-	r := c.ReplicaOf(t, m)
+	// On a loaded machine a replica may still be flagged by a peer.
+	var r *Server
+	WaitFor(t, 30*time.Second, func() bool { r = c.ReplicaOf(t, m); return r != nil }, "a replica of %s", m.Addr())
 	began := time.Now()
 	c.Failover(t, r)
 	t.Logf("CLUSTER FAILOVER took %v", time.Since(began))
