@@ -8,7 +8,6 @@ import (
 	"net/url"
 	"runtime"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -85,7 +84,7 @@ func connect(ctx context.Context, cfg config, retry time.Duration, log *slog.Log
 		reason := err.Error()
 		failed(reason)
 		if reason != last {
-			if redis.IsAuthError(err) || strings.Contains(reason, "WRONGPASS") || strings.Contains(reason, "NOAUTH") {
+			if redis.IsAuthError(err) {
 				// The reply names no password; the user is named so that
 				// an operator knows which credentials to fix.
 				log.Error("redis refused ackd's credentials, retrying", "user", redisUser(cfg.RedisURL), "error", reason, "retry_in", delay.String())
