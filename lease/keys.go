@@ -33,6 +33,10 @@ type Keys struct {
 	DeadMsgs  string // HASH: id -> dead record
 	DeadErrs  string // HASH: dead-letter id -> "at_ms|error text" of a handler's error
 	Paused    string // STRING: exists while the queue is paused (value: when, in ms)
+	// Counts is a HASH of running totals that the dashboard turns into
+	// rates: field "acked" (added to by every ack), "purged" and "replayed"
+	// (added to by the admin scripts). Fields only grow; a missing field is 0.
+	Counts string
 }
 
 // KeysFor returns the key names of queue. It does not validate the name.
@@ -48,6 +52,7 @@ func KeysFor(queue string) Keys {
 		DeadMsgs:  p + "deadmsgs",
 		DeadErrs:  p + "deaderrs",
 		Paused:    p + "paused",
+		Counts:    p + "counts",
 	}
 }
 
