@@ -138,7 +138,7 @@ func CountsOf(queue string, s lease.Stats) QueueCounts {
 type queueRow struct {
 	QueueCounts
 	Rates
-	Spark           Spark   `json:"spark"`
+	Spark           *Spark  `json:"spark"` // null: nothing happened in the window
 	SweptAgoSeconds float64 `json:"swept_ago_seconds"`
 }
 
@@ -174,7 +174,10 @@ func (h *Handler) overviewData(r *http.Request) overviewData {
 			// The age as the sweep found it, plus the time since.
 			*age += now.Sub(q.At).Seconds()
 		}
-		row.Spark, sparkWidth = h.rec.Spark(q.Queue)
+		var sp Spark
+		if sp, sparkWidth = h.rec.Spark(q.Queue); !sp.zero() {
+			row.Spark = &sp
+		}
 		rows = append(rows, row)
 	}
 	bounds, counts := h.rec.Lag()

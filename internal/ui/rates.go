@@ -278,6 +278,17 @@ type Spark struct {
 	DeadLettered []int64 `json:"dead_lettered"`
 }
 
+func (sp Spark) zero() bool {
+	for _, s := range [][]int64{sp.Pushed, sp.Acked, sp.Requeued, sp.DeadLettered} {
+		for _, n := range s {
+			if n != 0 {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // SparkPoints is the number of points of a Spark.
 const SparkPoints = 20
 

@@ -160,7 +160,8 @@
           const td = document.createElement("td");
           td.className = "n rate";
           td.dataset.rate = k;
-          td.append(document.createTextNode(fmt(q[k + "_per_second"])), sparkline(q.spark[k], data.spark_interval_seconds, cls, label));
+          td.append(document.createTextNode(fmt(q[k + "_per_second"])));
+          if (q.spark) td.append(sparkline(q.spark[k], data.spark_interval_seconds, cls, label));
           tr.append(td);
         }
         const st = document.createElement("td");
