@@ -168,6 +168,9 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	defer stopReaper()
 	reaperDone := make(chan error, 1)
 	go func() { reaperDone <- rp.Run(rctx) }()
+	if dash != nil {
+		go dash.Sample(rctx) // reads queues for the rate charts while the dashboard is viewed
+	}
 
 	var runErr error
 	select {
