@@ -22,10 +22,12 @@ import (
 // envPrefix starts the name of every variable ackd reads.
 const envPrefix = "ACKD_"
 
-// Bounds of the numeric settings: the reaper's.
+// Bounds of the numeric settings: the reaper's, and a replica count no
+// real deployment reaches.
 const (
 	maxSweepConcurrency = reaper.MaxConcurrency
 	maxSweepLimit       = reaper.MaxSweepLimit
+	maxRedisReplicas    = 64
 )
 
 // errConfig is wrapped by every configuration error.
@@ -57,6 +59,10 @@ type config struct {
 	RedisTLSCertFile   string `env:"REDIS_TLS_CERT_FILE" help:"PEM client certificate presented to Redis, for servers that require one (tls-auth-clients yes). With ACKD_REDIS_TLS_KEY_FILE; needs a rediss:// URL."`
 	RedisTLSKeyFile    string `env:"REDIS_TLS_KEY_FILE" help:"PEM private key of ACKD_REDIS_TLS_CERT_FILE."`
 	RedisTLSServerName string `env:"REDIS_TLS_SERVER_NAME" help:"Name Redis' certificate must carry, when it is not the host in ACKD_REDIS_URL (e.g. connecting by IP address). Needs a rediss:// URL."`
+
+	// Durability of ackd's own writes (lease.Config.Replicas).
+	RedisReplicas       int           `env:"REDIS_REPLICAS" envDefault:"0" help:"How many replicas must confirm each of ackd's own writes (the sweeps that requeue, dead-letter and promote, and the dashboard's actions) before ackd counts it done: after each write ackd sends WAIT. A write not confirmed within ACKD_REDIS_REPLICA_TIMEOUT was made on the master but a failover may undo it; ackd counts it in ackd_not_replicated_total, logs it and sweeps that queue again a second later (a sweep is idempotent). It is not an outage. 0: no waiting (replication is asynchronous, and a failover may lose ackd's last writes, which the next sweep redoes). 0 to 64; set it no higher than the replicas every master has."`
+	RedisReplicaTimeout time.Duration `env:"REDIS_REPLICA_TIMEOUT" envDefault:"1s" help:"How long ackd waits for ACKD_REDIS_REPLICAS replicas to confirm one write (WAIT's timeout). Used only with ACKD_REDIS_REPLICAS above 0. Must be below the Redis client's read timeout (go-redis' default 3s, or read_timeout in ACKD_REDIS_URL)."`
 
 	// Derived by loadConfig.
 	redisConn  redisconn.Options
@@ -216,6 +222,14 @@ func (c *config) validate() []string {
 	}
 	if c.SweepLimit < 1 || c.SweepLimit > maxSweepLimit {
 		bad("SWEEP_LIMIT", "must be 1 to %d, got %d", maxSweepLimit, c.SweepLimit)
+	}
+	if c.RedisReplicas < 0 || c.RedisReplicas > maxRedisReplicas {
+		bad("REDIS_REPLICAS", "must be 0 to %d, got %d", maxRedisReplicas, c.RedisReplicas)
+	}
+	if c.RedisReplicaTimeout < time.Millisecond {
+		bad("REDIS_REPLICA_TIMEOUT", "must be at least 1ms, got %v", c.RedisReplicaTimeout)
+	} else if rt, ok := urlReadTimeout(c.RedisURL); c.RedisReplicas > 0 && ok && rt > 0 && c.RedisReplicaTimeout >= rt {
+		bad("REDIS_REPLICA_TIMEOUT", "%v must be below the Redis client's read timeout %v (read_timeout in ACKD_REDIS_URL, 3s by default), or WAIT would be cut short", c.RedisReplicaTimeout, rt)
 	}
 
 	switch strings.ToLower(c.LogLevel) {
