@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -85,6 +86,9 @@ func (w *masterWatch) ask(ctx context.Context, clients []*redis.SentinelClient) 
 		}
 		if err == nil {
 			err = errors.New("unexpected reply")
+		}
+		if errors.Is(err, redis.Nil) {
+			err = fmt.Errorf("%s monitors no master named %q", c.String(), w.name)
 		}
 		if ctx.Err() != nil {
 			return "", ctx.Err()
