@@ -239,17 +239,29 @@ func (l *Listener) Run(ctx context.Context) error {
 	case *redis.Ring:
 		l.runNodes(ctx, c.ForEachShard)
 	default:
+		var w *masterWatch
 		s := &subscription{name: "redis", want: 3, open: func(ctx context.Context) (*redis.PubSub, error) {
-			return openPubSub(ctx, l.rdb, []string{lease.WakeChannel}, []string{ExpiredPattern, EvictedPattern})
+			var c redis.UniversalClient = l.rdb
+			if n := w.node(); n != nil {
+				c = n // where the Sentinels say the master is
+			}
+			return openPubSub(ctx, c, []string{lease.WakeChannel}, []string{ExpiredPattern, EvictedPattern})
 		}}
 		l.track(s)
 		l.known.Store(true)
 		if fo := l.cfg.Sentinel; fo != nil {
+			w = newMasterWatch(l, fo, s)
+			defer w.close()
+			// Know the master before subscribing, so that the first
+			// subscription is on it.
+			if addr, err := w.ask(ctx); err == nil && addr != "" {
+				w.named(ctx, addr, "sentinel")
+			}
 			var wg sync.WaitGroup
 			defer wg.Wait()
 			wctx, stop := context.WithCancel(ctx)
 			defer stop()
-			wg.Go(func() { l.followSentinels(wctx, fo, s) })
+			wg.Go(func() { w.follow(wctx) })
 		}
 		l.run(ctx, s)
 	}

@@ -17,85 +17,150 @@ import (
 // none.
 const sentinelDialTimeout = 5 * time.Second
 
-// masterWatch remembers which node the Sentinels last named as master,
-// and moves the subscription when that changes.
+// masterWatch remembers which node the Sentinels name as master, moves
+// the subscription when that changes, and gives the subscription a
+// client of that very node: the failover client's own dialer asks one
+// Sentinel, which may not have heard of the switch yet, and would put
+// the subscription back on the demoted node.
 type masterWatch struct {
-	l    *Listener
-	s    *subscription
-	name string
+	l       *Listener
+	fo      *redis.FailoverOptions
+	s       *subscription
+	clients []*redis.SentinelClient
 
-	mu     sync.Mutex
-	master string // "" until first named
+	mu       sync.Mutex
+	master   string        // "" until first named
+	nodeAddr string        // address of nodeC
+	nodeC    *redis.Client // a client of master, for the subscription
 }
 
-// followSentinels keeps sub on the node the Sentinels name as master of
-// fo.MasterName: it subscribes to SwitchChannel on every Sentinel of
-// fo.SentinelAddrs, and every TopologyInterval asks one of them which
-// node is master, in case a switch was announced while it was not
-// listening. Either way, a change reopens sub at once (see
-// subscription.reopen); the failover client dials the new master.
-func (l *Listener) followSentinels(ctx context.Context, fo *redis.FailoverOptions, sub *subscription) {
-	w := &masterWatch{l: l, s: sub, name: fo.MasterName}
-	clients := make([]*redis.SentinelClient, 0, len(fo.SentinelAddrs))
+func newMasterWatch(l *Listener, fo *redis.FailoverOptions, s *subscription) *masterWatch {
+	w := &masterWatch{l: l, fo: fo, s: s}
 	for _, addr := range fo.SentinelAddrs {
-		clients = append(clients, redis.NewSentinelClient(&redis.Options{
+		w.clients = append(w.clients, redis.NewSentinelClient(&redis.Options{
 			Addr:        addr,
 			Username:    fo.SentinelUsername,
 			Password:    fo.SentinelPassword,
 			TLSConfig:   fo.TLSConfig,
 			DialTimeout: cmp.Or(fo.DialTimeout, sentinelDialTimeout),
 			ReadTimeout: fo.ReadTimeout,
+			MaxRetries:  -1,
 		}))
 	}
-	defer func() {
-		for _, c := range clients {
-			_ = c.Close()
-		}
-	}()
+	return w
+}
+
+// close closes the Sentinel clients and the node client.
+func (w *masterWatch) close() {
+	for _, c := range w.clients {
+		_ = c.Close()
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.nodeC != nil {
+		_ = w.nodeC.Close()
+		w.nodeC = nil
+	}
+}
+
+// node returns a client of the node last named master, nil before one
+// was named (or on a nil watch).
+func (w *masterWatch) node() *redis.Client {
+	if w == nil {
+		return nil
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.master == "" {
+		return nil
+	}
+	if w.nodeC != nil && w.nodeAddr == w.master {
+		return w.nodeC
+	}
+	if w.nodeC != nil {
+		_ = w.nodeC.Close() // its PubSub was closed before this open
+	}
+	fo := w.fo
+	w.nodeAddr = w.master
+	w.nodeC = redis.NewClient(&redis.Options{
+		Addr:                w.master,
+		Dialer:              fo.Dialer,
+		Protocol:            fo.Protocol,
+		Username:            fo.Username,
+		Password:            fo.Password,
+		CredentialsProvider: fo.CredentialsProvider,
+		DB:                  fo.DB,
+		TLSConfig:           fo.TLSConfig,
+		DialTimeout:         fo.DialTimeout,
+		ReadTimeout:         fo.ReadTimeout,
+		WriteTimeout:        fo.WriteTimeout,
+		MaxRetries:          -1,
+	})
+	return w.nodeC
+}
+
+// follow keeps the subscription on the node the Sentinels name as master
+// of fo.MasterName: it subscribes to SwitchChannel on every Sentinel, and
+// every TopologyInterval asks them which node is master, in case a switch
+// was announced while it was not listening. Either way, a change reopens
+// the subscription at once (see subscription.reopen).
+func (w *masterWatch) follow(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	for _, c := range clients {
+	for _, c := range w.clients {
 		wg.Go(func() { w.listen(ctx, c) })
 	}
 	fails := 0
-	for {
-		if addr, err := w.ask(ctx, clients); err != nil {
+	for sleep(ctx, w.l.cfg.TopologyInterval) {
+		addr, err := w.ask(ctx)
+		switch {
+		case err != nil:
 			fails++
 			if fails == 1 && ctx.Err() == nil {
-				l.log.WarnContext(ctx, "cannot ask the Sentinels for the master", "master_name", w.name, "error", err)
+				w.l.log.WarnContext(ctx, "cannot ask the Sentinels for the master", "master_name", w.fo.MasterName, "error", err)
 			}
-		} else {
+		case addr != "":
 			fails = 0
 			w.named(ctx, addr, "sentinel")
-		}
-		if !sleep(ctx, l.cfg.TopologyInterval) {
-			return
 		}
 	}
 }
 
-// ask returns the master's address from the first Sentinel that knows it.
-func (w *masterWatch) ask(ctx context.Context, clients []*redis.SentinelClient) (string, error) {
-	var errs []error
-	for _, c := range clients {
+// ask returns the master's address if every Sentinel that answers names
+// the same; "" (and no error) while they disagree, as they do for a
+// moment after a switch, until each has heard of it.
+func (w *masterWatch) ask(ctx context.Context) (string, error) {
+	var (
+		errs  []error
+		named string
+	)
+	for _, c := range w.clients {
 		cctx, cancel := context.WithTimeout(ctx, replyMax)
-		a, err := c.GetMasterAddrByName(cctx, w.name).Result()
+		a, err := c.GetMasterAddrByName(cctx, w.fo.MasterName).Result()
 		cancel()
-		if err == nil && len(a) == 2 {
-			return net.JoinHostPort(a[0], a[1]), nil
-		}
-		if err == nil {
-			err = errors.New("unexpected reply")
-		}
-		if errors.Is(err, redis.Nil) {
-			err = fmt.Errorf("%s monitors no master named %q", c.String(), w.name)
-		}
 		if ctx.Err() != nil {
 			return "", ctx.Err()
 		}
-		errs = append(errs, err)
+		switch {
+		case errors.Is(err, redis.Nil):
+			err = fmt.Errorf("%s monitors no master named %q", c.String(), w.fo.MasterName)
+		case err == nil && len(a) != 2:
+			err = fmt.Errorf("%s: unexpected reply %q", c.String(), a)
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		addr := net.JoinHostPort(a[0], a[1])
+		if named != "" && addr != named {
+			return "", nil
+		}
+		named = addr
 	}
-	return "", errors.Join(errs...)
+	if named == "" {
+		return "", errors.Join(errs...)
+	}
+	return named, nil
 }
 
 // listen reads SwitchChannel on one Sentinel until ctx is done,
@@ -131,14 +196,14 @@ func (w *masterWatch) listen(ctx context.Context, c *redis.SentinelClient) {
 		}
 		// "<name> <old-ip> <old-port> <new-ip> <new-port>"
 		f := strings.Fields(m.Payload)
-		if len(f) == 5 && f[0] == w.name {
+		if len(f) == 5 && f[0] == w.fo.MasterName {
 			w.named(ctx, net.JoinHostPort(f[3], f[4]), SwitchChannel)
 		}
 	}
 }
 
-// named records that a Sentinel names addr as master; if it was another
-// node before, the subscription moves.
+// named records that the Sentinels name addr as master; if it was another
+// node before, the subscription moves there.
 func (w *masterWatch) named(ctx context.Context, addr, source string) {
 	w.mu.Lock()
 	before := w.master
@@ -148,7 +213,7 @@ func (w *masterWatch) named(ctx context.Context, addr, source string) {
 		return
 	}
 	w.l.switches.Add(1)
-	w.l.log.InfoContext(ctx, "master switched", "master_name", w.name, "from", before, "to", addr, "source", source)
+	w.l.log.InfoContext(ctx, "master switched", "master_name", w.fo.MasterName, "from", before, "to", addr, "source", source)
 	w.s.reopen()
 	if f := w.l.cfg.TopologyFunc; f != nil {
 		f(ctx)
