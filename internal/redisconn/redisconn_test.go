@@ -16,6 +16,7 @@ import (
 
 	"github.com/ackd/ackd/internal/redisconn"
 	"github.com/ackd/ackd/internal/redistest"
+	"github.com/ackd/ackd/notify"
 )
 
 const secret = "Zm9v/YmFy#s3cr3t"
@@ -140,7 +141,7 @@ func TestStandaloneAndPassword(t *testing.T) {
 	s := redistest.Start(t, "--requirepass", secret)
 	u := "redis://:" + url.QueryEscape(secret) + "@" + s.Addr() + "/0"
 	c := mustOpen(t, redisconn.Options{URL: u, BlockingPoolSize: 4})
-	if c.Mode != redisconn.Standalone || c.Blocking == nil {
+	if c.Mode != redisconn.Standalone || c.Blocking == nil || c.Failover != nil {
 		t.Fatalf("mode %s, blocking %v", c.Mode, c.Blocking)
 	}
 	if err := c.Client.Set(t.Context(), "k", "v", 0).Err(); err != nil {
@@ -296,6 +297,14 @@ func TestSentinel(t *testing.T) {
 	}
 	if err := c.Client.Set(t.Context(), "k", "v", 0).Err(); err != nil {
 		t.Fatal(err)
+	}
+	// Failover carries what reaches the Sentinels and the replicas: with
+	// it, the events check sets the password-protected replica too.
+	if fo := c.Failover; fo == nil || fo.MasterName != s.MasterName() || len(fo.SentinelAddrs) != 3 || fo.Password != secret || fo.SentinelPassword != "sentinel-"+secret {
+		t.Fatalf("Conn.Failover = %+v", c.Failover)
+	}
+	if st := notify.EnsureEventsSentinel(t.Context(), c.Client, c.Failover, true); st.Err != nil || st.ReplicaErr != nil || !st.Enabled || !st.ReplicasEnabled || st.Replicas != 1 {
+		t.Fatalf("EnsureEventsSentinel through Conn.Failover = %+v", st)
 	}
 	// The data password from a separate value instead of the URL.
 	noPW := strings.Replace(s.URL(), "password="+url.QueryEscape(secret), "", 1)
