@@ -12,8 +12,9 @@ import (
 // TestEventsAfterClusterFailover: a replica lost the
 // notify-keyspace-events the Reaper set on it (as a restart without
 // CONFIG REWRITE does). When CLUSTER FAILOVER promotes it, the Reaper
-// notices the new master and sets the flags there at once, not at the
-// next scan an hour later.
+// notices the new master and sets the flags there at once (on the
+// listener's TopologyFunc, and again after the catch-up scan its new
+// subscription starts), not at the next periodic scan an hour later.
 func TestEventsAfterClusterFailover(t *testing.T) {
 	t.Parallel()
 	if testing.Short() {
