@@ -129,7 +129,7 @@ type redeliveryResult struct {
 // once.
 func (b *bench) redelivery(ctx context.Context) error {
 	var s strings.Builder
-	s.WriteString("## 4. Redelivery after the deadline\n\n")
+	s.WriteString("## 5. Redelivery after the deadline\n\n")
 	if _, err := b.ackdBinary(ctx); err != nil {
 		b.logf("redelivery skipped: %v", err)
 		fmt.Fprintf(&s, "Skipped: the daemon did not build (%s).\n", firstLine(err.Error()))
