@@ -10,7 +10,7 @@ import (
 	"time"
 )
 
-// TestTinyRun runs the throughput, latency and memory sections at tiny
+// TestTinyRun runs both throughput sections, latency and memory at tiny
 // sizes against a real redis-server and checks that the report has a row
 // for every system in every table and a verdict for every target. It
 // checks the shape of the report, never a figure.
