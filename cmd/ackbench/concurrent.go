@@ -28,6 +28,7 @@ type concResult struct {
 	samples    int64
 	atCap      int64 // samples with the backlog at 90% of the cap or more
 	maxBacklog int64
+	limited    bool // the producers stopped at the time limit
 }
 
 func (r *concResult) add(o concResult) {
@@ -37,6 +38,23 @@ func (r *concResult) add(o concResult) {
 	r.samples += o.samples
 	r.atCap += o.atCap
 	r.maxBacklog = max(r.maxBacklog, o.maxBacklog)
+	r.limited = r.limited || o.limited
+}
+
+func dagger(b bool) string {
+	if b {
+		return " †"
+	}
+	return ""
+}
+
+// concLimit bounds the producers of one concurrent run, so that a slow
+// system cannot stretch the whole run.
+func (b *bench) concLimit() time.Duration {
+	if b.opt.quick {
+		return 5 * time.Second
+	}
+	return 15 * time.Second
 }
 
 func (r concResult) meanBacklog() float64 { return r.backlogSum / float64(max(r.samples, 1)) }
@@ -125,17 +143,23 @@ func (b *bench) runConc(ctx context.Context, v tputVariant, size, producers, con
 		}
 	}()
 
+	// Producers stop at n messages or at the time limit, whichever comes
+	// first; the consumers then take what was pushed.
 	var (
-		next  atomic.Int64
-		prods sync.WaitGroup
+		next, pushed atomic.Int64
+		target       atomic.Int64
+		prods        sync.WaitGroup
+		lowered      = make(chan struct{})
 	)
+	target.Store(int64(n))
+	stopBy := start.Add(b.concLimit())
 	for range producers {
 		prods.Add(1)
 		go func() {
 			defer prods.Done()
 			buf := bytes.Repeat([]byte("p"), size)
 			one := [][]byte{buf}
-			for next.Add(1) <= int64(n) {
+			for next.Add(1) <= int64(n) && time.Now().Before(stopBy) {
 				select {
 				case slots <- struct{}{}:
 				case <-ctx.Done():
@@ -148,14 +172,30 @@ func (b *bench) runConc(ctx context.Context, v tputVariant, size, producers, con
 					}
 					return
 				}
+				pushed.Add(1)
 			}
 		}()
 	}
-	end, takes, cerr := consumeN(ctx, impl, v.name, consumers, n, got)
+	var limited atomic.Bool
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		prods.Wait()
+		if k := pushed.Load(); k < int64(n) && ctx.Err() == nil {
+			limited.Store(true)
+			target.Store(k)
+			close(lowered)
+		}
+	}()
+	end, takes, cerr := consumeUntil(ctx, impl, v.name, consumers, &target, lowered, got)
 	if cerr != nil {
 		cancel(cerr)
 	}
 	prods.Wait()
+	<-watched
+	n = int(target.Load())
+	r.n = n
+	r.limited = limited.Load()
 	stopSampler()
 	samplerWG.Wait()
 	if err := context.Cause(ctx); err != nil {
@@ -202,14 +242,17 @@ func (b *bench) concurrent(ctx context.Context) error {
 		"or more: when it is low, the queue was rarely full and consumers took what had just arrived. "+
 		"Consumers: BLPOP (no ack); XREADGROUP BLOCK COUNT 1 or 100 + XACK; ackd `Take` + `Ack`; `TakeBatch(100)` + `AckBatch`; "+
 		"`Consume` with Workers = C and a handler that returns at once (Consume acks it). msgs/s is from the start of the "+
-		"producers to the last ack (for Consume: the last handler's return). Redis CPU (INFO cpu, user + sys), Redis commands "+
+		"producers to the last ack (for Consume: the last handler's return). A system whose producers have not pushed "+
+		"their share of a round within %v stop there; the consumers take what was pushed and the figures are over those "+
+		"messages (marked † after msgs/s). Redis CPU (INFO cpu, user + sys), Redis commands "+
 		"(the sum of INFO commandstats calls, which counts the commands ackd's scripts call; ackbench's own INFO and backlog "+
 		"samples left out) and round trips (counted by the client, a pipeline is one) cover producers and consumers together. "+
 		"End-to-end latency runs from just before the push is sent to the consumer receiving the message (for Consume: the "+
 		"handler starting), on one clock; it includes the time in the backlog. ×Streams compares with Streams COUNT 1 in the "+
 		"same table.\n\n",
 		b.opt.producers, fmtNum(float64(concMessages(b.opt.n, 100))), fmtNum(float64(concMessages(b.opt.n, 10<<10))),
-		rounds, plural(rounds), fmtNum(float64(b.opt.backlog)), concSample)
+		rounds, plural(rounds), fmtNum(float64(b.opt.backlog)), concSample,
+		b.concLimit())
 	all := map[string]concResult{}
 	for _, size := range sizes {
 		n := concMessages(b.opt.n, size)
@@ -243,7 +286,7 @@ func (b *bench) concurrent(ctx context.Context) error {
 				all[fmt.Sprintf("%s/%d/%d", v.key, size, c)] = r
 				d := distOf(r.lat)
 				rows = append(rows, []string{
-					v.name, fmtNum(r.rate),
+					v.name, fmtNum(r.rate) + dagger(r.limited),
 					ratio(r.rate, streams.rate), ratio(r.rate, batch.rate), ratio(r.rate, list.rate),
 					fmtF(r.redisCPU), ratio(r.redisCPU, streams.redisCPU), fmtF(r.redisCmds),
 					fmtF(r.roundTrips), fmtF(r.clientCPU), fmtF(r.perTake),

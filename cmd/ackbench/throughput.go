@@ -428,12 +428,21 @@ func (b *bench) runTput(ctx context.Context, v tputVariant, size, consumers, n i
 // takes (-1 for Consume). got, if not nil, sees every message as it is
 // received.
 func consumeN(ctx context.Context, impl tputImpl, name string, c, n int, got func([]byte)) (time.Time, int64, error) {
+	var target atomic.Int64
+	target.Store(int64(n))
+	return consumeUntil(ctx, impl, name, c, &target, nil, got)
+}
+
+// consumeUntil is consumeN with a target that may be lowered while the
+// consumers run: whoever lowers it closes lowered afterwards.
+func consumeUntil(ctx context.Context, impl tputImpl, name string, c int, target *atomic.Int64, lowered <-chan struct{}, got func([]byte)) (time.Time, int64, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
 		consumed atomic.Int64
 		takes    atomic.Int64
 		endNanos atomic.Int64
+		endOnce  sync.Once
 		wg       sync.WaitGroup
 		errOnce  sync.Once
 		runErr   error
@@ -442,21 +451,33 @@ func consumeN(ctx context.Context, impl tputImpl, name string, c, n int, got fun
 		errOnce.Do(func() { runErr = err })
 		cancel()
 	}
-	// acked counts k messages; the one that reaches n stops the clock.
-	acked := func(k int) bool {
-		c := consumed.Add(int64(k))
-		if c >= int64(n) && c-int64(k) < int64(n) {
-			endNanos.Store(time.Now().UnixNano())
-			return true
+	// reached stops the clock once the target is reached; Consume is
+	// stopped then, the loops stop by themselves.
+	reached := func() {
+		if consumed.Load() >= target.Load() {
+			endOnce.Do(func() {
+				endNanos.Store(time.Now().UnixNano())
+				if impl.consumeAll != nil {
+					cancel()
+				}
+			})
 		}
-		return false
+	}
+	acked := func(k int) {
+		consumed.Add(int64(k))
+		reached()
+	}
+	if lowered != nil {
+		go func() {
+			select {
+			case <-lowered:
+				reached()
+			case <-ctx.Done():
+			}
+		}()
 	}
 	if impl.consumeAll != nil {
-		err := impl.consumeAll(ctx, c, got, func() {
-			if acked(1) {
-				cancel()
-			}
-		})
+		err := impl.consumeAll(ctx, c, got, func() { acked(1) })
 		if err != nil {
 			fail(fmt.Errorf("%s: %w", name, err))
 		}
@@ -466,7 +487,7 @@ func consumeN(ctx context.Context, impl tputImpl, name string, c, n int, got fun
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for consumed.Load() < int64(n) && ctx.Err() == nil {
+				for consumed.Load() < target.Load() && ctx.Err() == nil {
 					k, err := impl.consume(ctx, w, got)
 					if err != nil {
 						if ctx.Err() == nil {
@@ -486,11 +507,11 @@ func consumeN(ctx context.Context, impl tputImpl, name string, c, n int, got fun
 	if runErr != nil {
 		return time.Time{}, 0, runErr
 	}
-	if got := consumed.Load(); got != int64(n) {
-		if err := context.Cause(ctx); err != nil && got < int64(n) {
-			return time.Time{}, 0, fmt.Errorf("%s: consumed %d of %d: %w", name, got, n, err)
+	if got, want := consumed.Load(), target.Load(); got != want {
+		if err := context.Cause(ctx); err != nil && got < want {
+			return time.Time{}, 0, fmt.Errorf("%s: consumed %d of %d: %w", name, got, want, err)
 		}
-		return time.Time{}, 0, fmt.Errorf("%s: consumed %d of %d", name, got, n)
+		return time.Time{}, 0, fmt.Errorf("%s: consumed %d of %d", name, got, want)
 	}
 	return time.Unix(0, endNanos.Load()), takes.Load(), nil
 }
