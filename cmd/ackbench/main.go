@@ -65,7 +65,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs := flag.NewFlagSet("ackbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	o := options{args: args}
-	fs.IntVar(&o.n, "n", 0, "scale of the run: in-flight messages of the memory section; per system and table, the pre-filled throughput moves n/2 (n/8 with 10 KB payloads) and the concurrent one n/4 (n/20) (default 100000; -quick 10000)")
+	fs.IntVar(&o.n, "n", 0, "scale of the run: in-flight messages of the memory section; per system and table, the pre-filled throughput moves n/4 (n/16 with 10 KB payloads) and the concurrent one n/4 (n/20) (default 100000; -quick 10000)")
 	fs.BoolVar(&o.quick, "quick", false, "small sizes, for a smoke run")
 	fs.IntVar(&o.producers, "producers", 4, "concurrent: producers pushing while the consumers run")
 	consumers := fs.String("consumers", "1,8,64", "throughput and concurrent: consumer counts, comma-separated")
@@ -213,6 +213,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		{"redelivery", b.redelivery},
 		{"idle", b.idle},
 	}
+	// A section that fails is reported as failed and the others still
+	// run: the figures of a long run are not lost to one section.
+	var failed error
 	for _, s := range sections {
 		if !opt.runs(s.name) {
 			continue
@@ -220,7 +223,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		t0 := time.Now()
 		b.logf("== %s", s.name)
 		if err := s.run(ctx); err != nil {
-			return fmt.Errorf("%s: %w", s.name, err)
+			if ctx.Err() != nil {
+				return fmt.Errorf("%s: %w", s.name, err)
+			}
+			b.logf("== %s failed: %v", s.name, err)
+			b.sections = append(b.sections, fmt.Sprintf("## %s: failed\n\n%s\n", s.name, err))
+			failed = errors.Join(failed, fmt.Errorf("%s: %w", s.name, err))
+			continue
 		}
 		b.logf("== %s done in %v", s.name, time.Since(t0).Round(time.Second))
 	}
@@ -256,8 +265,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		defer f.Close()
 		w = f
 	}
-	_, err = io.WriteString(w, doc.String())
-	return err
+	if _, err := io.WriteString(w, doc.String()); err != nil {
+		return err
+	}
+	return failed
 }
 
 func (b *bench) logf(format string, args ...any) {

@@ -616,13 +616,13 @@ func (b *bench) throughput(ctx context.Context) error {
 }
 
 // tputMessages is how many messages one system pushes, takes and acks per
-// table of the pre-filled section: half of n with small payloads, an
-// eighth with 10 KB ones.
+// table of the pre-filled section: a quarter of n with small payloads, a
+// sixteenth with 10 KB ones.
 func tputMessages(n, size int) int {
 	if size > 1000 {
-		return n / 8
+		return n / 16
 	}
-	return n / 2
+	return n / 4
 }
 
 // likeKey is the Streams variant a variant compares with.
