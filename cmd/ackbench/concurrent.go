@@ -193,8 +193,8 @@ func (b *bench) runConc(ctx context.Context, v tputVariant, size, producers, con
 	}
 	prods.Wait()
 	<-watched
-	n = int(target.Load())
-	r.n = n
+	moved := target.Load() // n, or what was pushed within the limit
+	r.n = int(moved)
 	r.limited = limited.Load()
 	stopSampler()
 	samplerWG.Wait()
@@ -217,7 +217,7 @@ func (b *bench) runConc(ctx context.Context, v tputVariant, size, producers, con
 	r.clientSec = cpu1 - cpu0
 	r.rts = rt1 - rt0
 	r.ownCalls = r.samples
-	r.lat = lat[:min(li.Load(), int64(n))]
+	r.lat = lat[:min(li.Load(), moved)]
 	r.finish()
 	return r, nil
 }
