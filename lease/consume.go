@@ -63,6 +63,9 @@ type ConsumeOpts struct {
 	// slog.Default() if the Config has none, at most about one line a
 	// second after a burst of ten.
 	ErrorFunc func(l *Lease, err error)
+
+	// idleWait, if set, replaces idleWait (tests).
+	idleWait time.Duration
 }
 
 // DefaultBackoff doubles from 1 second per attempt up to 5 minutes, with
@@ -153,7 +156,7 @@ func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts *Con
 			return fmt.Errorf("%w: ConsumeOpts.Middleware[%d] returned a nil handler", ErrInvalidArgument, i)
 		}
 	}
-	r := &consumeRun{c: c, queue: queue, h: h, o: o, jobs: map[*job]bool{}, changed: make(chan struct{}, 1)}
+	r := &consumeRun{c: c, queue: queue, h: h, o: o, jobs: map[*job]bool{}, events: make(chan endEvent, o.Workers)}
 	if o.ErrorFunc == nil {
 		logger := c.cfg.Logger
 		if !c.logSet {
@@ -174,9 +177,11 @@ type consumeRun struct {
 
 	offset atomic.Int64 // Redis clock minus the local clock, ns
 
-	mu      sync.Mutex
-	jobs    map[*job]bool // running or settling
-	changed chan struct{} // a job ended
+	// jobs are the jobs running or settling; only the run loop uses it.
+	jobs map[*job]bool
+	// events has room for one event per worker: a job's last act never
+	// waits, not even after Consume returned.
+	events chan endEvent
 }
 
 // job states
@@ -200,98 +205,9 @@ var (
 	errHandlerTimeout = errors.New("lease: handler timeout (ConsumeOpts.Timeout)")
 )
 
-// idleWait bounds one blocking take, so that a cancel is seen within it:
-// Consume returns at most this long after StopTimeout (plus the release).
+// idleWait bounds one blocking wait for messages: Consume returns at most
+// this long after StopTimeout (plus the release).
 const idleWait = 250 * time.Millisecond
-
-func (r *consumeRun) run(ctx context.Context) error {
-	// Handlers run under a context of their own: Consume's cancel starts
-	// the stop sequence, it does not interrupt them.
-	base, cancelAll := context.WithCancelCause(context.WithoutCancel(ctx))
-	defer cancelAll(errStopping)
-	bg := context.WithoutCancel(ctx)
-
-	slots := make(chan struct{}, r.o.Workers)
-	for range r.o.Workers {
-		slots <- struct{}{}
-	}
-	takerDone := make(chan struct{})
-	go func() {
-		defer close(takerDone)
-		r.take(ctx, bg, base, slots)
-	}()
-	<-ctx.Done()
-	stopBy := time.NewTimer(r.o.StopTimeout)
-	defer stopBy.Stop()
-	<-takerDone // after this no job starts
-
-	if !r.waitJobs(stopBy.C) {
-		r.abandon(bg, cancelAll)
-		r.waitJobs(nil) // those that were settling
-	}
-	return nil
-}
-
-// take is the taking loop; it returns once ctx is cancelled.
-func (r *consumeRun) take(ctx, bg, base context.Context, slots chan struct{}) {
-	retry := 0
-	var lastSync time.Time // zero: measure before the first take
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-slots:
-		}
-		n := 1
-	more:
-		for n < r.o.Workers {
-			select {
-			case <-slots:
-				n++
-			default:
-				break more
-			}
-		}
-		if time.Since(lastSync) > time.Minute && r.syncClock(ctx) {
-			lastSync = time.Now()
-		}
-		// The take itself is never interrupted: a take cancelled after
-		// Redis ran it would strand its leases until they ran out.
-		start := time.Now()
-		ls, err := r.c.TakeBatch(bg, r.queue, n, &TakeOpts{Wait: idleWait, LeaseFor: r.o.LeaseFor})
-		for range n - len(ls) {
-			slots <- struct{}{}
-		}
-		if ctx.Err() != nil {
-			// Stopped while taking: these were never started.
-			if len(ls) > 0 {
-				if err := r.c.ReleaseBatch(bg, ls); err != nil {
-					r.report(nil, fmt.Errorf("release leases taken while stopping: %w", err))
-				}
-			}
-			return
-		}
-		if err != nil {
-			r.report(nil, err)
-			retry++
-			if !sleepCtx(ctx, retryDelay(retry)) {
-				return
-			}
-			continue
-		}
-		retry = 0
-		if len(ls) == 0 && time.Since(start) < idleWait/4 {
-			// Nothing to take, and the take did not wait (the queue is
-			// paused, or only delayed messages are due soon): do not spin.
-			if !sleepCtx(ctx, 50*time.Millisecond) {
-				return
-			}
-		}
-		for _, l := range ls {
-			r.start(base, bg, l, slots)
-		}
-	}
-}
 
 // syncClock measures the offset between Redis's clock and ours, once a
 // minute, so that Consume can read a deadline Redis returned. Of three
@@ -320,7 +236,7 @@ func (r *consumeRun) redisNow() time.Time {
 	return r.c.now().Add(time.Duration(r.offset.Load()))
 }
 
-func (r *consumeRun) start(base, bg context.Context, l *Lease, slots chan struct{}) {
+func (r *consumeRun) start(base, bg context.Context, l *Lease) {
 	hctx, cancel := context.WithCancelCause(base)
 	cancelT := context.CancelFunc(func() {})
 	var handlerEnd time.Time
@@ -329,60 +245,51 @@ func (r *consumeRun) start(base, bg context.Context, l *Lease, slots chan struct
 		hctx, cancelT = context.WithTimeoutCause(hctx, r.o.Timeout, errHandlerTimeout)
 	}
 	j := &job{l: l, cancel: cancel, beatStop: make(chan struct{}), beatDone: make(chan struct{})}
-	r.mu.Lock()
 	r.jobs[j] = true
-	r.mu.Unlock()
 	go r.heartbeat(bg, j, handlerEnd)
 	go func() {
-		defer func() { slots <- struct{}{} }()
-		defer r.end(j)
-		defer cancel(nil)
-		defer cancelT()
-		err := runHandler(hctx, l, r.h)
-		if !j.state.CompareAndSwap(running, settling) {
-			// Consume gave up on this handler and released its lease.
-			return
-		}
-		close(j.beatStop)
-		<-j.beatDone
-		r.settle(bg, j, err)
+		// The handler runs in this goroutine; a panic or a
+		// runtime.Goexit in it becomes a *PanicError, and the job ends
+		// in the deferred call either way.
+		var err error
+		returned := false
+		defer func() {
+			if !returned {
+				v := recover()
+				pe := &PanicError{Value: v, Stack: debug.Stack()}
+				if v == nil {
+					// Since Go 1.21 panic(nil) recovers a
+					// *runtime.PanicNilError: nothing recovered means
+					// runtime.Goexit.
+					pe.Goexit = true
+				}
+				err = pe
+			}
+			cancelT()
+			cancel(nil)
+			r.finish(bg, j, err)
+		}()
+		err = r.h(hctx, l)
+		returned = true
 	}()
 }
 
-// end removes j from the running jobs, if stop has not already.
-func (r *consumeRun) end(j *job) {
-	r.mu.Lock()
-	delete(r.jobs, j)
-	r.mu.Unlock()
-	select {
-	case r.changed <- struct{}{}:
-	default:
+// finish settles j after its handler returned err and tells the run loop.
+func (r *consumeRun) finish(bg context.Context, j *job, err error) {
+	ack := false
+	if j.state.CompareAndSwap(running, settling) {
+		close(j.beatStop)
+		<-j.beatDone
+		ack = r.settle(bg, j, err)
 	}
-}
-
-// waitJobs waits until no job is running or settling, or until timeout
-// fires; it reports whether all ended.
-func (r *consumeRun) waitJobs(timeout <-chan time.Time) bool {
-	for {
-		r.mu.Lock()
-		n := len(r.jobs)
-		r.mu.Unlock()
-		if n == 0 {
-			return true
-		}
-		select {
-		case <-r.changed:
-		case <-timeout:
-			return false
-		}
-	}
+	// else Consume gave up on this handler and released its lease.
+	r.events <- endEvent{j: j, ack: ack}
 }
 
 // abandon ends the stop: it cancels every handler still running, stops
 // their heartbeats and releases their leases.
 func (r *consumeRun) abandon(bg context.Context, cancelAll context.CancelCauseFunc) {
 	var gone []*job
-	r.mu.Lock()
 	for j := range r.jobs {
 		// A handler that returned first settles its lease itself.
 		if j.state.CompareAndSwap(running, abandoned) {
@@ -390,7 +297,6 @@ func (r *consumeRun) abandon(bg context.Context, cancelAll context.CancelCauseFu
 			delete(r.jobs, j)
 		}
 	}
-	r.mu.Unlock()
 	cancelAll(errStopping)
 	var release []*Lease
 	for _, j := range gone {
@@ -474,25 +380,27 @@ func (r *consumeRun) heartbeat(bg context.Context, j *job, handlerEnd time.Time)
 	}
 }
 
-// settle acts on what the handler returned.
-func (r *consumeRun) settle(ctx context.Context, j *job, err error) {
+// settle acts on what the handler returned. It reports true when the
+// lease is to be acked: the run loop sends it with others.
+func (r *consumeRun) settle(ctx context.Context, j *job, err error) (ack bool) {
 	l := j.l
 	if lost := j.lost.Load(); lost != nil {
 		r.report(l, fmt.Errorf("lease lost while handling: %w", *lost))
-		return
+		return false
 	}
 	if err != nil {
 		r.report(l, err)
 	}
 	if l.settled.Load() {
-		return // the handler ended the lease itself
+		return false // the handler ended the lease itself
 	}
 	var pe *PanicError
 	var ra *RetryAfterError
 	var serr error
 	switch {
 	case err == nil:
-		serr = l.Ack(ctx)
+		l.settled.Store(true)
+		return true
 	case errors.As(err, &pe):
 		if l.MaxDeliveries != Unlimited && l.Attempt >= l.MaxDeliveries {
 			serr = l.fail(ctx, ReasonPanic, pe.Error()+"\n"+string(pe.Stack))
@@ -509,6 +417,7 @@ func (r *consumeRun) settle(ctx context.Context, j *job, err error) {
 	if serr != nil {
 		r.report(l, serr)
 	}
+	return false
 }
 
 // onlyGone reports whether err (from a batch call) only says that leases
@@ -554,32 +463,6 @@ func (r *consumeRun) report(l *Lease, err error) {
 	default:
 		r.log.log(slog.LevelWarn, "redis error", attrs...)
 	}
-}
-
-// runHandler runs h in a goroutine of its own, so that a panic or a
-// runtime.Goexit in it becomes a *PanicError instead of ending the worker.
-func runHandler(ctx context.Context, l *Lease, h Handler) error {
-	done := make(chan error, 1)
-	go func() {
-		returned := false
-		defer func() {
-			if returned {
-				return
-			}
-			r := recover()
-			pe := &PanicError{Value: r, Stack: debug.Stack()}
-			if r == nil {
-				// Since Go 1.21 panic(nil) recovers a *runtime.PanicNilError:
-				// nothing recovered means runtime.Goexit.
-				pe.Goexit = true
-			}
-			done <- pe
-		}()
-		err := h(ctx, l)
-		returned = true
-		done <- err
-	}()
-	return <-done
 }
 
 // limitedLog logs at most logBurst lines at once and then about one a
