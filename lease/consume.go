@@ -87,9 +87,20 @@ func DefaultBackoff(attempt int) time.Duration {
 // from ConsumeOpts.LeaseFor or from the deadline Redis returned, read
 // against Redis's own TIME: local clock skew does not shorten leases.
 //
+// Acks are batched. A worker whose handler returned nil hands its lease
+// to that goroutine and is free at once; the acks waiting ride the next
+// take, in the same round trip and script call. Acks that no take will
+// carry soon (the queue is empty, takes fail, Consume is stopping, or the
+// take in flight has held them up for 5ms or a tenth of the lease) are
+// sent together at once, the next ones gathering while a batch is in
+// flight. An ack that had not reached Redis when the process died means
+// the message is delivered again once its lease runs out, as after any
+// crash before an ack.
+//
 // What the handler returns decides the message's fate:
 //
-//   - nil: acked.
+//   - nil: acked (see above); an ack that fails, because the lease ran
+//     out and the message went elsewhere, is reported like an error.
 //   - an error: nacked with ConsumeOpts.BackoffFunc's delay; on its last
 //     allowed delivery it goes to the dead set, reason "failed".
 //   - an error wrapping ErrSkipRetry (SkipRetry): dead set at once, reason
@@ -109,11 +120,13 @@ func DefaultBackoff(attempt int) time.Duration {
 // cancelled has its leases released untouched), lets running handlers
 // finish and settle for up to ConsumeOpts.StopTimeout, then cancels their
 // contexts, releases every lease whose handler has not returned (to the
-// head of the queue, not counted as an attempt) and returns nil: within
-// StopTimeout plus a quarter of a second and one round trip. A handler
-// that ignores its ctx goes on running, but its lease is gone and its
-// heartbeat stopped. Redis errors are ridden out with backoff, never
-// returned. Consume keeps one connection blocked while the queue is empty.
+// head of the queue, not counted as an attempt), sends every ack still
+// waiting, and returns nil: within StopTimeout plus a quarter of a second
+// and a round trip or two. A handler that ignores its ctx goes on
+// running, but its lease is gone and its heartbeat stopped. Redis errors
+// are ridden out with backoff, never returned. Consume keeps one
+// connection blocked while the queue is empty, and uses at most two more
+// at a time besides the heartbeats' (a take, a batch of acks).
 func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts *ConsumeOpts) error {
 	if err := ValidateQueue(queue); err != nil {
 		return err
