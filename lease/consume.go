@@ -169,7 +169,7 @@ func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts *Con
 			return fmt.Errorf("%w: ConsumeOpts.Middleware[%d] returned a nil handler", ErrInvalidArgument, i)
 		}
 	}
-	r := &consumeRun{c: c, queue: queue, h: h, o: o, jobs: map[*job]bool{}, events: make(chan endEvent, o.Workers)}
+	r := &consumeRun{c: c, queue: queue, h: h, o: o, jobs: map[*job]bool{}, events: make(chan endEvent, o.Workers), work: make(chan *job, o.Workers)}
 	if o.ErrorFunc == nil {
 		logger := c.cfg.Logger
 		if !c.logSet {
@@ -195,6 +195,9 @@ type consumeRun struct {
 	// events has room for one event per worker: a job's last act never
 	// waits, not even after Consume returned.
 	events chan endEvent
+	// work hands jobs to the worker goroutines; closed when Consume
+	// returns.
+	work chan *job
 }
 
 // job states
@@ -206,11 +209,23 @@ const (
 
 type job struct {
 	l        *Lease
+	hctx     context.Context // the handler's
 	state    atomic.Int32
 	cancel   context.CancelCauseFunc
-	beatStop chan struct{} // closed by whoever moves state off running
+	cancelT  context.CancelFunc // of ConsumeOpts.Timeout
+	beat     *time.Timer        // starts the heartbeat when the first extension is due
+	beatStop chan struct{}      // closed by whoever moves state off running
 	beatDone chan struct{}
 	lost     atomic.Pointer[error]
+}
+
+// stopHeartbeat stops j's heartbeat, and waits for an extension under way.
+func (j *job) stopHeartbeat() {
+	close(j.beatStop)
+	if j.beat.Stop() {
+		return // it never started
+	}
+	<-j.beatDone
 }
 
 var (
@@ -257,42 +272,51 @@ func (r *consumeRun) start(base, bg context.Context, l *Lease) {
 		handlerEnd = time.Now().Add(r.o.Timeout)
 		hctx, cancelT = context.WithTimeoutCause(hctx, r.o.Timeout, errHandlerTimeout)
 	}
-	j := &job{l: l, cancel: cancel, beatStop: make(chan struct{}), beatDone: make(chan struct{})}
+	j := &job{l: l, hctx: hctx, cancel: cancel, cancelT: cancelT, beatStop: make(chan struct{}), beatDone: make(chan struct{})}
 	r.jobs[j] = true
-	go r.heartbeat(bg, j, handlerEnd)
-	go func() {
-		// The handler runs in this goroutine; a panic or a
-		// runtime.Goexit in it becomes a *PanicError, and the job ends
-		// in the deferred call either way.
-		var err error
-		returned := false
-		defer func() {
-			if !returned {
-				v := recover()
-				pe := &PanicError{Value: v, Stack: debug.Stack()}
-				if v == nil {
-					// Since Go 1.21 panic(nil) recovers a
-					// *runtime.PanicNilError: nothing recovered means
-					// runtime.Goexit.
-					pe.Goexit = true
-				}
-				err = pe
-			}
-			cancelT()
-			cancel(nil)
-			r.finish(bg, j, err)
-		}()
-		err = r.h(hctx, l)
-		returned = true
+	r.startHeartbeat(bg, j, handlerEnd)
+	r.work <- j
+}
+
+// worker runs jobs until Consume has returned.
+func (r *consumeRun) worker(bg context.Context) {
+	for j := range r.work {
+		r.runJob(bg, j)
+	}
+}
+
+// runJob runs j's handler; a panic or a runtime.Goexit in it becomes a
+// *PanicError, and the job ends in the deferred call either way.
+func (r *consumeRun) runJob(bg context.Context, j *job) {
+	var err error
+	returned := false
+	defer func() {
+		goexit := false
+		if !returned {
+			v := recover()
+			// Since Go 1.21 panic(nil) recovers a *runtime.PanicNilError:
+			// nothing recovered means runtime.Goexit.
+			goexit = v == nil
+			err = &PanicError{Value: v, Goexit: goexit, Stack: debug.Stack()}
+		}
+		j.cancelT()
+		j.cancel(nil)
+		r.finish(bg, j, err)
+		if goexit {
+			// This goroutine ends once its deferred calls have run:
+			// another takes its place.
+			go r.worker(bg)
+		}
 	}()
+	err = r.h(j.hctx, j.l)
+	returned = true
 }
 
 // finish settles j after its handler returned err and tells the run loop.
 func (r *consumeRun) finish(bg context.Context, j *job, err error) {
 	ack := false
 	if j.state.CompareAndSwap(running, settling) {
-		close(j.beatStop)
-		<-j.beatDone
+		j.stopHeartbeat()
 		ack = r.settle(bg, j, err)
 	}
 	// else Consume gave up on this handler and released its lease.
@@ -313,8 +337,7 @@ func (r *consumeRun) abandon(bg context.Context, cancelAll context.CancelCauseFu
 	cancelAll(errStopping)
 	var release []*Lease
 	for _, j := range gone {
-		close(j.beatStop)
-		<-j.beatDone
+		j.stopHeartbeat()
 		if j.lost.Load() == nil && !j.l.settled.Load() {
 			release = append(release, j.l)
 		}
@@ -328,14 +351,9 @@ func (r *consumeRun) abandon(bg context.Context, cancelAll context.CancelCauseFu
 	}
 }
 
-// heartbeat extends j's lease while its handler runs, each time a third
-// of the last extension has passed since it was asked for, by the
-// monotonic clock: a wall clock that is off changes nothing. The lease's
-// length is ConsumeOpts.LeaseFor, or else what the deadline Redis returned
-// means by Redis's clock (see syncClock). With a handler
-// timeout, it extends no further than a third of a lease past it.
-func (r *consumeRun) heartbeat(bg context.Context, j *job, handlerEnd time.Time) {
-	defer close(j.beatDone)
+// startHeartbeat arranges j's heartbeat: nothing runs (no goroutine, one
+// timer) until the first extension is due.
+func (r *consumeRun) startHeartbeat(bg context.Context, j *job, handlerEnd time.Time) {
 	l := j.l
 	// Redis set the deadline after the take script was sent: measure from
 	// then.
@@ -348,15 +366,30 @@ func (r *consumeRun) heartbeat(bg context.Context, j *job, handlerEnd time.Time)
 			d = r.c.cfg.LeaseFor
 		}
 	}
+	j.beat = time.AfterFunc(max(d/3-time.Since(l.sent), 0), func() { r.heartbeat(bg, j, handlerEnd, d) })
+}
+
+// heartbeat extends j's lease while its handler runs, each time a third
+// of the last extension has passed since it was asked for, by the
+// monotonic clock: a wall clock that is off changes nothing. The lease's
+// length is ConsumeOpts.LeaseFor, or else what the deadline Redis returned
+// means by Redis's clock (see syncClock). With a handler
+// timeout, it extends no further than a third of a lease past it.
+func (r *consumeRun) heartbeat(bg context.Context, j *job, handlerEnd time.Time, d time.Duration) {
+	defer close(j.beatDone)
+	l := j.l
 	grace := d / 3
 	last := d
 	lastAt := l.sent // when the current deadline was asked for
 	var failedBefore bool
-	for {
+	for first := true; ; first = false {
 		wait := last/3 - time.Since(lastAt)
 		if failedBefore {
 			// Retry an outage a tenth of a lease apart, not in a spin.
 			wait = max(wait, last/10)
+		}
+		if first {
+			wait = 0 // startHeartbeat's timer has waited
 		}
 		t := time.NewTimer(max(wait, 0))
 		select {

@@ -45,7 +45,7 @@ type takeResult struct {
 	asked   int
 	ackErrs []error
 	err     error
-	synced  bool
+	synced  bool // asked: sync the clock first; answered: synced
 }
 
 type flushResult struct {
@@ -60,6 +60,10 @@ func (r *consumeRun) run(ctx context.Context) error {
 	base, cancelAll := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer cancelAll(errStopping)
 	bg := context.WithoutCancel(ctx)
+	defer close(r.work)
+	for range r.o.Workers {
+		go r.worker(bg)
+	}
 
 	leaseLen := cmpOr(r.o.LeaseFor, r.c.cfg.LeaseFor)
 	ackDelay := min(ackDelayMax, leaseLen/10)
@@ -89,6 +93,27 @@ func (r *consumeRun) run(ctx context.Context) error {
 		}
 	}
 	defer stopAckDue()
+	// One goroutine makes the takes, another the flushes: each keeps its
+	// stack from one call to the next.
+	takeReq := make(chan takeResult)
+	defer close(takeReq)
+	go func() {
+		for res := range takeReq {
+			if res.synced {
+				res.synced = r.syncClock(ctx)
+			}
+			res.taken, res.ackErrs, res.err = r.c.ackTake(bg, r.queue, res.done, res.asked, r.o.LeaseFor)
+			takeDone <- res
+		}
+	}()
+	flushReq := make(chan []*Lease)
+	defer close(flushReq)
+	go func() {
+		for done := range flushReq {
+			_, errs, err := r.c.ackTake(bg, r.queue, done, 0, 0)
+			flushDone <- flushResult{done: done, ackErrs: errs, err: err}
+		}
+	}()
 	for {
 		if !stopping && free > 0 && !taking && !idling && pause == nil {
 			done := cut(&pending, MaxBatch)
@@ -96,24 +121,14 @@ func (r *consumeRun) run(ctx context.Context) error {
 			n := free
 			sync := time.Since(lastSync) > time.Minute
 			taking = true
-			go func() {
-				res := takeResult{done: done, asked: n}
-				if sync {
-					res.synced = r.syncClock(ctx)
-				}
-				res.taken, res.ackErrs, res.err = r.c.ackTake(bg, r.queue, done, n, r.o.LeaseFor)
-				takeDone <- res
-			}()
+			takeReq <- takeResult{done: done, asked: n, synced: sync}
 		}
 		if len(pending) > 0 && !flushing {
 			if stopping || !taking || time.Since(oldest) >= ackDelay {
 				done := cut(&pending, MaxBatch)
 				stopAckDue()
 				flushing = true
-				go func() {
-					_, errs, err := r.c.ackTake(bg, r.queue, done, 0, 0)
-					flushDone <- flushResult{done: done, ackErrs: errs, err: err}
-				}()
+				flushReq <- done
 			} else if ackDue == nil {
 				ackDue = time.NewTimer(ackDelay - time.Since(oldest))
 			}
