@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
@@ -199,4 +200,37 @@ func TestConsumeAcksWhileWaiting(t *testing.T) {
 	cs.cancel()
 	b.push(t, q, "wake", nil)
 	cs.stop(t)
+}
+
+// TestConsumeWorkerAfterGoexit: runtime.Goexit ends the goroutine that ran
+// the handler; another takes its place, so a single worker goes on.
+func TestConsumeWorkerAfterGoexit(t *testing.T) {
+	t.Parallel()
+	b := setup(t, &Config{MaxDeliveries: 1})
+	const q = "goexitworker"
+	b.push(t, q, "exit", nil)
+	b.push(t, q, "exit", nil)
+	ok := b.push(t, q, "ok", nil)
+	handled := make(chan string, 1)
+	var errs errorLog
+	cs := startConsume(t, b.c, q, func(_ context.Context, l *Lease) error {
+		if string(l.Payload) == "exit" {
+			runtime.Goexit()
+		}
+		handled <- l.ID
+		return nil
+	}, &ConsumeOpts{Workers: 1, ErrorFunc: errs.add})
+	select {
+	case id := <-handled:
+		if id != ok {
+			t.Fatalf("handled %s, want %s", id, ok)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the message after two Goexits was not handled")
+	}
+	cs.stop(t)
+	st := checkInvariants(t, b.rdb, q)
+	if len(st.Dead) != 2 || len(st.InFlight)+len(st.Ready) != 0 || len(errs.list()) != 2 {
+		t.Fatalf("after stop: dead %v, in flight %v, ready %v, errors %v", st.Dead, st.InFlight, st.Ready, errs.list())
+	}
 }
