@@ -19,7 +19,8 @@ import (
 // from the take, one entry per lease as above (a refused ack: the error
 // Ack would return). Bad input (n out of range, leases of another queue
 // or from no Client, more than MaxBatch of them) returns an error wrapping
-// ErrInvalidArgument and changes nothing.
+// ErrInvalidArgument (ErrInvalidQueue for a bad queue name) and changes
+// nothing, not even the leases' settled marks.
 //
 // This version sends the ack and take scripts in one pipeline: one round
 // trip, two script runs.

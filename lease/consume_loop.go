@@ -10,10 +10,10 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Consume's run loop. One goroutine owns the state below; every call to
-// Redis runs in a goroutine of its own and reports back on a channel, so
-// the loop never waits for Redis and at most one call of each kind is in
-// flight:
+// Consume's run loop. One goroutine owns the state below; its calls to
+// Redis run in other goroutines (one for takes, one for flushes, one per
+// idle wait) that report back on channels, so the loop never waits for
+// Redis and at most one call of each kind is in flight:
 //
 //   - a take: ackTake of the acks waiting (the handlers that returned nil)
 //     and of as many new messages as there are free workers, in one round
