@@ -43,6 +43,7 @@ func (c *Client) ackTake(ctx context.Context, queue string, done []*Lease, n int
 		ackArgs = append(ackArgs, l.ID, l.Token)
 		l.settled.Store(true)
 	}
+	ackKeys = append(ackKeys, k.Counts) // ack.lua adds to the totals in its last key
 	tokens, ids := c.newTokens(n)
 	takeKeys := make([]string, 0, 8+n)
 	takeKeys = append(takeKeys, k.Ready, k.Claim, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs)
