@@ -177,7 +177,8 @@ func (c *Client) Known(ctx context.Context, queue string) (bool, error) {
 var ErrNotEmpty = errors.New("lease: queue not empty")
 
 // Forget removes an empty, running queue from the registry, so daemons
-// stop watching it; its keys are all gone already. A queue with messages
+// stop watching it; its keys are all gone already, but for its running
+// totals (Keys.Counts), which it deletes. A queue with messages
 // in any state, or paused, is refused with an error wrapping ErrNotEmpty
 // and the counts. A producer that pushes while Forget runs wins: the
 // queue is registered again and Forget reports ErrNotEmpty. A Client
@@ -208,6 +209,10 @@ func (c *Client) Forget(ctx context.Context, queue string) error {
 			return fmt.Errorf("lease: forget %s: register it again: %w (after %w)", queue, convertErr(rerr), err)
 		}
 		return err
+	}
+	// The running totals (Keys.Counts) are all that may be left.
+	if err := c.rdb.Del(ctx, KeysFor(queue).Counts).Err(); err != nil {
+		return fmt.Errorf("lease: forget %s: %w", queue, convertErr(err))
 	}
 	return nil
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -112,34 +114,152 @@ func (c *Client) TakeBatch(ctx context.Context, queue string, n int, opts *TakeO
 	}
 }
 
+// takeOnce leases up to n messages of queue, in one script call or, when
+// the queue seems to hold fewer than n, in a few that each ask only about
+// as many as they are likely to find (see takeAsk).
 func (c *Client) takeOnce(ctx context.Context, queue string, k Keys, n int, leaseFor time.Duration) (ls []*Lease, nextDelayed time.Time, paused bool, err error) {
+	est := c.estimate(queue)
+	ask := takeAsk(est, n)
+	for {
+		r, err := c.runTake(ctx, queue, k, ask, leaseFor, nil, ask < n-len(ls))
+		if err != nil {
+			if len(ls) > 0 {
+				// Hand over what the first calls leased; the error comes
+				// back on the next call if it persists.
+				return ls, time.Time{}, false, nil
+			}
+			return nil, time.Time{}, false, err
+		}
+		if len(ls) > 0 {
+			// A lease of the first calls that ran out was requeued and
+			// taken again: keep only the newer lease.
+			again := make(map[string]bool, len(r.leases))
+			for _, l := range r.leases {
+				again[l.ID] = true
+			}
+			ls = slices.DeleteFunc(ls, func(l *Lease) bool { return again[l.ID] })
+		}
+		ls = append(ls, r.leases...)
+		if len(r.leases) < ask || r.remaining == 0 || len(ls) == n {
+			est.Store(int64(noteFound(r, ask)))
+			return ls, r.nextDelayed, r.paused, nil
+		}
+		ask = int(min(int64(n-len(ls)), r.remaining))
+	}
+}
+
+// takeAsk is how many slots (tokens, ids and shadow keys) a take of up to n
+// sends: about twice what the last take of the queue found, so that a
+// large batch asked of a queue that holds a few messages costs what it
+// returns, not what it asks for. When all slots are filled the script
+// reports how many remain, and takeOnce asks again for those.
+func takeAsk(est *atomic.Int64, n int) int {
+	return int(min(int64(n), 2*est.Load()+1))
+}
+
+// noteFound is what a take run found on the queue: what it leased, plus
+// what it reported remaining when it filled every slot (or all of what
+// it asked when it did not ask for a report).
+func noteFound(r takeResult, ask int) int {
+	if len(r.leases) < ask {
+		return len(r.leases)
+	}
+	if r.remaining < 0 {
+		return MaxBatch
+	}
+	return min(len(r.leases)+int(r.remaining), MaxBatch)
+}
+
+// estimate is the per-queue count that takeAsk reads.
+func (c *Client) estimate(queue string) *atomic.Int64 {
+	if v, ok := c.found.Load(queue); ok {
+		return v.(*atomic.Int64)
+	}
+	// Until a take has looked, expect a full batch.
+	est := new(atomic.Int64)
+	est.Store(MaxBatch)
+	v, _ := c.found.LoadOrStore(queue, est)
+	return v.(*atomic.Int64)
+}
+
+// takeResult is one run of take.lua.
+type takeResult struct {
+	leases      []*Lease
+	nextDelayed time.Time
+	paused      bool
+	// remaining is the ready list's length after a run that filled every
+	// slot and was asked to report it; -1 when not asked, 0 when a slot
+	// stayed empty.
+	remaining int64
+	acks      []int64 // one status per lease acked first
+}
+
+// runTake runs take.lua once: it acks acks (leases of queue), then leases
+// up to n messages; with report, a run that fills every slot also says how
+// many remain.
+func (c *Client) runTake(ctx context.Context, queue string, k Keys, n int, leaseFor time.Duration, acks []*Lease, report bool) (takeResult, error) {
 	tokens, ids := c.newTokens(n)
-	keys := make([]string, 0, 8+n)
-	keys = append(keys, k.Ready, k.Claim, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs)
-	args := make([]any, 0, 6+2*n)
-	args = append(args, n, ms(leaseFor), ms(c.cfg.LeaseFor), max(c.cfg.MaxDeliveries, 0), WakeChannel, queue)
+	keys := make([]string, 0, 9+n+len(acks))
+	keys = append(keys, k.Ready, k.Claim, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs, k.Paused, k.Counts)
+	rep := 0
+	if report {
+		rep = 1
+	}
+	args := make([]any, 0, 9+2*n+2*len(acks))
+	args = append(args, n, ms(leaseFor), ms(c.cfg.LeaseFor), max(c.cfg.MaxDeliveries, 0), WakeChannel, queue, c.cfg.MaxPayload, len(acks), rep)
 	for i := range n {
 		keys = append(keys, LeaseKey(queue, tokens[i]))
 		args = append(args, tokens[i], ids[i])
 	}
+	for _, l := range acks {
+		keys = append(keys, LeaseKey(queue, l.Token))
+		args = append(args, l.ID, l.Token)
+	}
 	sent := time.Now()
-	keys = append(keys, k.Paused)
-	args = append(args, c.cfg.MaxPayload)
 	res, err := takeScript.Run(ctx, c.rdb, keys, args...).Slice()
 	if err != nil {
-		return nil, time.Time{}, false, fmt.Errorf("lease: take from %s: %w", queue, convertErr(err))
+		return takeResult{}, fmt.Errorf("lease: take from %s: %w", queue, convertErr(err))
 	}
-	ls, next, bad, err := c.parseTakeReply(queue, res)
+	r, bad, err := c.parseRun(queue, res, len(acks))
 	if err != nil {
-		return nil, time.Time{}, false, fmt.Errorf("lease: take from %s: %w", queue, err)
+		return takeResult{}, fmt.Errorf("lease: take from %s: %w", queue, err)
 	}
-	for _, l := range ls {
+	for _, l := range r.leases {
 		l.sent = sent
 	}
 	if bad > 0 {
 		c.cfg.Logger.WarnContext(ctx, "dead-lettered malformed or oversized messages", "queue", queue, "num_malformed", bad)
 	}
-	return ls, next, res[1] == int64(-2), nil
+	if !report {
+		r.remaining = -1
+	}
+	return r, nil
+}
+
+// parseRun decodes take.lua's reply for a run that acked a leases: a header
+// of four integers (count, next delayed, malformed, remaining), a ack
+// statuses, then the leases.
+func (c *Client) parseRun(queue string, res []any, a int) (r takeResult, bad int, err error) {
+	if len(res) < 4+a {
+		return r, 0, fmt.Errorf("%w: take reply has %d fields", ErrMalformed, len(res))
+	}
+	rem, ok := res[3].(int64)
+	if !ok || rem < 0 {
+		return r, 0, fmt.Errorf("%w: take reply remaining %v", ErrMalformed, res[3])
+	}
+	r.remaining = rem
+	r.acks = make([]int64, a)
+	for i := range a {
+		st, ok := res[4+i].(int64)
+		if !ok || st < -1 || st > 1 {
+			return r, 0, fmt.Errorf("%w: take reply ack status %v", ErrMalformed, res[4+i])
+		}
+		r.acks[i] = st
+	}
+	body := append(res[:3:3], res[4+a:]...)
+	r.leases, r.nextDelayed, bad, err = c.parseTakeReply(queue, body)
+	r.paused = err == nil && body[1] == int64(-2)
+	return r, bad, err
 }
 
 // parseTakeReply decodes take.lua's reply.

@@ -531,21 +531,20 @@ func TestTakeResent(t *testing.T) {
 		}
 	}
 	tokens, ids := b.c.newTokens(3)
-	keys := []string{k.Ready, k.Claim, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs}
-	args := []any{3, 0, 60000, 10, WakeChannel, q}
+	keys := []string{k.Ready, k.Claim, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs, k.Paused, k.Counts}
+	args := []any{3, 0, 60000, 10, WakeChannel, q, MaxPayloadDefault, 0, 0}
 	for i := range 3 {
 		keys = append(keys, LeaseKey(q, tokens[i]))
 		args = append(args, tokens[i], ids[i])
 	}
-	keys = append(keys, k.Paused)
-	args = append(args, MaxPayloadDefault)
 	var runs [2][]*Lease
 	for r := range runs {
 		res, err := takeScript.Run(ctx, b.rdb, keys, args...).Slice()
 		if err != nil {
 			t.Fatal(err)
 		}
-		ls, _, bad, err := b.c.parseTakeReply(q, res)
+		run, bad, err := b.c.parseRun(q, res, 0)
+		ls := run.leases
 		if err != nil || bad != 0 || len(ls) != 3 {
 			t.Fatalf("run %d: take = %d leases, %d malformed, %v", r, len(ls), bad, err)
 		}

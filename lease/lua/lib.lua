@@ -194,3 +194,42 @@ local function release(k_leases, k_deadlines, k_shadow, k_dead, k_deadmsgs, id, 
   end
   return m
 end
+
+-- ack_refused checks the commands ack_leases runs after its first write
+-- (HDEL).
+local function ack_refused(k_deadlines, k_counts, k_shadow)
+  return refused('ZREM', k_deadlines) or refused('DEL', k_shadow) or refused('HINCRBY', k_counts)
+end
+
+-- ack_leases ends the leases ids[i]/tokens[i] (shadow keys KEYS[sk + i])
+-- for good and returns one status per lease: 1 acked, 0 not held, -1 stale
+-- token. It adds the number acked to the field "acked" of k_counts.
+-- The lease record is the one proof of a token: the shadow key does not
+-- name the message (an id passed with another lease's token must not end
+-- that lease), and data written by others may outlive a lease.
+local function ack_leases(k_leases, k_deadlines, k_counts, ids, tokens, sk)
+  local recs = redis.call('HMGET', k_leases, unpack(ids))
+  local out, done, shadows, acked = {}, {}, {}, {}
+  for i = 1, #ids do
+    local token, rec = tokens[i], recs[i]
+    if not rec then
+      out[i] = 0
+    elseif string.sub(rec, 1, #token + 1) ~= token .. '|' then
+      out[i] = -1
+    else
+      out[i] = 1
+      if not acked[ids[i]] then -- the same lease twice counts once
+        acked[ids[i]] = true
+        done[#done + 1] = ids[i]
+        shadows[#shadows + 1] = KEYS[sk + i]
+      end
+    end
+  end
+  if #done > 0 then
+    redis.call('HDEL', k_leases, unpack(done))
+    redis.call('ZREM', k_deadlines, unpack(done))
+    redis.call('DEL', unpack(shadows))
+    redis.call('HINCRBY', k_counts, 'acked', #done)
+  end
+  return out
+end

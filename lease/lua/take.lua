@@ -1,4 +1,4 @@
--- take.lua: lease up to n messages of one queue.
+-- take.lua: ack up to a leases, then lease up to n messages of one queue.
 -- KEYS[1] ackd:{q}:ready      LIST  envelopes or raw payloads, taken from the left
 -- KEYS[2] ackd:{q}:claim      LIST  elements a blocked consumer moved off ready (BLMOVE); taken first
 -- KEYS[3] ackd:{q}:leases     HASH  id -> lease record
@@ -6,75 +6,125 @@
 -- KEYS[5] ackd:{q}:delayed    ZSET  envelope scored by due time (ms)
 -- KEYS[6] ackd:{q}:dead       ZSET  id scored by time dead-lettered (ms)
 -- KEYS[7] ackd:{q}:deadmsgs   HASH  id -> dead record
--- KEYS[7+i] ackd:{q}:lease:<token_i>  shadow key of the i-th lease (i = 1..n)
--- KEYS[8+n] ackd:{q}:paused     STRING  exists while the queue is paused
--- ARGV[1] n
+-- KEYS[8] ackd:{q}:paused     STRING  exists while the queue is paused
+-- KEYS[9] ackd:{q}:counts     HASH  field "acked" grows by the number acked
+-- KEYS[9+i] ackd:{q}:lease:<token_i>  shadow key of the i-th new lease (i = 1..n)
+-- KEYS[9+n+j] ackd:{q}:lease:<ack token_j>  shadow key of the j-th lease to ack (j = 1..a)
+-- ARGV[1] n (0..1000)
 -- ARGV[2] lease ms for this take, 0 to use the message's own or the default
 -- ARGV[3] default lease ms (messages that carry none, raw payloads)
 -- ARGV[4] default max deliveries for raw payloads (0 = unlimited)
 -- ARGV[5] wake channel
 -- ARGV[6] queue name
--- ARGV[5+2i] token_i, ARGV[6+2i] id_i (the id a raw payload in slot i gets)
--- ARGV[7+2n] max payload bytes: a larger element is dead-lettered as
---            oversized, before it is parsed or copied (absent: no limit)
+-- ARGV[7] max payload bytes: a larger element is dead-lettered as
+--         oversized, before it is parsed or copied
+-- ARGV[8] a, the number of leases to ack first (0..1000)
+-- ARGV[9] 1 to report how many remain on the ready list when all n slots
+--         were filled, else 0
+-- ARGV[8+2i] token_i, ARGV[9+2i] id_i (the id a raw payload in slot i gets)
+-- ARGV[8+2n+2j] ack id_j, ARGV[9+2n+2j] ack token_j
 -- A resent call (same tokens) returns what the first run leased.
--- A paused queue leases nothing and moves nothing: returns {0, -2, 0}.
--- returns {count, next_delayed_ms or -1, malformed or oversized,
+-- A paused queue leases nothing and moves nothing (acks still happen):
+-- next_delayed_ms is then -2.
+-- returns {count, next_delayed_ms or -1 or -2, malformed or oversized,
+--          remaining (ARGV[9] = 1 and count = n: the ready list's length; else 0),
+--          then a ack statuses (1 acked, 0 not held, -1 stale token),
 --          then per lease: id, token, attempt, deadline_ms, max, payload}
 local n = tonumber(ARGV[1])
 local override = tonumber(ARGV[2])
 local deflease = tonumber(ARGV[3])
 local defmax = tonumber(ARGV[4])
-local maxp = tonumber(ARGV[7 + 2 * n]) or math.huge
-local out = {0, -1, 0}
+local maxp = tonumber(ARGV[7])
+local a = tonumber(ARGV[8])
+if not (n and a and maxp and #KEYS == 9 + n + a and #ARGV == 9 + 2 * n + 2 * a) then
+  return redis.error_reply('ERR take: want 9+n+a keys and 9+2n+2a arguments (see docs/PROTOCOL.md)')
+end
+local out = {0, -1, 0, 0}
 
--- A client that lost the reply resends the same call (go-redis retries by
--- default), with the same tokens. Its first slot's shadow key then exists
--- (tokens are random: nothing else creates it), so answer with what the
--- first run leased instead of leasing more: take is idempotent.
-if redis.call('EXISTS', KEYS[8]) == 1 then
+-- Reads first: nothing below needs asking about before the first write.
+-- One EXISTS answers the common case: no resent call, not paused, nothing
+-- delayed.
+local resent, paused, delayed = false, false, false
+if n > 0 then
+  local e = redis.call('EXISTS', KEYS[10], KEYS[8], KEYS[5])
+  if e > 0 then
+    local e2 = redis.call('EXISTS', KEYS[10], KEYS[8])
+    delayed = e > e2
+    if e2 > 0 then
+      -- A client that lost the reply resends the same call (go-redis
+      -- retries by default), with the same tokens. Its first slot's shadow
+      -- key then exists (tokens are random: nothing else creates it), so
+      -- answer with what the first run leased: take is idempotent.
+      resent = redis.call('EXISTS', KEYS[10]) == 1
+      paused = not resent
+    end
+  end
+end
+local take = n > 0 and not resent and not paused
+local before, now
+if take then
+  before = first_score(KEYS[4])
+  now = now_ms()
+end
+
+-- Redis has checked every declared key before the script ran, so each
+-- command is asked about once, for any key. The acks' HDEL is the first
+-- write; without acks, promote's RPUSH or LMPOP is. (HMGET runs before
+-- any write.)
+local denied = (a > 0 and ack_refused(KEYS[4], KEYS[9], KEYS[10 + n])) or
+  (take and (refused('HSETNX', KEYS[3]) or refused('SET', KEYS[10]) or refused('ZADD', KEYS[4]) or
+    refused('PUBLISH', ARGV[5]) or refused('HEXISTS', KEYS[7]) or refused('HLEN', KEYS[7]) or
+    refused('HSET', KEYS[7]) or
+    ((a > 0 or delayed) and refused('LMPOP', '1', KEYS[1], 'LEFT')) or
+    (delayed and (refused('ZREM', KEYS[5]) or
+      (a > 0 and (refused('RPUSH', KEYS[1]) or refused('ZRANGEBYSCORE', KEYS[5]))))) or
+    (ARGV[9] == '1' and refused('LLEN', KEYS[1])))) or
+  (resent and a > 0 and (refused('GET', KEYS[10]) or refused('HGET', KEYS[3]) or refused('ZSCORE', KEYS[4])))
+if denied then return denied end
+
+if a > 0 then
+  local ids, tokens = {}, {}
+  for j = 1, a do ids[j], tokens[j] = ARGV[8 + 2 * n + 2 * j], ARGV[9 + 2 * n + 2 * j] end
+  local st = ack_leases(KEYS[3], KEYS[4], KEYS[9], ids, tokens, 9 + n)
+  for j = 1, a do out[4 + j] = st[j] end
+end
+
+local function lease_out(id, token, attempts, deadline, max, payload)
+  local o = #out
+  out[o + 1] = id
+  out[o + 2] = token
+  out[o + 3] = attempts
+  out[o + 4] = deadline
+  out[o + 5] = max
+  out[o + 6] = payload
+end
+
+if resent then
   local j = 0
   for i = 1, n do
-    local id = redis.call('GET', KEYS[7 + i])
+    local id = redis.call('GET', KEYS[9 + i])
     if not id then break end
     local rec = redis.call('HGET', KEYS[3], id)
     local dl = redis.call('ZSCORE', KEYS[4], id)
     local tok, envs = nil, nil
     if rec then tok, envs = parse_rec(rec) end
     local m = envs and parse_env(envs)
-    if m and dl and tok == ARGV[5 + 2 * i] then
+    if m and dl and tok == ARGV[8 + 2 * i] then
       j = j + 1
-      local o = #out
-      out[o + 1] = m.id
-      out[o + 2] = tok
-      out[o + 3] = m.attempts
-      out[o + 4] = tonumber(dl)
-      out[o + 5] = m.max
-      out[o + 6] = m.payload
+      lease_out(m.id, tok, m.attempts, tonumber(dl), m.max, m.payload)
     end
   end
   out[1] = j
   return out
 end
-
-if not KEYS[8 + n] then return redis.error_reply('ERR take: KEYS[8+n] must be ackd:{q}:paused') end
-if redis.call('EXISTS', KEYS[8 + n]) == 1 then
+if paused then
   out[2] = -2
   return out
 end
+if not take then return out end
 
-local before = first_score(KEYS[4])
--- Redis has checked every declared key, so each command is asked about
--- once. Promote (RPUSH, then ZREM) is complete for every message it moves:
--- a refused LMPOP after it changes nothing more, so LMPOP is not asked.
-local denied = refused('ZREM', KEYS[5]) or refused('ZRANGE', KEYS[5]) or
-  refused('HSETNX', KEYS[3]) or refused('ZADD', KEYS[4]) or refused('SET', KEYS[8]) or
-  refused('PUBLISH', ARGV[5]) or refused('HEXISTS', KEYS[7]) or refused('HLEN', KEYS[7]) or
-  refused('HSET', KEYS[7])
-if denied then return denied end
-
-local now = now_ms()
-promote(KEYS[5], KEYS[1], now, 100)
+-- Only when something is delayed: move up to 100 due ones to ready.
+if delayed then promote(KEYS[5], KEYS[1], now, 100) end
 
 local earliest = nil
 local zadd = {}
@@ -86,7 +136,7 @@ while j < n and bad < 100 do
   local elems = popped[2]
   for x = 1, #elems do
     local e = elems[x]
-    local token, rawid = ARGV[5 + 2 * (j + 1)], ARGV[6 + 2 * (j + 1)]
+    local token, rawid = ARGV[8 + 2 * (j + 1)], ARGV[9 + 2 * (j + 1)]
     local m
     local env = string.sub(e, 1, MARKLEN) == MARK
     -- Size first: an element far over the limit is never parsed or copied
@@ -118,19 +168,13 @@ while j < n and bad < 100 do
         if ms <= 0 then ms = m.lease end
         if ms <= 0 then ms = deflease end
         -- a foreign envelope may ask for more than ackd allows: a week at most
-        if ms > 604800000 then ms = 604800000 end
+        if ms > MAX_MS then ms = MAX_MS end
         local deadline = now + ms
         zadd[#zadd + 1] = deadline
         zadd[#zadd + 1] = m.id
-        redis.call('SET', KEYS[7 + j], m.id, 'PXAT', deadline)
+        redis.call('SET', KEYS[9 + j], m.id, 'PXAT', deadline)
         if earliest == nil or deadline < earliest then earliest = deadline end
-        local o = #out
-        out[o + 1] = m.id
-        out[o + 2] = token
-        out[o + 3] = m.attempts
-        out[o + 4] = deadline
-        out[o + 5] = m.max
-        out[o + 6] = m.payload
+        lease_out(m.id, token, m.attempts, deadline, m.max, m.payload)
       end
     end
   end
@@ -141,6 +185,7 @@ out[3] = bad
 if earliest then
   wake(ARGV[5], ARGV[6], 'lease', before, earliest)
 elseif j == 0 then
-  out[2] = first_score(KEYS[5]) or -1
+  out[2] = delayed and first_score(KEYS[5]) or -1
 end
+if j == n and ARGV[9] == '1' then out[4] = redis.call('LLEN', KEYS[1]) end
 return out

@@ -1,0 +1,64 @@
+package lease
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// ackTake acks done (leases of queue; may be empty) and then takes up to n
+// (0..MaxBatch) new leases of queue, in one script run and one round trip.
+// ackErrs[i] is nil, or wraps ErrNotHeld or ErrStale exactly as Ack would
+// return for done[i]. A paused queue returns no leases but still acks. It
+// never blocks.
+func (c *Client) ackTake(ctx context.Context, queue string, done []*Lease, n int, leaseFor time.Duration) (taken []*Lease, ackErrs []error, err error) {
+	if err := ValidateQueue(queue); err != nil {
+		return nil, nil, err
+	}
+	if n < 0 || n > MaxBatch {
+		return nil, nil, fmt.Errorf("%w: take of %d messages: must be 0 to %d", ErrInvalidArgument, n, MaxBatch)
+	}
+	if len(done) > MaxBatch {
+		return nil, nil, fmt.Errorf("%w: ack of %d leases: at most %d", ErrInvalidArgument, len(done), MaxBatch)
+	}
+	if err := sameQueue("ack", queue, done); err != nil {
+		return nil, nil, err
+	}
+	if leaseFor != 0 {
+		if err := checkDuration("lease duration", leaseFor); err != nil {
+			return nil, nil, err
+		}
+	}
+	if len(done) == 0 && n == 0 {
+		return nil, nil, nil
+	}
+	if n > 0 {
+		if err := c.register(ctx, queue); err != nil {
+			return nil, nil, err
+		}
+	}
+	for _, l := range done {
+		l.settled.Store(true)
+	}
+	// One run: ask for what the queue is likely to hold (takeAsk), and let
+	// the script say what it holds, for the next call.
+	est := c.estimate(queue)
+	ask := n
+	if n > 0 {
+		ask = takeAsk(est, n)
+	}
+	r, err := c.runTake(ctx, queue, KeysFor(queue), ask, leaseFor, done, ask < n)
+	if err != nil {
+		return nil, nil, err
+	}
+	if ask > 0 && !r.paused {
+		est.Store(int64(noteFound(r, ask)))
+	}
+	ackErrs = make([]error, len(done))
+	for i, code := range r.acks {
+		if code != 1 {
+			ackErrs[i] = done[i].statusErr("ack", code)
+		}
+	}
+	return r.leases, ackErrs, nil
+}
