@@ -42,6 +42,27 @@ local function parse_env(s)
            expiries = e, failures = f, payload = string.sub(s, pos) }
 end
 
+-- take_env reads what take needs of an envelope (the caller has checked
+-- its mark), accepting exactly what parse_env accepts, for a fraction of
+-- the cost: every library call and every number printed costs about as
+-- much as a cheap Redis command. Returns id, attempts and max as numbers,
+-- lease_ms as a string, the position of the attempts field, of the max
+-- field and of the payload; nil when malformed. The fields after attempts
+-- stay as they are: take copies them from the element, not printed again.
+local function take_env(s)
+  local id, pa, a, pm, m, l, e, f, pp = string.match(s,
+    '^([%w%-%.]+)|()(%d+)|()(%d+)|(%d+)|(%d+)|(%d+)|()', MARKLEN + 1)
+  if not id or #id > 64 then return nil end
+  -- canonical decimals of at most 14 digits (see num): a digit string of
+  -- two or more that sorts below "1" has a leading zero
+  if #a > 14 or #m > 14 or #l > 14 or #e > 14 or #f > 14 or
+    (#a > 1 and a < '1') or (#m > 1 and m < '1') or (#l > 1 and l < '1') or
+    (#e > 1 and e < '1') or (#f > 1 and f < '1') then
+    return nil
+  end
+  return id, tonumber(a), tonumber(m), l, pa, pm, pp
+end
+
 -- build_env prints m as an envelope, after prefix if one is given (a lease
 -- record's "token|"), in one concatenation: Lua hashes every byte of every
 -- string it makes, so each extra payload-sized string costs.

@@ -33,11 +33,11 @@
 local n = tonumber(ARGV[1])
 local override = tonumber(ARGV[2])
 local deflease = tonumber(ARGV[3])
-local defmax = tonumber(ARGV[4])
+local defmax = num(ARGV[4]) -- copied into raw payloads' records as it is
 local maxp = tonumber(ARGV[7])
 local a = tonumber(ARGV[8])
-if not (n and a and maxp and #KEYS == 9 + n + a and #ARGV == 9 + 2 * n + 2 * a) then
-  return redis.error_reply('ERR take: want 9+n+a keys and 9+2n+2a arguments (see docs/PROTOCOL.md)')
+if not (n and a and maxp and defmax and #KEYS == 9 + n + a and #ARGV == 9 + 2 * n + 2 * a) then
+  return redis.error_reply('ERR take: want 9+n+a keys and 9+2n+2a arguments, ARGV[4] a canonical decimal (see docs/PROTOCOL.md)')
 end
 local out = {0, -1, 0, 0}
 
@@ -63,7 +63,10 @@ end
 local take = n > 0 and not resent and not paused
 local before, now
 if take then
-  before = first_score(KEYS[4])
+  -- the earliest deadline, for wake (a foreign -inf or +inf compares as
+  -- first_score's clamped value would)
+  local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+  before = first[2] and tonumber(first[2])
   now = now_ms()
 end
 
@@ -137,45 +140,49 @@ while j < n and bad < 100 do
   for x = 1, #elems do
     local e = elems[x]
     local token, rawid = ARGV[8 + 2 * (j + 1)], ARGV[9 + 2 * (j + 1)]
-    local m
+    local id, attempts, max, lms, rec, payload
     local env = string.sub(e, 1, MARKLEN) == MARK
     -- Size first: an element far over the limit is never parsed or copied
     -- but into its dead record.
     local over = #e > maxp and (not env or #e > maxp + ENV_HEAD)
     if env and not over then
-      m = parse_env(e)
-      over = m and #m.payload > maxp
+      local pa, pm, pp
+      id, attempts, max, lms, pa, pm, pp = take_env(e)
+      if id then
+        over = #e - pp + 1 > maxp
+        attempts = attempts + 1
+        -- the record: the element with attempts + 1, behind the token
+        rec = token .. '|' .. string.sub(e, 1, pa - 1) .. attempts .. '|' .. string.sub(e, pm)
+        payload = string.sub(e, pp)
+      end
     elseif not env and not over then
-      m = { id = rawid, attempts = 0, max = defmax, lease = 0, expiries = 0, failures = 0, payload = e }
+      id, attempts, max, payload = rawid, 1, defmax, e
+      rec = token .. '|' .. MARK .. rawid .. '|1|' .. ARGV[4] .. '|0|0|0|' .. e
     end
     if over then
       bad = bad + 1
-      local id = env and string.match(string.sub(e, MARKLEN + 1, MARKLEN + 65), '^([%w%-%.]+)|')
-      dead_letter(KEYS[6], KEYS[7], id or rawid .. '.o' .. bad, 'oversized', now, e)
-    elseif not m then
+      local oid = env and string.match(string.sub(e, MARKLEN + 1, MARKLEN + 65), '^([%w%-%.]+)|')
+      dead_letter(KEYS[6], KEYS[7], oid or rawid .. '.o' .. bad, 'oversized', now, e)
+    elseif not id then
       bad = bad + 1
       dead_letter(KEYS[6], KEYS[7], rawid .. '.m' .. bad, 'malformed', now, e)
+    elseif redis.call('HSETNX', KEYS[3], id, rec) == 0 then
+      -- an id already in flight: a second copy pushed by someone else
+      bad = bad + 1
+      dead_letter(KEYS[6], KEYS[7], id, 'malformed', now, e)
     else
-      m.attempts = m.attempts + 1
-      local rec = build_env(m, token .. '|')
-      if redis.call('HSETNX', KEYS[3], m.id, rec) == 0 then
-        -- an id already in flight: a second copy pushed by someone else
-        bad = bad + 1
-        dead_letter(KEYS[6], KEYS[7], m.id, 'malformed', now, e)
-      else
-        j = j + 1
-        local ms = override
-        if ms <= 0 then ms = m.lease end
-        if ms <= 0 then ms = deflease end
-        -- a foreign envelope may ask for more than ackd allows: a week at most
-        if ms > MAX_MS then ms = MAX_MS end
-        local deadline = now + ms
-        zadd[#zadd + 1] = deadline
-        zadd[#zadd + 1] = m.id
-        redis.call('SET', KEYS[9 + j], m.id, 'PXAT', deadline)
-        if earliest == nil or deadline < earliest then earliest = deadline end
-        lease_out(m.id, token, m.attempts, deadline, m.max, m.payload)
-      end
+      j = j + 1
+      local ms = override
+      if ms <= 0 and lms then ms = tonumber(lms) end
+      if ms <= 0 then ms = deflease end
+      -- a foreign envelope may ask for more than ackd allows: a week at most
+      if ms > MAX_MS then ms = MAX_MS end
+      local deadline = now + ms
+      zadd[#zadd + 1] = deadline
+      zadd[#zadd + 1] = id
+      redis.call('SET', KEYS[9 + j], id, 'PXAT', deadline)
+      if earliest == nil or deadline < earliest then earliest = deadline end
+      lease_out(id, token, attempts, deadline, max, payload)
     end
   end
 end
