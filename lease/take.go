@@ -75,11 +75,23 @@ func (c *Client) TakeBatch(ctx context.Context, queue string, n int, opts *TakeO
 	if o.Wait > 0 {
 		deadline = time.Now().Add(o.Wait)
 	}
+	// block is how long the next take first waits in BLMOVE, in the same
+	// round trip (see blockAndTake); 0 for a plain take. After an empty
+	// take of the queue, a blocking take goes straight to the wait.
+	var block time.Duration
+	pipelined := c.rdb.pipelineBlock > 0
+	if o.Wait > 0 && pipelined && c.estimate(queue).Load() == 0 {
+		block = c.blockFor(o.Wait, time.Time{})
+	}
 	for {
-		ls, nextDelayed, paused, err := c.takeOnce(ctx, queue, k, n, o.LeaseFor)
+		ls, nextDelayed, paused, err := c.takeOnce(ctx, queue, k, n, o.LeaseFor, block)
 		if err != nil || len(ls) > 0 || o.Wait == 0 {
 			return ls, err
 		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		block = 0
 		wait := time.Until(deadline)
 		if wait <= 0 {
 			return nil, nil
@@ -92,19 +104,15 @@ func (c *Client) TakeBatch(ctx context.Context, queue string, n int, opts *TakeO
 			}
 			continue
 		}
-		wait = min(wait, blockChunk)
-		if !nextDelayed.IsZero() {
-			// A delayed message becomes due before then: look again at
-			// that moment (+1ms, Redis time is at ms resolution).
-			wait = min(wait, max(time.Until(nextDelayed)+time.Millisecond, time.Millisecond))
+		wait = c.blockFor(wait, nextDelayed)
+		if pipelined {
+			block = wait
+			continue
 		}
-		// BLMOVE's timeout is in seconds with ms resolution, and 0 would
-		// mean forever.
-		wait = max(wait, time.Millisecond)
 		// Block until a producer pushes. BLMOVE parks the element on the
 		// claim list, which the next take (ours or anyone's) drains first,
 		// so nothing is lost if this consumer dies right here.
-		err = c.rdb.block(ctx, "blmove", k.Ready, k.Claim, "LEFT", "RIGHT", strconv.FormatFloat(wait.Seconds(), 'f', 3, 64)).Err()
+		err = c.rdb.block(ctx, "blmove", k.Ready, k.Claim, "LEFT", "RIGHT", blockSeconds(wait)).Err()
 		if err != nil && !errors.Is(err, redis.Nil) {
 			return nil, fmt.Errorf("lease: take from %s: wait: %w", queue, convertErr(err))
 		}
@@ -114,14 +122,40 @@ func (c *Client) TakeBatch(ctx context.Context, queue string, n int, opts *TakeO
 	}
 }
 
+// blockFor bounds one BLMOVE of a wait of up to wait: blockChunk (and,
+// pipelined, half the blocking client's read timeout), and no later than
+// just after nextDelayed, when a delayed message becomes due (Redis time
+// is at ms resolution).
+func (c *Client) blockFor(wait time.Duration, nextDelayed time.Time) time.Duration {
+	wait = min(wait, blockChunk)
+	if c.rdb.pipelineBlock > 0 {
+		wait = min(wait, c.rdb.pipelineBlock)
+	}
+	if !nextDelayed.IsZero() {
+		wait = min(wait, max(time.Until(nextDelayed)+time.Millisecond, time.Millisecond))
+	}
+	// BLMOVE's timeout is in seconds with ms resolution, and 0 would mean
+	// forever.
+	return max(wait, time.Millisecond)
+}
+
 // takeOnce leases up to n messages of queue, in one script call or, when
 // the queue seems to hold fewer than n, in a few that each ask only about
 // as many as they are likely to find (see takeAsk).
-func (c *Client) takeOnce(ctx context.Context, queue string, k Keys, n int, leaseFor time.Duration) (ls []*Lease, nextDelayed time.Time, paused bool, err error) {
+//
+// With block > 0 the first call waits in BLMOVE for up to block first, in
+// the same round trip (blockAndTake).
+func (c *Client) takeOnce(ctx context.Context, queue string, k Keys, n int, leaseFor, block time.Duration) (ls []*Lease, nextDelayed time.Time, paused bool, err error) {
 	est := c.estimate(queue)
 	ask := takeAsk(est, n)
 	for {
-		r, err := c.runTake(ctx, queue, k, ask, leaseFor, nil, ask < n-len(ls))
+		var r takeResult
+		if block > 0 {
+			r, err = c.blockAndTake(ctx, queue, k, ask, leaseFor, block, ask < n)
+			block = 0
+		} else {
+			r, err = c.runTake(ctx, queue, k, ask, leaseFor, nil, ask < n-len(ls))
+		}
 		if err != nil {
 			if len(ls) > 0 {
 				// Hand over what the first calls leased; the error comes
@@ -141,7 +175,9 @@ func (c *Client) takeOnce(ctx context.Context, queue string, k Keys, n int, leas
 		}
 		ls = append(ls, r.leases...)
 		if len(r.leases) < ask || r.remaining == 0 || len(ls) == n {
-			est.Store(int64(noteFound(r, ask)))
+			if !r.paused {
+				est.Store(int64(noteFound(r, ask)))
+			}
 			return ls, r.nextDelayed, r.paused, nil
 		}
 		ask = int(min(int64(n-len(ls)), r.remaining))
@@ -198,14 +234,65 @@ type takeResult struct {
 // up to n messages; with report, a run that fills every slot also says how
 // many remain.
 func (c *Client) runTake(ctx context.Context, queue string, k Keys, n int, leaseFor time.Duration, acks []*Lease, report bool) (takeResult, error) {
+	keys, args := c.takeArgs(queue, k, n, leaseFor, acks, report)
+	sent := time.Now()
+	res, err := takeScript.Run(ctx, c.rdb, keys, args...).Slice()
+	return c.takeReply(ctx, queue, res, err, sent, len(acks), report)
+}
+
+// blockAndTake sends BLMOVE ready -> claim (waiting up to block) and a
+// take of up to n in one pipeline on the blocking client: Redis holds the
+// take until BLMOVE returns, then runs it at once, so a pushed message
+// reaches a waiting consumer in one round trip. go-redis reads a
+// pipeline's replies with the client's read timeout, which blockFor keeps
+// block well below. A take Redis refused without running it (NOSCRIPT, a
+// Cluster redirect, a failover) runs again the usual way; the element
+// BLMOVE parked is on the claim list, which takes drain first.
+func (c *Client) blockAndTake(ctx context.Context, queue string, k Keys, n int, leaseFor, block time.Duration, report bool) (takeResult, error) {
+	keys, args := c.takeArgs(queue, k, n, leaseFor, nil, report)
+	pipe := c.rdb.blocking.Pipeline()
+	mv := pipe.Do(ctx, "blmove", k.Ready, k.Claim, "LEFT", "RIGHT", blockSeconds(block))
+	run := pipe.EvalSha(ctx, takeScript.Hash(), keys, args...)
+	sent := time.Now()
+	_, _ = pipe.Exec(ctx) // errors are on the commands
+	err := run.Err()
+	if err != nil && (redis.HasErrorPrefix(err, "NOSCRIPT") || refused(err, c.rdb.redialable)) {
+		// Same tokens: should the first run have happened after all, this
+		// one answers with its leases.
+		sent = time.Now()
+		res, err := takeScript.Run(ctx, c.rdb, keys, args...).Slice()
+		return c.takeReply(ctx, queue, res, err, sent, 0, report)
+	}
+	var res []any
+	if err == nil {
+		res, err = run.Slice()
+	}
+	r, err := c.takeReply(ctx, queue, res, err, sent, 0, report)
+	if err == nil && len(r.leases) == 0 {
+		// A wait Redis refused (ACL) would otherwise return at once, every
+		// time: report it, as the two-step wait does.
+		if merr := mv.Err(); merr != nil && !errors.Is(merr, redis.Nil) {
+			return takeResult{}, fmt.Errorf("lease: take from %s: wait: %w", queue, convertErr(merr))
+		}
+	}
+	return r, err
+}
+
+// blockSeconds is BLMOVE's timeout for d, in seconds with ms resolution
+// (go-redis' own helper rounds up to whole seconds).
+func blockSeconds(d time.Duration) string { return strconv.FormatFloat(d.Seconds(), 'f', 3, 64) }
+
+// takeArgs builds take.lua's keys and arguments, with fresh tokens and ids
+// for n slots.
+func (c *Client) takeArgs(queue string, k Keys, n int, leaseFor time.Duration, acks []*Lease, report bool) (keys []string, args []any) {
 	tokens, ids := c.newTokens(n)
-	keys := make([]string, 0, 9+n+len(acks))
+	keys = make([]string, 0, 9+n+len(acks))
 	keys = append(keys, k.Ready, k.Claim, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs, k.Paused, k.Counts)
 	rep := 0
 	if report {
 		rep = 1
 	}
-	args := make([]any, 0, 9+2*n+2*len(acks))
+	args = make([]any, 0, 9+2*n+2*len(acks))
 	args = append(args, n, ms(leaseFor), ms(c.cfg.LeaseFor), max(c.cfg.MaxDeliveries, 0), WakeChannel, queue, c.cfg.MaxPayload, len(acks), rep)
 	for i := range n {
 		keys = append(keys, LeaseKey(queue, tokens[i]))
@@ -215,12 +302,15 @@ func (c *Client) runTake(ctx context.Context, queue string, k Keys, n int, lease
 		keys = append(keys, LeaseKey(queue, l.Token))
 		args = append(args, l.ID, l.Token)
 	}
-	sent := time.Now()
-	res, err := takeScript.Run(ctx, c.rdb, keys, args...).Slice()
+	return keys, args
+}
+
+// takeReply decodes the reply (or error) of a take.lua run sent at sent.
+func (c *Client) takeReply(ctx context.Context, queue string, res []any, err error, sent time.Time, acks int, report bool) (takeResult, error) {
 	if err != nil {
 		return takeResult{}, fmt.Errorf("lease: take from %s: %w", queue, convertErr(err))
 	}
-	r, bad, err := c.parseRun(queue, res, len(acks))
+	r, bad, err := c.parseRun(queue, res, acks)
 	if err != nil {
 		return takeResult{}, fmt.Errorf("lease: take from %s: %w", queue, err)
 	}
