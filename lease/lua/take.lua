@@ -151,9 +151,11 @@ while j < n and bad < 100 do
       if id then
         over = #e - pp + 1 > maxp
         attempts = attempts + 1
-        -- the record: the element with attempts + 1, behind the token
-        rec = token .. '|' .. string.sub(e, 1, pa - 1) .. attempts .. '|' .. string.sub(e, pm)
+        -- the record: the element with attempts + 1, behind the token.
+        -- Lua hashes every byte of every string it makes: of the payload's
+        -- size, only the payload and the record.
         payload = string.sub(e, pp)
+        rec = token .. '|' .. string.sub(e, 1, pa - 1) .. attempts .. '|' .. string.sub(e, pm, pp - 1) .. payload
       end
     elseif not env and not over then
       id, attempts, max, payload = rawid, 1, defmax, e
