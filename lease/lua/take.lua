@@ -132,11 +132,15 @@ if delayed then promote(KEYS[5], KEYS[1], now, 100) end
 local earliest = nil
 local zadd = {}
 local j, bad = 0, 0
-while j < n and bad < 100 do
-  -- the claim list first, then ready: one call for up to n - j elements
+local dry = false
+while j < n and bad < 100 and not dry do
+  -- the claim list first, then ready: one call for up to n - j elements.
+  -- Fewer than asked from ready means both lists are empty now: no
+  -- further call needed to find that out.
   local popped = redis.call('LMPOP', 2, KEYS[2], KEYS[1], 'LEFT', 'COUNT', n - j)
   if not popped then break end
   local elems = popped[2]
+  dry = popped[1] == KEYS[1] and #elems < n - j
   for x = 1, #elems do
     local e = elems[x]
     local token, rawid = ARGV[8 + 2 * (j + 1)], ARGV[9 + 2 * (j + 1)]
