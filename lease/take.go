@@ -45,9 +45,12 @@ func (c *Client) Take(ctx context.Context, queue string, opts *TakeOpts) (*Lease
 	return ls[0], nil
 }
 
-// TakeBatch leases up to n messages of queue in one script call. When the
-// queue is empty it waits up to opts.Wait for the first message, then
-// returns what is there; an empty result with a nil error means none came.
+// TakeBatch leases up to n messages of queue. When the queue is empty it
+// waits up to opts.Wait for the first message, then returns what is there;
+// an empty result with a nil error means none came. Usually one script
+// call: each call sends a token, an id and a key per message it may lease,
+// so a call asks for about twice what the queue held at its last take, and
+// TakeBatch calls again when that filled up and more are ready.
 func (c *Client) TakeBatch(ctx context.Context, queue string, n int, opts *TakeOpts) ([]*Lease, error) {
 	if err := ValidateQueue(queue); err != nil {
 		return nil, err
