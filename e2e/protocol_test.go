@@ -72,26 +72,26 @@ func (c *cliConsumer) take(n int, leaseFor time.Duration) []cliLease {
 	c.t.Helper()
 	k := lease.KeysFor(c.queue)
 	tokens := make([]string, n)
-	keys := []string{k.Ready, k.Claim, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs}
-	args := []string{strconv.Itoa(n), strconv.FormatInt(leaseFor.Milliseconds(), 10), "30000", "0", lease.WakeChannel, c.queue}
+	keys := []string{k.Ready, k.Claim, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs, k.Paused, k.Counts}
+	args := []string{strconv.Itoa(n), strconv.FormatInt(leaseFor.Milliseconds(), 10), "30000", "0", lease.WakeChannel, c.queue,
+		"1048576", "0", "0"} // max payload, no acks, no report of what remains
 	for i := range tokens {
 		tokens[i] = newToken()
 		keys = append(keys, lease.LeaseKey(c.queue, tokens[i]))
 		args = append(args, tokens[i], "cli-"+newToken()) // token, and the id a raw payload gets
 	}
-	keys = append(keys, k.Paused)
 	cmd := append([]string{"EVALSHA", c.takeSHA, strconv.Itoa(len(keys))}, keys...)
 	out := c.cli(append(cmd, args...)...)
 	f := strings.Split(out, "\n")
-	if len(f) < 3 {
+	if len(f) < 4 {
 		c.t.Fatalf("take reply %q", out)
 	}
 	count, err := strconv.Atoi(f[0])
-	if err != nil || len(f) != 3+6*count || count > n {
+	if err != nil || len(f) != 4+6*count || count > n {
 		c.t.Fatalf("take reply %q", out)
 	}
 	var ls []cliLease
-	for i := 3; i < len(f); i += 6 {
+	for i := 4; i < len(f); i += 6 {
 		attempt, err1 := strconv.Atoi(f[i+2])
 		deadline, err2 := strconv.ParseInt(f[i+3], 10, 64)
 		if err1 != nil || err2 != nil || f[i+1] != tokens[len(ls)] {
@@ -106,7 +106,7 @@ func (c *cliConsumer) take(n int, leaseFor time.Duration) []cliLease {
 func (c *cliConsumer) ack(id, token string) string {
 	c.t.Helper()
 	k := lease.KeysFor(c.queue)
-	return c.cli("EVALSHA", c.ackSHA, "4", k.Leases, k.Deadlines, lease.LeaseKey(c.queue, token), k.Counts, id, token)
+	return c.cli("EVALSHA", c.ackSHA, "4", k.Leases, k.Deadlines, k.Counts, lease.LeaseKey(c.queue, token), id, token)
 }
 
 // Scenario 9: clients that know nothing of Go. A producer pushes plain

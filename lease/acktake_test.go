@@ -1,320 +1,225 @@
 package lease
 
 import (
-	"context"
 	"errors"
+	"fmt"
 	"slices"
-	"sync/atomic"
+	"strconv"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
-// Tests of ackTake's contract, whatever its implementation.
-
-// callCounter is a go-redis hook that counts round trips: each command
-// sent on its own and each pipeline is one.
-type callCounter struct{ n atomic.Int64 }
-
-func (h *callCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (h *callCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		h.n.Add(1)
-		return next(ctx, cmd)
+// ackedCount reads the field "acked" of the queue's counts hash.
+func (b *testBundle) ackedCount(t *testing.T, queue string) int {
+	t.Helper()
+	v, err := b.rdb.HGet(t.Context(), KeysFor(queue).Counts, "acked").Result()
+	if err != nil {
+		return 0
 	}
-}
-
-func (h *callCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		h.n.Add(1)
-		return next(ctx, cmds)
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		t.Fatalf("counts acked = %q", v)
 	}
+	return n
 }
 
-// countCalls adds a callCounter to b's client.
-func (b *testBundle) countCalls() *callCounter {
-	h := &callCounter{}
-	b.rdb.AddHook(h)
-	return h
-}
-
-// TestAckTakeAcksThenTakes: one call, one round trip, acks the leases
-// given and leases new messages, like AckBatch then TakeBatch.
-func TestAckTakeAcksThenTakes(t *testing.T) {
+// TestAckTake acks and takes in one call, in order, and counts the acks.
+func TestAckTake(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	ctx := t.Context()
 	const q = "acktake"
-	calls := b.countCalls()
 	var pushed []string
-	for _, p := range []string{"a", "b", "c", "d", "e", "f", "g"} {
-		pushed = append(pushed, b.push(t, q, p, nil))
-	}
-	// The first call loads the scripts.
-	first, errs, err := b.c.ackTake(ctx, q, nil, 2, 0)
-	if err != nil || len(errs) != 0 || !slices.Equal(ids(first), pushed[:2]) {
-		t.Fatalf("ackTake(none, 2) = %v, %v, %v; want %v", ids(first), errs, err, pushed[:2])
-	}
-	second, errs, err := b.c.ackTake(ctx, q, first[:1], 1, 0)
-	if err != nil || len(errs) != 1 || errs[0] != nil || !slices.Equal(ids(second), pushed[2:3]) {
-		t.Fatalf("ackTake(a, 1) = %v, %v, %v; want %v", ids(second), errs, err, pushed[2:3])
+	for i := range 5 {
+		pushed = append(pushed, b.push(t, q, fmt.Sprintf("m%d", i), nil))
 	}
 
-	before := calls.n.Load()
-	sent := time.Now()
-	done := []*Lease{first[1], second[0]}
-	taken, errs, err := b.c.ackTake(ctx, q, done, 3, time.Minute)
-	if err != nil || len(errs) != 2 || errs[0] != nil || errs[1] != nil {
-		t.Fatalf("ackTake(b c, 3) errors %v, %v", errs, err)
+	first, errs, err := b.c.ackTake(ctx, q, nil, 3, time.Minute)
+	if err != nil || len(errs) != 0 || !slices.Equal(ids(first), pushed[:3]) {
+		t.Fatalf("ackTake(none, 3) = %v, %v, %v; want %v", ids(first), errs, err, pushed[:3])
 	}
-	if n := calls.n.Load() - before; n != 1 {
-		t.Errorf("ackTake made %d round trips, want 1", n)
+	if d := first[0].Deadline().Sub(time.Now()); d < 50*time.Second || d > 70*time.Second {
+		t.Errorf("deadline in %v, want about 1m", d)
 	}
-	if !slices.Equal(ids(taken), pushed[3:6]) {
-		t.Fatalf("ackTake(b c, 3) took %v, want %v", ids(taken), pushed[3:6])
+	second, errs, err := b.c.ackTake(ctx, q, first, 5, 0)
+	if err != nil || len(errs) != 3 || errs[0] != nil || errs[1] != nil || errs[2] != nil {
+		t.Fatalf("ackTake(3 held, 5) = %v, %v", errs, err)
 	}
-	for i, l := range taken {
-		if l.Queue != q || string(l.Payload) != string("defg"[i]) || l.Attempt != 1 || l.MaxDeliveries != MaxDeliveriesDefault || l.Token == "" {
-			t.Errorf("taken[%d] = %+v", i, l)
-		}
-		// The lease runs a minute from when Redis ran the take.
-		if d := time.Until(l.Deadline()); d < 50*time.Second || d > time.Minute+time.Since(sent)+time.Second {
-			t.Errorf("taken[%d] deadline in %v, want about a minute", i, d)
-		}
+	if !slices.Equal(ids(second), pushed[3:]) {
+		t.Fatalf("ackTake took %v, want %v", ids(second), pushed[3:])
 	}
-	for _, l := range done {
-		if !l.settled.Load() {
-			t.Errorf("acked lease %s not marked settled", l.ID)
-		}
+	if n := b.ackedCount(t, q); n != 3 {
+		t.Errorf("counts acked = %d, want 3", n)
 	}
 	st := checkInvariants(t, b.rdb, q)
-	if len(st.InFlight) != 3 || !slices.Equal(st.Ready, pushed[6:]) {
-		t.Fatalf("after ackTake: in flight %v, ready %v", st.InFlight, st.Ready)
+	if len(st.InFlight) != 2 || len(st.Ready) != 0 {
+		t.Fatalf("state = %+v", st)
 	}
-	// What it took are leases like any other.
-	if err := taken[0].Extend(ctx, time.Hour); err != nil {
-		t.Fatal(err)
+
+	// Acks only; the same lease twice counts once; an ack of an acked
+	// lease is not held.
+	none, errs, err := b.c.ackTake(ctx, q, []*Lease{second[0], second[1], second[0], first[0]}, 0, 0)
+	if err != nil || len(none) != 0 || errs[0] != nil || errs[1] != nil || errs[2] != nil || !errors.Is(errs[3], ErrNotHeld) {
+		t.Fatalf("ackTake(acks only) = %v, %v, %v", none, errs, err)
 	}
-	if _, _, err := b.c.ackTake(ctx, q, taken, 0, 0); err != nil {
-		t.Fatal(err)
+	if n := b.ackedCount(t, q); n != 5 {
+		t.Errorf("counts acked = %d, want 5", n)
 	}
-	if st := checkInvariants(t, b.rdb, q); len(st.InFlight) != 0 || len(st.Ready) != 1 {
-		t.Fatalf("after acking all: in flight %v, ready %v", st.InFlight, st.Ready)
+	// Nothing to do: no call at all.
+	if ls, errs, err := b.c.ackTake(ctx, q, nil, 0, 0); ls != nil || errs != nil || err != nil {
+		t.Errorf("ackTake(nothing) = %v, %v, %v", ls, errs, err)
 	}
+	// An empty queue: acks nothing, takes nothing.
+	if ls, errs, err := b.c.ackTake(ctx, q, nil, 10, 0); len(ls) != 0 || len(errs) != 0 || err != nil {
+		t.Errorf("ackTake on an empty queue = %v, %v, %v", ls, errs, err)
+	}
+	checkInvariants(t, b.rdb, q)
 }
 
-// TestAckTakeAckErrors: each lease that cannot be acked gets the error Ack
-// would return for it; the others are acked, and the take goes on.
-func TestAckTakeAckErrors(t *testing.T) {
+// TestAckTakeStale: an ack with a token of an earlier delivery fails with
+// ErrStale, as Ack does, and changes nothing of the current lease; the
+// take goes on.
+func TestAckTakeStale(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	ctx := t.Context()
-	const q = "acktakeerrs"
-	for _, p := range []string{"a", "b", "c", "d"} {
-		b.push(t, q, p, nil)
+	const q = "acktakestale"
+	id := b.push(t, q, "x", nil)
+	old := b.take(t, q, &TakeOpts{LeaseFor: time.Millisecond})
+	b.expire(t, old, requeued)
+	cur := b.take(t, q, nil)
+	next := b.push(t, q, "y", nil)
+
+	ls, errs, err := b.c.ackTake(ctx, q, []*Lease{old}, 1, 0)
+	if err != nil || len(errs) != 1 || !errors.Is(errs[0], ErrStale) || errors.Is(errs[0], ErrNotHeld) {
+		t.Fatalf("ackTake(stale) = %v, %v", errs, err)
 	}
-	ls, err := b.c.TakeBatch(ctx, q, 3, nil)
-	if err != nil || len(ls) != 3 {
-		t.Fatalf("TakeBatch: %d, %v", len(ls), err)
+	if len(ls) != 1 || ls[0].ID != next {
+		t.Fatalf("ackTake took %v, want %s", ids(ls), next)
 	}
-	gone, stale, good := ls[0], ls[1], ls[2]
-	if err := gone.Ack(ctx); err != nil {
-		t.Fatal(err)
-	}
-	// Another delivery of b holds it now.
-	if err := b.c.ReleaseBatch(ctx, []*Lease{stale}); err != nil {
-		t.Fatal(err)
-	}
-	again := b.take(t, q, nil)
-	if again.ID != stale.ID {
-		t.Fatalf("took %s after the release, want %s", again.ID, stale.ID)
-	}
-	// Copies, so that the calls of Ack below start unsettled too.
-	done := []*Lease{copyLease(gone), copyLease(stale), good}
-	taken, errs, err := b.c.ackTake(ctx, q, done, 2, 0)
-	if err != nil || len(taken) != 1 || string(taken[0].Payload) != "d" {
-		t.Fatalf("ackTake = %v, %v; want d taken", ids(taken), err)
-	}
-	if len(errs) != 3 || !errors.Is(errs[0], ErrNotHeld) || !errors.Is(errs[1], ErrStale) || errs[2] != nil {
-		t.Fatalf("ackTake errors %v; want not held, stale, nil", errs)
-	}
-	for i, l := range []*Lease{gone, stale} {
-		if want := l.Ack(ctx); want == nil || errs[i].Error() != want.Error() {
-			t.Errorf("ackTake error %q, Ack's %q", errs[i], want)
-		}
+	if n := b.ackedCount(t, q); n != 0 {
+		t.Errorf("counts acked = %d after a stale ack", n)
 	}
 	st := checkInvariants(t, b.rdb, q)
-	if len(st.InFlight) != 2 || st.Tokens[stale.ID] != again.Token || len(st.Ready) != 0 {
-		t.Fatalf("after ackTake: in flight %v (tokens %v), ready %v", st.InFlight, st.Tokens, st.Ready)
+	if st.Tokens[id] != cur.Token {
+		t.Fatalf("current lease's token %q, want %q", st.Tokens[id], cur.Token)
 	}
+	// The same lease handed with another message's id is refused too.
+	forged, err := b.c.LeaseOf(q, next, cur.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, errs, err := b.c.ackTake(ctx, q, []*Lease{forged}, 0, 0); err != nil || !errors.Is(errs[0], ErrStale) {
+		t.Fatalf("ackTake(id of one lease, token of another) = %v, %v", errs, err)
+	}
+	if _, errs, err := b.c.ackTake(ctx, q, []*Lease{cur, ls[0]}, 0, 0); err != nil || errs[0] != nil || errs[1] != nil {
+		t.Fatalf("ackTake(current) = %v, %v", errs, err)
+	}
+	checkInvariants(t, b.rdb, q)
 }
 
-func copyLease(l *Lease) *Lease {
-	return &Lease{Queue: l.Queue, ID: l.ID, Token: l.Token, Payload: l.Payload, Attempt: l.Attempt, MaxDeliveries: l.MaxDeliveries, c: l.c}
-}
-
-// TestAckTakePausedEmptyAndScriptFlush: a paused queue leases nothing but
-// the acks go through; an empty queue returns at once with nothing (no
-// BLMOVE); scripts that Redis lost (SCRIPT FLUSH, a restart) are loaded
-// again.
-func TestAckTakePausedEmptyAndScriptFlush(t *testing.T) {
+// TestAckTakePaused: a paused queue leases nothing, moves nothing, and
+// still acks.
+func TestAckTakePaused(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	ctx := t.Context()
 	const q = "acktakepaused"
-	b.push(t, q, "a", nil)
-	b.push(t, q, "b", nil)
-	l := b.take(t, q, nil)
+	b.push(t, q, "held", nil)
+	held := b.take(t, q, nil)
+	waiting := b.push(t, q, "waiting", nil)
 	if _, err := b.c.Pause(ctx, q); err != nil {
 		t.Fatal(err)
 	}
-	taken, errs, err := b.c.ackTake(ctx, q, []*Lease{l}, 5, 0)
-	if err != nil || len(taken) != 0 || len(errs) != 1 || errs[0] != nil {
-		t.Fatalf("ackTake on a paused queue = %v, %v, %v; want the ack only", ids(taken), errs, err)
+	ls, errs, err := b.c.ackTake(ctx, q, []*Lease{held}, 10, 0)
+	if err != nil || len(ls) != 0 || len(errs) != 1 || errs[0] != nil {
+		t.Fatalf("ackTake on a paused queue = %v, %v, %v", ids(ls), errs, err)
 	}
-	if st := checkInvariants(t, b.rdb, q); len(st.InFlight) != 0 || len(st.Ready) != 1 {
-		t.Fatalf("paused: in flight %v, ready %v", st.InFlight, st.Ready)
+	st := checkInvariants(t, b.rdb, q)
+	if len(st.InFlight) != 0 || !slices.Equal(st.Ready, []string{waiting}) {
+		t.Fatalf("state = %+v", st)
 	}
 	if _, err := b.c.Resume(ctx, q); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.rdb.ScriptFlush(ctx).Err(); err != nil {
-		t.Fatal(err)
-	}
-	taken, errs, err = b.c.ackTake(ctx, q, nil, 5, 0)
-	if err != nil || len(errs) != 0 || len(taken) != 1 || string(taken[0].Payload) != "b" {
-		t.Fatalf("ackTake after SCRIPT FLUSH = %v, %v, %v; want b", ids(taken), errs, err)
-	}
-	if err := b.rdb.ScriptFlush(ctx).Err(); err != nil {
-		t.Fatal(err)
-	}
-	blmoves := commandStats(t, b.rdb)["blmove"]
-	taken, errs, err = b.c.ackTake(ctx, q, taken, 5, 0)
-	if err != nil || len(taken) != 0 || len(errs) != 1 || errs[0] != nil {
-		t.Fatalf("ackTake on an empty queue = %v, %v, %v; want the ack only", ids(taken), errs, err)
-	}
-	if n := commandStats(t, b.rdb)["blmove"]; n != blmoves {
-		t.Errorf("ackTake on an empty queue blocked (%d BLMOVE)", n-blmoves)
-	}
-	if st := checkInvariants(t, b.rdb, q); len(st.InFlight) != 0 || len(st.Ready) != 0 {
-		t.Fatalf("at the end: in flight %v, ready %v", st.InFlight, st.Ready)
+	ls, _, err = b.c.ackTake(ctx, q, nil, 10, 0)
+	if err != nil || !slices.Equal(ids(ls), []string{waiting}) {
+		t.Fatalf("ackTake after resume = %v, %v", ids(ls), err)
 	}
 }
 
-// TestAckTakeBadInput: bad arguments are refused and change nothing.
+// TestAckTakeResent runs one ack-and-take call twice with the same
+// arguments, as go-redis does when a reply is lost: the second run
+// answers with the first run's leases, takes nothing more, and its acks
+// (already done) report not held and count nothing.
+func TestAckTakeResent(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := t.Context()
+	const q = "acktakeresent"
+	b.push(t, q, "done", nil)
+	done := b.take(t, q, nil)
+	for i := range 4 {
+		b.push(t, q, fmt.Sprintf("m%d", i), nil)
+	}
+	k := KeysFor(q)
+	tokens, rawIDs := b.c.newTokens(2)
+	keys := []string{k.Ready, k.Claim, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs, k.Paused, k.Counts,
+		LeaseKey(q, tokens[0]), LeaseKey(q, tokens[1]), LeaseKey(q, done.Token)}
+	args := []any{2, 0, 60000, 10, WakeChannel, q, MaxPayloadDefault, 1, 0, tokens[0], rawIDs[0], tokens[1], rawIDs[1], done.ID, done.Token}
+	var runs [2]takeResult
+	for r := range runs {
+		res, err := takeScript.Run(ctx, b.rdb, keys, args...).Slice()
+		if err != nil {
+			t.Fatal(err)
+		}
+		runs[r], _, err = b.c.parseRun(q, res, 1)
+		if err != nil || len(runs[r].leases) != 2 {
+			t.Fatalf("run %d: %+v, %v", r, runs[r], err)
+		}
+	}
+	if runs[0].acks[0] != 1 || runs[1].acks[0] != 0 {
+		t.Errorf("ack statuses %v then %v, want 1 then 0", runs[0].acks, runs[1].acks)
+	}
+	for i := range 2 {
+		a, r := runs[0].leases[i], runs[1].leases[i]
+		if r.ID != a.ID || r.Token != tokens[i] || r.Deadline() != a.Deadline() || string(r.Payload) != fmt.Sprintf("m%d", i) {
+			t.Errorf("lease %d: first %+v, resent %+v", i, a, r)
+		}
+	}
+	if n := b.ackedCount(t, q); n != 1 {
+		t.Errorf("counts acked = %d, want 1", n)
+	}
+	st := checkInvariants(t, b.rdb, q)
+	if len(st.InFlight) != 2 || len(st.Ready) != 2 {
+		t.Errorf("after a resent ack-and-take: %d in flight, %d ready", len(st.InFlight), len(st.Ready))
+	}
+}
+
+// TestAckTakeBadInput: bad arguments are refused before anything is sent.
 func TestAckTakeBadInput(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	ctx := t.Context()
 	const q = "acktakebad"
-	b.push(t, q, "a", nil)
-	b.push(t, q, "b", nil)
+	b.push(t, q, "x", nil)
 	l := b.take(t, q, nil)
-	other := b.push(t, "elsewhere", "x", nil)
-	lo := b.take(t, "elsewhere", nil)
-	if lo.ID != other {
-		t.Fatal("took the wrong message")
-	}
-	tooMany := make([]*Lease, MaxBatch+1)
-	for i := range tooMany {
-		tooMany[i] = l
-	}
+	other := &Lease{Queue: "other", ID: "id", Token: "0123456789abcdef", c: b.c}
 	before := snapshot(t, b.rdb)
-	for _, c := range []struct {
-		name     string
-		queue    string
-		done     []*Lease
-		n        int
-		leaseFor time.Duration
-	}{
-		{"bad queue", "a b", nil, 1, 0},
-		{"negative n", q, []*Lease{l}, -1, 0},
-		{"n over MaxBatch", q, []*Lease{l}, MaxBatch + 1, 0},
-		{"too many acks", q, tooMany, 1, 0},
-		{"lease of another queue", q, []*Lease{l, lo}, 1, 0},
-		{"lease of no Client", q, []*Lease{{Queue: q, ID: l.ID, Token: l.Token}}, 1, 0},
-		{"nil lease", q, []*Lease{nil}, 1, 0},
-		{"lease under 1ms", q, []*Lease{l}, 1, time.Microsecond},
-		{"lease over MaxLeaseFor", q, []*Lease{l}, 1, MaxLeaseFor + time.Second},
+	for name, call := range map[string]func() error{
+		"n -1":          func() error { _, _, err := b.c.ackTake(ctx, q, nil, -1, 0); return err },
+		"n MaxBatch+1":  func() error { _, _, err := b.c.ackTake(ctx, q, nil, MaxBatch+1, 0); return err },
+		"mixed queues":  func() error { _, _, err := b.c.ackTake(ctx, q, []*Lease{l, other}, 1, 0); return err },
+		"nil lease":     func() error { _, _, err := b.c.ackTake(ctx, q, []*Lease{nil}, 1, 0); return err },
+		"lease too big": func() error { _, _, err := b.c.ackTake(ctx, q, nil, 1, MaxLeaseFor+time.Hour); return err },
+		"too many acks": func() error { _, _, err := b.c.ackTake(ctx, q, make([]*Lease, MaxBatch+1), 1, 0); return err },
 	} {
-		taken, errs, err := b.c.ackTake(ctx, c.queue, c.done, c.n, c.leaseFor)
-		if !(errors.Is(err, ErrInvalidArgument) || errors.Is(err, ErrInvalidQueue)) || len(taken) != 0 || errs != nil {
-			t.Errorf("%s: ackTake = %v, %v, %v; want ErrInvalidArgument", c.name, ids(taken), errs, err)
+		if err := call(); !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("%s: %v, want ErrInvalidArgument", name, err)
 		}
 	}
-	sameSnapshot(t, "bad ackTake calls", before, snapshot(t, b.rdb))
-	if l.settled.Load() {
-		t.Error("a refused ackTake marked its lease settled")
+	if _, _, err := b.c.ackTake(ctx, "bad queue", nil, 1, 0); !errors.Is(err, ErrInvalidQueue) {
+		t.Errorf("bad queue: %v", err)
 	}
-	// Nothing to do is no error.
-	if taken, errs, err := b.c.ackTake(ctx, q, nil, 0, 0); err != nil || len(taken) != 0 || len(errs) != 0 {
-		t.Errorf("ackTake of nothing = %v, %v, %v", ids(taken), errs, err)
-	}
-}
-
-// The consumer role runs ackTake, and Consume with its waits, with the
-// rights docs/SECURITY.md gives it (TestACLRoles), and leaves every
-// message in one place without any one of them (TestACLLeaveOneOut).
-func init() {
-	aclOps = append(aclOps,
-		aclOp{"consumer", "ack and take", func(e *aclEnv) error {
-			ls := []*Lease{e.lease("m1", nil, 0), e.lease("m2", nil, 0)}
-			e.push("m3", nil)
-			e.vanish["m1"], e.vanish["m2"] = true, true
-			taken, errs, err := e.user.ackTake(e.ctx(), e.queue, ls, 2, 0)
-			if err != nil {
-				return err
-			}
-			if err := errors.Join(errs...); err != nil {
-				return err
-			}
-			return want(len(taken) == 1 && string(taken[0].Payload) == "m3", "took %d", len(taken))
-		}},
-		aclOp{"consumer", "consume", func(e *aclEnv) error {
-			e.push("m1", nil)
-			e.push("m2", &PushOpts{Delay: 20 * time.Millisecond})
-			return e.userConsume([]string{"m1", "m2"})
-		}},
-	)
-}
-
-// userConsume runs Consume as the user until the messages with these
-// payloads were handled, and stops it; it fails on the first error
-// Consume reports.
-func (e *aclEnv) userConsume(payloads []string) error {
-	ctx, cancel := context.WithCancel(e.ctx())
-	handled := make(chan string, len(payloads))
-	var reported atomic.Pointer[error]
-	done := make(chan error, 1)
-	go func() {
-		done <- e.user.Consume(ctx, e.queue, func(_ context.Context, l *Lease) error {
-			handled <- string(l.Payload)
-			return nil
-		}, &ConsumeOpts{Workers: 4, ErrorFunc: func(_ *Lease, err error) { reported.Store(&err) }})
-	}()
-	var got []string
-	timeout := time.After(10 * time.Second)
-	for len(got) < len(payloads) && reported.Load() == nil {
-		select {
-		case p := <-handled:
-			got = append(got, p)
-		case <-timeout:
-			cancel()
-			<-done
-			return errors.New("consume: not all handled within 10s")
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	cancel()
-	err := <-done
-	// A handled message is acked, or in flight if the ack was refused.
-	for _, p := range got {
-		e.vanish[p] = true
-	}
-	if p := reported.Load(); p != nil && err == nil {
-		err = *p
-	}
-	return err
+	sameSnapshot(t, "refused ackTake", before, snapshot(t, b.rdb))
 }

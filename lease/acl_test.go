@@ -335,6 +335,28 @@ var aclOps = []aclOp{
 		}
 		return err
 	}},
+	{"consumer", "ack and take", func(e *aclEnv) error {
+		l := e.lease("m1", nil, 0)
+		e.push("m2", nil)
+		e.raw("raw3")
+		ls, errs, err := e.user.ackTake(e.ctx(), e.queue, []*Lease{l}, 3, 0)
+		if err != nil {
+			return err
+		}
+		e.vanish["m1"] = errs[0] == nil
+		return want(errs[0] == nil && len(ls) == 2, "ack and take: %v, %d taken", errs, len(ls))
+	}},
+	{"consumer", "ack and take, delayed due", func(e *aclEnv) error {
+		ls := []*Lease{e.lease("m1", nil, 0), e.lease("m2", nil, 0)}
+		e.push("m3", &PushOpts{Delay: time.Millisecond})
+		e.delayedDue(1)
+		taken, errs, err := e.user.ackTake(e.ctx(), e.queue, ls, 2, 0)
+		if err != nil {
+			return err
+		}
+		e.vanish["m1"], e.vanish["m2"] = errs[0] == nil, errs[1] == nil
+		return want(errs[0] == nil && errs[1] == nil && len(taken) == 1, "ack and take: %v, %d taken", errs, len(taken))
+	}},
 	{"consumer", "nack", func(e *aclEnv) error { return e.lease("m1", nil, 0).Nack(e.ctx(), 0) }},
 	{"consumer", "nack with delay", func(e *aclEnv) error { return e.lease("m1", nil, 0).Nack(e.ctx(), time.Hour) }},
 	{"consumer", "nack last delivery", func(e *aclEnv) error {
@@ -596,7 +618,7 @@ type aclVariant struct {
 }
 
 // queueKeys are the key patterns of one queue, one per key.
-var queueKeys = []string{"ready", "claim", "leases", "deadlines", "delayed", "dead", "deadmsgs", "lease:*"}
+var queueKeys = []string{"ready", "claim", "leases", "deadlines", "delayed", "dead", "deadmsgs", "paused", "counts", "lease:*"}
 
 // leaveOneOut lists u's rules with each grant removed in turn; where u has
 // every key of every queue (~ackd:{*}:*), also with each single key of a

@@ -247,7 +247,8 @@ func (c *Client) Known(ctx context.Context, queue string) (bool, error) {
 var ErrNotEmpty = errors.New("lease: queue not empty")
 
 // Forget removes an empty, running queue from the registry, so daemons
-// stop watching it; its keys are all gone already. A queue with messages
+// stop watching it; its keys are all gone already, but for its running
+// totals (Keys.Counts), which it deletes. A queue with messages
 // in any state, or paused, is refused with an error wrapping ErrNotEmpty
 // and the counts. A producer that pushes while Forget runs wins: the
 // queue is registered again and Forget reports ErrNotEmpty. A Client

@@ -127,6 +127,7 @@ type Client struct {
 	cfg        Config
 	logSet     bool     // Config.Logger was given
 	registered sync.Map // queue name -> struct{}: SADDed to the registry
+	found      sync.Map // queue name -> *atomic.Int64: what its last take found (takeAsk)
 	// now is the local wall clock; tests skew it.
 	now func() time.Time
 

@@ -39,7 +39,7 @@ type endEvent struct {
 	ack bool
 }
 
-type takeResult struct {
+type loopTake struct {
 	done    []*Lease // the acks that rode along
 	taken   []*Lease
 	asked   int
@@ -73,7 +73,7 @@ func (r *consumeRun) run(ctx context.Context) error {
 		pending   []*Lease  // acks not sent yet
 		oldest    time.Time // when the first of pending came
 		taking    bool
-		takeDone  = make(chan takeResult, 1)
+		takeDone  = make(chan loopTake, 1)
 		idling    bool
 		idleDone  = make(chan error, 1)
 		flushing  bool
@@ -95,7 +95,7 @@ func (r *consumeRun) run(ctx context.Context) error {
 	defer stopAckDue()
 	// One goroutine makes the takes, another the flushes: each keeps its
 	// stack from one call to the next.
-	takeReq := make(chan takeResult)
+	takeReq := make(chan loopTake)
 	defer close(takeReq)
 	go func() {
 		for res := range takeReq {
@@ -121,7 +121,7 @@ func (r *consumeRun) run(ctx context.Context) error {
 			n := free
 			sync := time.Since(lastSync) > time.Minute
 			taking = true
-			takeReq <- takeResult{done: done, asked: n, synced: sync}
+			takeReq <- loopTake{done: done, asked: n, synced: sync}
 		}
 		if len(pending) > 0 && !flushing {
 			if stopping || !taking || time.Since(oldest) >= ackDelay {

@@ -21,8 +21,9 @@
 // # Consumers
 //
 // Take leases one message, waiting up to TakeOpts.Wait for one; TakeBatch
-// leases up to n. A waiting consumer blocks in Redis (BLMOVE), so a push
-// reaches it at once, without polling:
+// leases up to n. A waiting consumer blocks in Redis (BLMOVE, sent with
+// the take script in one pipeline), so a push reaches it at once, in one
+// round trip, without polling:
 //
 //	l, err := c.Take(ctx, "emails", &lease.TakeOpts{Wait: 5 * time.Second})
 //	if errors.Is(err, lease.ErrNoMessage) { ... }

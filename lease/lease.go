@@ -95,25 +95,22 @@ func (c *Client) AckBatch(ctx context.Context, leases []*Lease) error {
 	if len(leases) > MaxBatch {
 		return fmt.Errorf("%w: ack of %d leases: at most %d", ErrInvalidArgument, len(leases), MaxBatch)
 	}
-	for _, l := range leases {
-		if err := l.check(); err != nil {
-			return err
-		}
+	if err := leases[0].check(); err != nil {
+		return err
 	}
 	queue := leases[0].Queue
-	keys := make([]string, 2, 2+len(leases))
+	if err := sameQueue("ack", queue, leases); err != nil {
+		return err
+	}
+	k := KeysFor(queue)
+	keys := make([]string, 0, 3+len(leases))
+	keys = append(keys, k.Leases, k.Deadlines, k.Counts)
 	args := make([]any, 0, 2*len(leases))
 	for _, l := range leases {
-		if l.Queue != queue {
-			return fmt.Errorf("%w: ack batch mixes queues %s and %s", ErrInvalidArgument, queue, l.Queue)
-		}
 		keys = append(keys, LeaseKey(queue, l.Token))
 		args = append(args, l.ID, l.Token)
 		l.settled.Store(true)
 	}
-	k := KeysFor(queue)
-	keys[0], keys[1] = k.Leases, k.Deadlines
-	keys = append(keys, k.Counts)
 	res, err := ackScript.Run(ctx, c.rdb, keys, args...).Int64Slice()
 	if err != nil {
 		return fmt.Errorf("lease: ack %d in %s: %w", len(leases), queue, convertErr(err))
@@ -128,6 +125,20 @@ func (c *Client) AckBatch(ctx context.Context, leases []*Lease) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// sameQueue checks that every lease of a batch is of queue (and from a
+// Client).
+func sameQueue(op, queue string, leases []*Lease) error {
+	for _, l := range leases {
+		if err := l.check(); err != nil {
+			return err
+		}
+		if l.Queue != queue {
+			return fmt.Errorf("%w: %s batch mixes queues %s and %s", ErrInvalidArgument, op, queue, l.Queue)
+		}
+	}
+	return nil
 }
 
 // Nack gives the message back because processing failed. With delay zero

@@ -148,22 +148,22 @@ func (c *cli) take(leaseMS, defaultMax int) (*cliLease, []string) {
 	token, id := newToken(c.t), "cli-"+newToken(c.t)
 	out := c.evalsha("take",
 		[]string{c.key("ready"), c.key("claim"), c.key("leases"), c.key("deadlines"), c.key("delayed"),
-			c.key("dead"), c.key("deadmsgs"), c.key("lease:" + token), c.key("paused")},
-		"1", "0", strconv.Itoa(leaseMS), strconv.Itoa(defaultMax), "ackd:wake", c.queue, token, id)
-	if len(out) < 3 {
+			c.key("dead"), c.key("deadmsgs"), c.key("paused"), c.key("counts"), c.key("lease:" + token)},
+		"1", "0", strconv.Itoa(leaseMS), strconv.Itoa(defaultMax), "ackd:wake", c.queue, "1048576", "0", "0", token, id)
+	if len(out) < 4 {
 		c.t.Fatalf("take: %q", out)
 	}
 	if out[0] == "0" {
 		return nil, out
 	}
-	if out[0] != "1" || out[1] != "-1" || len(out) != 9 {
+	if out[0] != "1" || out[1] != "-1" || len(out) != 10 {
 		c.t.Fatalf("take: %q", out)
 	}
-	l := &cliLease{id: out[3], token: out[4], payload: out[8]}
+	l := &cliLease{id: out[4], token: out[5], payload: out[9]}
 	var err1, err2, err3 error
-	l.attempt, err1 = strconv.Atoi(out[5])
-	l.deadline, err2 = strconv.ParseInt(out[6], 10, 64)
-	l.max, err3 = strconv.Atoi(out[7])
+	l.attempt, err1 = strconv.Atoi(out[6])
+	l.deadline, err2 = strconv.ParseInt(out[7], 10, 64)
+	l.max, err3 = strconv.Atoi(out[8])
 	if err1 != nil || err2 != nil || err3 != nil || l.token != token {
 		c.t.Fatalf("take: %q", out)
 	}
@@ -210,19 +210,22 @@ func TestProtocolRedisCLI(t *testing.T) {
 	if dl, err := strconv.ParseInt(out[0], 10, 64); err != nil || dl <= l.deadline {
 		t.Fatalf("extend = %q, want a later deadline than %d", out, l.deadline)
 	}
-	if out := c.evalsha("ack", []string{c.key("leases"), c.key("deadlines"), c.key("lease:" + l.token), c.key("counts")}, l.id, "ffffffffffffffff"); out[0] != "-1" {
+	if out := c.evalsha("ack", []string{c.key("leases"), c.key("deadlines"), c.key("counts"), c.key("lease:" + l.token)}, l.id, "ffffffffffffffff"); out[0] != "-1" {
 		t.Errorf("ack with a wrong token = %q, want -1", out)
 	}
-	if out := c.evalsha("ack", []string{c.key("leases"), c.key("deadlines"), c.key("lease:" + l.token), c.key("counts")}, l.id, l.token); out[0] != "1" {
+	if out := c.evalsha("ack", []string{c.key("leases"), c.key("deadlines"), c.key("counts"), c.key("lease:" + l.token)}, l.id, l.token); out[0] != "1" {
 		t.Fatalf("ack = %q, want 1", out)
 	}
-	if out := c.evalsha("ack", []string{c.key("leases"), c.key("deadlines"), c.key("lease:" + l.token), c.key("counts")}, l.id, l.token); out[0] != "0" {
+	if out := c.evalsha("ack", []string{c.key("leases"), c.key("deadlines"), c.key("counts"), c.key("lease:" + l.token)}, l.id, l.token); out[0] != "0" {
 		t.Errorf("second ack = %q, want 0", out)
 	}
 	for _, k := range []string{c.key("leases"), c.key("deadlines"), c.key("lease:" + l.token)} {
 		if got := c.lines("EXISTS", k); got[0] != "0" {
 			t.Errorf("%s still exists after ack", k)
 		}
+	}
+	if got := c.lines("HGET", c.key("counts"), "acked"); got[0] != "1" {
+		t.Errorf("counts acked = %q after one ack, want 1", got)
 	}
 
 	// Take the envelope: its own lease of 5 s and max 10.
@@ -280,7 +283,7 @@ func TestProtocolRedisCLI(t *testing.T) {
 	}
 	// NOSCRIPT: fall back to EVAL with the text.
 	c.run("SCRIPT", "FLUSH")
-	args := []string{"4", c.key("leases"), c.key("deadlines"), c.key("lease:" + l.token), c.key("counts"), l.id, l.token}
+	args := []string{"4", c.key("leases"), c.key("deadlines"), c.key("counts"), c.key("lease:" + l.token), l.id, l.token}
 	if out := c.run(append([]string{"EVALSHA", c.sha["ack"]}, args...)...); !strings.HasPrefix(out, "NOSCRIPT") {
 		t.Fatalf("EVALSHA after SCRIPT FLUSH = %q, want NOSCRIPT", out)
 	}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -43,9 +45,12 @@ func (c *Client) Take(ctx context.Context, queue string, opts *TakeOpts) (*Lease
 	return ls[0], nil
 }
 
-// TakeBatch leases up to n messages of queue in one script call. When the
-// queue is empty it waits up to opts.Wait for the first message, then
-// returns what is there; an empty result with a nil error means none came.
+// TakeBatch leases up to n messages of queue. When the queue is empty it
+// waits up to opts.Wait for the first message, then returns what is there;
+// an empty result with a nil error means none came. Usually one script
+// call: each call sends a token, an id and a key per message it may lease,
+// so a call asks for about twice what the queue held at its last take, and
+// TakeBatch calls again when that filled up and more are ready.
 func (c *Client) TakeBatch(ctx context.Context, queue string, n int, opts *TakeOpts) ([]*Lease, error) {
 	if err := ValidateQueue(queue); err != nil {
 		return nil, err
@@ -73,11 +78,23 @@ func (c *Client) TakeBatch(ctx context.Context, queue string, n int, opts *TakeO
 	if o.Wait > 0 {
 		deadline = time.Now().Add(o.Wait)
 	}
+	// block is how long the next take first waits in BLMOVE, in the same
+	// round trip (see blockAndTake); 0 for a plain take. After an empty
+	// take of the queue, a blocking take goes straight to the wait.
+	var block time.Duration
+	pipelined := c.rdb.pipelineBlock > 0
+	if o.Wait > 0 && pipelined && c.estimate(queue).Load() == 0 {
+		block = c.blockFor(o.Wait, time.Time{})
+	}
 	for {
-		ls, nextDelayed, paused, err := c.takeOnce(ctx, queue, k, n, o.LeaseFor)
+		ls, nextDelayed, paused, err := c.takeOnce(ctx, queue, k, n, o.LeaseFor, block)
 		if err != nil || len(ls) > 0 || o.Wait == 0 {
 			return ls, err
 		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		block = 0
 		wait := time.Until(deadline)
 		if wait <= 0 {
 			return nil, nil
@@ -90,19 +107,15 @@ func (c *Client) TakeBatch(ctx context.Context, queue string, n int, opts *TakeO
 			}
 			continue
 		}
-		wait = min(wait, blockChunk)
-		if !nextDelayed.IsZero() {
-			// A delayed message becomes due before then: look again at
-			// that moment (+1ms, Redis time is at ms resolution).
-			wait = min(wait, max(time.Until(nextDelayed)+time.Millisecond, time.Millisecond))
+		wait = c.blockFor(wait, nextDelayed)
+		if pipelined {
+			block = wait
+			continue
 		}
-		// BLMOVE's timeout is in seconds with ms resolution, and 0 would
-		// mean forever.
-		wait = max(wait, time.Millisecond)
 		// Block until a producer pushes. BLMOVE parks the element on the
 		// claim list, which the next take (ours or anyone's) drains first,
 		// so nothing is lost if this consumer dies right here.
-		err = c.rdb.block(ctx, "blmove", k.Ready, k.Claim, "LEFT", "RIGHT", strconv.FormatFloat(wait.Seconds(), 'f', 3, 64)).Err()
+		err = c.rdb.block(ctx, "blmove", k.Ready, k.Claim, "LEFT", "RIGHT", blockSeconds(wait)).Err()
 		if err != nil && !errors.Is(err, redis.Nil) {
 			return nil, fmt.Errorf("lease: take from %s: wait: %w", queue, convertErr(err))
 		}
@@ -112,34 +125,234 @@ func (c *Client) TakeBatch(ctx context.Context, queue string, n int, opts *TakeO
 	}
 }
 
-func (c *Client) takeOnce(ctx context.Context, queue string, k Keys, n int, leaseFor time.Duration) (ls []*Lease, nextDelayed time.Time, paused bool, err error) {
+// blockFor bounds one BLMOVE of a wait of up to wait: blockChunk (and,
+// pipelined, half the blocking client's read timeout), and no later than
+// just after nextDelayed, when a delayed message becomes due (Redis time
+// is at ms resolution).
+func (c *Client) blockFor(wait time.Duration, nextDelayed time.Time) time.Duration {
+	wait = min(wait, blockChunk)
+	if c.rdb.pipelineBlock > 0 {
+		wait = min(wait, c.rdb.pipelineBlock)
+	}
+	if !nextDelayed.IsZero() {
+		wait = min(wait, max(time.Until(nextDelayed)+time.Millisecond, time.Millisecond))
+	}
+	// BLMOVE's timeout is in seconds with ms resolution, and 0 would mean
+	// forever.
+	return max(wait, time.Millisecond)
+}
+
+// takeOnce leases up to n messages of queue, in one script call or, when
+// the queue seems to hold fewer than n, in a few that each ask only about
+// as many as they are likely to find (see takeAsk).
+//
+// With block > 0 the first call waits in BLMOVE for up to block first, in
+// the same round trip (blockAndTake).
+func (c *Client) takeOnce(ctx context.Context, queue string, k Keys, n int, leaseFor, block time.Duration) (ls []*Lease, nextDelayed time.Time, paused bool, err error) {
+	est := c.estimate(queue)
+	ask := takeAsk(est, n)
+	for {
+		var r takeResult
+		if block > 0 {
+			r, err = c.blockAndTake(ctx, queue, k, ask, leaseFor, block, ask < n)
+			block = 0
+		} else {
+			r, err = c.runTake(ctx, queue, k, ask, leaseFor, nil, ask < n-len(ls))
+		}
+		if err != nil {
+			if len(ls) > 0 {
+				// Hand over what the first calls leased; the error comes
+				// back on the next call if it persists.
+				return ls, time.Time{}, false, nil
+			}
+			return nil, time.Time{}, false, err
+		}
+		if len(ls) > 0 {
+			// A lease of the first calls that ran out was requeued and
+			// taken again: keep only the newer lease.
+			again := make(map[string]bool, len(r.leases))
+			for _, l := range r.leases {
+				again[l.ID] = true
+			}
+			ls = slices.DeleteFunc(ls, func(l *Lease) bool { return again[l.ID] })
+		}
+		ls = append(ls, r.leases...)
+		if len(r.leases) < ask || r.remaining == 0 || len(ls) == n {
+			if !r.paused {
+				est.Store(int64(noteFound(r, ask)))
+			}
+			return ls, r.nextDelayed, r.paused, nil
+		}
+		ask = int(min(int64(n-len(ls)), r.remaining))
+	}
+}
+
+// takeAsk is how many slots (tokens, ids and shadow keys) a take of up to n
+// sends: about twice what the last take of the queue found, so that a
+// large batch asked of a queue that holds a few messages costs what it
+// returns, not what it asks for. When all slots are filled the script
+// reports how many remain, and takeOnce asks again for those.
+func takeAsk(est *atomic.Int64, n int) int {
+	return int(min(int64(n), 2*est.Load()+1))
+}
+
+// noteFound is what a take run found on the queue: what it leased, plus
+// what it reported remaining when it filled every slot (or all of what
+// it asked when it did not ask for a report).
+func noteFound(r takeResult, ask int) int {
+	if len(r.leases) < ask {
+		return len(r.leases)
+	}
+	if r.remaining < 0 {
+		return MaxBatch
+	}
+	return min(len(r.leases)+int(r.remaining), MaxBatch)
+}
+
+// estimate is the per-queue count that takeAsk reads.
+func (c *Client) estimate(queue string) *atomic.Int64 {
+	if v, ok := c.found.Load(queue); ok {
+		return v.(*atomic.Int64)
+	}
+	// Until a take has looked, expect a full batch.
+	est := new(atomic.Int64)
+	est.Store(MaxBatch)
+	v, _ := c.found.LoadOrStore(queue, est)
+	return v.(*atomic.Int64)
+}
+
+// takeResult is one run of take.lua.
+type takeResult struct {
+	leases      []*Lease
+	nextDelayed time.Time
+	paused      bool
+	// remaining is the ready list's length after a run that filled every
+	// slot and was asked to report it; -1 when not asked, 0 when a slot
+	// stayed empty.
+	remaining int64
+	acks      []int64 // one status per lease acked first
+}
+
+// runTake runs take.lua once: it acks acks (leases of queue), then leases
+// up to n messages; with report, a run that fills every slot also says how
+// many remain.
+func (c *Client) runTake(ctx context.Context, queue string, k Keys, n int, leaseFor time.Duration, acks []*Lease, report bool) (takeResult, error) {
+	keys, args := c.takeArgs(queue, k, n, leaseFor, acks, report)
+	sent := time.Now()
+	res, err := takeScript.Run(ctx, c.rdb, keys, args...).Slice()
+	return c.takeReply(ctx, queue, res, err, sent, len(acks), report)
+}
+
+// blockAndTake sends BLMOVE ready -> claim (waiting up to block) and a
+// take of up to n in one pipeline on the blocking client: Redis holds the
+// take until BLMOVE returns, then runs it at once, so a pushed message
+// reaches a waiting consumer in one round trip. go-redis reads a
+// pipeline's replies with the client's read timeout, which blockFor keeps
+// block well below. A take Redis refused without running it (NOSCRIPT, a
+// Cluster redirect, a failover) runs again the usual way; the element
+// BLMOVE parked is on the claim list, which takes drain first.
+func (c *Client) blockAndTake(ctx context.Context, queue string, k Keys, n int, leaseFor, block time.Duration, report bool) (takeResult, error) {
+	keys, args := c.takeArgs(queue, k, n, leaseFor, nil, report)
+	pipe := c.rdb.blocking.Pipeline()
+	mv := pipe.Do(ctx, "blmove", k.Ready, k.Claim, "LEFT", "RIGHT", blockSeconds(block))
+	run := pipe.EvalSha(ctx, takeScript.Hash(), keys, args...)
+	sent := time.Now()
+	_, _ = pipe.Exec(ctx) // errors are on the commands
+	err := run.Err()
+	if err != nil && (redis.HasErrorPrefix(err, "NOSCRIPT") || refused(err, c.rdb.redialable)) {
+		// Same tokens: should the first run have happened after all, this
+		// one answers with its leases.
+		sent = time.Now()
+		res, err := takeScript.Run(ctx, c.rdb, keys, args...).Slice()
+		return c.takeReply(ctx, queue, res, err, sent, 0, report)
+	}
+	var res []any
+	if err == nil {
+		res, err = run.Slice()
+	}
+	r, err := c.takeReply(ctx, queue, res, err, sent, 0, report)
+	if err == nil && len(r.leases) == 0 {
+		// A wait Redis refused (ACL) would otherwise return at once, every
+		// time: report it, as the two-step wait does.
+		if merr := mv.Err(); merr != nil && !errors.Is(merr, redis.Nil) {
+			return takeResult{}, fmt.Errorf("lease: take from %s: wait: %w", queue, convertErr(merr))
+		}
+	}
+	return r, err
+}
+
+// blockSeconds is BLMOVE's timeout for d, in seconds with ms resolution
+// (go-redis' own helper rounds up to whole seconds).
+func blockSeconds(d time.Duration) string { return strconv.FormatFloat(d.Seconds(), 'f', 3, 64) }
+
+// takeArgs builds take.lua's keys and arguments, with fresh tokens and ids
+// for n slots.
+func (c *Client) takeArgs(queue string, k Keys, n int, leaseFor time.Duration, acks []*Lease, report bool) (keys []string, args []any) {
 	tokens, ids := c.newTokens(n)
-	keys := make([]string, 0, 8+n)
-	keys = append(keys, k.Ready, k.Claim, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs)
-	args := make([]any, 0, 6+2*n)
-	args = append(args, n, ms(leaseFor), ms(c.cfg.LeaseFor), max(c.cfg.MaxDeliveries, 0), WakeChannel, queue)
+	keys = make([]string, 0, 9+n+len(acks))
+	keys = append(keys, k.Ready, k.Claim, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs, k.Paused, k.Counts)
+	rep := 0
+	if report {
+		rep = 1
+	}
+	args = make([]any, 0, 9+2*n+2*len(acks))
+	args = append(args, n, ms(leaseFor), ms(c.cfg.LeaseFor), max(c.cfg.MaxDeliveries, 0), WakeChannel, queue, c.cfg.MaxPayload, len(acks), rep)
 	for i := range n {
 		keys = append(keys, LeaseKey(queue, tokens[i]))
 		args = append(args, tokens[i], ids[i])
 	}
-	sent := time.Now()
-	keys = append(keys, k.Paused)
-	args = append(args, c.cfg.MaxPayload)
-	res, err := takeScript.Run(ctx, c.rdb, keys, args...).Slice()
-	if err != nil {
-		return nil, time.Time{}, false, fmt.Errorf("lease: take from %s: %w", queue, convertErr(err))
+	for _, l := range acks {
+		keys = append(keys, LeaseKey(queue, l.Token))
+		args = append(args, l.ID, l.Token)
 	}
-	ls, next, bad, err := c.parseTakeReply(queue, res)
+	return keys, args
+}
+
+// takeReply decodes the reply (or error) of a take.lua run sent at sent.
+func (c *Client) takeReply(ctx context.Context, queue string, res []any, err error, sent time.Time, acks int, report bool) (takeResult, error) {
 	if err != nil {
-		return nil, time.Time{}, false, fmt.Errorf("lease: take from %s: %w", queue, err)
+		return takeResult{}, fmt.Errorf("lease: take from %s: %w", queue, convertErr(err))
 	}
-	for _, l := range ls {
+	r, bad, err := c.parseRun(queue, res, acks)
+	if err != nil {
+		return takeResult{}, fmt.Errorf("lease: take from %s: %w", queue, err)
+	}
+	for _, l := range r.leases {
 		l.sent = sent
 	}
 	if bad > 0 {
 		c.cfg.Logger.WarnContext(ctx, "dead-lettered malformed or oversized messages", "queue", queue, "num_malformed", bad)
 	}
-	return ls, next, res[1] == int64(-2), nil
+	if !report {
+		r.remaining = -1
+	}
+	return r, nil
+}
+
+// parseRun decodes take.lua's reply for a run that acked a leases: a header
+// of four integers (count, next delayed, malformed, remaining), a ack
+// statuses, then the leases.
+func (c *Client) parseRun(queue string, res []any, a int) (r takeResult, bad int, err error) {
+	if len(res) < 4+a {
+		return r, 0, fmt.Errorf("%w: take reply has %d fields", ErrMalformed, len(res))
+	}
+	rem, ok := res[3].(int64)
+	if !ok || rem < 0 {
+		return r, 0, fmt.Errorf("%w: take reply remaining %v", ErrMalformed, res[3])
+	}
+	r.remaining = rem
+	r.acks = make([]int64, a)
+	for i := range a {
+		st, ok := res[4+i].(int64)
+		if !ok || st < -1 || st > 1 {
+			return r, 0, fmt.Errorf("%w: take reply ack status %v", ErrMalformed, res[4+i])
+		}
+		r.acks[i] = st
+	}
+	body := append(res[:3:3], res[4+a:]...)
+	r.leases, r.nextDelayed, bad, err = c.parseTakeReply(queue, body)
+	r.paused = err == nil && body[1] == int64(-2)
+	return r, bad, err
 }
 
 // parseTakeReply decodes take.lua's reply.

@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/ackd/ackd/internal/redistest"
 )
@@ -531,21 +534,20 @@ func TestTakeResent(t *testing.T) {
 		}
 	}
 	tokens, ids := b.c.newTokens(3)
-	keys := []string{k.Ready, k.Claim, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs}
-	args := []any{3, 0, 60000, 10, WakeChannel, q}
+	keys := []string{k.Ready, k.Claim, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs, k.Paused, k.Counts}
+	args := []any{3, 0, 60000, 10, WakeChannel, q, MaxPayloadDefault, 0, 0}
 	for i := range 3 {
 		keys = append(keys, LeaseKey(q, tokens[i]))
 		args = append(args, tokens[i], ids[i])
 	}
-	keys = append(keys, k.Paused)
-	args = append(args, MaxPayloadDefault)
 	var runs [2][]*Lease
 	for r := range runs {
 		res, err := takeScript.Run(ctx, b.rdb, keys, args...).Slice()
 		if err != nil {
 			t.Fatal(err)
 		}
-		ls, _, bad, err := b.c.parseTakeReply(q, res)
+		run, bad, err := b.c.parseRun(q, res, 0)
+		ls := run.leases
 		if err != nil || bad != 0 || len(ls) != 3 {
 			t.Fatalf("run %d: take = %d leases, %d malformed, %v", r, len(ls), bad, err)
 		}
@@ -566,4 +568,71 @@ func TestTakeResent(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkInvariants(t, b.rdb, q)
+}
+
+// commandCalls reads the calls of each command from INFO commandstats.
+func commandCalls(t *testing.T, rdb *redis.Client) map[string]int {
+	t.Helper()
+	info, err := rdb.Info(t.Context(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int{}
+	for line := range strings.SplitSeq(info, "\n") {
+		name, stats, ok := strings.Cut(strings.TrimSpace(line), ":calls=")
+		if !ok {
+			continue
+		}
+		n, _, _ := strings.Cut(stats, ",")
+		out[strings.TrimPrefix(name, "cmdstat_")], _ = strconv.Atoi(n)
+	}
+	return out
+}
+
+// TestTakeBlockingOneRoundTrip: after an empty take, a blocking take sends
+// BLMOVE and the take script together, and Redis runs the script as soon as
+// BLMOVE returns: a message pushed to a waiting consumer costs one BLMOVE
+// and one script run, and no second take. Also after SCRIPT FLUSH: the
+// pipelined EVALSHA fails with NOSCRIPT and the take runs again, loading
+// the script, without losing the parked element.
+func TestTakeBlockingOneRoundTrip(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := t.Context()
+	const q = "oneroundtrip"
+	b.noMessage(t, q) // an empty take: the next blocking one goes straight to BLMOVE
+	for _, flush := range []bool{false, true} {
+		if flush {
+			if err := b.rdb.ScriptFlush(ctx).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := b.rdb.ConfigResetStat(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		var got *Lease
+		var err error
+		wait := background(func() { got, err = b.c.Take(ctx, q, &TakeOpts{Wait: 20 * time.Second}) })
+		waitBlocked(t, b.rdb, 1)
+		id := b.push(t, q, "at once", nil)
+		wait()
+		if err != nil || got.ID != id {
+			t.Fatalf("flush %v: blocking Take = %+v, %v", flush, got, err)
+		}
+		calls := commandCalls(t, b.rdb)
+		want := map[string]int{"blmove": 1, "evalsha": 1, "eval": 0}
+		if flush {
+			want = map[string]int{"blmove": 1, "evalsha": 2, "eval": 1}
+		}
+		for cmd, n := range want {
+			if calls[cmd] != n {
+				t.Errorf("flush %v: %d %s, want %d (%v)", flush, calls[cmd], cmd, n, calls)
+			}
+		}
+		if err := got.Ack(ctx); err != nil {
+			t.Fatal(err)
+		}
+		b.noMessage(t, q)
+		checkInvariants(t, b.rdb, q)
+	}
 }

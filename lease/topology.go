@@ -38,6 +38,13 @@ type conn struct {
 	// redialable: a refused connection may be a master that is failing
 	// over (Cluster, Sentinel), not a server that is simply down.
 	redialable bool
+	// pipelineBlock, if positive, lets a blocking take send BLMOVE and the
+	// take script in one pipeline on the blocking client, each BLMOVE at
+	// most this long: half the client's read timeout (with which go-redis
+	// reads a pipeline's replies), at most blockChunk. Zero when the
+	// blocking client is of another kind, or when writes must wait for
+	// replicas (the take would need its WAIT).
+	pipelineBlock time.Duration
 }
 
 func newConn(rdb redis.UniversalClient, cfg *Config) *conn {
@@ -57,6 +64,21 @@ func newConn(rdb redis.UniversalClient, cfg *Config) *conn {
 	case *redis.Client:
 		// go-redis names a Sentinel-managed client's address so.
 		c.redialable = r.Options().Addr == "FailoverClient"
+	}
+	if c.replicas <= 0 {
+		rt := time.Duration(-1)
+		switch b := c.blocking.(type) {
+		case *redis.Client:
+			rt = b.Options().ReadTimeout
+		case *redis.ClusterClient:
+			rt = b.Options().ReadTimeout
+		}
+		switch {
+		case rt == 0 || rt == -1: // no read timeout
+			c.pipelineBlock = blockChunk
+		case rt > 0:
+			c.pipelineBlock = min(blockChunk, rt/2)
+		}
 	}
 	return c
 }

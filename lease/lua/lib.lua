@@ -19,7 +19,10 @@ local MAX_MS = 604800000
 
 local function now_ms()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  -- arithmetic on the reply's strings converts them without a library
+  -- call (tonumber, math.floor each cost about as much as a cheap command)
+  local us = t[2] % 1000
+  return t[1] * 1000 + (t[2] - us) / 1000
 end
 
 -- num converts a canonical decimal (no sign, no leading zero) of at most 14
@@ -40,6 +43,27 @@ local function parse_env(s)
   if not (a and m and l and e and f) then return nil end
   return { id = id, attempts = a, max = m, lease = l,
            expiries = e, failures = f, payload = string.sub(s, pos) }
+end
+
+-- take_env reads what take needs of an envelope (the caller has checked
+-- its mark), accepting exactly what parse_env accepts, for a fraction of
+-- the cost: every library call and every number printed costs about as
+-- much as a cheap Redis command. Returns id, attempts and max as numbers,
+-- lease_ms as a string, the position of the attempts field, of the max
+-- field and of the payload; nil when malformed. The fields after attempts
+-- stay as they are: take copies them from the element, not printed again.
+local function take_env(s)
+  local id, pa, a, pm, m, l, e, f, pp = string.match(s,
+    '^([%w%-%.]+)|()(%d+)|()(%d+)|(%d+)|(%d+)|(%d+)|()', MARKLEN + 1)
+  if not id or #id > 64 then return nil end
+  -- canonical decimals of at most 14 digits (see num): a digit string of
+  -- two or more that sorts below "1" has a leading zero
+  if #a > 14 or #m > 14 or #l > 14 or #e > 14 or #f > 14 or
+    (#a > 1 and a < '1') or (#m > 1 and m < '1') or (#l > 1 and l < '1') or
+    (#e > 1 and e < '1') or (#f > 1 and f < '1') then
+    return nil
+  end
+  return id, tonumber(a), tonumber(m), l, pa, pm, pp
 end
 
 -- build_env prints m as an envelope, after prefix if one is given (a lease
@@ -201,4 +225,43 @@ local function release(k_leases, k_deadlines, k_shadow, k_dead, k_deadmsgs, id, 
     return nil, 3
   end
   return m
+end
+
+-- ack_refused checks the commands ack_leases runs after its first write
+-- (HDEL).
+local function ack_refused(k_deadlines, k_counts, k_shadow)
+  return refused('ZREM', k_deadlines) or refused('DEL', k_shadow) or refused('HINCRBY', k_counts)
+end
+
+-- ack_leases ends the leases ids[i]/tokens[i] (shadow keys KEYS[sk + i])
+-- for good and returns one status per lease: 1 acked, 0 not held, -1 stale
+-- token. It adds the number acked to the field "acked" of k_counts.
+-- The lease record is the one proof of a token: the shadow key does not
+-- name the message (an id passed with another lease's token must not end
+-- that lease), and data written by others may outlive a lease.
+local function ack_leases(k_leases, k_deadlines, k_counts, ids, tokens, sk)
+  local recs = redis.call('HMGET', k_leases, unpack(ids))
+  local out, done, shadows, acked = {}, {}, {}, {}
+  for i = 1, #ids do
+    local token, rec = tokens[i], recs[i]
+    if not rec then
+      out[i] = 0
+    elseif string.sub(rec, 1, #token + 1) ~= token .. '|' then
+      out[i] = -1
+    else
+      out[i] = 1
+      if not acked[ids[i]] then -- the same lease twice counts once
+        acked[ids[i]] = true
+        done[#done + 1] = ids[i]
+        shadows[#shadows + 1] = KEYS[sk + i]
+      end
+    end
+  end
+  if #done > 0 then
+    redis.call('HDEL', k_leases, unpack(done))
+    redis.call('ZREM', k_deadlines, unpack(done))
+    redis.call('DEL', unpack(shadows))
+    redis.call('HINCRBY', k_counts, 'acked', #done)
+  end
+  return out
 end

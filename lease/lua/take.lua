@@ -1,4 +1,4 @@
--- take.lua: lease up to n messages of one queue.
+-- take.lua: ack up to a leases, then lease up to n messages of one queue.
 -- KEYS[1] ackd:{q}:ready      LIST  envelopes or raw payloads, taken from the left
 -- KEYS[2] ackd:{q}:claim      LIST  elements a blocked consumer moved off ready (BLMOVE); taken first
 -- KEYS[3] ackd:{q}:leases     HASH  id -> lease record
@@ -6,132 +6,189 @@
 -- KEYS[5] ackd:{q}:delayed    ZSET  envelope scored by due time (ms)
 -- KEYS[6] ackd:{q}:dead       ZSET  id scored by time dead-lettered (ms)
 -- KEYS[7] ackd:{q}:deadmsgs   HASH  id -> dead record
--- KEYS[7+i] ackd:{q}:lease:<token_i>  shadow key of the i-th lease (i = 1..n)
--- KEYS[8+n] ackd:{q}:paused     STRING  exists while the queue is paused
--- ARGV[1] n
+-- KEYS[8] ackd:{q}:paused     STRING  exists while the queue is paused
+-- KEYS[9] ackd:{q}:counts     HASH  field "acked" grows by the number acked
+-- KEYS[9+i] ackd:{q}:lease:<token_i>  shadow key of the i-th new lease (i = 1..n)
+-- KEYS[9+n+j] ackd:{q}:lease:<ack token_j>  shadow key of the j-th lease to ack (j = 1..a)
+-- ARGV[1] n (0..1000)
 -- ARGV[2] lease ms for this take, 0 to use the message's own or the default
 -- ARGV[3] default lease ms (messages that carry none, raw payloads)
 -- ARGV[4] default max deliveries for raw payloads (0 = unlimited)
 -- ARGV[5] wake channel
 -- ARGV[6] queue name
--- ARGV[5+2i] token_i, ARGV[6+2i] id_i (the id a raw payload in slot i gets)
--- ARGV[7+2n] max payload bytes: a larger element is dead-lettered as
---            oversized, before it is parsed or copied (absent: no limit)
+-- ARGV[7] max payload bytes: a larger element is dead-lettered as
+--         oversized, before it is parsed or copied
+-- ARGV[8] a, the number of leases to ack first (0..1000)
+-- ARGV[9] 1 to report how many remain on the ready list when all n slots
+--         were filled, else 0
+-- ARGV[8+2i] token_i, ARGV[9+2i] id_i (the id a raw payload in slot i gets)
+-- ARGV[8+2n+2j] ack id_j, ARGV[9+2n+2j] ack token_j
 -- A resent call (same tokens) returns what the first run leased.
--- A paused queue leases nothing and moves nothing: returns {0, -2, 0}.
--- returns {count, next_delayed_ms or -1, malformed or oversized,
+-- A paused queue leases nothing and moves nothing (acks still happen):
+-- next_delayed_ms is then -2.
+-- returns {count, next_delayed_ms or -1 or -2, malformed or oversized,
+--          remaining (ARGV[9] = 1 and count = n: the ready list's length; else 0),
+--          then a ack statuses (1 acked, 0 not held, -1 stale token),
 --          then per lease: id, token, attempt, deadline_ms, max, payload}
 local n = tonumber(ARGV[1])
 local override = tonumber(ARGV[2])
 local deflease = tonumber(ARGV[3])
-local defmax = tonumber(ARGV[4])
-local maxp = tonumber(ARGV[7 + 2 * n]) or math.huge
-local out = {0, -1, 0}
+local defmax = num(ARGV[4]) -- copied into raw payloads' records as it is
+local maxp = tonumber(ARGV[7])
+local a = tonumber(ARGV[8])
+if not (n and a and maxp and defmax and #KEYS == 9 + n + a and #ARGV == 9 + 2 * n + 2 * a) then
+  return redis.error_reply('ERR take: want 9+n+a keys and 9+2n+2a arguments, ARGV[4] a canonical decimal (see docs/PROTOCOL.md)')
+end
+local out = {0, -1, 0, 0}
 
--- A client that lost the reply resends the same call (go-redis retries by
--- default), with the same tokens. Its first slot's shadow key then exists
--- (tokens are random: nothing else creates it), so answer with what the
--- first run leased instead of leasing more: take is idempotent.
-if redis.call('EXISTS', KEYS[8]) == 1 then
+-- Reads first: nothing below needs asking about before the first write.
+-- One EXISTS answers the common case: no resent call, not paused, nothing
+-- delayed.
+local resent, paused, delayed = false, false, false
+if n > 0 then
+  local e = redis.call('EXISTS', KEYS[10], KEYS[8], KEYS[5])
+  if e > 0 then
+    local e2 = redis.call('EXISTS', KEYS[10], KEYS[8])
+    delayed = e > e2
+    if e2 > 0 then
+      -- A client that lost the reply resends the same call (go-redis
+      -- retries by default), with the same tokens. Its first slot's shadow
+      -- key then exists (tokens are random: nothing else creates it), so
+      -- answer with what the first run leased: take is idempotent.
+      resent = redis.call('EXISTS', KEYS[10]) == 1
+      paused = not resent
+    end
+  end
+end
+local take = n > 0 and not resent and not paused
+local before, now
+if take then
+  -- the earliest deadline, for wake (a foreign -inf or +inf compares as
+  -- first_score's clamped value would)
+  local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+  before = first[2] and tonumber(first[2])
+  now = now_ms()
+end
+
+-- Redis has checked every declared key before the script ran, so each
+-- command is asked about once, for any key. The acks' HDEL is the first
+-- write; without acks, promote's RPUSH or LMPOP is. (HMGET runs before
+-- any write.)
+local denied = (a > 0 and ack_refused(KEYS[4], KEYS[9], KEYS[10 + n])) or
+  (take and (refused('HSETNX', KEYS[3]) or refused('SET', KEYS[10]) or refused('ZADD', KEYS[4]) or
+    refused('PUBLISH', ARGV[5]) or refused('HEXISTS', KEYS[7]) or refused('HLEN', KEYS[7]) or
+    refused('HSET', KEYS[7]) or
+    ((a > 0 or delayed) and refused('LMPOP', '1', KEYS[1], 'LEFT')) or
+    (delayed and (refused('ZREM', KEYS[5]) or
+      (a > 0 and (refused('RPUSH', KEYS[1]) or refused('ZRANGEBYSCORE', KEYS[5]))))) or
+    (ARGV[9] == '1' and refused('LLEN', KEYS[1])))) or
+  (resent and a > 0 and (refused('GET', KEYS[10]) or refused('HGET', KEYS[3]) or refused('ZSCORE', KEYS[4])))
+if denied then return denied end
+
+if a > 0 then
+  local ids, tokens = {}, {}
+  for j = 1, a do ids[j], tokens[j] = ARGV[8 + 2 * n + 2 * j], ARGV[9 + 2 * n + 2 * j] end
+  local st = ack_leases(KEYS[3], KEYS[4], KEYS[9], ids, tokens, 9 + n)
+  for j = 1, a do out[4 + j] = st[j] end
+end
+
+local function lease_out(id, token, attempts, deadline, max, payload)
+  local o = #out
+  out[o + 1] = id
+  out[o + 2] = token
+  out[o + 3] = attempts
+  out[o + 4] = deadline
+  out[o + 5] = max
+  out[o + 6] = payload
+end
+
+if resent then
   local j = 0
   for i = 1, n do
-    local id = redis.call('GET', KEYS[7 + i])
+    local id = redis.call('GET', KEYS[9 + i])
     if not id then break end
     local rec = redis.call('HGET', KEYS[3], id)
     local dl = redis.call('ZSCORE', KEYS[4], id)
     local tok, envs = nil, nil
     if rec then tok, envs = parse_rec(rec) end
     local m = envs and parse_env(envs)
-    if m and dl and tok == ARGV[5 + 2 * i] then
+    if m and dl and tok == ARGV[8 + 2 * i] then
       j = j + 1
-      local o = #out
-      out[o + 1] = m.id
-      out[o + 2] = tok
-      out[o + 3] = m.attempts
-      out[o + 4] = tonumber(dl)
-      out[o + 5] = m.max
-      out[o + 6] = m.payload
+      lease_out(m.id, tok, m.attempts, tonumber(dl), m.max, m.payload)
     end
   end
   out[1] = j
   return out
 end
-
-if not KEYS[8 + n] then return redis.error_reply('ERR take: KEYS[8+n] must be ackd:{q}:paused') end
-if redis.call('EXISTS', KEYS[8 + n]) == 1 then
+if paused then
   out[2] = -2
   return out
 end
+if not take then return out end
 
-local before = first_score(KEYS[4])
--- Redis has checked every declared key, so each command is asked about
--- once. Promote (RPUSH, then ZREM) is complete for every message it moves:
--- a refused LMPOP after it changes nothing more, so LMPOP is not asked.
-local denied = refused('ZREM', KEYS[5]) or refused('ZRANGE', KEYS[5]) or
-  refused('HSETNX', KEYS[3]) or refused('ZADD', KEYS[4]) or refused('SET', KEYS[8]) or
-  refused('PUBLISH', ARGV[5]) or refused('HEXISTS', KEYS[7]) or refused('HLEN', KEYS[7]) or
-  refused('HSET', KEYS[7])
-if denied then return denied end
-
-local now = now_ms()
-promote(KEYS[5], KEYS[1], now, 100)
+-- Only when something is delayed: move up to 100 due ones to ready.
+if delayed then promote(KEYS[5], KEYS[1], now, 100) end
 
 local earliest = nil
 local zadd = {}
 local j, bad = 0, 0
-while j < n and bad < 100 do
-  -- the claim list first, then ready: one call for up to n - j elements
+local dry = false
+while j < n and bad < 100 and not dry do
+  -- the claim list first, then ready: one call for up to n - j elements.
+  -- Fewer than asked from ready means both lists are empty now: no
+  -- further call needed to find that out.
   local popped = redis.call('LMPOP', 2, KEYS[2], KEYS[1], 'LEFT', 'COUNT', n - j)
   if not popped then break end
   local elems = popped[2]
+  dry = popped[1] == KEYS[1] and #elems < n - j
   for x = 1, #elems do
     local e = elems[x]
-    local token, rawid = ARGV[5 + 2 * (j + 1)], ARGV[6 + 2 * (j + 1)]
-    local m
+    local token, rawid = ARGV[8 + 2 * (j + 1)], ARGV[9 + 2 * (j + 1)]
+    local id, attempts, max, lms, rec, payload
     local env = string.sub(e, 1, MARKLEN) == MARK
     -- Size first: an element far over the limit is never parsed or copied
     -- but into its dead record.
     local over = #e > maxp and (not env or #e > maxp + ENV_HEAD)
     if env and not over then
-      m = parse_env(e)
-      over = m and #m.payload > maxp
+      local pa, pm, pp
+      id, attempts, max, lms, pa, pm, pp = take_env(e)
+      if id then
+        over = #e - pp + 1 > maxp
+        attempts = attempts + 1
+        -- the record: the element with attempts + 1, behind the token.
+        -- Lua hashes every byte of every string it makes: of the payload's
+        -- size, only the payload and the record.
+        payload = string.sub(e, pp)
+        rec = token .. '|' .. string.sub(e, 1, pa - 1) .. attempts .. '|' .. string.sub(e, pm, pp - 1) .. payload
+      end
     elseif not env and not over then
-      m = { id = rawid, attempts = 0, max = defmax, lease = 0, expiries = 0, failures = 0, payload = e }
+      id, attempts, max, payload = rawid, 1, defmax, e
+      rec = token .. '|' .. MARK .. rawid .. '|1|' .. ARGV[4] .. '|0|0|0|' .. e
     end
     if over then
       bad = bad + 1
-      local id = env and string.match(string.sub(e, MARKLEN + 1, MARKLEN + 65), '^([%w%-%.]+)|')
-      dead_letter(KEYS[6], KEYS[7], id or rawid .. '.o' .. bad, 'oversized', now, e)
-    elseif not m then
+      local oid = env and string.match(string.sub(e, MARKLEN + 1, MARKLEN + 65), '^([%w%-%.]+)|')
+      dead_letter(KEYS[6], KEYS[7], oid or rawid .. '.o' .. bad, 'oversized', now, e)
+    elseif not id then
       bad = bad + 1
       dead_letter(KEYS[6], KEYS[7], rawid .. '.m' .. bad, 'malformed', now, e)
+    elseif redis.call('HSETNX', KEYS[3], id, rec) == 0 then
+      -- an id already in flight: a second copy pushed by someone else
+      bad = bad + 1
+      dead_letter(KEYS[6], KEYS[7], id, 'malformed', now, e)
     else
-      m.attempts = m.attempts + 1
-      local rec = build_env(m, token .. '|')
-      if redis.call('HSETNX', KEYS[3], m.id, rec) == 0 then
-        -- an id already in flight: a second copy pushed by someone else
-        bad = bad + 1
-        dead_letter(KEYS[6], KEYS[7], m.id, 'malformed', now, e)
-      else
-        j = j + 1
-        local ms = override
-        if ms <= 0 then ms = m.lease end
-        if ms <= 0 then ms = deflease end
-        -- a foreign envelope may ask for more than ackd allows: a week at most
-        if ms > 604800000 then ms = 604800000 end
-        local deadline = now + ms
-        zadd[#zadd + 1] = deadline
-        zadd[#zadd + 1] = m.id
-        redis.call('SET', KEYS[7 + j], m.id, 'PXAT', deadline)
-        if earliest == nil or deadline < earliest then earliest = deadline end
-        local o = #out
-        out[o + 1] = m.id
-        out[o + 2] = token
-        out[o + 3] = m.attempts
-        out[o + 4] = deadline
-        out[o + 5] = m.max
-        out[o + 6] = m.payload
-      end
+      j = j + 1
+      local ms = override
+      if ms <= 0 and lms then ms = tonumber(lms) end
+      if ms <= 0 then ms = deflease end
+      -- a foreign envelope may ask for more than ackd allows: a week at most
+      if ms > MAX_MS then ms = MAX_MS end
+      local deadline = now + ms
+      zadd[#zadd + 1] = deadline
+      zadd[#zadd + 1] = id
+      redis.call('SET', KEYS[9 + j], id, 'PXAT', deadline)
+      if earliest == nil or deadline < earliest then earliest = deadline end
+      lease_out(id, token, attempts, deadline, max, payload)
     end
   end
 end
@@ -141,6 +198,7 @@ out[3] = bad
 if earliest then
   wake(ARGV[5], ARGV[6], 'lease', before, earliest)
 elseif j == 0 then
-  out[2] = first_score(KEYS[5]) or -1
+  out[2] = delayed and first_score(KEYS[5]) or -1
 end
+if j == n and ARGV[9] == '1' then out[4] = redis.call('LLEN', KEYS[1]) end
 return out
