@@ -417,7 +417,7 @@ type ledger struct {
 	pushOK    map[string]int       // payload -> pushes that returned nil
 	pushErr   map[string]int       // payload -> pushes that returned an error
 	ackOK     map[string]int       // payload -> acks that returned nil
-	ackErr    map[string]int       // payload -> acks whose outcome is unknown (an error other than ErrNotHeld, ErrStale)
+	ackErr    map[string]int       // payload -> acks whose outcome is unknown (an error other than ErrStale)
 	abandoned map[string]time.Time // payload -> deadline of a lease left to run out
 	lags      []lagSample
 	errs      []callError
@@ -478,8 +478,10 @@ func (l *ledger) abandon(ls *lease.Lease) {
 	l.abandoned[string(ls.Payload)] = ls.Deadline()
 }
 
-// acked records one ack's result; ErrNotHeld and ErrStale changed nothing
-// and are no error of a write.
+// acked records one ack's result. ErrStale changed nothing. ErrNotHeld
+// may follow an ack that went through (go-redis resends a command whose
+// reply a broken connection lost), so its outcome counts as unknown, but
+// it is no error of the call.
 func (l *ledger) acked(payload string, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -487,7 +489,9 @@ func (l *ledger) acked(payload string, err error) {
 	case err == nil:
 		l.ackOK[payload]++
 		l.okAcks++
-	case errors.Is(err, lease.ErrNotHeld), errors.Is(err, lease.ErrStale):
+	case errors.Is(err, lease.ErrStale):
+	case errors.Is(err, lease.ErrNotHeld):
+		l.ackErr[payload]++
 	default:
 		l.ackErr[payload]++
 		l.errs = append(l.errs, callError{time.Now(), "ack", payload, err})
@@ -583,7 +587,7 @@ type ledgerSummary struct {
 	Left       int            // still ready, claimed, in flight or delayed
 	Copies     int            // extra copies found in Redis (a re-push after an error that had stored it)
 	Repushed   int            // messages pushed again after an error
-	Uncertain  int            // gone after an ack its consumer was told failed
+	Uncertain  int            // gone after an ack that returned an error (ErrNotHeld included)
 	NotStored  int            // gone, and every push of it returned an error
 	Lost       []string       // gone, though a push returned nil and no ack of it failed or succeeded
 }
