@@ -160,14 +160,16 @@ func TestClusterMigrationUnderLoad(t *testing.T) {
 	before := refusals()
 	// Two keys per MIGRATE: after the first batch the queue's keys are
 	// split between the nodes (a script on them gets TRYAGAIN, a command
-	// on a moved key ASK).
+	// on a moved key ASK). Each of the two holds lasts until 20 more
+	// refusals or 1 s, so the slot stays migrating well inside the
+	// default RetryWindow (5 s).
 	holds := 0
 	hold := func(ctx context.Context, moved int) error {
 		if holds++; holds > 2 {
 			return nil
 		}
 		target := met(before) + 20
-		return pollUntil(ctx, 3*time.Second, func() bool { return met(before) >= target })
+		return pollUntil(ctx, time.Second, func() bool { return met(before) >= target })
 	}
 	st, err := c.Migrate(ctx, slot, from, to, &redistest.MigrateOptions{Batch: 2, Between: hold})
 	if err != nil {
