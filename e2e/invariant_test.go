@@ -7,6 +7,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -514,6 +516,7 @@ func (l *ledger) errorWindow(since, until time.Time) string {
 	var first, last time.Time
 	kinds := map[string]int{}
 	n := 0
+	other := ""
 	for _, e := range l.errs {
 		if e.at.Before(since) || (!until.IsZero() && !e.at.Before(until)) {
 			continue
@@ -524,11 +527,16 @@ func (l *ledger) errorWindow(since, until time.Time) string {
 		}
 		last = e.at
 		kind := "other"
+		var ne net.Error
 		switch {
 		case errors.Is(e.err, lease.ErrNotReplicated):
 			kind = "ErrNotReplicated"
 		case errors.Is(e.err, context.DeadlineExceeded):
 			kind = "timeout"
+		case errors.Is(e.err, io.EOF), errors.Is(e.err, io.ErrUnexpectedEOF), errors.As(e.err, &ne):
+			// The connection broke after the command was sent: its
+			// outcome is unknown, and lease does not retry it.
+			kind = "connection lost"
 		default:
 			for _, code := range []string{"TRYAGAIN", "ASK", "MOVED", "CLUSTERDOWN", "READONLY", "NOREPLICAS", "LOADING", "MASTERDOWN"} {
 				if strings.Contains(e.err.Error(), code+" ") {
@@ -537,11 +545,17 @@ func (l *ledger) errorWindow(since, until time.Time) string {
 			}
 		}
 		kinds[e.op+" "+kind]++
+		if kind == "other" && other == "" {
+			other = e.err.Error()
+		}
 	}
 	if n == 0 {
 		return "no errors"
 	}
-	return fmt.Sprintf("%d errors %v from +%v to +%v", n, kinds, first.Sub(since).Round(time.Millisecond), last.Sub(since).Round(time.Millisecond))
+	if other != "" {
+		other = fmt.Sprintf(" (first other: %q)", other)
+	}
+	return fmt.Sprintf("%d errors %v from +%v to +%v%s", n, kinds, first.Sub(since).Round(time.Millisecond), last.Sub(since).Round(time.Millisecond), other)
 }
 
 // errorsSince returns the errors callers saw from since on.
