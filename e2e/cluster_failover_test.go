@@ -111,8 +111,8 @@ func TestClusterFailoverUnderLoad(t *testing.T) {
 // TestClusterMigrationUnderLoad moves the slot of a busy queue to another
 // master with MIGRATE while producers, consumers and the daemon work on
 // it, holding the slot mid-migration until the workload has met TRYAGAIN
-// or ASK; then reshards the slots of two more busy queues and 20 idle
-// ones. Half the queues use lease.Config.Replicas 1 (each change and its
+// or ASK; then reshards the slots of the busy queues of one master and 20
+// of its idle slots to another, one slot after the other. Half the queues use lease.Config.Replicas 1 (each change and its
 // WAIT go to the slot's master in one pipeline, so lease follows the
 // redirects itself), half go through go-redis' own redirects. Every
 // refusal must be retried within lease.Config.RetryWindow: no call may
@@ -188,8 +188,9 @@ func TestClusterMigrationUnderLoad(t *testing.T) {
 		t.Errorf("%d calls failed to their callers during the migration, e.g. %s %q: %v", len(errs), errs[0].op, errs[0].payload, errs[0].err)
 	}
 
-	// A reshard: the slots of the other busy queue on that master and of
-	// one on another, and 20 idle slots, to a third master.
+	// A reshard: the slots of the busy queues on queues[1]'s master and 20
+	// of its idle slots, to another master, one after the other as
+	// redis-cli --cluster reshard moves them.
 	src := c.MasterOf(t, lease.KeysFor(queues[1]).Ready)
 	dst := otherMaster(t, c, src)
 	var slots []int
