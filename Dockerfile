@@ -3,7 +3,9 @@
 # Build: docker build --build-arg VERSION=v0.1.0 -t ackd:v0.1.0 .
 # Run:   docker run -e ACKD_REDIS_URL=redis://redis:6379/0 -p 9466:9466 ackd:v0.1.0
 
-FROM golang:1.26 AS build
+# A patch release, not a floating tag: .ci/vulncheck checks this very release against the Go
+# vulnerability database (docs/SECURITY.md).
+FROM golang:1.26.11 AS build
 ARG VERSION=dev
 WORKDIR /src
 COPY go.mod go.sum ./

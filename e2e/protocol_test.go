@@ -106,7 +106,7 @@ func (c *cliConsumer) take(n int, leaseFor time.Duration) []cliLease {
 func (c *cliConsumer) ack(id, token string) string {
 	c.t.Helper()
 	k := lease.KeysFor(c.queue)
-	return c.cli("EVALSHA", c.ackSHA, "3", k.Leases, k.Deadlines, lease.LeaseKey(c.queue, token), id, token)
+	return c.cli("EVALSHA", c.ackSHA, "4", k.Leases, k.Deadlines, lease.LeaseKey(c.queue, token), k.Counts, id, token)
 }
 
 // Scenario 9: clients that know nothing of Go. A producer pushes plain

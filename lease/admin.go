@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/redis/go-redis/v9"
 )
 
 // The operations in this file are for operators and their tools (the ackd
@@ -44,6 +45,11 @@ type Stats struct {
 	NextDue time.Time
 	// Now is Redis's clock at the moment of the reading.
 	Now time.Time
+	// Acked, Purged and Replayed are the queue's running totals (the
+	// Keys.Counts hash): messages acked, dead letters purged and dead
+	// letters replayed since the queue began, or since Forget. Two
+	// readings give rates: see Rates.
+	Acked, Purged, Replayed int64
 }
 
 // Empty reports whether the queue holds no message in any state.
@@ -60,20 +66,84 @@ func (c *Client) Stats(ctx context.Context, queue string) (Stats, error) {
 	if err := ValidateQueue(queue); err != nil {
 		return s, err
 	}
-	k := KeysFor(queue)
-	v, err := statsScript.Run(ctx, c.rdb, []string{k.Ready, k.Claim, k.Deadlines, k.Delayed, k.Dead, k.Paused}, headBytes).Slice()
+	v, err := statsScript.Run(ctx, c.rdb, statsKeys(queue), headBytes).Slice()
 	if err != nil {
 		return s, fmt.Errorf("lease: stats of %s: %w", queue, convertErr(err))
 	}
-	var n [9]int64
+	return parseStats(queue, v)
+}
+
+// StatsMany reads the Stats of each queue, one stats script per queue,
+// sent in one pipelined round trip (on a Cluster, one per node). Each
+// reading is atomic for its queue; the queues are not read at one
+// instant. errs[i] is the error of queues[i], nil if it was read.
+func (c *Client) StatsMany(ctx context.Context, queues []string) (stats []Stats, errs []error) {
+	stats, errs = make([]Stats, len(queues)), make([]error, len(queues))
+	todo := make([]int, 0, len(queues))
+	for i, q := range queues {
+		if errs[i] = ValidateQueue(q); errs[i] == nil {
+			todo = append(todo, i)
+		}
+	}
+	// EVALSHA first; queues whose server lacks the script get EVAL.
+	for _, load := range []bool{false, true} {
+		if len(todo) == 0 {
+			break
+		}
+		cmds := make([]*redis.Cmd, len(todo))
+		_, _ = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for j, i := range todo {
+				if load {
+					cmds[j] = statsScript.Eval(ctx, p, statsKeys(queues[i]), headBytes)
+				} else {
+					cmds[j] = statsScript.EvalSha(ctx, p, statsKeys(queues[i]), headBytes)
+				}
+			}
+			return nil
+		})
+		var again []int
+		for j, i := range todo {
+			v, err := cmds[j].Slice()
+			if err != nil && !load && redis.HasErrorPrefix(err, "NOSCRIPT") {
+				again = append(again, i)
+				continue
+			}
+			if err != nil {
+				errs[i] = fmt.Errorf("lease: stats of %s: %w", queues[i], convertErr(err))
+				continue
+			}
+			stats[i], errs[i] = parseStats(queues[i], v)
+		}
+		todo = again
+	}
+	return stats, errs
+}
+
+func statsKeys(queue string) []string {
+	k := KeysFor(queue)
+	return []string{k.Ready, k.Claim, k.Deadlines, k.Delayed, k.Dead, k.Paused, k.Counts}
+}
+
+// parseStats reads stats.lua's reply.
+func parseStats(queue string, v []any) (Stats, error) {
+	var s Stats
+	if len(v) != 13 {
+		return s, fmt.Errorf("lease: stats of %s: %w: reply %v", queue, ErrMalformed, v)
+	}
+	var n [12]int64
 	for i := range n {
-		x, ok := v[i].(int64)
-		if !ok || len(v) != 10 {
+		j := i
+		if i >= 9 {
+			j++ // the head prefix sits between now and the totals
+		}
+		x, ok := v[j].(int64)
+		if !ok {
 			return s, fmt.Errorf("lease: stats of %s: %w: reply %v", queue, ErrMalformed, v)
 		}
 		n[i] = x
 	}
 	head, _ := v[9].(string)
+	s.Acked, s.Purged, s.Replayed = n[9], n[10], n[11]
 	s.Ready = n[0] + n[1]
 	s.InFlight, s.Delayed, s.Dead = n[2], n[3], n[4]
 	s.Paused, s.PausedAt = n[5] >= 0, msTime(n[5])
@@ -208,6 +278,11 @@ func (c *Client) Forget(ctx context.Context, queue string) error {
 			return fmt.Errorf("lease: forget %s: register it again: %w (after %w)", queue, convertErr(rerr), err)
 		}
 		return err
+	}
+	// The running totals go with the queue (a queue of the same name
+	// starts again from 0).
+	if err := c.rdb.Del(ctx, KeysFor(queue).Counts).Err(); err != nil {
+		return fmt.Errorf("lease: forget %s: delete its running totals: %w", queue, convertErr(err))
 	}
 	return nil
 }

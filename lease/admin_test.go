@@ -418,3 +418,87 @@ func FuzzDecodePeek(f *testing.F) {
 		_, _ = pushTime(string(prefix))
 	})
 }
+
+// TestRunningTotals: acks, replays and purges add to the queue's counts
+// hash, and Stats, StatsMany and Sweep read the totals back.
+func TestRunningTotals(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := t.Context()
+	const q = "totals"
+	for i := range 6 {
+		b.push(t, q, fmt.Sprint(i), nil)
+	}
+	ls, err := b.c.TakeBatch(ctx, q, 4, nil)
+	if err != nil || len(ls) != 4 {
+		t.Fatalf("TakeBatch = %d, %v", len(ls), err)
+	}
+	if err := b.c.AckBatch(ctx, ls[:2]); err != nil {
+		t.Fatal(err)
+	}
+	if err := ls[1].Ack(ctx); !errors.Is(err, ErrNotHeld) { // acked already: adds nothing
+		t.Fatalf("second ack = %v", err)
+	}
+	for _, l := range ls[2:] {
+		if err := l.DeadLetter(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := b.c.ReplayAll(ctx, q, nil); n != 2 || err != nil {
+		t.Fatalf("ReplayAll = %d, %v", n, err)
+	}
+	for _, l := range b.takeN(t, q, 3) {
+		if err := l.DeadLetter(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := b.c.PurgeAll(ctx, q, nil); n != 3 || err != nil {
+		t.Fatalf("PurgeAll = %d, %v", n, err)
+	}
+	want := [3]int64{2, 3, 2} // acked, purged, replayed
+	totals := func(s Stats) [3]int64 { return [3]int64{s.Acked, s.Purged, s.Replayed} }
+
+	s, err := b.c.Stats(ctx, q)
+	if err != nil || totals(s) != want || s.Ready != 1 {
+		t.Fatalf("Stats = %+v, %v; want totals %v and 1 ready", s, err, want)
+	}
+	r, err := b.c.Sweep(ctx, q, nil)
+	if err != nil || totals(r.Counts) != want {
+		t.Errorf("Sweep counts = %+v, %v; want totals %v", r.Counts, err, want)
+	}
+	// StatsMany, also when the server lost its scripts (EVAL then).
+	for _, flush := range []bool{false, true} {
+		if flush {
+			if err := b.rdb.ScriptFlush(ctx).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ss, errs := b.c.StatsMany(ctx, []string{q, "nothing-here", "not a queue name!"})
+		if errs[0] != nil || totals(ss[0]) != want || ss[0].Ready != 1 {
+			t.Errorf("StatsMany (flushed %v) of %s = %+v, %v", flush, q, ss[0], errs[0])
+		}
+		if errs[1] != nil || !ss[1].Empty() || ss[1].Now.IsZero() {
+			t.Errorf("StatsMany (flushed %v) of an unknown queue = %+v, %v", flush, ss[1], errs[1])
+		}
+		if !errors.Is(errs[2], ErrInvalidQueue) {
+			t.Errorf("StatsMany (flushed %v) of a bad name: %v, want ErrInvalidQueue", flush, errs[2])
+		}
+	}
+	// Foreign data in the hash reads as 0.
+	if err := b.rdb.HSet(ctx, KeysFor(q).Counts, "acked", "lots", "purged", "nan", "replayed", "-5").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := b.c.Stats(ctx, q); err != nil || totals(s) != [3]int64{} {
+		t.Errorf("Stats over foreign totals = %+v, %v; want 0, 0, 0", s, err)
+	}
+}
+
+// takeN takes n leases of queue, one call.
+func (b *testBundle) takeN(t *testing.T, queue string, n int) []*Lease {
+	t.Helper()
+	ls, err := b.c.TakeBatch(t.Context(), queue, n, nil)
+	if err != nil || len(ls) != n {
+		t.Fatalf("TakeBatch(%d) = %d, %v", n, len(ls), err)
+	}
+	return ls
+}

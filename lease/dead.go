@@ -125,7 +125,7 @@ func (c *Client) Purge(ctx context.Context, queue string, ids ...string) (int, e
 // returns how many it handled and the ids it did not find.
 func (c *Client) deadBatch(ctx context.Context, op string, k Keys, args []any) (int, []string, error) {
 	if op == "purge" {
-		n, missing, err := deadOpReply(purgeScript.Run(ctx, c.rdb, []string{k.Dead, k.DeadMsgs}, args...).Slice())
+		n, missing, err := deadOpReply(purgeScript.Run(ctx, c.rdb, []string{k.Dead, k.DeadMsgs, k.Counts}, args...).Slice())
 		if err == nil && len(args) > 1 {
 			// Their error texts too. Best effort: a text left behind is
 			// never shown for a later dead letter of the same id (its
@@ -140,7 +140,7 @@ func (c *Client) deadBatch(ctx context.Context, op string, k Keys, args []any) (
 		}
 		return n, missing, err
 	}
-	return deadOpReply(replayScript.Run(ctx, c.rdb, []string{k.Ready, k.Dead, k.DeadMsgs}, args...).Slice())
+	return deadOpReply(replayScript.Run(ctx, c.rdb, []string{k.Ready, k.Dead, k.DeadMsgs, k.Counts}, args...).Slice())
 }
 
 // deadOpReply decodes {count, then each id not in the dead set}.

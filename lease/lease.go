@@ -113,6 +113,7 @@ func (c *Client) AckBatch(ctx context.Context, leases []*Lease) error {
 	}
 	k := KeysFor(queue)
 	keys[0], keys[1] = k.Leases, k.Deadlines
+	keys = append(keys, k.Counts)
 	res, err := ackScript.Run(ctx, c.rdb, keys, args...).Int64Slice()
 	if err != nil {
 		return fmt.Errorf("lease: ack %d in %s: %w", len(leases), queue, convertErr(err))

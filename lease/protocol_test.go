@@ -210,13 +210,13 @@ func TestProtocolRedisCLI(t *testing.T) {
 	if dl, err := strconv.ParseInt(out[0], 10, 64); err != nil || dl <= l.deadline {
 		t.Fatalf("extend = %q, want a later deadline than %d", out, l.deadline)
 	}
-	if out := c.evalsha("ack", []string{c.key("leases"), c.key("deadlines"), c.key("lease:" + l.token)}, l.id, "ffffffffffffffff"); out[0] != "-1" {
+	if out := c.evalsha("ack", []string{c.key("leases"), c.key("deadlines"), c.key("lease:" + l.token), c.key("counts")}, l.id, "ffffffffffffffff"); out[0] != "-1" {
 		t.Errorf("ack with a wrong token = %q, want -1", out)
 	}
-	if out := c.evalsha("ack", []string{c.key("leases"), c.key("deadlines"), c.key("lease:" + l.token)}, l.id, l.token); out[0] != "1" {
+	if out := c.evalsha("ack", []string{c.key("leases"), c.key("deadlines"), c.key("lease:" + l.token), c.key("counts")}, l.id, l.token); out[0] != "1" {
 		t.Fatalf("ack = %q, want 1", out)
 	}
-	if out := c.evalsha("ack", []string{c.key("leases"), c.key("deadlines"), c.key("lease:" + l.token)}, l.id, l.token); out[0] != "0" {
+	if out := c.evalsha("ack", []string{c.key("leases"), c.key("deadlines"), c.key("lease:" + l.token), c.key("counts")}, l.id, l.token); out[0] != "0" {
 		t.Errorf("second ack = %q, want 0", out)
 	}
 	for _, k := range []string{c.key("leases"), c.key("deadlines"), c.key("lease:" + l.token)} {
@@ -280,7 +280,7 @@ func TestProtocolRedisCLI(t *testing.T) {
 	}
 	// NOSCRIPT: fall back to EVAL with the text.
 	c.run("SCRIPT", "FLUSH")
-	args := []string{"3", c.key("leases"), c.key("deadlines"), c.key("lease:" + l.token), l.id, l.token}
+	args := []string{"4", c.key("leases"), c.key("deadlines"), c.key("lease:" + l.token), c.key("counts"), l.id, l.token}
 	if out := c.run(append([]string{"EVALSHA", c.sha["ack"]}, args...)...); !strings.HasPrefix(out, "NOSCRIPT") {
 		t.Fatalf("EVALSHA after SCRIPT FLUSH = %q, want NOSCRIPT", out)
 	}

@@ -110,6 +110,7 @@ func TestKeysFor(t *testing.T) {
 		DeadMsgs:  "ackd:{q}:deadmsgs",
 		DeadErrs:  "ackd:{q}:deaderrs",
 		Paused:    "ackd:{q}:paused",
+		Counts:    "ackd:{q}:counts",
 	}
 	if k != want {
 		t.Errorf("KeysFor(q) = %+v, want %+v", k, want)

@@ -57,6 +57,10 @@ func (r SweepResult) Next() time.Time {
 // first bytes of the ready list's head element.
 const sweepHead = 14
 
+// sweepTotals is the number of running totals (acked, purged, replayed)
+// that end sweep.lua's reply, after the lags.
+const sweepTotals = 3
+
 // Sweep requeues every due lease of queue and promotes every due delayed
 // message, each bounded by opts.Limit, in one atomic script call. It is
 // idempotent: the deadlines ZSET decides, so any number of callers racing
@@ -83,7 +87,7 @@ func (c *Client) Sweep(ctx context.Context, queue string, opts *SweepOpts) (Swee
 	}
 	k := KeysFor(queue)
 	reply, err := sweepScript.Run(ctx, c.rdb,
-		[]string{k.Ready, k.Leases, k.Deadlines, k.Dead, k.DeadMsgs, k.Delayed, k.Claim, k.Paused},
+		[]string{k.Ready, k.Leases, k.Deadlines, k.Dead, k.DeadMsgs, k.Delayed, k.Claim, k.Paused, k.Counts},
 		o.Limit, reclaim, headBytes).Slice()
 	if err != nil {
 		return r, fmt.Errorf("lease: sweep %s: %w", queue, convertErr(err))
@@ -106,9 +110,11 @@ func (c *Client) Sweep(ctx context.Context, queue string, opts *SweepOpts) (Swee
 		}
 		v = append(v, n)
 	}
-	if len(v) <= sweepHead {
+	if len(v) < sweepHead+1+sweepTotals {
 		return r, fmt.Errorf("lease: sweep %s: %w: reply %v", queue, ErrMalformed, reply)
 	}
+	totals := v[len(v)-sweepTotals:]
+	v = v[:len(v)-sweepTotals]
 	r.Requeued, r.DeadLettered, r.Malformed, r.Promoted, r.Reclaimed = int(v[0]), int(v[1]), int(v[2]), int(v[3]), int(v[4])
 	if v[5] >= 0 {
 		r.NextDeadline = fromMS(v[5])
@@ -121,6 +127,7 @@ func (c *Client) Sweep(ctx context.Context, queue string, opts *SweepOpts) (Swee
 		Ready: v[8], InFlight: v[9], Delayed: v[10], Dead: v[11],
 		Paused: v[12] >= 0, PausedAt: msTime(v[12]),
 		EarliestDeadline: r.NextDeadline, NextDue: r.NextDelayed, Now: fromMS(v[13]),
+		Acked: totals[0], Purged: totals[1], Replayed: totals[2],
 	}
 	if r.Counts.Ready > 0 {
 		if t, ok := pushTime(head); ok {

@@ -63,15 +63,29 @@
 //
 // Keyspace events are node-local. On a *redis.ClusterClient the Listener
 // subscribes to the event patterns on every master (ForEachMaster) and
-// re-reads the topology every TopologyInterval, subscribing to new masters
-// and dropping departed ones; the wake channel, which PUBLISH spreads to
-// every node, is one more subscription. A *redis.Ring is treated the same,
-// shard by shard. Until a new master is noticed its events are missed; the
-// subscription that follows triggers SubscribedFunc and so a scan. Reading
-// the topology costs one CLUSTER SLOTS per TopologyInterval.
+// re-reads the topology every TopologyInterval (500 ms) and at once when
+// a node's subscription breaks, subscribing to new masters and dropping
+// departed or demoted ones: CLUSTER FAILOVER turns a replica into a master
+// and tells no client, so reading is the only way to notice. The wake
+// channel, which PUBLISH spreads to every node, is one more subscription.
+// A *redis.Ring is treated the same, shard by shard. Until a new master is
+// noticed its events are missed; the subscription that follows triggers
+// SubscribedFunc and so a scan. Reading the topology costs one CLUSTER
+// SLOTS per TopologyInterval.
 //
 // Only a master expires keys. A Sentinel (failover) client is one
-// subscription; go-redis moves it to the new master after a crash, but
-// after a manual failover it may stay on the demoted node and hear nothing
-// until its connection breaks. Timers and scans cover that gap.
+// subscription. go-redis moves its command pools to a new master but not
+// a subscription, which stays on the demoted node and hears nothing until
+// that node drops it (about 10 s after SENTINEL FAILOVER). With
+// Config.Sentinel set, the Listener subscribes to SwitchChannel
+// (+switch-master) on every Sentinel and, when one announces a switch,
+// closes its subscription and opens it again, which dials the new master;
+// every TopologyInterval it also asks a Sentinel for the master, in case
+// it missed an announcement. A switch, on a Cluster or a Sentinel, calls
+// TopologyFunc.
+//
+// notify-keyspace-events is per node and not replicated, so a replica
+// promoted by a failover sends only what it was configured with.
+// EnsureEvents on a Cluster and EnsureEventsSentinel reach the replicas
+// too, and report them apart (ReplicasEnabled, ReplicaErr).
 package notify

@@ -18,9 +18,19 @@ import (
 
 // Defaults for Config.
 const (
-	PingIntervalDefault     = 30 * time.Second
-	TopologyIntervalDefault = 10 * time.Second
+	PingIntervalDefault = 30 * time.Second
+	// TopologyIntervalDefault is how often a Listener on a Cluster reads
+	// which nodes are masters, and on a Sentinel-managed master asks the
+	// Sentinels which node is: a master that took over (CLUSTER FAILOVER
+	// turns a replica into a master and tells nobody) is listened to
+	// within about this long. It costs one CLUSTER SLOTS, or one SENTINEL
+	// GET-MASTER-ADDR-BY-NAME, per interval.
+	TopologyIntervalDefault = 500 * time.Millisecond
 )
+
+// SwitchChannel is where Sentinels announce a failover:
+// "<master-name> <old-ip> <old-port> <new-ip> <new-port>".
+const SwitchChannel = "+switch-master"
 
 // The keyevent patterns a Listener subscribes to, in every database.
 const (
@@ -75,9 +85,25 @@ type Config struct {
 	// a subscription not confirmed that long. Defaults to 30 seconds.
 	PingInterval time.Duration
 	// TopologyInterval is how often, on a Redis Cluster or Ring, the
-	// Listener looks for masters (shards) added or removed. Defaults to 10
-	// seconds; unused otherwise.
+	// Listener looks for masters (shards) added, removed or replaced, and,
+	// with Sentinel set, asks the Sentinels which node is the master.
+	// Besides, it looks at once when a node's subscription breaks.
+	// Defaults to 500 milliseconds.
 	TopologyInterval time.Duration
+	// Sentinel, for a client made by redis.NewFailoverClient, is the
+	// options it was made with. The Listener then subscribes to
+	// +switch-master on every Sentinel in Sentinel.SentinelAddrs and moves
+	// its subscription to the new master as soon as one announces a switch
+	// of Sentinel.MasterName (go-redis moves its command pools but not a
+	// subscription, which stayed on the demoted node, deaf, until that
+	// node dropped it). Without it, a Sentinel-managed master is followed
+	// only when its connection breaks.
+	Sentinel *redis.FailoverOptions
+	// TopologyFunc is called when the Listener found the masters changed:
+	// on a Cluster a master added, removed or replaced by its replica,
+	// with Sentinel a switch to another master; not at start. The caller
+	// may re-check notify-keyspace-events on the new master. Optional.
+	TopologyFunc func(ctx context.Context)
 }
 
 // ListenerStats is a snapshot of a Listener's counters.
@@ -88,6 +114,7 @@ type ListenerStats struct {
 	Reconnects    uint64 // subscriptions confirmed again after the first one
 	Ignored       uint64 // events for keys that are not shadow keys, and malformed wake messages
 	Pings         uint64 // health-check pings sent
+	Switches      uint64 // subscriptions moved to a new master (Sentinel) or masters changed (Cluster)
 }
 
 // Listener turns keyspace events and wake messages into callbacks. See the
@@ -97,7 +124,11 @@ type Listener struct {
 	cfg Config
 	log *slog.Logger
 
-	expired, evicted, wakes, reconnects, ignored, pings atomic.Uint64
+	expired, evicted, wakes, reconnects, ignored, pings, switches atomic.Uint64
+
+	// topo is signalled when a node's subscription breaks, so that
+	// runNodes reads the topology at once.
+	topo chan struct{}
 
 	known atomic.Bool // the set of subscriptions is complete (cluster: topology read once)
 	mu    sync.Mutex
@@ -110,6 +141,29 @@ type subscription struct {
 	want int    // confirmations that complete it (channels + patterns)
 	open func(ctx context.Context) (*redis.PubSub, error)
 	live atomic.Bool
+
+	// moved: the master changed; the PubSub is closed and opened afresh
+	// (which dials the new master) without back-off.
+	moved atomic.Bool
+	mu    sync.Mutex
+	ps    *redis.PubSub // the open PubSub, for reopen
+}
+
+// reopen closes s's PubSub so that run opens a new one at once, on
+// whatever node is master now.
+func (s *subscription) reopen() {
+	s.moved.Store(true)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ps != nil {
+		_ = s.ps.Close()
+	}
+}
+
+func (s *subscription) setPubSub(ps *redis.PubSub) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ps = ps
 }
 
 // NewListener returns a Listener on rdb, which may be a standalone,
@@ -133,6 +187,7 @@ func NewListener(rdb redis.UniversalClient, cfg *Config) *Listener {
 		cfg:  c,
 		log:  c.Logger.With("component", "notify"),
 		subs: make(map[*subscription]struct{}),
+		topo: make(chan struct{}, 1),
 	}
 }
 
@@ -145,6 +200,7 @@ func (l *Listener) Stats() ListenerStats {
 		Reconnects:    l.reconnects.Load(),
 		Ignored:       l.ignored.Load(),
 		Pings:         l.pings.Load(),
+		Switches:      l.switches.Load(),
 	}
 }
 
@@ -183,11 +239,30 @@ func (l *Listener) Run(ctx context.Context) error {
 	case *redis.Ring:
 		l.runNodes(ctx, c.ForEachShard)
 	default:
+		var w *masterWatch
 		s := &subscription{name: "redis", want: 3, open: func(ctx context.Context) (*redis.PubSub, error) {
-			return openPubSub(ctx, l.rdb, []string{lease.WakeChannel}, []string{ExpiredPattern, EvictedPattern})
+			var c redis.UniversalClient = l.rdb
+			if n := w.node(); n != nil {
+				c = n // where the Sentinels say the master is
+			}
+			return openPubSub(ctx, c, []string{lease.WakeChannel}, []string{ExpiredPattern, EvictedPattern})
 		}}
 		l.track(s)
 		l.known.Store(true)
+		if fo := l.cfg.Sentinel; fo != nil {
+			w = newMasterWatch(l, fo, s)
+			defer w.close()
+			// Know the master before subscribing, so that the first
+			// subscription is on it.
+			if addr, err := w.ask(ctx); err == nil && addr != "" {
+				w.named(ctx, addr, "sentinel")
+			}
+			var wg sync.WaitGroup
+			defer wg.Wait()
+			wctx, stop := context.WithCancel(ctx)
+			defer stop()
+			wg.Go(func() { w.follow(wctx) })
+		}
 		l.run(ctx, s)
 	}
 	return nil
@@ -244,6 +319,7 @@ func (l *Listener) runNodes(ctx context.Context, forEach forEachNode) {
 		}
 	}()
 	fails := 0
+	first := true
 	for {
 		var mu sync.Mutex
 		current := map[string]*redis.Client{}
@@ -265,35 +341,65 @@ func (l *Listener) runNodes(ctx context.Context, forEach forEachNode) {
 			wait = min(backoff(fails+1), wait)
 		default:
 			fails = 0
+			changed := false
 			for addr, c := range current {
 				if _, ok := nodes[addr]; ok {
 					continue
 				}
+				changed = true
 				nctx, cancel := context.WithCancel(ctx)
 				nodes[addr] = cancel
 				s := &subscription{name: addr, want: 2, open: func(ctx context.Context) (*redis.PubSub, error) {
 					return openPubSub(ctx, c, nil, []string{ExpiredPattern, EvictedPattern})
 				}}
-				l.log.DebugContext(ctx, "watching node", "node", addr)
+				if first {
+					l.log.DebugContext(ctx, "watching node", "node", addr)
+				} else {
+					l.log.InfoContext(ctx, "new master, subscribing", "node", addr)
+				}
 				l.track(s)
 				wg.Go(func() { l.run(nctx, s) })
 			}
 			for addr, cancel := range nodes {
 				if _, ok := current[addr]; !ok {
-					l.log.DebugContext(ctx, "node gone", "node", addr)
+					l.log.InfoContext(ctx, "no longer a master, unsubscribing", "node", addr)
 					cancel()
 					delete(nodes, addr)
+					changed = true
 				}
 			}
 			l.known.Store(true)
+			if changed && !first {
+				l.switches.Add(1)
+				l.log.InfoContext(ctx, "masters changed", "masters", len(nodes))
+				if f := l.cfg.TopologyFunc; f != nil {
+					f(ctx)
+				}
+			}
+			first = false
 		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
+		case <-l.topo:
+			// A subscription broke: its node may have died or been
+			// demoted. Read the topology now, but not in a busy loop.
+			t.Stop()
+			if !sleep(ctx, backoffMin) {
+				return
+			}
 		case <-t.C:
 		}
+	}
+}
+
+// topologyChanged asks runNodes to read the topology now.
+func (l *Listener) topologyChanged() {
+	select {
+	case l.topo <- struct{}{}:
+	default:
 	}
 }
 
@@ -323,11 +429,13 @@ func (l *Listener) run(ctx context.Context, s *subscription) {
 			stop()
 			_ = ps.Close()
 			ps = nil
+			s.setPubSub(nil)
 		}
 	}
 	defer drop()
 	for ctx.Err() == nil {
 		if ps == nil {
+			s.moved.Store(false)
 			p, err := s.open(ctx)
 			if err != nil {
 				fails++
@@ -339,6 +447,10 @@ func (l *Listener) run(ctx context.Context, s *subscription) {
 			}
 			// Receive does not watch ctx; closing the PubSub ends it.
 			ps, stop, pinged = p, context.AfterFunc(ctx, func() { _ = p.Close() }), false
+			s.setPubSub(p)
+			if s.moved.Load() {
+				_ = p.Close() // the master changed while this one opened
+			}
 		}
 		timeout := l.cfg.PingInterval
 		if pinged || !s.live.Load() {
@@ -347,6 +459,13 @@ func (l *Listener) run(ctx context.Context, s *subscription) {
 		msg, err := ps.ReceiveTimeout(ctx, timeout)
 		if ctx.Err() != nil {
 			return
+		}
+		if err != nil && s.moved.Load() {
+			// reopen closed it: the master changed. Open again at once;
+			// the new PubSub dials the new master.
+			drop()
+			l.log.InfoContext(ctx, "master switched, moving subscription", "node", s.name)
+			continue
 		}
 		if err != nil {
 			switch {
@@ -368,6 +487,7 @@ func (l *Listener) run(ctx context.Context, s *subscription) {
 				err = fmt.Errorf("no reply to ping within %v", timeout)
 				drop()
 			}
+			l.topologyChanged()
 			fails++
 			l.failed(ctx, s, fails, err)
 			if !sleep(ctx, backoff(fails)) {

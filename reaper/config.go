@@ -8,6 +8,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/ackd/ackd/fallback"
 	"github.com/ackd/ackd/internal/schedule"
 	"github.com/ackd/ackd/lease"
@@ -23,7 +25,7 @@ const (
 	CheckIntervalDefault        = time.Second
 	OutageCheckIntervalDefault  = time.Second
 	ListenerPingIntervalDefault = notify.PingIntervalDefault     // 30 seconds
-	TopologyIntervalDefault     = notify.TopologyIntervalDefault // 10 seconds
+	TopologyIntervalDefault     = notify.TopologyIntervalDefault // 500 milliseconds
 	ShutdownTimeoutDefault      = 10 * time.Second
 )
 
@@ -85,9 +87,25 @@ type Config struct {
 	// Defaults to 30 seconds.
 	ListenerPingInterval time.Duration
 	// TopologyInterval is how often, on a Redis Cluster, the listener
-	// looks for masters added or removed (notify.Config.TopologyInterval).
-	// Defaults to 10 seconds.
+	// looks for masters added, removed or replaced, and with Sentinel set
+	// asks the Sentinels for the master (notify.Config.TopologyInterval).
+	// Defaults to 500 milliseconds.
 	TopologyInterval time.Duration
+	// Sentinel, when the client was made by redis.NewFailoverClient, is
+	// the options it was made with: the listener follows the Sentinels'
+	// +switch-master at once (notify.Config.Sentinel), and the
+	// keyspace-events check reaches the replicas the Sentinels list
+	// (notify.EnsureEventsSentinel). Defaults to none.
+	Sentinel *redis.FailoverOptions
+	// Replicas and ReplicaTimeout are the durability of the Reaper's own
+	// writes (lease.Config.Replicas and ReplicaTimeout): with Replicas
+	// set, each Sweep call waits until that many replicas have its
+	// changes. A call they do not confirm in time is not an outage: it is
+	// counted (Stats().NotReplicated), logged, and its queue swept again
+	// after RetryDelay; the sweep is idempotent. Default to 0 (no
+	// waiting) and lease.ReplicaTimeoutDefault.
+	Replicas       int
+	ReplicaTimeout time.Duration
 	// ShutdownTimeout is how long sweeps running when Run's context ends
 	// may take to finish before they are abandoned. Defaults to 10 seconds.
 	ShutdownTimeout time.Duration
@@ -144,6 +162,12 @@ func (c *Config) withDefaults() (Config, error) {
 		if d.v < 0 {
 			bad(d.field, d.v, "must be positive")
 		}
+	}
+	if out.Replicas < 0 {
+		bad("Replicas", out.Replicas, "must not be negative")
+	}
+	if out.ReplicaTimeout < 0 {
+		bad("ReplicaTimeout", out.ReplicaTimeout, "must be positive")
 	}
 	if out.ObserveEvents && out.ConfigureEvents {
 		bad("ObserveEvents", true, "excludes ConfigureEvents")

@@ -10,7 +10,12 @@
 //	go rp.Run(ctx) // until ctx ends
 //
 // rdb is a redis.UniversalClient: a standalone, Sentinel (failover) or
-// Cluster client. On a cluster the listener subscribes to every master.
+// Cluster client. On a cluster the listener subscribes to every master
+// and follows master changes within Config.TopologyInterval; for a
+// Sentinel client set Config.Sentinel to the options the client was made
+// with, and it follows +switch-master at once. Config.Replicas makes the
+// sweeps wait for replicas (WAIT); a sweep they do not confirm is counted
+// in Stats().NotReplicated and repeated, and is not an outage.
 //
 // # What triggers a sweep
 //

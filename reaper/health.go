@@ -10,6 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ackd/ackd/lease"
 	"github.com/ackd/ackd/notify"
 )
 
@@ -29,6 +30,12 @@ type EventsStatus struct {
 	// Observed: Enabled was inferred from an expired event arriving
 	// (Config.ObserveEvents), not read with CONFIG; Flags is then empty.
 	Observed bool
+	// ReplicasEnabled: every replica reached (Cluster replicas, or those
+	// the Sentinels list) has E and x too, so one promoted by a failover
+	// sends expired events at once. True when none was reached.
+	ReplicasEnabled bool
+	Replicas        int    // replicas reached
+	ReplicaError    string // why a replica's setting could not be read or set, if so
 }
 
 // health tracks whether Redis answers, and the keyspace-events setting.
@@ -74,6 +81,9 @@ func (h *health) failed(err error) {
 func isOutage(err error) bool {
 	switch {
 	case err == nil, errors.Is(err, context.Canceled):
+		return false
+	case errors.Is(err, lease.ErrNotReplicated):
+		// The master answered and made the change; its replicas lag.
 		return false
 	case redis.IsAuthError(err), redis.IsLoadingError(err):
 		return true
@@ -159,7 +169,12 @@ func (r *Reaper) checkEvents(ctx context.Context) {
 	defer h.checkMu.Unlock()
 	cctx, cancel := context.WithTimeout(ctx, eventsCheckTimeout)
 	defer cancel()
-	st := notify.EnsureEvents(cctx, r.rdb, r.cfg.ConfigureEvents)
+	var st notify.EventsState
+	if r.cfg.Sentinel != nil {
+		st = notify.EnsureEventsSentinel(cctx, r.rdb, r.cfg.Sentinel, r.cfg.ConfigureEvents)
+	} else {
+		st = notify.EnsureEvents(cctx, r.rdb, r.cfg.ConfigureEvents)
+	}
 	if ctx.Err() != nil {
 		return
 	}
@@ -168,9 +183,12 @@ func (r *Reaper) checkEvents(ctx context.Context) {
 		return
 	}
 	h.ok()
-	now := EventsStatus{Checked: true, Enabled: st.Enabled, Flags: st.Flags}
+	now := EventsStatus{Checked: true, Enabled: st.Enabled, Flags: st.Flags, ReplicasEnabled: st.ReplicasEnabled, Replicas: st.Replicas}
 	if st.Err != nil {
 		now.Error = st.Err.Error()
+	}
+	if st.ReplicaErr != nil {
+		now.ReplicaError = st.ReplicaErr.Error()
 	}
 	h.eventsMu.Lock()
 	before := h.events
@@ -193,6 +211,10 @@ func (r *Reaper) checkEvents(ctx context.Context) {
 		r.log.Warn("keyspace events are on, but checking them failed", "flags", now.Flags, "error", now.Error)
 	case !st.Changed:
 		r.log.Info("keyspace events are on", "flags", now.Flags)
+	}
+	if now.Enabled && (!now.ReplicasEnabled || now.ReplicaError != "") && (before.ReplicasEnabled != now.ReplicasEnabled || before.ReplicaError != now.ReplicaError) {
+		r.log.Warn("keyspace events are off or unknown on a replica: a failover to it would send no expired events until ackd's next check",
+			"flags", now.Flags, "error", now.ReplicaError, "hint", "set notify-keyspace-events on every replica too (e.g. Exe)")
 	}
 }
 

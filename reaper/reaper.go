@@ -63,6 +63,10 @@ type Stats struct {
 	Scanner  fallback.ScannerStats // scans made
 	Ignored  uint64                // events and wake messages of queues outside Config.Queues, and wakes beyond lease.MaxLeaseFor
 	Dropped  uint64                // events and wakes dropped because too many queues had one pending (swept at the next scan)
+	// NotReplicated counts Sweep calls whose changes fewer than
+	// Config.Replicas replicas confirmed in time (lease.ErrNotReplicated);
+	// their queues are swept again.
+	NotReplicated uint64
 }
 
 // QueueStats is one queue's counts as its last sweep found them.
@@ -88,6 +92,10 @@ type Reaper struct {
 	ignored    atomic.Uint64
 	started    atomic.Bool
 	eventsSeen atomic.Bool // an expired event arrived (Config.ObserveEvents)
+
+	notReplicated  atomic.Uint64
+	unreplicatedMu sync.Mutex
+	unreplicated   bool // the last Sweep call was not replicated: logged once until one is
 
 	// Sweep calls run under sweepCtx, not Run's context, so that a call
 	// running at shutdown finishes; it ends ShutdownTimeout after Run's.
@@ -132,7 +140,7 @@ func New(rdb redis.UniversalClient, cfg *Config) (*Reaper, error) {
 	// The parts log through outageHandler, which keeps an outage to the
 	// Reaper's own two lines.
 	clog := slog.New(&outageHandler{Handler: c.Logger.Handler(), down: r.health.isDown})
-	if r.lc, err = lease.New(rdb, &lease.Config{Logger: clog}); err != nil {
+	if r.lc, err = lease.New(rdb, &lease.Config{Logger: clog, Replicas: c.Replicas, ReplicaTimeout: c.ReplicaTimeout}); err != nil {
 		return nil, err
 	}
 	r.sched = schedule.New(r.sweep, &schedule.Config{
@@ -171,7 +179,11 @@ func New(rdb redis.UniversalClient, cfg *Config) (*Reaper, error) {
 		SubscribedFunc:   func(context.Context) { r.scan.ScanNow() },
 		PingInterval:     c.ListenerPingInterval,
 		TopologyInterval: c.TopologyInterval,
-		Logger:           clog,
+		Sentinel:         c.Sentinel,
+		// A promoted node may lack the events setting (it is per node):
+		// check it now rather than at the next scan.
+		TopologyFunc: func(context.Context) { go r.checkEvents(r.partsCtx) },
+		Logger:       clog,
 	})
 	return r, nil
 }
@@ -273,6 +285,14 @@ func (r *Reaper) sweep(ctx context.Context, queue, trigger string) (time.Time, e
 	var next time.Time
 	for calls := 1; ; calls++ {
 		res, err := r.lc.Sweep(r.sweepCtx, queue, opts)
+		if errors.Is(err, lease.ErrNotReplicated) {
+			// Redis answered and made the change; whether a failover
+			// keeps it is unknown. Sweep again soon: it is idempotent.
+			// Not an error to the scheduler, which would log each one.
+			r.notReplicatedSweep(ctx, queue, trigger, err)
+			r.health.ok()
+			return time.Now().Add(r.cfg.RetryDelay), nil
+		}
 		if err != nil {
 			r.cfg.Observer.SweepFailed(queue, trigger, err)
 			r.health.failed(err)
@@ -298,9 +318,42 @@ func (r *Reaper) sweep(ctx context.Context, queue, trigger string) (time.Time, e
 		}
 	}
 	r.health.ok()
+	r.replicated(ctx)
 	r.setCounts(queue, trigger, last.Counts)
 	r.logSwept(ctx, queue, trigger, total)
 	return next, nil
+}
+
+// notReplicatedSweep counts and logs a Sweep call whose changes too few
+// replicas confirmed: at Warn the first of a run, then at Debug until a
+// sweep is replicated again.
+func (r *Reaper) notReplicatedSweep(ctx context.Context, queue, trigger string, err error) {
+	r.notReplicated.Add(1)
+	r.unreplicatedMu.Lock()
+	first := !r.unreplicated
+	r.unreplicated = true
+	r.unreplicatedMu.Unlock()
+	if first {
+		r.log.WarnContext(ctx, "sweep not confirmed by enough replicas, sweeping again", "queue", queue, "trigger", trigger,
+			"replicas", r.cfg.Replicas, "retry_in", r.cfg.RetryDelay.String(), "error", err)
+		return
+	}
+	r.log.DebugContext(ctx, "sweep not confirmed by enough replicas", "queue", queue, "trigger", trigger, "error", err)
+}
+
+// replicated notes a sweep that succeeded; after a run of unreplicated
+// ones it is logged.
+func (r *Reaper) replicated(ctx context.Context) {
+	if r.cfg.Replicas == 0 {
+		return
+	}
+	r.unreplicatedMu.Lock()
+	was := r.unreplicated
+	r.unreplicated = false
+	r.unreplicatedMu.Unlock()
+	if was {
+		r.log.InfoContext(ctx, "sweeps are confirmed by enough replicas again", "replicas", r.cfg.Replicas)
+	}
 }
 
 // logSwept logs what a sweep did: at Info when a scan found expired
@@ -389,7 +442,8 @@ func (r *Reaper) Queues() []QueueStats {
 
 // Stats returns a snapshot of the Reaper's counters.
 func (r *Reaper) Stats() Stats {
-	return Stats{Listener: r.lis.Stats(), Scanner: r.scan.Stats(), Ignored: r.ignored.Load(), Dropped: r.sched.Stats().Dropped}
+	return Stats{Listener: r.lis.Stats(), Scanner: r.scan.Stats(), Ignored: r.ignored.Load(), Dropped: r.sched.Stats().Dropped,
+		NotReplicated: r.notReplicated.Load()}
 }
 
 // Subscribed reports whether the listener's subscriptions to keyspace

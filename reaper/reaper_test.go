@@ -132,6 +132,8 @@ func TestNewRejects(t *testing.T) {
 		{reaper.Config{ListenerPingInterval: -time.Second}, "Config.ListenerPingInterval"},
 		{reaper.Config{TopologyInterval: -time.Second}, "Config.TopologyInterval"},
 		{reaper.Config{ShutdownTimeout: -time.Second}, "Config.ShutdownTimeout"},
+		{reaper.Config{Replicas: -1}, "Config.Replicas"},
+		{reaper.Config{ReplicaTimeout: -time.Second}, "Config.ReplicaTimeout"},
 		{reaper.Config{Queues: []string{"ok", "bad{name"}}, "Config.Queues"},
 	} {
 		_, err := reaper.New(rdb, &tt.cfg)

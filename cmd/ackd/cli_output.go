@@ -15,6 +15,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/ackd/ackd/internal/ui"
 	"github.com/ackd/ackd/lease"
 )
 
@@ -28,27 +29,11 @@ func newTable(w io.Writer) *tabwriter.Writer {
 	return tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 }
 
-// queueJSON is one row of ackd queues.
-type queueJSON struct {
-	Queue    string `json:"queue"`
-	Ready    int64  `json:"ready"`
-	InFlight int64  `json:"in_flight"`
-	Delayed  int64  `json:"delayed"`
-	Dead     int64  `json:"dead"`
-	Paused   bool   `json:"paused"`
-	// OldestReadyAgeSeconds is null when nothing is ready or the oldest
-	// message is a raw payload, whose age is unknown.
-	OldestReadyAgeSeconds *float64 `json:"oldest_ready_age_seconds"`
-}
+// queueJSON is one row of ackd queues: the same fields, under the same
+// names, as the dashboard's JSON.
+type queueJSON = ui.QueueCounts
 
-func toQueueJSON(q string, s lease.Stats) queueJSON {
-	r := queueJSON{Queue: q, Ready: s.Ready, InFlight: s.InFlight, Delayed: s.Delayed, Dead: s.Dead, Paused: s.Paused}
-	if !s.OldestReady.IsZero() {
-		age := s.OldestReadyAge.Seconds()
-		r.OldestReadyAgeSeconds = &age
-	}
-	return r
-}
+func toQueueJSON(q string, s lease.Stats) queueJSON { return ui.CountsOf(q, s) }
 
 // oldestCell is the table cell for the oldest ready age.
 func oldestCell(r queueJSON) string {

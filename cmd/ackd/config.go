@@ -22,10 +22,12 @@ import (
 // envPrefix starts the name of every variable ackd reads.
 const envPrefix = "ACKD_"
 
-// Bounds of the numeric settings: the reaper's.
+// Bounds of the numeric settings: the reaper's, and a replica count no
+// real deployment reaches.
 const (
 	maxSweepConcurrency = reaper.MaxConcurrency
 	maxSweepLimit       = reaper.MaxSweepLimit
+	maxRedisReplicas    = 64
 )
 
 // errConfig is wrapped by every configuration error.
@@ -38,7 +40,7 @@ type config struct {
 	RedisURL         string        `env:"REDIS_URL" envDefault:"redis://127.0.0.1:6379/0" help:"Redis to serve, in one of go-redis' URL forms. One server: redis://[user:password@]host:port[/db], rediss://... for TLS, or unix://[user:password@]/path/redis.sock[?db=N]; a URL naming a Cluster node is detected and the whole Cluster served. Cluster: redis://[user:password@]host:port?addr=host2:port2&addr=host3:port3 (database 0 only). Sentinel: redis://[sentinel-user:sentinel-password@]sentinel1:26379?master_name=mymaster&addr=sentinel2:26379&addr=sentinel3:26379[&username=U][&password=P], where the userinfo is the Sentinels' own credentials and username/password the data nodes'. go-redis query parameters (dial_timeout, pool_size, skip_verify, ...) are accepted; skip_verify=true is logged as a warning. Checked at start; the password is never logged."`
 	HTTPAddr         string        `env:"HTTP_ADDR" envDefault:":9466" help:"Address of the HTTP server for /healthz, /readyz and /metrics (host:port; port 0 picks a free one)."`
 	ScanInterval     time.Duration `env:"SCAN_INTERVAL" envDefault:"5m" help:"How often every watched queue is swept in full, the safety net for lost events and timers. Also re-checks the keyspace-events setting. A Go duration (30s, 5m, 1h)."`
-	ConfigureEvents  bool          `env:"CONFIGURE_EVENTS" envDefault:"true" help:"Turn on the keyspace events ackd listens to (CONFIG SET notify-keyspace-events, adding E, x and e to what is there) at start and at every scan. false: send no CONFIG at all (for a least-privilege user); events are reported unknown until an expired event arrives, then on. ackd works without events, on its timers and scans, and says so in its log, /readyz and metrics."`
+	ConfigureEvents  bool          `env:"CONFIGURE_EVENTS" envDefault:"true" help:"Turn on the keyspace events ackd listens to (CONFIG SET notify-keyspace-events, adding E, x and e to what is there) on every node that may become master (Cluster and Sentinel replicas included, so that a promoted replica sends events at once), at start, at every scan and after each failover. false: send no CONFIG at all (for a least-privilege user); events are reported unknown until an expired event arrives, then on. ackd works without events, on its timers and scans, and says so in its log, /readyz and metrics."`
 	Queues           []string      `env:"QUEUES" help:"Comma-separated queues to watch. Unset: every queue in the registry (ackd:queues), found again at every scan (read with SSCAN 1,000 names at a time; names with none of their keys in Redis are skipped, so a million bogus names cost a scan about 10 s, not a sweep each). Events and wake messages of other queues are ignored. Set it where others can write to the registry."`
 	LogLevel         string        `env:"LOG_LEVEL" envDefault:"info" help:"Lowest level logged: debug, info, warn or error."`
 	LogFormat        string        `env:"LOG_FORMAT" envDefault:"json" help:"Log format on stderr: json or text (logfmt), one event per line."`
@@ -57,6 +59,10 @@ type config struct {
 	RedisTLSCertFile   string `env:"REDIS_TLS_CERT_FILE" help:"PEM client certificate presented to Redis, for servers that require one (tls-auth-clients yes). With ACKD_REDIS_TLS_KEY_FILE; needs a rediss:// URL."`
 	RedisTLSKeyFile    string `env:"REDIS_TLS_KEY_FILE" help:"PEM private key of ACKD_REDIS_TLS_CERT_FILE."`
 	RedisTLSServerName string `env:"REDIS_TLS_SERVER_NAME" help:"Name Redis' certificate must carry, when it is not the host in ACKD_REDIS_URL (e.g. connecting by IP address). Needs a rediss:// URL."`
+
+	// Durability of ackd's own writes (lease.Config.Replicas).
+	RedisReplicas       int           `env:"REDIS_REPLICAS" envDefault:"0" help:"How many replicas must confirm each of ackd's own writes (the sweeps that requeue, dead-letter and promote, and the dashboard's actions) before ackd counts it done: after each write ackd sends WAIT. A write not confirmed within ACKD_REDIS_REPLICA_TIMEOUT was made on the master but a failover may undo it; ackd counts it in ackd_not_replicated_total, logs it and sweeps that queue again a second later (a sweep is idempotent). It is not an outage. 0: no waiting (replication is asynchronous, and a failover may lose ackd's last writes, which the next sweep redoes). 0 to 64; set it no higher than the replicas every master has."`
+	RedisReplicaTimeout time.Duration `env:"REDIS_REPLICA_TIMEOUT" envDefault:"1s" help:"How long ackd waits for ACKD_REDIS_REPLICAS replicas to confirm one write (WAIT's timeout). Used only with ACKD_REDIS_REPLICAS above 0. Must be below the Redis client's read timeout (go-redis' default 3s, or read_timeout in ACKD_REDIS_URL)."`
 
 	// Derived by loadConfig.
 	redisConn  redisconn.Options
@@ -216,6 +222,14 @@ func (c *config) validate() []string {
 	}
 	if c.SweepLimit < 1 || c.SweepLimit > maxSweepLimit {
 		bad("SWEEP_LIMIT", "must be 1 to %d, got %d", maxSweepLimit, c.SweepLimit)
+	}
+	if c.RedisReplicas < 0 || c.RedisReplicas > maxRedisReplicas {
+		bad("REDIS_REPLICAS", "must be 0 to %d, got %d", maxRedisReplicas, c.RedisReplicas)
+	}
+	if c.RedisReplicaTimeout < time.Millisecond {
+		bad("REDIS_REPLICA_TIMEOUT", "must be at least 1ms, got %v", c.RedisReplicaTimeout)
+	} else if rt, ok := urlReadTimeout(c.RedisURL); c.RedisReplicas > 0 && ok && rt > 0 && c.RedisReplicaTimeout >= rt {
+		bad("REDIS_REPLICA_TIMEOUT", "%v must be below the Redis client's read timeout %v (read_timeout in ACKD_REDIS_URL, 3s by default), or WAIT would be cut short", c.RedisReplicaTimeout, rt)
 	}
 
 	switch strings.ToLower(c.LogLevel) {

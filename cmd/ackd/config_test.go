@@ -39,6 +39,8 @@ func TestConfigDefaults(t *testing.T) {
 		{"ShutdownTimeout", cfg.ShutdownTimeout, 10 * time.Second},
 		{"SweepConcurrency", cfg.SweepConcurrency, 4},
 		{"SweepLimit", cfg.SweepLimit, lease.SweepLimitDefault},
+		{"RedisReplicas", cfg.RedisReplicas, 0},
+		{"RedisReplicaTimeout", cfg.RedisReplicaTimeout, lease.ReplicaTimeoutDefault},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -116,6 +118,15 @@ func TestConfigErrors(t *testing.T) {
 		{"concurrency too big", map[string]string{"ACKD_SWEEP_CONCURRENCY": "100000"}, []string{"ACKD_SWEEP_CONCURRENCY", "1 to 256"}},
 		{"concurrency not int", map[string]string{"ACKD_SWEEP_CONCURRENCY": "four"}, []string{"ACKD_SWEEP_CONCURRENCY", "not an integer"}},
 		{"limit zero", map[string]string{"ACKD_SWEEP_LIMIT": "0"}, []string{"ACKD_SWEEP_LIMIT", "1 to 10000"}},
+		{"replicas negative", map[string]string{"ACKD_REDIS_REPLICAS": "-1"}, []string{"ACKD_REDIS_REPLICAS", "0 to 64"}},
+		{"replicas too many", map[string]string{"ACKD_REDIS_REPLICAS": "65"}, []string{"ACKD_REDIS_REPLICAS", "0 to 64"}},
+		{"replicas not int", map[string]string{"ACKD_REDIS_REPLICAS": "one"}, []string{"ACKD_REDIS_REPLICAS", "not an integer"}},
+		{"replica timeout zero", map[string]string{"ACKD_REDIS_REPLICA_TIMEOUT": "0s"}, []string{"ACKD_REDIS_REPLICA_TIMEOUT", "at least 1ms"}},
+		{"replica timeout not duration", map[string]string{"ACKD_REDIS_REPLICA_TIMEOUT": "1"}, []string{"ACKD_REDIS_REPLICA_TIMEOUT", "not a duration"}},
+		{"replica timeout above read timeout", map[string]string{"ACKD_REDIS_REPLICAS": "1", "ACKD_REDIS_REPLICA_TIMEOUT": "3s"}, []string{"ACKD_REDIS_REPLICA_TIMEOUT", "read timeout 3s"}},
+		{"replica timeout above URL read timeout", map[string]string{"ACKD_REDIS_URL": "redis://h:1/0?read_timeout=500ms", "ACKD_REDIS_REPLICAS": "1"}, []string{"ACKD_REDIS_REPLICA_TIMEOUT", "read timeout 500ms"}},
+		{"sentinel with cluster option", map[string]string{"ACKD_REDIS_URL": "redis://:pw-secret-1@h:26379?master_name=m&read_only=true"}, []string{"ACKD_REDIS_URL", "mixes URL forms"}},
+		{"sentinel scheme", map[string]string{"ACKD_REDIS_URL": "redis+sentinel://:pw-secret-1@h:26379?master_name=m"}, []string{"ACKD_REDIS_URL", "redis+sentinel"}},
 		{"limit too big", map[string]string{"ACKD_SWEEP_LIMIT": "10001"}, []string{"ACKD_SWEEP_LIMIT", "1 to 10000"}},
 		{"limit negative", map[string]string{"ACKD_SWEEP_LIMIT": "-1"}, []string{"ACKD_SWEEP_LIMIT"}},
 		{"log level", map[string]string{"ACKD_LOG_LEVEL": "verbose"}, []string{"ACKD_LOG_LEVEL", "debug, info, warn, error"}},
@@ -191,8 +202,8 @@ func TestHelpListsEveryVariable(t *testing.T) {
 	}
 	help := out.String()
 	vars := configVars()
-	if len(vars) != 19 {
-		t.Errorf("%d variables, want 19", len(vars))
+	if len(vars) != 21 {
+		t.Errorf("%d variables, want 21", len(vars))
 	}
 	for _, v := range vars {
 		if v.Help == "" {

@@ -70,6 +70,17 @@ type eventsReport struct {
 	Enabled bool   `json:"enabled"`
 	Flags   string `json:"flags"`
 	Error   string `json:"error,omitempty"`
+	// Replicas: what ackd found on the replicas (Cluster replicas, or
+	// those the Sentinels list), which send events only once promoted;
+	// absent when it reached none or did not look (CONFIG not used).
+	Replicas *replicasReport `json:"replicas,omitempty"`
+}
+
+// replicasReport is what /readyz says about the replicas' events setting.
+type replicasReport struct {
+	Count   int    `json:"count"`
+	Enabled bool   `json:"enabled"` // every one has E and x: a promoted replica sends expired events at once
+	Error   string `json:"error,omitempty"`
 }
 
 // eventsReportOf converts the reaper's events status for /readyz.
@@ -77,6 +88,9 @@ func eventsReportOf(ev reaper.EventsStatus, observe bool) eventsReport {
 	r := eventsReport{State: "unknown", Source: "config", Checked: ev.Checked, Enabled: ev.Enabled, Flags: ev.Flags, Error: ev.Error}
 	if observe {
 		r.Source = "observed"
+	}
+	if ev.Replicas > 0 || ev.ReplicaError != "" {
+		r.Replicas = &replicasReport{Count: ev.Replicas, Enabled: ev.ReplicasEnabled && ev.ReplicaError == "", Error: ev.ReplicaError}
 	}
 	switch {
 	case ev.Enabled:

@@ -58,6 +58,34 @@ func urlPoolSize(rawURL string) (int, bool) {
 	return n, err == nil
 }
 
+// goRedisReadTimeout is go-redis' default read timeout.
+const goRedisReadTimeout = 3 * time.Second
+
+// urlReadTimeout returns the read timeout a client of rawURL gets:
+// read_timeout from the URL (an integer is seconds, as go-redis reads it;
+// 0 or less turns the timeout off and is returned as 0), else go-redis'
+// default. ok is false if the URL or the value does not parse (Check
+// reports that).
+func urlReadTimeout(rawURL string) (time.Duration, bool) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return 0, false
+	}
+	v := u.Query().Get("read_timeout")
+	if v == "" {
+		return goRedisReadTimeout, true
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return 0, false
+		}
+		d = time.Duration(n) * time.Second
+	}
+	return max(d, 0), true
+}
+
 // connectTimeout bounds one attempt to reach Redis at start.
 const connectTimeout = 5 * time.Second
 

@@ -80,6 +80,8 @@ func (c config) reaperConfig(log *slog.Logger, obs reaper.Observer) *reaper.Conf
 		ConfigureEvents: c.ConfigureEvents,
 		ObserveEvents:   !c.ConfigureEvents,
 		ShutdownTimeout: c.ShutdownTimeout,
+		Replicas:        c.RedisReplicas,
+		ReplicaTimeout:  c.RedisReplicaTimeout,
 		RedisName:       redisconn.Redact(c.RedisURL),
 		Observer:        obs,
 		Logger:          log,
@@ -128,7 +130,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	log.Info("ackd started", "version", version, "http_addr", ln.Addr().String(),
 		"redis", redisconn.Redact(cfg.RedisURL), "queues", queues, "scan_interval", cfg.ScanInterval.String(),
-		"configure_events", cfg.ConfigureEvents, "sweep_concurrency", cfg.SweepConcurrency,
+		"configure_events", cfg.ConfigureEvents, "sweep_concurrency", cfg.SweepConcurrency, "redis_replicas", cfg.RedisReplicas,
 		"ui", cfg.UI, "ui_actions", cfg.UIToken != "", "ui_payloads", cfg.UIPayloads)
 	if cfg.skipVerify {
 		log.Warn("TLS certificate verification is off (skip_verify=true in ACKD_REDIS_URL): anyone on the path to Redis can read and change what ackd sends")
@@ -145,12 +147,14 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	defer conn.Close() // last
 	rdb := conn.Client
+	rc.Sentinel = conn.Failover
 	rp, err := reaper.New(rdb, rc)
 	if err != nil {
 		return err
 	}
 	m.watch(rp)
-	lc, err := lease.New(rdb, nil)
+	// The dashboard's actions are ackd's own writes too.
+	lc, err := lease.New(rdb, &lease.Config{Replicas: cfg.RedisReplicas, ReplicaTimeout: cfg.RedisReplicaTimeout})
 	if err != nil {
 		return err
 	}
@@ -168,6 +172,9 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	defer stopReaper()
 	reaperDone := make(chan error, 1)
 	go func() { reaperDone <- rp.Run(rctx) }()
+	if dash != nil {
+		go dash.Sample(rctx) // reads queues for the rate charts while the dashboard is viewed
+	}
 
 	var runErr error
 	select {

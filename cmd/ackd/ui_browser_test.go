@@ -47,11 +47,12 @@ func TestUIBrowser(t *testing.T) {
 		t.Helper()
 		return browsertest.Eval[[]string](t, b, `[...document.querySelector('#queues tr[data-name="`+name+`"]').cells].map(c => c.textContent.trim())`)
 	}
-	// name, ready, in flight, delayed, dead, oldest, requeued/s, dead/s, state
-	if r := row("orders"); r[1] != "6" || r[2] != "2" || r[3] != "3" || r[4] != "4" || r[8] != "running" {
+	// name, ready, in flight, delayed, dead, oldest, pushed/s, acked/s,
+	// requeued/s, dead/s, state
+	if r := row("orders"); r[1] != "6" || r[2] != "2" || r[3] != "3" || r[4] != "4" || r[10] != "running" {
 		t.Errorf("orders row %q, want 6 ready, 2 in flight, 3 delayed, 4 dead, running", r)
 	}
-	if r := row("billing"); r[1] != "2" || r[8] != "paused" {
+	if r := row("billing"); r[1] != "2" || r[10] != "paused" {
 		t.Errorf("billing row %q, want 2 ready, paused", r)
 	}
 	if r := row("emails"); r[1] != "1" || r[4] != "0" {
@@ -68,12 +69,22 @@ func TestUIBrowser(t *testing.T) {
 	// requeued, and both the rate line and the lag histogram rise.
 	expireOne(t, lc, "signups", time.Millisecond)
 	b.WaitFor(t, waitTimeout, `(() => {
-		const line = document.querySelector('#rates svg polyline.s1');
+		const line = document.querySelector('#rates svg polyline.s3');
 		const bars = [...document.querySelectorAll('#lag svg rect.bar')];
 		const ys = line ? line.getAttribute('points').split(' ').map(p => parseFloat(p.split(',')[1])) : [];
 		return ys.length === 60 && ys.some(y => y < Math.max(...ys))
 			&& bars.length === 17 && bars.some(r => parseFloat(r.getAttribute('height')) > 0);
 	})()`, "the rate and lag charts to show the requeue")
+
+	// Traffic: pushes to orders and emails, acks on emails. The page
+	// being open, ackd reads the queues every few seconds, and the
+	// overview's chart and the rows' small charts rise.
+	traffic(t, lc)
+	b.WaitFor(t, scanTimeout, risen(`#rates svg polyline.s1`, 60)+` && `+risen(`#rates svg polyline.s2`, 60)+` && `+
+		risen(`tr[data-name="emails"] td[data-rate="pushed"] polyline`, 20)+` && `+
+		risen(`tr[data-name="emails"] td[data-rate="acked"] polyline`, 20)+` && `+
+		risen(`tr[data-name="orders"] td[data-rate="pushed"] polyline`, 20),
+		"the rate charts to show the pushes and acks")
 
 	// Sort and filter by name.
 	b.Do(t, browserTimeout, chromedp.Click(css(`th[data-sort="ready"]`)))
@@ -86,6 +97,14 @@ func TestUIBrowser(t *testing.T) {
 	if *screenshots != "" {
 		shoot(t, b, in.base+"/ui/", "dashboard-overview.png", false)
 	}
+
+	// The queue page draws a small chart per rate.
+	b.Do(t, browserTimeout, chromedp.Navigate(in.base+"/ui/q/emails"), chromedp.WaitVisible(css("#rates")))
+	b.WaitFor(t, waitTimeout, risen(`#rate-pushed svg polyline.s1`, 60)+` && `+risen(`#rate-acked svg polyline.s2`, 60)+
+		` && !!document.querySelector('#rate-requeued svg polyline.s3') && !!document.querySelector('#rate-dead_lettered svg polyline.s4')`,
+		"the queue page's small charts to show the pushes and acks")
+	// The figure is over the last minute, whole buckets only.
+	b.WaitFor(t, waitTimeout, `document.querySelector('[data-r="acked_per_second"]').textContent !== '0/s'`, "acked per second above 0")
 
 	// Actions without logging in are refused, and change nothing.
 	status := browsertest.Get(t, b, browserTimeout, chromedp.Evaluate[int](`fetch('/ui/q/orders/replay', {method: 'POST', body: new URLSearchParams({scope: 'all', confirmed: '1'})}).then(r => r.status)`, chromedp.EvalAwaitPromise))
@@ -183,6 +202,39 @@ func TestUIBrowser(t *testing.T) {
 	}
 }
 
+// traffic pushes 4 messages to orders and 10 to emails, and takes and
+// acks 6 of emails' (which keeps orders the queue with most ready).
+func traffic(t *testing.T, lc *lease.Client) {
+	t.Helper()
+	ctx := t.Context()
+	for q, n := range map[string]int{"orders": 4, "emails": 10} {
+		payloads := make([][]byte, n)
+		for i := range payloads {
+			payloads[i] = fmt.Appendf(nil, "%s-%d", q, i)
+		}
+		if _, err := lc.PushBatch(ctx, q, payloads, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ls, err := lc.TakeBatch(ctx, "emails", 6, nil)
+	if err != nil || len(ls) != 6 {
+		t.Fatalf("take 6 of emails: %d, %v", len(ls), err)
+	}
+	if err := lc.AckBatch(ctx, ls); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// risen is a script that is true when the polyline sel has n points and
+// rises above its lowest (a chart with data, not a flat line).
+func risen(sel string, n int) string {
+	return fmt.Sprintf(`(() => {
+		const line = document.querySelector(%q);
+		const ys = line ? line.getAttribute('points').split(' ').map(p => parseFloat(p.split(',')[1])) : [];
+		return ys.length === %d && ys.some(y => y < Math.max(...ys));
+	})()`, sel, n)
+}
+
 // readyHolds reports whether queue's ready list holds id.
 func readyHolds(t *testing.T, lc *lease.Client, queue, id string) bool {
 	t.Helper()
@@ -241,7 +293,7 @@ func TestUIThousandQueues(t *testing.T) {
 	in.waitUI(t)
 	redistest.WaitFor(t, scanTimeout, func() bool {
 		_, body := in.get(t, "/ui/api/overview")
-		return strings.Count(body, `"name":`) == n
+		return strings.Count(body, `"queue":`) == n
 	}, "ackd to have swept %d queues", n)
 	start := time.Now()
 	_, body := in.get(t, "/ui/api/overview")

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -310,7 +312,7 @@ func TestUIAsDaemonUser(t *testing.T) {
 	})
 	redistest.WaitFor(t, waitTimeout, func() bool {
 		_, body := in.get(t, "/ui/api/overview")
-		return strings.Contains(body, `"name":"orders"`)
+		return strings.Contains(body, `"queue":"orders"`)
 	}, "the overview to list orders")
 	code, body := in.get(t, "/ui/q/orders")
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, "lacks the rights") {
@@ -327,4 +329,186 @@ func (in *instance) waitUI(t *testing.T) {
 		code, _ := in.get(t, "/ui/")
 		return code != http.StatusServiceUnavailable
 	}, "the dashboard served")
+}
+
+// TestUIRates: the rates the dashboard shows are what producers,
+// consumers and operators did, read from the queue's counts.
+func TestUIRates(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	lc := newLeaseClient(t, srv)
+	ctx := t.Context()
+	const q = "rates"
+	if _, err := lc.Push(ctx, q, []byte("before"), nil); err != nil {
+		t.Fatal(err)
+	}
+	in := startAckd(t, srv, nil)
+	in.waitUI(t)
+	// The first reading (the start's scan, then this page) is the baseline.
+	redistest.WaitFor(t, scanTimeout, func() bool {
+		code, body := in.get(t, "/ui/api/q/"+q)
+		return code == http.StatusOK && strings.Contains(body, `"ready":1,`)
+	}, "the queue page to count the first message")
+
+	// 10 pushed; 4 taken: 3 acked, 1 dead-lettered, replayed; 1 more
+	// dead-lettered and purged.
+	if _, err := lc.PushBatch(ctx, q, make([][]byte, 10), nil); err != nil {
+		t.Fatal(err)
+	}
+	ls, err := lc.TakeBatch(ctx, q, 4, nil)
+	if err != nil || len(ls) != 4 {
+		t.Fatalf("take 4: %d, %v", len(ls), err)
+	}
+	for _, l := range ls[:3] {
+		if err := l.Ack(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ls[3].DeadLetter(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := lc.ReplayAll(ctx, q, nil); n != 1 || err != nil {
+		t.Fatalf("replay: %d, %v", n, err)
+	}
+	l, err := lc.Take(ctx, q, nil)
+	if err != nil || l == nil {
+		t.Fatalf("take: %v, %v", l, err)
+	}
+	if err := l.DeadLetter(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := lc.PurgeAll(ctx, q, nil); n != 1 || err != nil {
+		t.Fatalf("purge: %d, %v", n, err)
+	}
+
+	var got ui.Sample
+	redistest.WaitFor(t, waitTimeout, func() bool {
+		var page struct{ Series []ui.Sample }
+		code, body := in.get(t, "/ui/api/q/"+q)
+		if code != http.StatusOK || json.Unmarshal([]byte(body), &page) != nil {
+			t.Fatalf("GET /ui/api/q/%s: %d %s", q, code, body)
+		}
+		got = ui.Sample{}
+		for _, s := range page.Series {
+			got.Pushed += s.Pushed
+			got.Acked += s.Acked
+			got.DeadLettered += s.DeadLettered
+		}
+		return got == ui.Sample{Pushed: 10, Acked: 3, DeadLettered: 2}
+	}, "the queue's series to add up to 10 pushed, 3 acked, 2 dead-lettered (last: %+v)", &got)
+
+	// The overview shows the same queue's rates and small charts.
+	var ov struct {
+		Queues []struct {
+			ui.QueueCounts
+			ui.Rates
+			Spark ui.Spark `json:"spark"`
+		} `json:"queues"`
+		SparkInterval float64 `json:"spark_interval_seconds"`
+	}
+	_, body := in.get(t, "/ui/api/overview")
+	if err := json.Unmarshal([]byte(body), &ov); err != nil || len(ov.Queues) != 1 {
+		t.Fatalf("overview: %v\n%s", err, body)
+	}
+	row := ov.Queues[0]
+	var sparkPushed int64
+	for _, n := range row.Spark.Pushed {
+		sparkPushed += n
+	}
+	if row.Queue != q || sparkPushed != 10 || len(row.Spark.Acked) != ui.SparkPoints || ov.SparkInterval <= 0 {
+		t.Errorf("overview row %+v (spark interval %v s): want %s with 10 pushed in its spark", row, ov.SparkInterval, q)
+	}
+}
+
+// TestUIJSONNamesAsCLI: the dashboard's JSON and `ackd stats --json` name
+// a queue's counts alike, with the same values.
+func TestUIJSONNamesAsCLI(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	lc := newLeaseClient(t, srv)
+	seedUI(t, lc)
+	in := startAckd(t, srv, nil)
+	in.waitUI(t)
+	cli := &cliBundle{srv: srv, rdb: srv.Client(t), c: lc}
+
+	var stats struct{ Queues []map[string]any }
+	if err := json.Unmarshal([]byte(cli.ok(t, "stats", "--json", "orders")), &stats); err != nil || len(stats.Queues) != 1 {
+		t.Fatalf("ackd stats --json orders: %v, %v", stats, err)
+	}
+	fromCLI := stats.Queues[0]
+	var fromUI map[string]any
+	_, body := in.get(t, "/ui/api/q/orders")
+	if err := json.Unmarshal([]byte(body), &fromUI); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"queue", "ready", "in_flight", "delayed", "dead", "paused", "oldest_ready_age_seconds"} {
+		a, okA := fromCLI[k]
+		b, okB := fromUI[k]
+		if !okA || !okB {
+			t.Errorf("field %q: in the CLI's JSON %v, in the dashboard's %v", k, okA, okB)
+			continue
+		}
+		if k == "oldest_ready_age_seconds" {
+			continue // read a moment apart
+		}
+		if a != b {
+			t.Errorf("field %q: CLI %v, dashboard %v", k, a, b)
+		}
+	}
+	for k := range fromUI {
+		if strings.HasSuffix(k, "_s") || strings.HasSuffix(k, "_ps") {
+			t.Errorf("dashboard field %q: units are spelt out (_seconds, _per_second)", k)
+		}
+	}
+}
+
+// TestUILoginRateLimit: wrong tokens from one address are limited; right
+// ones do not count.
+func TestUILoginRateLimit(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	in := startAckd(t, srv, map[string]string{"ACKD_UI_TOKEN": uiToken})
+	in.waitUI(t)
+	origin := map[string]string{"Origin": in.base}
+	login := func(token string) (int, string) {
+		t.Helper()
+		return in.post(t, "/ui/login", url.Values{"token": {token}}, origin)
+	}
+	for i := range ui.LoginFailuresDefault - 1 {
+		if code, _ := login("wrong"); code != http.StatusForbidden {
+			t.Fatalf("wrong token %d: %d, want 403", i+1, code)
+		}
+	}
+	if code, _ := login(uiToken); code != http.StatusSeeOther {
+		t.Fatalf("right token after %d wrong ones: %d, want 303", ui.LoginFailuresDefault-1, code)
+	}
+	if code, _ := login("wrong"); code != http.StatusForbidden {
+		t.Fatalf("wrong token %d: %d, want 403 (right tokens do not count)", ui.LoginFailuresDefault, code)
+	}
+	// The limit is reached: every login waits, the right token too (else
+	// the answers would tell a guesser when it guessed right).
+	for _, tok := range []string{"wrong", uiToken} {
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, in.base+"/ui/login", strings.NewReader(url.Values{"token": {tok}}.Encode()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Origin", in.base)
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		ra, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+		if resp.StatusCode != http.StatusTooManyRequests || err != nil || ra < 1 || ra > 60 {
+			t.Errorf("login past the limit: %d, Retry-After %q; want 429 and 1 to 60 s", resp.StatusCode, resp.Header.Get("Retry-After"))
+		}
+		if !strings.Contains(string(b), "Too many wrong tokens") {
+			t.Errorf("429 page lacks the reason:\n%s", b)
+		}
+		if resp.Header.Get("Set-Cookie") != "" {
+			t.Errorf("a session cookie past the limit")
+		}
+	}
 }

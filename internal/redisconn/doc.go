@@ -24,7 +24,11 @@
 // [Check] validates the settings without connecting; [Open] connects and
 // refuses what cannot work, with an [*Error] naming
 // the setting: a URL that mixes forms (a Cluster has only database 0; a
-// unix socket has no master_name or addr), a Sentinel set that knows no
+// unix socket has no master_name or addr; a parameter that only another
+// form knows, such as read_only beside master_name), a scheme go-redis
+// does not know (redis+sentinel://), Sentinel parameters that would take
+// the client off the master (replica_only, route_by_latency, which
+// go-redis answers with a panic), a Sentinel set that knows no
 // master of that name, a Cluster whose slots are not all served by a live
 // master ([ErrUncovered]), a wrong password, a certificate that does not
 // verify. No error ever holds a password: net/url and go-redis quote
@@ -63,4 +67,11 @@
 // [Conn.Client]; give it one connection per concurrent blocking take
 // (for lease: one per queue a process consumes, times its concurrency)
 // and pass it as lease.Config.BlockingClient.
+//
+// # Sentinel
+//
+// [Conn.Failover] holds the options of a Sentinel deployment's client,
+// for what must reach the Sentinels or the replicas themselves: package
+// notify follows +switch-master with it (notify.Config.Sentinel) and sets
+// the replicas' keyspace events (notify.EnsureEventsSentinel).
 package redisconn

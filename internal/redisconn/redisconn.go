@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/url"
 	"os"
@@ -103,6 +104,11 @@ type Conn struct {
 	// InsecureSkipVerify reports that the URL turned TLS certificate
 	// verification off (skip_verify=true); the caller should warn.
 	InsecureSkipVerify bool
+	// Failover, for a Sentinel deployment, is the options Client was made
+	// with (Sentinels, master name, credentials), for whatever else must
+	// reach the Sentinels or the replicas: notify.Config.Sentinel and
+	// notify.EnsureEventsSentinel. Nil otherwise.
+	Failover *redis.FailoverOptions
 }
 
 // Close closes both clients.
@@ -200,9 +206,19 @@ func parse(o Options) (*settings, error) {
 	if u.Fragment != "" || strings.Contains(o.URL, "#") {
 		return s, &Error{Var: o.Var, msg: "has a '#' fragment, which a Redis URL never has" + encode}
 	}
+	switch u.Scheme {
+	case "redis", "rediss", "unix":
+	case "":
+		return s, &Error{Var: o.Var, msg: "has no scheme; " + formsHint}
+	default:
+		return s, &Error{Var: o.Var, msg: s.redact(fmt.Sprintf("scheme %q is not one go-redis knows (redis, rediss, unix); ", u.Scheme)) + formsHint}
+	}
 	q := u.Query()
 	_, hasMaster := q["master_name"]
 	_, hasAddr := q["addr"]
+	if err := s.checkParams(q, hasMaster, hasAddr); err != nil {
+		return s, err
+	}
 	switch {
 	case u.Scheme == "unix" && (hasMaster || hasAddr):
 		return s, &Error{Var: o.Var, msg: "a unix:// URL names one server and takes no master_name or addr parameter"}
@@ -229,7 +245,11 @@ func parse(o Options) (*settings, error) {
 	if err != nil {
 		// go-redis quotes what it could not read, which may be a piece of
 		// an unencoded password.
-		return s, &Error{Var: o.Var, msg: s.redact(quoted.ReplaceAllString(err.Error(), "(redacted)")) + encode}
+		msg := s.redact(quoted.ReplaceAllString(err.Error(), "(redacted)"))
+		if !strings.Contains(msg, "unexpected option") {
+			msg += encode
+		}
+		return s, &Error{Var: o.Var, msg: msg}
 	}
 	if err := s.applyPassword(); err != nil {
 		return s, err
@@ -248,6 +268,89 @@ func parse(o Options) (*settings, error) {
 		}
 	}
 	return s, nil
+}
+
+// formsHint says how each deployment is written.
+const formsHint = "write one server as redis://host:6379/0, a Cluster as redis://node1:6379?addr=node2:6379&addr=node3:6379, a Sentinel deployment as redis://sentinel1:26379?master_name=NAME&addr=sentinel2:26379 (rediss:// for TLS)"
+
+// params are the query parameters go-redis reads in each URL form
+// (ParseURL, ParseClusterURL, ParseFailoverURL; go-redis v9.23).
+var params = map[Mode][]string{
+	Standalone: {"client_name", "conn_max_idle_time", "conn_max_lifetime", "conn_max_lifetime_jitter", "db", "dial_timeout",
+		"idle_timeout", "max_active_conns", "max_concurrent_dials", "max_conn_age", "max_idle_conns", "max_retries",
+		"max_retry_backoff", "min_idle_conns", "min_retry_backoff", "pipeline_pool_size", "pipeline_read_buffer_size",
+		"pipeline_write_buffer_size", "pool_fifo", "pool_size", "pool_timeout", "protocol", "read_timeout", "skip_verify", "write_timeout"},
+	Cluster: {"addr", "client_name", "conn_max_idle_time", "conn_max_lifetime", "conn_max_lifetime_jitter", "dial_timeout",
+		"dialer_retries", "dialer_retry_timeout", "failing_timeout_seconds", "max_active_conns", "max_concurrent_dials",
+		"max_idle_conns", "max_redirects", "max_retries", "max_retry_backoff", "min_idle_conns", "min_retry_backoff",
+		"pipeline_pool_size", "pipeline_read_buffer_size", "pipeline_write_buffer_size", "pool_fifo", "pool_size",
+		"pool_timeout", "protocol", "read_only", "read_timeout", "route_by_latency", "route_by_latency_tolerance",
+		"route_randomly", "write_timeout"},
+	Sentinel: {"addr", "client_name", "conn_max_idle_time", "conn_max_lifetime", "conn_max_lifetime_jitter",
+		"context_timeout_enabled", "db", "dial_timeout", "dialer_retries", "dialer_retry_timeout", "disableIdentity",
+		"identitySuffix", "master_name", "max_active_conns", "max_concurrent_dials", "max_idle_conns", "max_retries",
+		"max_retry_backoff", "min_idle_conns", "min_retry_backoff", "password", "pipeline_pool_size",
+		"pipeline_read_buffer_size", "pipeline_write_buffer_size", "pool_fifo", "pool_size", "pool_timeout", "protocol",
+		"read_timeout", "replica_only", "route_by_latency", "route_by_latency_tolerance", "route_randomly", "skip_verify",
+		"use_disconnected_replicas", "username", "write_timeout"},
+}
+
+// formNames names each form in messages, with what marks it.
+var formNames = map[Mode]string{
+	Standalone: "the one-server form",
+	Cluster:    "the Cluster form (addr= without master_name)",
+	Sentinel:   "the Sentinel form (master_name=)",
+}
+
+// notOnMaster are Sentinel-form parameters that would send ackd's writes
+// to replicas (replica_only, use_disconnected_replicas) or that
+// redis.NewFailoverClient refuses by panicking (route_*).
+var notOnMaster = []string{"replica_only", "use_disconnected_replicas", "route_by_latency", "route_randomly"}
+
+// checkParams refuses a parameter of another URL form than the one the
+// URL is in (master_name with a Cluster-only option, a Sentinel-only
+// option in a Cluster URL, ...), naming both forms, and Sentinel
+// parameters that would take ackd off the master. Parameters no form
+// knows are left to go-redis, which names them.
+func (s *settings) checkParams(q url.Values, hasMaster, hasAddr bool) error {
+	mode := Standalone
+	switch {
+	case hasMaster:
+		mode = Sentinel
+	case hasAddr:
+		mode = Cluster
+	}
+	keys := slices.Sorted(maps.Keys(q))
+	for _, k := range keys {
+		if k == "sentinel_username" || k == "sentinel_password" {
+			return &Error{Var: s.o.Var, msg: k + " is not a parameter: the Sentinels' credentials go in the userinfo (redis://user:password@sentinel1:26379?master_name=NAME), the data nodes' in username= and password="}
+		}
+		if !slices.Contains(params[Standalone], k) && !slices.Contains(params[Cluster], k) && !slices.Contains(params[Sentinel], k) {
+			return nil // unknown to every form: go-redis names it
+		}
+	}
+	for _, k := range keys {
+		if mode == Cluster && k == "db" {
+			continue // parse says a Cluster has only database 0
+		}
+		if mode == Sentinel && slices.Contains(notOnMaster, k) {
+			return &Error{Var: s.o.Var, msg: s.redact(k) + " is not supported: ackd writes, so its Sentinel client talks to the master only"}
+		}
+		if slices.Contains(params[mode], k) {
+			continue
+		}
+		var others []string
+		for _, m := range []Mode{Standalone, Cluster, Sentinel} {
+			if m != mode && slices.Contains(params[m], k) {
+				others = append(others, formNames[m])
+			}
+		}
+		if len(others) > 0 {
+			return &Error{Var: s.o.Var, msg: fmt.Sprintf("mixes URL forms: %s is a parameter of %s, not of %s",
+				s.redact(k), strings.Join(others, " and "), formNames[mode])}
+		}
+	}
+	return nil
 }
 
 // collectSecrets gathers every string that may be a password, so that no
@@ -650,7 +753,7 @@ func (s *settings) openSentinel(ctx context.Context) (*Conn, error) {
 		_ = rc.Close()
 		return nil, &Error{Var: s.o.Var, msg: "master " + strconv.Quote(fo.MasterName), err: err}
 	}
-	conn := &Conn{Client: rc, Mode: Sentinel, Addrs: fo.SentinelAddrs, InsecureSkipVerify: skipVerify(fo.TLSConfig)}
+	conn := &Conn{Client: rc, Mode: Sentinel, Addrs: fo.SentinelAddrs, InsecureSkipVerify: skipVerify(fo.TLSConfig), Failover: fo}
 	if n := s.o.BlockingPoolSize; n > 0 {
 		b := *fo
 		b.PoolSize = n

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ackd/ackd/internal/redisconn"
 	"github.com/ackd/ackd/internal/redistest"
+	"github.com/ackd/ackd/notify"
 )
 
 const secret = "Zm9v/YmFy#s3cr3t"
@@ -61,7 +62,16 @@ func TestBadURLs(t *testing.T) {
 		{"unix with addr", "unix:///tmp/redis.sock?addr=127.0.0.1:2", "unix://"},
 		{"unix with master", "unix:///tmp/redis.sock?master_name=m", "unix://"},
 		{"empty master name", "redis://127.0.0.1:1?master_name=", "master_name is empty"},
-		{"sentinel with cluster option", "redis://:" + enc + "@127.0.0.1:1?master_name=m&max_redirects=3", "max_redirects"},
+		{"sentinel with cluster option", "redis://:" + enc + "@127.0.0.1:1?master_name=m&max_redirects=3", "mixes URL forms: max_redirects is a parameter of the Cluster form"},
+		{"sentinel with read_only", "redis://:" + enc + "@127.0.0.1:1?master_name=m&addr=127.0.0.1:2&read_only=true", "mixes URL forms: read_only"},
+		{"cluster with sentinel option", "redis://:" + enc + "@127.0.0.1:1?addr=127.0.0.1:2&replica_only=true", "replica_only is a parameter of the Sentinel form"},
+		{"one server with cluster option", "redis://:" + enc + "@127.0.0.1:1?route_randomly=true", "not of the one-server form"},
+		{"sentinel on replicas", "redis://:" + enc + "@127.0.0.1:1?master_name=m&replica_only=true", "talks to the master only"},
+		{"sentinel routed by latency", "redis://:" + enc + "@127.0.0.1:1?master_name=m&route_by_latency=true", "talks to the master only"},
+		{"sentinel password parameter", "redis://127.0.0.1:1?master_name=m&sentinel_password=" + enc, "userinfo"},
+		{"redis+sentinel scheme", "redis+sentinel://:" + enc + "@127.0.0.1:26379?master_name=m", `scheme "redis+sentinel" is not one go-redis knows`},
+		{"sentinel scheme", "sentinel://:" + enc + "@127.0.0.1:26379/mymaster", "master_name=NAME"},
+		{"no scheme", "//127.0.0.1:1", "has no scheme"},
 		{"cluster bad addr", "redis://:" + enc + "@127.0.0.1:1?addr=nohostport", "addr"},
 		{"bad scheme", "http://:" + enc + "@127.0.0.1:1", "scheme"},
 		{"tls options on redis://", "redis://127.0.0.1:1", "rediss://"},
@@ -131,7 +141,7 @@ func TestStandaloneAndPassword(t *testing.T) {
 	s := redistest.Start(t, "--requirepass", secret)
 	u := "redis://:" + url.QueryEscape(secret) + "@" + s.Addr() + "/0"
 	c := mustOpen(t, redisconn.Options{URL: u, BlockingPoolSize: 4})
-	if c.Mode != redisconn.Standalone || c.Blocking == nil {
+	if c.Mode != redisconn.Standalone || c.Blocking == nil || c.Failover != nil {
 		t.Fatalf("mode %s, blocking %v", c.Mode, c.Blocking)
 	}
 	if err := c.Client.Set(t.Context(), "k", "v", 0).Err(); err != nil {
@@ -287,6 +297,14 @@ func TestSentinel(t *testing.T) {
 	}
 	if err := c.Client.Set(t.Context(), "k", "v", 0).Err(); err != nil {
 		t.Fatal(err)
+	}
+	// Failover carries what reaches the Sentinels and the replicas: with
+	// it, the events check sets the password-protected replica too.
+	if fo := c.Failover; fo == nil || fo.MasterName != s.MasterName() || len(fo.SentinelAddrs) != 3 || fo.Password != secret || fo.SentinelPassword != "sentinel-"+secret {
+		t.Fatalf("Conn.Failover = %+v", c.Failover)
+	}
+	if st := notify.EnsureEventsSentinel(t.Context(), c.Client, c.Failover, true); st.Err != nil || st.ReplicaErr != nil || !st.Enabled || !st.ReplicasEnabled || st.Replicas != 1 {
+		t.Fatalf("EnsureEventsSentinel through Conn.Failover = %+v", st)
 	}
 	// The data password from a separate value instead of the URL.
 	noPW := strings.Replace(s.URL(), "password="+url.QueryEscape(secret), "", 1)

@@ -258,7 +258,16 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	next := h.next(r.PostForm.Get("next"))
+	addr := clientAddr(r)
+	if wait := h.logins.blocked(addr); wait > 0 {
+		h.log.Warn("ui: login refused: too many wrong tokens", "remote", r.RemoteAddr)
+		w.Header().Set("Retry-After", retryAfter(wait))
+		h.render(w, http.StatusTooManyRequests, "login", loginData{base: h.base(r, "Log in"), Next: next,
+			Error: "Too many wrong tokens from your address: try again in " + dur(wait.Round(time.Second)) + "."})
+		return
+	}
 	if !sameOrigin(r) || !equal(r.PostForm.Get("token"), h.cfg.Token) {
+		h.logins.failed(addr)
 		h.log.Warn("ui: login refused", "remote", r.RemoteAddr)
 		h.render(w, http.StatusForbidden, "login", loginData{base: h.base(r, "Log in"), Next: next, Error: "That token is not ackd's UI token."})
 		return

@@ -88,7 +88,7 @@ type health struct {
 	EventsOn      bool    `json:"events_enabled"`
 	EventsFlags   string  `json:"events_flags"`
 	LastScan      string  `json:"last_scan"`
-	LastScanAgo   float64 `json:"last_scan_ago_s"` // -1: none yet
+	LastScanAgo   float64 `json:"last_scan_ago_seconds"` // -1: none yet
 	ScanTook      string  `json:"scan_took"`
 	Scans         uint64  `json:"scans"`
 	ScanErrors    uint64  `json:"scan_errors"`
@@ -109,18 +109,37 @@ func (h *Handler) health(now time.Time) health {
 	return hl
 }
 
+// QueueCounts is one queue's counts under the names every JSON of ackd
+// uses: the dashboard's endpoints and `ackd queues --json` and `ackd
+// stats --json`. Durations are in seconds, with the unit in the name.
+type QueueCounts struct {
+	Queue    string `json:"queue"`
+	Ready    int64  `json:"ready"`
+	InFlight int64  `json:"in_flight"`
+	Delayed  int64  `json:"delayed"`
+	Dead     int64  `json:"dead"`
+	Paused   bool   `json:"paused"`
+	// OldestReadyAgeSeconds is null when nothing is ready or the oldest
+	// message is a raw payload, whose age is unknown.
+	OldestReadyAgeSeconds *float64 `json:"oldest_ready_age_seconds"`
+}
+
+// CountsOf is queue's QueueCounts in s.
+func CountsOf(queue string, s lease.Stats) QueueCounts {
+	c := QueueCounts{Queue: queue, Ready: s.Ready, InFlight: s.InFlight, Delayed: s.Delayed, Dead: s.Dead, Paused: s.Paused}
+	if !s.OldestReady.IsZero() {
+		age := s.OldestReadyAge.Seconds()
+		c.OldestReadyAgeSeconds = &age
+	}
+	return c
+}
+
 // queueRow is one line of the overview.
 type queueRow struct {
-	Name       string  `json:"name"`
-	Ready      int64   `json:"ready"`
-	InFlight   int64   `json:"in_flight"`
-	Delayed    int64   `json:"delayed"`
-	Dead       int64   `json:"dead"`
-	Paused     bool    `json:"paused"`
-	OldestAge  float64 `json:"oldest_ready_s"` // -1: unknown
-	RequeuedPS float64 `json:"requeued_ps"`
-	DeadPS     float64 `json:"dead_ps"`
-	SweptAgo   float64 `json:"swept_ago_s"`
+	QueueCounts
+	Rates
+	Spark           *Spark  `json:"spark"` // null: nothing happened in the window
+	SweptAgoSeconds float64 `json:"swept_ago_seconds"`
 }
 
 type lagChart struct {
@@ -129,35 +148,42 @@ type lagChart struct {
 }
 
 type overviewData struct {
-	base     `json:"-"`
-	Health   health     `json:"health"`
-	Queues   []queueRow `json:"queues"`
-	Series   []Sample   `json:"series"`
-	Interval float64    `json:"interval_s"`
-	Lag      lagChart   `json:"lag"`
+	base          `json:"-"`
+	Health        health     `json:"health"`
+	Queues        []queueRow `json:"queues"`
+	Series        []Sample   `json:"series"`
+	Interval      float64    `json:"interval_seconds"`
+	SparkInterval float64    `json:"spark_interval_seconds"`
+	Lag           lagChart   `json:"lag"`
 }
 
 func (h *Handler) overviewData(r *http.Request) overviewData {
 	now := time.Now()
+	h.views.saw(now, "")
 	qs := h.src.Queues()
 	rows := make([]queueRow, 0, len(qs))
+	var sparkWidth time.Duration
 	for _, q := range qs {
-		row := queueRow{Name: q.Queue, Ready: q.Ready, InFlight: q.InFlight, Delayed: q.Delayed, Dead: q.Dead,
-			Paused: q.Paused, OldestAge: -1, SweptAgo: now.Sub(q.At).Seconds()}
-		if q.Ready == 0 || !q.OldestReady.IsZero() {
-			// The age as the sweep found it, plus the time since.
-			row.OldestAge = 0
-			if q.Ready > 0 {
-				row.OldestAge = (q.OldestReadyAge + now.Sub(q.At)).Seconds()
-			}
+		// The reaper's counts are its last sweep's; a later reading (the
+		// dashboard samples queues while it is viewed) is fresher.
+		if s, at, ok := h.rec.Latest(q.Queue); ok && at.After(q.At) {
+			q.Stats, q.At = s, at
 		}
-		row.RequeuedPS, row.DeadPS = h.rec.Recent(q.Queue)
+		row := queueRow{QueueCounts: CountsOf(q.Queue, q.Stats), Rates: h.rec.Recent(q.Queue), SweptAgoSeconds: now.Sub(q.At).Seconds()}
+		if age := row.OldestReadyAgeSeconds; age != nil {
+			// The age as the sweep found it, plus the time since.
+			*age += now.Sub(q.At).Seconds()
+		}
+		var sp Spark
+		if sp, sparkWidth = h.rec.Spark(q.Queue); !sp.zero() {
+			row.Spark = &sp
+		}
 		rows = append(rows, row)
 	}
 	bounds, counts := h.rec.Lag()
 	return overviewData{
 		base: h.base(r, "Queues"), Health: h.health(now), Queues: rows,
-		Series: h.rec.Series(""), Interval: h.rec.Interval().Seconds(),
+		Series: h.rec.Series(""), Interval: h.rec.Interval().Seconds(), SparkInterval: sparkWidth.Seconds(),
 		Lag: lagChart{Bounds: bounds, Counts: counts},
 	}
 }
@@ -294,12 +320,13 @@ type queueData struct {
 	Payloads bool
 	Flash    string
 	Chart    chart
+	Rates    Rates // over the last minute
 }
 
 // chart is a rate chart's data, as the page's script reads it.
 type chart struct {
 	Series   []Sample `json:"series"`
-	Interval float64  `json:"interval_s"`
+	Interval float64  `json:"interval_seconds"`
 }
 
 // flashRE matches the messages action redirects with.
@@ -330,6 +357,7 @@ func (h *Handler) queue(w http.ResponseWriter, r *http.Request) {
 	if !h.found(ctx, w, r, q) {
 		return
 	}
+	h.views.saw(time.Now(), q)
 	offs := map[string]int{}
 	for _, name := range []string{"ready", "inflight", "delayed", "dead"} {
 		n, ok := offset(r, name)
@@ -354,6 +382,8 @@ func (h *Handler) queue(w http.ResponseWriter, r *http.Request) {
 		h.redisFailed(w, r, "read the queue's counts", err)
 		return
 	}
+	h.rec.Observe(q, d.Stats)
+	d.Rates = h.rec.Recent(q)
 	preview := 0
 	if h.cfg.Payloads {
 		preview = PreviewBytes
@@ -400,17 +430,10 @@ func (h *Handler) queue(w http.ResponseWriter, r *http.Request) {
 }
 
 type queueJSON struct {
-	Queue      string   `json:"queue"`
-	Ready      int64    `json:"ready"`
-	InFlight   int64    `json:"in_flight"`
-	Delayed    int64    `json:"delayed"`
-	Dead       int64    `json:"dead"`
-	Paused     bool     `json:"paused"`
-	OldestAge  float64  `json:"oldest_ready_s"`
-	Series     []Sample `json:"series"`
-	Interval   float64  `json:"interval_s"`
-	RequeuedPS float64  `json:"requeued_ps"`
-	DeadPS     float64  `json:"dead_ps"`
+	QueueCounts
+	Rates
+	Series   []Sample `json:"series"`
+	Interval float64  `json:"interval_seconds"`
 }
 
 // queueJSON serves a queue's counts (one Stats script) and rates.
@@ -432,10 +455,10 @@ func (h *Handler) queueJSON(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "Redis did not answer"})
 		return
 	}
-	out := queueJSON{Queue: q, Ready: s.Ready, InFlight: s.InFlight, Delayed: s.Delayed, Dead: s.Dead, Paused: s.Paused,
-		OldestAge: s.OldestReadyAge.Seconds(), Series: h.rec.Series(q), Interval: h.rec.Interval().Seconds()}
-	out.RequeuedPS, out.DeadPS = h.rec.Recent(q)
-	writeJSON(w, http.StatusOK, out)
+	h.views.saw(time.Now(), q)
+	h.rec.Observe(q, s)
+	writeJSON(w, http.StatusOK, queueJSON{QueueCounts: CountsOf(q, s), Rates: h.rec.Recent(q),
+		Series: h.rec.Series(q), Interval: h.rec.Interval().Seconds()})
 }
 
 // Formatting for the templates.

@@ -41,6 +41,7 @@ type Source interface {
 // Admin is the part of *lease.Client the dashboard uses.
 type Admin interface {
 	Stats(ctx context.Context, queue string) (lease.Stats, error)
+	StatsMany(ctx context.Context, queues []string) ([]lease.Stats, []error)
 	Known(ctx context.Context, queue string) (bool, error)
 	Peek(ctx context.Context, queue string, state lease.State, opts *lease.PeekOpts) (lease.Page, error)
 	DeadReasons(ctx context.Context, queue string) (map[string]int64, error)
@@ -67,6 +68,14 @@ type Config struct {
 	Version string
 	// Prefix is where the dashboard is mounted. Defaults to "/ui/".
 	Prefix string
+	// ViewedWindow is how long Sample goes on reading queues after the
+	// dashboard was last viewed. Defaults to ViewedWindowDefault.
+	ViewedWindow time.Duration
+	// LoginFailures is how many wrong tokens one client address may send
+	// per LoginWindow before the login form answers 429. Defaults to
+	// LoginFailuresDefault and LoginWindowDefault.
+	LoginFailures int
+	LoginWindow   time.Duration
 }
 
 // Bounds of what the pages show and accept.
@@ -91,6 +100,8 @@ type Handler struct {
 	// session and csrf are derived from the token: a session cookie
 	// holds session, forms carry csrf.
 	session, csrf string
+	views         views
+	logins        *loginLimiter
 }
 
 // New returns the dashboard over src and admin.
@@ -100,6 +111,12 @@ func New(src Source, admin Admin, cfg *Config) (*Handler, error) {
 		c = *cfg
 	}
 	c.Prefix = cmp.Or(c.Prefix, "/ui/")
+	c.ViewedWindow = cmp.Or(c.ViewedWindow, ViewedWindowDefault)
+	c.LoginFailures = cmp.Or(c.LoginFailures, LoginFailuresDefault)
+	c.LoginWindow = cmp.Or(c.LoginWindow, LoginWindowDefault)
+	if c.ViewedWindow < 0 || c.LoginFailures < 0 || c.LoginWindow < 0 {
+		return nil, errors.New("ui: negative ViewedWindow, LoginFailures or LoginWindow")
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -109,7 +126,8 @@ func New(src Source, admin Admin, cfg *Config) (*Handler, error) {
 	if src == nil || admin == nil {
 		return nil, errors.New("ui: nil source or admin")
 	}
-	h := &Handler{src: src, admin: admin, cfg: c, log: c.Logger.With("component", "ui"), rec: c.Recorder}
+	h := &Handler{src: src, admin: admin, cfg: c, log: c.Logger.With("component", "ui"), rec: c.Recorder,
+		logins: newLoginLimiter(c.LoginFailures, c.LoginWindow)}
 	if c.Token != "" {
 		h.session = derive(c.Token, "session")
 		h.csrf = derive(c.Token, "csrf")

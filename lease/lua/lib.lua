@@ -87,6 +87,14 @@ local function first_score(key)
   return nil
 end
 
+-- total is a running total of a counts hash (ackd:{q}:counts), kept within
+-- 0 and 10^15: 0 if the field is missing or not a number.
+local function total(key, field)
+  local v = tonumber(redis.call('HGET', key, field)) or 0
+  if v ~= v then v = 0 end -- NaN
+  return math.floor(math.max(0, math.min(v, 1e15)))
+end
+
 -- pull_in rescores up to limit members of key whose score is beyond latest
 -- to latest, and returns how many. ackd never writes a deadline or due
 -- time more than MAX_MS ahead: anything beyond came from elsewhere (or

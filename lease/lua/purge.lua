@@ -1,6 +1,7 @@
 -- purge.lua: delete dead letters for good.
 -- KEYS[1] ackd:{q}:dead       ZSET
 -- KEYS[2] ackd:{q}:deadmsgs   HASH
+-- KEYS[3] ackd:{q}:counts     HASH: field purged gains the number deleted
 -- ARGV[1] limit, ARGV[2..] ids; with no ids, the oldest `limit` dead letters
 -- returns {deleted, then each id not found in the dead set}
 local ids = {}
@@ -15,8 +16,9 @@ else
   end
 end
 if #ids == 0 then return out end
-local denied = refused('ZREM', KEYS[1]) -- HDEL is the first write
+local denied = refused('ZREM', KEYS[1]) or refused('HINCRBY', KEYS[3]) -- HDEL is the first write
 if denied then return denied end
 out[1] = redis.call('HDEL', KEYS[2], unpack(ids))
 redis.call('ZREM', KEYS[1], unpack(ids))
+if out[1] > 0 then redis.call('HINCRBY', KEYS[3], 'purged', out[1]) end
 return out

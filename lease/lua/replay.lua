@@ -2,6 +2,7 @@
 -- KEYS[1] ackd:{q}:ready      LIST
 -- KEYS[2] ackd:{q}:dead       ZSET
 -- KEYS[3] ackd:{q}:deadmsgs   HASH
+-- KEYS[4] ackd:{q}:counts     HASH: field replayed gains the number replayed
 -- ARGV[1] limit, ARGV[2..] ids; with no ids, the oldest `limit` dead letters
 -- returns {replayed, then each id not found in the dead set}
 local ids = {}
@@ -10,7 +11,7 @@ if #ids == 0 then
   ids = redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[1]) - 1)
 end
 -- HGET runs first, then RPUSH is the first write
-local denied = refused('HDEL', KEYS[3]) or refused('ZREM', KEYS[2])
+local denied = refused('HDEL', KEYS[3]) or refused('ZREM', KEYS[2]) or refused('HINCRBY', KEYS[4])
 if denied then return denied end
 local out = {0}
 for i = 1, #ids do
@@ -34,4 +35,5 @@ for i = 1, #ids do
     out[1] = out[1] + 1
   end
 end
+if out[1] > 0 then redis.call('HINCRBY', KEYS[4], 'replayed', out[1]) end
 return out

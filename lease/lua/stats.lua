@@ -5,9 +5,11 @@
 -- KEYS[4] ackd:{q}:delayed    ZSET
 -- KEYS[5] ackd:{q}:dead       ZSET
 -- KEYS[6] ackd:{q}:paused     STRING
+-- KEYS[7] ackd:{q}:counts     HASH (only read)
 -- ARGV[1] bytes of the head element to return (its envelope id tells when it was pushed)
 -- returns {ready, claim, in_flight, delayed, dead, paused_at_ms or -1,
---          earliest_deadline_ms or -1, next_due_ms or -1, now_ms, head prefix or ''}
+--          earliest_deadline_ms or -1, next_due_ms or -1, now_ms, head prefix or '',
+--          then the running totals acked, purged, replayed}
 local paused = redis.call('GET', KEYS[6])
 local head = redis.call('LINDEX', KEYS[2], 0) or redis.call('LINDEX', KEYS[1], 0)
 return {
@@ -21,4 +23,7 @@ return {
   first_score(KEYS[4]) or -1,
   now_ms(),
   head and string.sub(head, 1, tonumber(ARGV[1])) or '',
+  total(KEYS[7], 'acked'),
+  total(KEYS[7], 'purged'),
+  total(KEYS[7], 'replayed'),
 }

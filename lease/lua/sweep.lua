@@ -10,6 +10,7 @@
 -- KEYS[6] ackd:{q}:delayed    ZSET
 -- KEYS[7] ackd:{q}:claim      LIST
 -- KEYS[8] ackd:{q}:paused     STRING (only read)
+-- KEYS[9] ackd:{q}:counts     HASH (only read)
 -- ARGV[1] limit (per kind of work)
 -- ARGV[2] 1 to also move the claim list back to the head of ready, else 0
 -- ARGV[3] bytes of the head element to return (its envelope id tells when
@@ -20,13 +21,15 @@
 --          lists), in_flight, delayed, dead,
 --          paused_at_ms or -1, now_ms, the head element's first ARGV[3]
 --          bytes or '' (the one string in the reply),
---          then lag_ms of each requeued or dead-lettered lease...}
+--          then lag_ms of each requeued or dead-lettered lease...,
+--          then, the last three, the running totals acked, purged, replayed}
 local limit = tonumber(ARGV[1])
 local denied = expire_refused(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]) or refused('RPUSH', KEYS[1]) or
   refused('ZREM', KEYS[6]) or refused('ZRANGEBYSCORE', KEYS[6]) or refused('ZRANGEBYSCORE', KEYS[3]) or
   refused('ZRANGE', KEYS[3]) or refused('ZRANGE', KEYS[6]) or refused('LMOVE', KEYS[7], KEYS[1]) or
   refused('ZADD', KEYS[3]) or refused('ZADD', KEYS[6]) or refused('LLEN', KEYS[1]) or
-  refused('ZCARD', KEYS[3]) or refused('GET', KEYS[8]) or refused('LINDEX', KEYS[1])
+  refused('ZCARD', KEYS[3]) or refused('GET', KEYS[8]) or refused('LINDEX', KEYS[1]) or
+  refused('HGET', KEYS[9])
 if denied then return denied end
 local now = now_ms()
 pull_in(KEYS[3], now + MAX_MS, limit)
@@ -59,4 +62,5 @@ local paused = redis.call('GET', KEYS[8])
 out[13] = (paused and tonumber(paused)) or -1
 local head = redis.call('LINDEX', KEYS[1], 0)
 if head then out[15] = string.sub(head, 1, tonumber(ARGV[3])) end
+for _, f in ipairs({'acked', 'purged', 'replayed'}) do out[#out + 1] = total(KEYS[9], f) end
 return out

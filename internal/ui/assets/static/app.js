@@ -6,6 +6,7 @@
   const prefix = document.body.dataset.prefix || "/ui/";
   const NS = "http://www.w3.org/2000/svg";
   const REFRESH_MS = 3000;
+  const RATES = [["pushed", "s1"], ["acked", "s2"], ["requeued", "s3"], ["dead_lettered", "s4"], ["promoted", "s5"]];
 
   function el(tag, attrs, text) {
     const e = document.createElementNS(NS, tag);
@@ -19,18 +20,18 @@
     return Math.round(v).toString();
   }
   function secs(s) {
-    if (s < 0) return "?";
+    if (s === null || s === undefined || s < 0) return "?";
     if (s < 60) return s.toFixed(1) + "s";
     if (s < 3600) return Math.floor(s / 60) + "m" + String(Math.floor(s % 60)).padStart(2, "0") + "s";
     if (s < 172800) return Math.floor(s / 3600) + "h" + String(Math.floor((s % 3600) / 60)).padStart(2, "0") + "m";
     return Math.floor(s / 86400) + "d";
   }
 
-  // lineChart draws per-second rates of samples (one per interval seconds).
-  function lineChart(box, samples, interval) {
+  // lineChart draws per-second rates of samples (one per interval
+  // seconds): the series keys, each [field, class].
+  function lineChart(box, samples, interval, keys) {
     if (!box) return;
     const W = box.clientWidth || 600, H = box.clientHeight || 140, L = 40, B = 18, T = 8;
-    const keys = [["requeued", "s1"], ["dead_lettered", "s2"], ["promoted", "s3"]];
     let top = 0;
     for (const s of samples) for (const [k] of keys) top = Math.max(top, s[k] / interval);
     top = top > 0 ? niceCeil(top) : 1;
@@ -49,6 +50,21 @@
       svg.append(el("polyline", { class: cls + " series", points: pts, fill: "none", "stroke-width": 2, "stroke-linejoin": "round", "data-points": samples.length }));
     }
     box.replaceChildren(svg);
+  }
+  // sparkline draws one series of counts per interval seconds, scaled to
+  // its own maximum, in a cell of the overview.
+  function sparkline(counts, interval, cls, label) {
+    const W = 56, H = 16;
+    const top = Math.max(...counts, 0);
+    const x = (i) => (i * W) / Math.max(counts.length - 1, 1);
+    const y = (v) => H - 1 - (top > 0 ? (v / top) * (H - 2) : 0);
+    const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": label + " per second, last minutes" });
+    svg.append(el("title", {}, `${label}: up to ${fmt(top / interval)}/s`));
+    svg.append(el("polyline", { class: cls, points: counts.map((c, i) => `${x(i).toFixed(1)},${y(c).toFixed(1)}`).join(" "), fill: "none", "stroke-width": 1.5, "data-points": counts.length }));
+    const box = document.createElement("span");
+    box.className = "spark";
+    box.append(svg);
+    return box;
   }
   function niceCeil(v) {
     const p = Math.pow(10, Math.floor(Math.log10(v)));
@@ -94,7 +110,7 @@
     const table = document.getElementById("queues");
     const filter = document.getElementById("filter");
     let data = dataOf();
-    let sortKey = "name", desc = false;
+    let sortKey = "queue", desc = false;
     const stored = new URLSearchParams(location.hash.slice(1));
     if (stored.get("q")) filter.value = stored.get("q");
 
@@ -109,14 +125,16 @@
       pill("subscribed", h.subscribed, false, "Subscription " + (h.subscribed ? "live" : "down"));
       pill("events_enabled", h.events_enabled, true, "Keyspace events " + (h.events_enabled ? "on" : h.events_checked ? "off" : "unknown"));
       const ls = document.querySelector('[data-h="last_scan"]');
-      ls.textContent = "Last scan " + (h.last_scan_ago_s < 0 ? "not yet" : secs(h.last_scan_ago_s) + " ago" + (h.scan_took ? " (took " + h.scan_took + ")" : ""));
-      lineChart(document.getElementById("rates"), data.series, data.interval_s);
+      ls.textContent = "Last scan " + (h.last_scan_ago_seconds < 0 ? "not yet" : secs(h.last_scan_ago_seconds) + " ago" + (h.scan_took ? " (took " + h.scan_took + ")" : ""));
+      lineChart(document.getElementById("rates"), data.series, data.interval_seconds, RATES);
       barChart(document.getElementById("lag"), data.lag.bounds, data.lag.counts);
 
       const f = filter.value.trim().toLowerCase();
-      let qs = data.queues.filter((q) => !f || q.name.toLowerCase().includes(f));
+      let qs = data.queues.filter((q) => !f || q.queue.toLowerCase().includes(f));
       qs.sort((a, b) => {
-        const x = a[sortKey], y = b[sortKey];
+        let x = a[sortKey], y = b[sortKey];
+        if (x === null) x = -1;
+        if (y === null) y = -1;
         const c = typeof x === "string" ? x.localeCompare(y) : x - y;
         return desc ? -c : c;
       });
@@ -124,17 +142,26 @@
       const body = document.createElement("tbody");
       for (const q of qs) {
         const tr = document.createElement("tr");
-        tr.dataset.name = q.name;
+        tr.dataset.name = q.queue;
         const a = document.createElement("a");
-        a.href = prefix + "q/" + encodeURIComponent(q.name);
-        a.textContent = q.name;
+        a.href = prefix + "q/" + encodeURIComponent(q.queue);
+        a.textContent = q.queue;
         const td0 = document.createElement("td");
         td0.append(a);
         tr.append(td0);
-        for (const [v, bad] of [[q.ready], [q.in_flight], [q.delayed], [q.dead, q.dead > 0], [secs(q.oldest_ready_s)], [fmt(q.requeued_ps)], [fmt(q.dead_ps)]]) {
+        const oldest = q.oldest_ready_age_seconds !== null ? secs(q.oldest_ready_age_seconds) : q.ready > 0 ? "?" : "–";
+        for (const [v, bad] of [[q.ready], [q.in_flight], [q.delayed], [q.dead, q.dead > 0], [oldest]]) {
           const td = document.createElement("td");
           td.className = "n" + (bad ? " bad" : "");
           td.textContent = v;
+          tr.append(td);
+        }
+        for (const [k, cls, label] of [["pushed", "s1", "pushed"], ["acked", "s2", "acked"], ["requeued", "s3", "requeued"], ["dead_lettered", "s4", "dead-lettered"]]) {
+          const td = document.createElement("td");
+          td.className = "n rate";
+          td.dataset.rate = k;
+          td.append(document.createTextNode(fmt(q[k + "_per_second"])));
+          if (q.spark) td.append(sparkline(q.spark[k], data.spark_interval_seconds, cls, label));
           tr.append(td);
         }
         const st = document.createElement("td");
@@ -149,7 +176,7 @@
         const tr = document.createElement("tr");
         tr.className = "empty";
         const td = document.createElement("td");
-        td.colSpan = 9;
+        td.colSpan = 11;
         td.textContent = data.queues.length ? "No queue matches the filter." : "No queue yet: ackd lists a queue once its first sweep found messages in it.";
         tr.append(td);
         body.append(tr);
@@ -160,7 +187,7 @@
       const th = e.target.closest("th[data-sort]");
       if (!th) return;
       const k = th.dataset.sort;
-      desc = k === sortKey ? !desc : k !== "name";
+      desc = k === sortKey ? !desc : k !== "queue";
       sortKey = k;
       for (const t of table.tHead.querySelectorAll("th")) t.classList.remove("sorted", "desc");
       th.classList.add("sorted");
@@ -172,17 +199,26 @@
       render();
     });
     render();
-    setInterval(async () => {
+    // A long list refreshes less often: about 1 s per 100 queues, at
+    // least every REFRESH_MS.
+    const refresh = async () => {
       try { data = await getJSON("api/overview"); render(); } catch (e) { /* keep the last data */ }
-    }, REFRESH_MS);
+      setTimeout(refresh, Math.max(REFRESH_MS, data.queues.length * 10));
+    };
+    setTimeout(refresh, Math.max(REFRESH_MS, data.queues.length * 10));
   }
 
   // Queue page: counts and the rate chart refresh; tables stay as served.
   function queue() {
     const counts = document.getElementById("counts");
     const q = counts.dataset.queue;
+    const small = (d) => {
+      for (const box of document.querySelectorAll("#rates .chart.small")) {
+        lineChart(box, d.series, d.interval_seconds, [[box.dataset.key, box.dataset.cls]]);
+      }
+    };
     const c = dataOf();
-    if (c) lineChart(document.getElementById("rates"), c.series, c.interval_s);
+    if (c) small(c);
     const all = document.getElementById("check-all");
     if (all) all.addEventListener("change", () => {
       for (const c of document.querySelectorAll('#selected input[name="id"]')) c.checked = all.checked;
@@ -194,7 +230,8 @@
           const e = counts.querySelector(`[data-c="${k}"]`);
           if (e) e.textContent = d[k].toLocaleString("en-US");
         }
-        lineChart(document.getElementById("rates"), d.series, d.interval_s);
+        for (const e of document.querySelectorAll("#rates [data-r]")) e.textContent = fmt(d[e.dataset.r]) + "/s";
+        small(d);
       } catch (e) { /* keep the last data */ }
     }, REFRESH_MS);
   }

@@ -1,0 +1,100 @@
+package ui
+
+import (
+	"math"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Login rate limit: a client address that sent LoginFailuresDefault wrong
+// tokens within LoginWindowDefault gets 429 Too Many Requests, with
+// Retry-After, for every login until the oldest of those failures is a
+// window old; its token is not even compared, so the answers say nothing
+// about it meanwhile. Right tokens do not count.
+const (
+	LoginFailuresDefault = 5
+	LoginWindowDefault   = time.Minute
+	// maxLoginClients bounds the addresses remembered.
+	maxLoginClients = 10000
+)
+
+// loginLimiter counts each client address's recent login failures.
+type loginLimiter struct {
+	max     int
+	window  time.Duration
+	nowFunc func() time.Time
+
+	mu       sync.Mutex
+	failures map[string][]time.Time // per address, oldest first, within the window
+}
+
+func newLoginLimiter(max int, window time.Duration) *loginLimiter {
+	return &loginLimiter{max: max, window: window, nowFunc: time.Now, failures: map[string][]time.Time{}}
+}
+
+// clientAddr is the address a login is counted against: the connection's
+// IP address (ackd does not trust forwarding headers).
+func clientAddr(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// recent drops addr's failures older than the window; the caller holds mu.
+func (l *loginLimiter) recent(addr string, now time.Time) []time.Time {
+	f := l.failures[addr]
+	i := 0
+	for i < len(f) && now.Sub(f[i]) >= l.window {
+		i++
+	}
+	f = f[i:]
+	if len(f) == 0 {
+		delete(l.failures, addr)
+		return nil
+	}
+	l.failures[addr] = f
+	return f
+}
+
+// blocked reports how long addr must wait before its next login; 0 if it
+// may try now.
+func (l *loginLimiter) blocked(addr string) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.nowFunc()
+	f := l.recent(addr, now)
+	if len(f) < l.max {
+		return 0
+	}
+	return f[len(f)-l.max].Add(l.window).Sub(now)
+}
+
+// failed counts a wrong token from addr.
+func (l *loginLimiter) failed(addr string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.nowFunc()
+	if _, ok := l.failures[addr]; !ok && len(l.failures) >= maxLoginClients {
+		for a := range l.failures {
+			l.recent(a, now)
+		}
+		if len(l.failures) >= maxLoginClients {
+			return // full of addresses failing right now: count no more
+		}
+	}
+	f := append(l.recent(addr, now), now)
+	if len(f) > l.max {
+		f = f[len(f)-l.max:]
+	}
+	l.failures[addr] = f
+}
+
+// retryAfter is a Retry-After value: whole seconds, at least 1.
+func retryAfter(d time.Duration) string {
+	return strconv.Itoa(max(int(math.Ceil(d.Seconds())), 1))
+}
