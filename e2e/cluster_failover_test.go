@@ -77,7 +77,7 @@ func TestClusterFailoverUnderLoad(t *testing.T) {
 	c := redistest.StartCluster(t, nil)
 	lc, rdb := clusterLease(t, c, lease.Config{Replicas: 1, ReplicaTimeout: 500 * time.Millisecond})
 	queues := clusterQueues(t, c, "fo", 2)
-	a := startAckd(t, c.Nodes()[0], "ACKD_REDIS_URL="+c.URL())
+	a := startAckd(t, c.Nodes()[0], append([]string{"ACKD_REDIS_URL=" + c.URL()}, durableAckd...)...)
 	w := startLoad(t, func(string) *lease.Client { return lc }, queues)
 
 	m := c.MasterOf(t, lease.KeysFor(queues[0]).Ready)
@@ -98,8 +98,10 @@ func TestClusterFailoverUnderLoad(t *testing.T) {
 	rejoined := time.Now()
 	w.waitAcks(t, 200, 30*time.Second, "the workload recovers after the SIGKILL")
 	w.finish(t, lc, queues)
+	notRepl, _ := a.metric(t, "ackd_not_replicated_total")
 	a.stop(t)
 	checkLedger(t, lc, rdb, queues, w.led, true)
+	t.Logf("ackd: %v sweeps not replicated in time (swept again)", notRepl)
 	t.Logf("CLUSTER FAILOVER of %s to %s: healthy after %v; callers: %s; %s",
 		m.Addr(), r.Addr(), healthy.Sub(failover).Round(time.Millisecond), w.led.errorWindow(failover, kill), w.led.lagsSince(failover, kill))
 	t.Logf("SIGKILL of master %s: replica promoted after %v, killed node replicating after %v; callers: %s; %s",
@@ -132,7 +134,7 @@ func TestClusterMigrationUnderLoad(t *testing.T) {
 		}
 		return durable
 	}
-	a := startAckd(t, c.Nodes()[0], "ACKD_REDIS_URL="+c.URL())
+	a := startAckd(t, c.Nodes()[0], append([]string{"ACKD_REDIS_URL=" + c.URL()}, durableAckd...)...)
 	w := startLoad(t, clientFor, queues)
 	ctx := t.Context()
 	refusals := func() map[string]int64 {
