@@ -19,10 +19,20 @@ func TestClusterAskFollowedWithReplicas(t *testing.T) {
 	c, _ := clusterClient(t, cl, &Config{Replicas: 1, ReplicaTimeout: 500 * time.Millisecond, RetryWindow: 300 * time.Millisecond})
 	ctx := t.Context()
 	const q = "asked"
-	for _, p := range []string{"1", "2"} {
+	for _, p := range []string{"0", "1", "2"} {
 		if _, err := c.Push(ctx, q, []byte(p), nil); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// One ack first: it creates the queue's counts hash, which every ack
+	// declares. A command on several keys of a migrating slot, some of
+	// them missing, gets TRYAGAIN on either node, ASK or not.
+	first, err := c.Take(ctx, q, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Ack(ctx); err != nil {
+		t.Fatal(err)
 	}
 	held, err := c.Take(ctx, q, &TakeOpts{LeaseFor: time.Minute})
 	if err != nil {
