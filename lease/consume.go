@@ -63,6 +63,9 @@ type ConsumeOpts struct {
 	// slog.Default() if the Config has none, at most about one line a
 	// second after a burst of ten.
 	ErrorFunc func(l *Lease, err error)
+
+	// idleWait, if set, replaces idleWait (tests).
+	idleWait time.Duration
 }
 
 // DefaultBackoff doubles from 1 second per attempt up to 5 minutes, with
@@ -84,9 +87,20 @@ func DefaultBackoff(attempt int) time.Duration {
 // from ConsumeOpts.LeaseFor or from the deadline Redis returned, read
 // against Redis's own TIME: local clock skew does not shorten leases.
 //
+// Acks are batched. A worker whose handler returned nil hands its lease
+// to that goroutine and is free at once; the acks waiting ride the next
+// take, in the same round trip and script call. Acks that no take will
+// carry soon (the queue is empty, takes fail, Consume is stopping, or the
+// take in flight has held them up for 5ms or a tenth of the lease) are
+// sent together at once, the next ones gathering while a batch is in
+// flight. An ack that had not reached Redis when the process died means
+// the message is delivered again once its lease runs out, as after any
+// crash before an ack.
+//
 // What the handler returns decides the message's fate:
 //
-//   - nil: acked.
+//   - nil: acked (see above); an ack that fails, because the lease ran
+//     out and the message went elsewhere, is reported like an error.
 //   - an error: nacked with ConsumeOpts.BackoffFunc's delay; on its last
 //     allowed delivery it goes to the dead set, reason "failed".
 //   - an error wrapping ErrSkipRetry (SkipRetry): dead set at once, reason
@@ -106,11 +120,13 @@ func DefaultBackoff(attempt int) time.Duration {
 // cancelled has its leases released untouched), lets running handlers
 // finish and settle for up to ConsumeOpts.StopTimeout, then cancels their
 // contexts, releases every lease whose handler has not returned (to the
-// head of the queue, not counted as an attempt) and returns nil: within
-// StopTimeout plus a quarter of a second and one round trip. A handler
-// that ignores its ctx goes on running, but its lease is gone and its
-// heartbeat stopped. Redis errors are ridden out with backoff, never
-// returned. Consume keeps one connection blocked while the queue is empty.
+// head of the queue, not counted as an attempt), sends every ack still
+// waiting, and returns nil: within StopTimeout plus a quarter of a second
+// and a round trip or two. A handler that ignores its ctx goes on
+// running, but its lease is gone and its heartbeat stopped. Redis errors
+// are ridden out with backoff, never returned. Consume keeps one
+// connection blocked while the queue is empty, and uses at most two more
+// at a time besides the heartbeats' (a take, a batch of acks).
 func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts *ConsumeOpts) error {
 	if err := ValidateQueue(queue); err != nil {
 		return err
@@ -153,7 +169,7 @@ func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts *Con
 			return fmt.Errorf("%w: ConsumeOpts.Middleware[%d] returned a nil handler", ErrInvalidArgument, i)
 		}
 	}
-	r := &consumeRun{c: c, queue: queue, h: h, o: o, jobs: map[*job]bool{}, changed: make(chan struct{}, 1)}
+	r := &consumeRun{c: c, queue: queue, h: h, o: o, jobs: map[*job]bool{}, events: make(chan endEvent, o.Workers), work: make(chan *job, o.Workers)}
 	if o.ErrorFunc == nil {
 		logger := c.cfg.Logger
 		if !c.logSet {
@@ -174,9 +190,14 @@ type consumeRun struct {
 
 	offset atomic.Int64 // Redis clock minus the local clock, ns
 
-	mu      sync.Mutex
-	jobs    map[*job]bool // running or settling
-	changed chan struct{} // a job ended
+	// jobs are the jobs running or settling; only the run loop uses it.
+	jobs map[*job]bool
+	// events has room for one event per worker: a job's last act never
+	// waits, not even after Consume returned.
+	events chan endEvent
+	// work hands jobs to the worker goroutines; closed when Consume
+	// returns.
+	work chan *job
 }
 
 // job states
@@ -188,11 +209,23 @@ const (
 
 type job struct {
 	l        *Lease
+	hctx     context.Context // the handler's
 	state    atomic.Int32
 	cancel   context.CancelCauseFunc
-	beatStop chan struct{} // closed by whoever moves state off running
+	cancelT  context.CancelFunc // of ConsumeOpts.Timeout
+	beat     *time.Timer        // starts the heartbeat when the first extension is due
+	beatStop chan struct{}      // closed by whoever moves state off running
 	beatDone chan struct{}
 	lost     atomic.Pointer[error]
+}
+
+// stopHeartbeat stops j's heartbeat, and waits for an extension under way.
+func (j *job) stopHeartbeat() {
+	close(j.beatStop)
+	if j.beat.Stop() {
+		return // it never started
+	}
+	<-j.beatDone
 }
 
 var (
@@ -200,98 +233,9 @@ var (
 	errHandlerTimeout = errors.New("lease: handler timeout (ConsumeOpts.Timeout)")
 )
 
-// idleWait bounds one blocking take, so that a cancel is seen within it:
-// Consume returns at most this long after StopTimeout (plus the release).
+// idleWait bounds one blocking wait for messages: Consume returns at most
+// this long after StopTimeout (plus the release).
 const idleWait = 250 * time.Millisecond
-
-func (r *consumeRun) run(ctx context.Context) error {
-	// Handlers run under a context of their own: Consume's cancel starts
-	// the stop sequence, it does not interrupt them.
-	base, cancelAll := context.WithCancelCause(context.WithoutCancel(ctx))
-	defer cancelAll(errStopping)
-	bg := context.WithoutCancel(ctx)
-
-	slots := make(chan struct{}, r.o.Workers)
-	for range r.o.Workers {
-		slots <- struct{}{}
-	}
-	takerDone := make(chan struct{})
-	go func() {
-		defer close(takerDone)
-		r.take(ctx, bg, base, slots)
-	}()
-	<-ctx.Done()
-	stopBy := time.NewTimer(r.o.StopTimeout)
-	defer stopBy.Stop()
-	<-takerDone // after this no job starts
-
-	if !r.waitJobs(stopBy.C) {
-		r.abandon(bg, cancelAll)
-		r.waitJobs(nil) // those that were settling
-	}
-	return nil
-}
-
-// take is the taking loop; it returns once ctx is cancelled.
-func (r *consumeRun) take(ctx, bg, base context.Context, slots chan struct{}) {
-	retry := 0
-	var lastSync time.Time // zero: measure before the first take
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-slots:
-		}
-		n := 1
-	more:
-		for n < r.o.Workers {
-			select {
-			case <-slots:
-				n++
-			default:
-				break more
-			}
-		}
-		if time.Since(lastSync) > time.Minute && r.syncClock(ctx) {
-			lastSync = time.Now()
-		}
-		// The take itself is never interrupted: a take cancelled after
-		// Redis ran it would strand its leases until they ran out.
-		start := time.Now()
-		ls, err := r.c.TakeBatch(bg, r.queue, n, &TakeOpts{Wait: idleWait, LeaseFor: r.o.LeaseFor})
-		for range n - len(ls) {
-			slots <- struct{}{}
-		}
-		if ctx.Err() != nil {
-			// Stopped while taking: these were never started.
-			if len(ls) > 0 {
-				if err := r.c.ReleaseBatch(bg, ls); err != nil {
-					r.report(nil, fmt.Errorf("release leases taken while stopping: %w", err))
-				}
-			}
-			return
-		}
-		if err != nil {
-			r.report(nil, err)
-			retry++
-			if !sleepCtx(ctx, retryDelay(retry)) {
-				return
-			}
-			continue
-		}
-		retry = 0
-		if len(ls) == 0 && time.Since(start) < idleWait/4 {
-			// Nothing to take, and the take did not wait (the queue is
-			// paused, or only delayed messages are due soon): do not spin.
-			if !sleepCtx(ctx, 50*time.Millisecond) {
-				return
-			}
-		}
-		for _, l := range ls {
-			r.start(base, bg, l, slots)
-		}
-	}
-}
 
 // syncClock measures the offset between Redis's clock and ours, once a
 // minute, so that Consume can read a deadline Redis returned. Of three
@@ -320,7 +264,7 @@ func (r *consumeRun) redisNow() time.Time {
 	return r.c.now().Add(time.Duration(r.offset.Load()))
 }
 
-func (r *consumeRun) start(base, bg context.Context, l *Lease, slots chan struct{}) {
+func (r *consumeRun) start(base, bg context.Context, l *Lease) {
 	hctx, cancel := context.WithCancelCause(base)
 	cancelT := context.CancelFunc(func() {})
 	var handlerEnd time.Time
@@ -328,61 +272,61 @@ func (r *consumeRun) start(base, bg context.Context, l *Lease, slots chan struct
 		handlerEnd = time.Now().Add(r.o.Timeout)
 		hctx, cancelT = context.WithTimeoutCause(hctx, r.o.Timeout, errHandlerTimeout)
 	}
-	j := &job{l: l, cancel: cancel, beatStop: make(chan struct{}), beatDone: make(chan struct{})}
-	r.mu.Lock()
+	j := &job{l: l, hctx: hctx, cancel: cancel, cancelT: cancelT, beatStop: make(chan struct{}), beatDone: make(chan struct{})}
 	r.jobs[j] = true
-	r.mu.Unlock()
-	go r.heartbeat(bg, j, handlerEnd)
-	go func() {
-		defer func() { slots <- struct{}{} }()
-		defer r.end(j)
-		defer cancel(nil)
-		defer cancelT()
-		err := runHandler(hctx, l, r.h)
-		if !j.state.CompareAndSwap(running, settling) {
-			// Consume gave up on this handler and released its lease.
-			return
+	r.startHeartbeat(bg, j, handlerEnd)
+	r.work <- j
+}
+
+// worker runs jobs until Consume has returned.
+func (r *consumeRun) worker(bg context.Context) {
+	for j := range r.work {
+		r.runJob(bg, j)
+	}
+}
+
+// runJob runs j's handler; a panic or a runtime.Goexit in it becomes a
+// *PanicError, and the job ends in the deferred call either way.
+func (r *consumeRun) runJob(bg context.Context, j *job) {
+	var err error
+	returned := false
+	defer func() {
+		goexit := false
+		if !returned {
+			v := recover()
+			// Since Go 1.21 panic(nil) recovers a *runtime.PanicNilError:
+			// nothing recovered means runtime.Goexit.
+			goexit = v == nil
+			err = &PanicError{Value: v, Goexit: goexit, Stack: debug.Stack()}
 		}
-		close(j.beatStop)
-		<-j.beatDone
-		r.settle(bg, j, err)
+		j.cancelT()
+		j.cancel(nil)
+		r.finish(bg, j, err)
+		if goexit {
+			// This goroutine ends once its deferred calls have run:
+			// another takes its place.
+			go r.worker(bg)
+		}
 	}()
+	err = r.h(j.hctx, j.l)
+	returned = true
 }
 
-// end removes j from the running jobs, if stop has not already.
-func (r *consumeRun) end(j *job) {
-	r.mu.Lock()
-	delete(r.jobs, j)
-	r.mu.Unlock()
-	select {
-	case r.changed <- struct{}{}:
-	default:
+// finish settles j after its handler returned err and tells the run loop.
+func (r *consumeRun) finish(bg context.Context, j *job, err error) {
+	ack := false
+	if j.state.CompareAndSwap(running, settling) {
+		j.stopHeartbeat()
+		ack = r.settle(bg, j, err)
 	}
-}
-
-// waitJobs waits until no job is running or settling, or until timeout
-// fires; it reports whether all ended.
-func (r *consumeRun) waitJobs(timeout <-chan time.Time) bool {
-	for {
-		r.mu.Lock()
-		n := len(r.jobs)
-		r.mu.Unlock()
-		if n == 0 {
-			return true
-		}
-		select {
-		case <-r.changed:
-		case <-timeout:
-			return false
-		}
-	}
+	// else Consume gave up on this handler and released its lease.
+	r.events <- endEvent{j: j, ack: ack}
 }
 
 // abandon ends the stop: it cancels every handler still running, stops
 // their heartbeats and releases their leases.
 func (r *consumeRun) abandon(bg context.Context, cancelAll context.CancelCauseFunc) {
 	var gone []*job
-	r.mu.Lock()
 	for j := range r.jobs {
 		// A handler that returned first settles its lease itself.
 		if j.state.CompareAndSwap(running, abandoned) {
@@ -390,12 +334,10 @@ func (r *consumeRun) abandon(bg context.Context, cancelAll context.CancelCauseFu
 			delete(r.jobs, j)
 		}
 	}
-	r.mu.Unlock()
 	cancelAll(errStopping)
 	var release []*Lease
 	for _, j := range gone {
-		close(j.beatStop)
-		<-j.beatDone
+		j.stopHeartbeat()
 		if j.lost.Load() == nil && !j.l.settled.Load() {
 			release = append(release, j.l)
 		}
@@ -409,14 +351,9 @@ func (r *consumeRun) abandon(bg context.Context, cancelAll context.CancelCauseFu
 	}
 }
 
-// heartbeat extends j's lease while its handler runs, each time a third
-// of the last extension has passed since it was asked for, by the
-// monotonic clock: a wall clock that is off changes nothing. The lease's
-// length is ConsumeOpts.LeaseFor, or else what the deadline Redis returned
-// means by Redis's clock (see syncClock). With a handler
-// timeout, it extends no further than a third of a lease past it.
-func (r *consumeRun) heartbeat(bg context.Context, j *job, handlerEnd time.Time) {
-	defer close(j.beatDone)
+// startHeartbeat arranges j's heartbeat: nothing runs (no goroutine, one
+// timer) until the first extension is due.
+func (r *consumeRun) startHeartbeat(bg context.Context, j *job, handlerEnd time.Time) {
 	l := j.l
 	// Redis set the deadline after the take script was sent: measure from
 	// then.
@@ -429,15 +366,30 @@ func (r *consumeRun) heartbeat(bg context.Context, j *job, handlerEnd time.Time)
 			d = r.c.cfg.LeaseFor
 		}
 	}
+	j.beat = time.AfterFunc(max(d/3-time.Since(l.sent), 0), func() { r.heartbeat(bg, j, handlerEnd, d) })
+}
+
+// heartbeat extends j's lease while its handler runs, each time a third
+// of the last extension has passed since it was asked for, by the
+// monotonic clock: a wall clock that is off changes nothing. The lease's
+// length is ConsumeOpts.LeaseFor, or else what the deadline Redis returned
+// means by Redis's clock (see syncClock). With a handler
+// timeout, it extends no further than a third of a lease past it.
+func (r *consumeRun) heartbeat(bg context.Context, j *job, handlerEnd time.Time, d time.Duration) {
+	defer close(j.beatDone)
+	l := j.l
 	grace := d / 3
 	last := d
 	lastAt := l.sent // when the current deadline was asked for
 	var failedBefore bool
-	for {
+	for first := true; ; first = false {
 		wait := last/3 - time.Since(lastAt)
 		if failedBefore {
 			// Retry an outage a tenth of a lease apart, not in a spin.
 			wait = max(wait, last/10)
+		}
+		if first {
+			wait = 0 // startHeartbeat's timer has waited
 		}
 		t := time.NewTimer(max(wait, 0))
 		select {
@@ -474,25 +426,27 @@ func (r *consumeRun) heartbeat(bg context.Context, j *job, handlerEnd time.Time)
 	}
 }
 
-// settle acts on what the handler returned.
-func (r *consumeRun) settle(ctx context.Context, j *job, err error) {
+// settle acts on what the handler returned. It reports true when the
+// lease is to be acked: the run loop sends it with others.
+func (r *consumeRun) settle(ctx context.Context, j *job, err error) (ack bool) {
 	l := j.l
 	if lost := j.lost.Load(); lost != nil {
 		r.report(l, fmt.Errorf("lease lost while handling: %w", *lost))
-		return
+		return false
 	}
 	if err != nil {
 		r.report(l, err)
 	}
 	if l.settled.Load() {
-		return // the handler ended the lease itself
+		return false // the handler ended the lease itself
 	}
 	var pe *PanicError
 	var ra *RetryAfterError
 	var serr error
 	switch {
 	case err == nil:
-		serr = l.Ack(ctx)
+		l.settled.Store(true)
+		return true
 	case errors.As(err, &pe):
 		if l.MaxDeliveries != Unlimited && l.Attempt >= l.MaxDeliveries {
 			serr = l.fail(ctx, ReasonPanic, pe.Error()+"\n"+string(pe.Stack))
@@ -509,6 +463,7 @@ func (r *consumeRun) settle(ctx context.Context, j *job, err error) {
 	if serr != nil {
 		r.report(l, serr)
 	}
+	return false
 }
 
 // onlyGone reports whether err (from a batch call) only says that leases
@@ -554,32 +509,6 @@ func (r *consumeRun) report(l *Lease, err error) {
 	default:
 		r.log.log(slog.LevelWarn, "redis error", attrs...)
 	}
-}
-
-// runHandler runs h in a goroutine of its own, so that a panic or a
-// runtime.Goexit in it becomes a *PanicError instead of ending the worker.
-func runHandler(ctx context.Context, l *Lease, h Handler) error {
-	done := make(chan error, 1)
-	go func() {
-		returned := false
-		defer func() {
-			if returned {
-				return
-			}
-			r := recover()
-			pe := &PanicError{Value: r, Stack: debug.Stack()}
-			if r == nil {
-				// Since Go 1.21 panic(nil) recovers a *runtime.PanicNilError:
-				// nothing recovered means runtime.Goexit.
-				pe.Goexit = true
-			}
-			done <- pe
-		}()
-		err := h(ctx, l)
-		returned = true
-		done <- err
-	}()
-	return <-done
 }
 
 // limitedLog logs at most logBurst lines at once and then about one a

@@ -290,8 +290,11 @@ func TestConsumeTimeout(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	const q = "timeout"
-	const timeout = 300 * time.Millisecond
-	const leaseFor = 150 * time.Millisecond
+	// Leases long enough that a heartbeat a few hundred ms late on a
+	// loaded machine still lands in time: the lease must end only because
+	// the handler outlived Timeout.
+	const timeout = 1200 * time.Millisecond
+	const leaseFor = 900 * time.Millisecond
 
 	var errs errorLog
 	type call struct {
@@ -364,7 +367,9 @@ func TestConsumeClockSkew(t *testing.T) {
 			b := setup(t, nil)
 			b.c.now = func() time.Time { return time.Now().Add(skew) }
 			const q = "skew"
-			const leaseFor = 150 * time.Millisecond
+			// A third of this lease is the slack each heartbeat has on
+			// a loaded machine.
+			const leaseFor = 900 * time.Millisecond
 
 			var errs errorLog
 			var moves atomic.Int32

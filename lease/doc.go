@@ -34,9 +34,13 @@
 //
 // Consume runs a handler on N workers with all of that done for it: ack on
 // success, nack with backoff on error, leases extended while the handler
-// runs, a bounded stop on cancel. A consumer that gives up on a message
-// can also call Fail (dead set now, with the error's text) or Release
-// (back to the head of the queue, the delivery not counted).
+// runs, a bounded stop on cancel. Its acks are batched: those of handlers
+// that return while a take is due ride that take, in one round trip, and
+// the others go out together at once; an ack that had not reached Redis
+// when the process died means the message is delivered again. A consumer
+// that gives up on a message can also call Fail (dead set now, with the
+// error's text) or Release (back to the head of the queue, the delivery
+// not counted).
 //
 // # Handler outcomes
 //
@@ -63,8 +67,9 @@
 // running handlers finish for up to ConsumeOpts.StopTimeout, then cancels
 // their contexts, releases every lease whose handler has not returned
 // (back to the head of the queue, the attempt not counted, so a deploy
-// never pushes a message toward the dead set) and returns. Nothing is
-// left held, nothing lost. Example_consumerMain shows a consumer's main.
+// never pushes a message toward the dead set), sends every ack still
+// waiting and returns. Nothing is left held, nothing lost, nothing acked
+// delivered again. Example_consumerMain shows a consumer's main.
 //
 // # Fencing
 //

@@ -16,7 +16,7 @@ const idleQueues = 100
 // commands per second it issues, and its resident memory.
 func (b *bench) idle(ctx context.Context) error {
 	var s strings.Builder
-	s.WriteString("## 5. Idle daemon\n\n")
+	s.WriteString("## 6. Idle daemon\n\n")
 	if _, err := b.ackdBinary(ctx); err != nil {
 		b.logf("idle skipped: %v", err)
 		fmt.Fprintf(&s, "Skipped: the daemon did not build (%s).\n", firstLine(err.Error()))

@@ -8,8 +8,11 @@
 //	go run ./cmd/ackbench -quick       # small sizes, a smoke run
 //	go run ./cmd/ackbench -only throughput,memory -n 50000
 //
-// Sections: throughput, latency, memory, redelivery, idle. The last two
-// build and run the real daemon (./cmd/ackd) against the server.
+// Sections: concurrent (producers and consumers at once), throughput
+// (from a pre-filled queue), latency, memory, redelivery, idle. The last
+// two build and run the real daemon (./cmd/ackd) against the server. Only
+// the public lease API is used, so the same program measures any version
+// of the lease package.
 package main
 
 import (
@@ -22,6 +25,7 @@ import (
 	"os/signal"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -32,11 +36,14 @@ import (
 	"github.com/ackd/ackd/lease"
 )
 
-var sectionNames = []string{"throughput", "latency", "memory", "redelivery", "idle"}
+var sectionNames = []string{"concurrent", "throughput", "latency", "memory", "redelivery", "idle"}
 
 type options struct {
 	n          int
 	quick      bool
+	producers  int
+	consumers  []int // consumer counts of the throughput sections
+	backlog    int   // the concurrent section's hold on pushed, not yet received messages
 	only       map[string]bool
 	variants   map[string]bool
 	ackdBin    string
@@ -58,13 +65,16 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs := flag.NewFlagSet("ackbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	o := options{args: args}
-	fs.IntVar(&o.n, "n", 0, "messages per throughput run and in-flight messages for the memory section (default 100000; -quick 10000)")
+	fs.IntVar(&o.n, "n", 0, "scale of the run: in-flight messages of the memory section; per system and table, the pre-filled throughput moves n/4 (n/16 with 10 KB payloads) and the concurrent one n/4 (n/20) (default 100000; -quick 10000)")
 	fs.BoolVar(&o.quick, "quick", false, "small sizes, for a smoke run")
+	fs.IntVar(&o.producers, "producers", 4, "concurrent: producers pushing while the consumers run")
+	consumers := fs.String("consumers", "1,8,64", "throughput and concurrent: consumer counts, comma-separated")
+	fs.IntVar(&o.backlog, "backlog", 1000, "concurrent: producers hold while this many messages are pushed and not yet received")
 	only := fs.String("only", "", "comma-separated sections to run: "+strings.Join(sectionNames, ", ")+" (default all)")
 	fs.StringVar(&o.ackdBin, "ackd", "", "ackd binary for the redelivery and idle sections (default: go build ./cmd/ackd)")
 	fs.StringVar(&o.out, "o", "", "write the report to this file instead of standard output")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of ackbench itself (the client side) to this file")
-	variants := fs.String("variants", "", "throughput: only these systems, comma-separated keys (list, reliable, streams, ackd, streams-batch, ackd-batch, ackd-daemon), for investigations")
+	variants := fs.String("variants", "", "throughput and concurrent: only these systems, comma-separated keys (list, reliable, streams, ackd, ackd-consume, streams-batch, ackd-batch, ackd-daemon), for investigations")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -80,10 +90,27 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if o.n < 1000 {
 		return o, fmt.Errorf("-n %d: at least 1000", o.n)
 	}
+	if o.producers < 1 || o.producers > 64 {
+		return o, fmt.Errorf("-producers %d: must be 1 to 64", o.producers)
+	}
+	if o.backlog < 1 {
+		return o, fmt.Errorf("-backlog %d: must be at least 1", o.backlog)
+	}
+	for c := range strings.SplitSeq(*consumers, ",") {
+		k, err := strconv.Atoi(strings.TrimSpace(c))
+		if err != nil || k < 1 || k > 128 {
+			return o, fmt.Errorf("-consumers %q: want counts of 1 to 128, comma-separated", *consumers)
+		}
+		o.consumers = append(o.consumers, k)
+	}
 	o.variants = map[string]bool{}
 	if *variants != "" {
 		for v := range strings.SplitSeq(*variants, ",") {
-			o.variants[strings.TrimSpace(v)] = true
+			v = strings.TrimSpace(v)
+			if !slices.ContainsFunc(tputVariants, func(t tputVariant) bool { return t.key == v }) {
+				return o, fmt.Errorf("-variants: unknown system %q", v)
+			}
+			o.variants[v] = true
 		}
 	}
 	o.only = map[string]bool{}
@@ -179,12 +206,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		name string
 		run  func(context.Context) error
 	}{
+		{"concurrent", b.concurrent},
 		{"throughput", b.throughput},
 		{"latency", b.latency},
 		{"memory", b.memory},
 		{"redelivery", b.redelivery},
 		{"idle", b.idle},
 	}
+	// A section that fails is reported as failed and the others still
+	// run: the figures of a long run are not lost to one section.
+	var failed error
 	for _, s := range sections {
 		if !opt.runs(s.name) {
 			continue
@@ -192,7 +223,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		t0 := time.Now()
 		b.logf("== %s", s.name)
 		if err := s.run(ctx); err != nil {
-			return fmt.Errorf("%s: %w", s.name, err)
+			if ctx.Err() != nil {
+				return fmt.Errorf("%s: %w", s.name, err)
+			}
+			b.logf("== %s failed: %v", s.name, err)
+			b.sections = append(b.sections, fmt.Sprintf("## %s: failed\n\n%s\n", s.name, err))
+			failed = errors.Join(failed, fmt.Errorf("%s: %w", s.name, err))
+			continue
 		}
 		b.logf("== %s done in %v", s.name, time.Since(t0).Round(time.Second))
 	}
@@ -228,8 +265,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		defer f.Close()
 		w = f
 	}
-	_, err = io.WriteString(w, doc.String())
-	return err
+	if _, err := io.WriteString(w, doc.String()); err != nil {
+		return err
+	}
+	return failed
 }
 
 func (b *bench) logf(format string, args ...any) {

@@ -149,9 +149,12 @@ func fmtNum(v float64) string {
 	return string(out)
 }
 
-// fmtF prints v with 2 significant decimals below 10, 1 below 100.
+// fmtF prints v with 2 significant decimals below 10, 1 below 100; NaN,
+// a figure that does not apply, as a dash.
 func fmtF(v float64) string {
 	switch a := math.Abs(v); {
+	case math.IsNaN(v):
+		return "–"
 	case a < 10:
 		return strconv.FormatFloat(v, 'f', 2, 64)
 	case a < 100:

@@ -1,0 +1,236 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ackd/ackd/internal/redistest"
+)
+
+// Tests of how Consume batches acks with takes.
+
+// TestConsumeCoalescesAcks: the acks of 8 workers ride the takes, so N
+// messages cost far fewer round trips and script runs than the 2N of a
+// take and an ack each (or the N + N/8 of one ack each and batched takes).
+func TestConsumeCoalescesAcks(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	const q, n = "coalesce", 400
+	payloads := make([][]byte, n)
+	for i := range payloads {
+		payloads[i] = fmt.Appendf(nil, "m%d", i)
+	}
+	if _, err := b.c.PushBatch(t.Context(), q, payloads, nil); err != nil {
+		t.Fatal(err)
+	}
+	calls := b.countCalls()
+	before := commandStats(t, b.rdb)
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	all := make(chan struct{})
+	cs := startConsume(t, b.c, q, func(_ context.Context, l *Lease) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if seen[l.ID] {
+			t.Errorf("message %s handled twice", l.ID)
+		}
+		seen[l.ID] = true
+		if len(seen) == n {
+			close(all)
+		}
+		return nil
+	}, &ConsumeOpts{Workers: 8, ErrorFunc: func(_ *Lease, err error) { t.Error(err) }})
+	select {
+	case <-all:
+	case <-time.After(30 * time.Second):
+		t.Fatal("not all handled within 30s")
+	}
+	cs.stop(t)
+	rt := calls.n.Load()
+	after := commandStats(t, b.rdb)
+	scripts := after["evalsha"] + after["eval"] - before["evalsha"] - before["eval"]
+	t.Logf("%d messages: %d round trips, %d script runs", n, rt, scripts)
+	if rt >= n/2 || scripts >= n {
+		t.Errorf("%d messages took %d round trips and %d script runs; want under %d and %d", n, rt, scripts, n/2, n)
+	}
+	if st := checkInvariants(t, b.rdb, q); len(st.InFlight)+len(st.Ready)+len(st.Dead)+len(st.Delayed) != 0 {
+		t.Fatalf("after the run: %+v", st)
+	}
+}
+
+// TestConsumeFlushesAcksOnStop: handlers that return nil after Consume's
+// ctx was cancelled have their acks sent before Consume returns; their
+// messages are never delivered again. The rest go back to the queue.
+func TestConsumeFlushesAcksOnStop(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	const q, workers = "flushonstop", 8
+	for i := range 20 {
+		b.push(t, q, fmt.Sprint("m", i), nil)
+	}
+	started := make(chan string, workers)
+	release := make(chan struct{})
+	cs := startConsume(t, b.c, q, func(_ context.Context, l *Lease) error {
+		started <- l.ID
+		<-release
+		return nil
+	}, &ConsumeOpts{Workers: workers, StopTimeout: time.Minute, ErrorFunc: func(_ *Lease, err error) { t.Error(err) }})
+	var handled []string
+	for range workers {
+		handled = append(handled, <-started)
+	}
+	cs.cancel()
+	close(release)
+	cs.stop(t)
+	st := checkInvariants(t, b.rdb, q)
+	if len(st.InFlight) != 0 || len(st.Ready) != 20-workers {
+		t.Fatalf("after stop: in flight %v, ready %d; want none, %d", st.InFlight, len(st.Ready), 20-workers)
+	}
+	for _, id := range handled {
+		if slices.Contains(st.Ready, id) {
+			t.Errorf("handled message %s is back on the queue", id)
+		}
+	}
+}
+
+// TestConsumeReportsAckErrors: an ack that fails because the lease went
+// elsewhere (here another delivery holds the message) is reported to
+// ErrorFunc with its lease, and leaves the new holder alone.
+func TestConsumeReportsAckErrors(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := t.Context()
+	const q = "ackerrs"
+	other, err := New(b.srv.Client(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := b.push(t, q, "m", nil)
+	took := make(chan *Lease, 1)
+	type report struct {
+		l   *Lease
+		err error
+	}
+	reports := make(chan report, 4)
+	cs := startConsume(t, b.c, q, func(ctx context.Context, l *Lease) error {
+		// Give the message away behind Consume's back: its lease is
+		// stale when Consume acks it.
+		h, err := other.LeaseOf(q, l.ID, l.Token)
+		if err == nil {
+			err = h.Release(ctx)
+		}
+		if err != nil {
+			return err
+		}
+		l2, err := other.Take(ctx, q, nil)
+		if err != nil {
+			return err
+		}
+		took <- l2
+		return nil
+		// One worker: Consume takes nothing while its handler runs.
+	}, &ConsumeOpts{Workers: 1, ErrorFunc: func(l *Lease, err error) { reports <- report{l, err} }})
+	var r report
+	select {
+	case r = <-reports:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no ack error reported")
+	}
+	if r.l == nil || r.l.ID != id || !errors.Is(r.err, ErrStale) {
+		t.Fatalf("reported %v (lease %+v); want the lease of %s and ErrStale", r.err, r.l, id)
+	}
+	cs.stop(t)
+	l2 := <-took
+	st := checkInvariants(t, b.rdb, q)
+	if len(st.InFlight) != 1 || st.Tokens[id] != l2.Token {
+		t.Fatalf("after stop: in flight %v, tokens %v; want %s held by the other delivery", st.InFlight, st.Tokens, id)
+	}
+	if err := l2.Ack(ctx); err != nil {
+		t.Fatalf("the other delivery's ack: %v", err)
+	}
+	select {
+	case r := <-reports:
+		t.Fatalf("another report: %+v", r)
+	default:
+	}
+}
+
+// TestConsumeAcksWhileWaiting: with the queue empty, Consume waits for
+// messages; the acks of handlers that finish meanwhile go out at once, not
+// when the wait ends (here it would last a minute).
+func TestConsumeAcksWhileWaiting(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	const q = "ackwhilewaiting"
+	handled := make(chan string, 2)
+	release := make(chan struct{})
+	cs := startConsume(t, b.c, q, func(_ context.Context, l *Lease) error {
+		<-release
+		handled <- l.ID
+		return nil
+	}, &ConsumeOpts{Workers: 2, idleWait: time.Minute, ErrorFunc: func(_ *Lease, err error) { t.Error(err) }})
+	waitBlocked(t, b.rdb, 1)
+	id := b.push(t, q, "m", nil)
+	// The take after the wake-up leases it, and waits again.
+	redistest.WaitFor(t, 10*time.Second, func() bool {
+		s, err := b.c.Stats(t.Context(), q)
+		return err == nil && s.InFlight == 1
+	}, "message taken")
+	close(release)
+	if got := <-handled; got != id {
+		t.Fatalf("handled %s, want %s", got, id)
+	}
+	// Well within the minute of the wait.
+	redistest.WaitFor(t, 10*time.Second, func() bool {
+		s, err := b.c.Stats(t.Context(), q)
+		return err == nil && s.InFlight == 0
+	}, "message acked")
+	// Wake the wait, so that the stop need not wait for it.
+	b.push(t, q, "wake", nil)
+	if got := <-handled; got == id {
+		t.Fatalf("handled %s again", id)
+	}
+	waitBlocked(t, b.rdb, 1)
+	cs.cancel()
+	b.push(t, q, "wake", nil)
+	cs.stop(t)
+}
+
+// TestConsumeWorkerAfterGoexit: runtime.Goexit ends the goroutine that ran
+// the handler; another takes its place, so a single worker goes on.
+func TestConsumeWorkerAfterGoexit(t *testing.T) {
+	t.Parallel()
+	b := setup(t, &Config{MaxDeliveries: 1})
+	const q = "goexitworker"
+	b.push(t, q, "exit", nil)
+	b.push(t, q, "exit", nil)
+	ok := b.push(t, q, "ok", nil)
+	handled := make(chan string, 1)
+	var errs errorLog
+	cs := startConsume(t, b.c, q, func(_ context.Context, l *Lease) error {
+		if string(l.Payload) == "exit" {
+			runtime.Goexit()
+		}
+		handled <- l.ID
+		return nil
+	}, &ConsumeOpts{Workers: 1, ErrorFunc: errs.add})
+	select {
+	case id := <-handled:
+		if id != ok {
+			t.Fatalf("handled %s, want %s", id, ok)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the message after two Goexits was not handled")
+	}
+	cs.stop(t)
+	st := checkInvariants(t, b.rdb, q)
+	if len(st.Dead) != 2 || len(st.InFlight)+len(st.Ready) != 0 || len(errs.list()) != 2 {
+		t.Fatalf("after stop: dead %v, in flight %v, ready %v, errors %v", st.Dead, st.InFlight, st.Ready, errs.list())
+	}
+}
