@@ -4,11 +4,18 @@ package e2e
 
 import (
 	"cmp"
+	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/ackd/ackd/e2e/internal/journal"
 	"github.com/ackd/ackd/lease"
@@ -395,6 +402,354 @@ func checkInvariants(t *testing.T, e *env, exp expect) summary {
 			b.WriteString(s + "\n")
 		}
 		t.Error(b.String())
+	}
+	return sum
+}
+
+// --- the ledger: what in-process callers were told, over many queues ---
+
+// ledger is what the producers and consumers of a Cluster or Sentinel
+// scenario were told by each call, keyed by payload (unique per message:
+// a re-pushed message keeps its payload). It lets checkLedger tell a
+// message that vanished after its caller was told so (an error) from a
+// silent loss. The journal cannot be used there: its own writes are not
+// waited for, and a failover could drop them.
+type ledger struct {
+	mu        sync.Mutex
+	pushOK    map[string]int       // payload -> pushes that returned nil
+	pushErr   map[string]int       // payload -> pushes that returned an error
+	ackOK     map[string]int       // payload -> acks that returned nil
+	ackErr    map[string]int       // payload -> acks whose outcome is unknown (an error other than ErrStale)
+	abandoned map[string]time.Time // payload -> deadline of a lease left to run out
+	lags      []lagSample
+	errs      []callError
+	okAcks    int // acks that returned nil, in all
+}
+
+// callError is one error returned to a caller.
+type callError struct {
+	at      time.Time
+	op      string // push, take, ack
+	payload string // "" for a take
+	err     error
+}
+
+// lagSample is one abandoned lease taken again: its deadline, and how
+// long after it a waiting consumer got the message.
+type lagSample struct {
+	deadline time.Time
+	lag      time.Duration
+}
+
+func newLedger() *ledger {
+	return &ledger{pushOK: map[string]int{}, pushErr: map[string]int{}, ackOK: map[string]int{}, ackErr: map[string]int{}, abandoned: map[string]time.Time{}}
+}
+
+func (l *ledger) pushed(payload string, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err != nil {
+		l.pushErr[payload]++
+		l.errs = append(l.errs, callError{time.Now(), "push", payload, err})
+		return
+	}
+	l.pushOK[payload]++
+}
+
+func (l *ledger) takeFailed(err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.errs = append(l.errs, callError{time.Now(), "take", "", err})
+}
+
+// took records a delivery taken at now, and the requeue lag if it is a
+// redelivery of an abandoned lease.
+func (l *ledger) took(ls *lease.Lease, now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	p := string(ls.Payload)
+	if d, ok := l.abandoned[p]; ok && ls.Attempt > 1 {
+		l.lags = append(l.lags, lagSample{d, now.Sub(d)})
+		delete(l.abandoned, p)
+	}
+}
+
+func (l *ledger) abandon(ls *lease.Lease) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.abandoned[string(ls.Payload)] = ls.Deadline()
+}
+
+// acked records one ack's result. ErrStale changed nothing. ErrNotHeld
+// may follow an ack that went through (go-redis resends a command whose
+// reply a broken connection lost), so its outcome counts as unknown, but
+// it is no error of the call.
+func (l *ledger) acked(payload string, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case err == nil:
+		l.ackOK[payload]++
+		l.okAcks++
+	case errors.Is(err, lease.ErrStale):
+	case errors.Is(err, lease.ErrNotHeld):
+		l.ackErr[payload]++
+	default:
+		l.ackErr[payload]++
+		l.errs = append(l.errs, callError{time.Now(), "ack", payload, err})
+	}
+}
+
+// acks returns how many acks have returned nil so far.
+func (l *ledger) acks() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.okAcks
+}
+
+// errorWindow describes the errors callers saw from since on (until
+// until, if not zero): how many of each kind, and the time from the first
+// to the last, each counted from since.
+func (l *ledger) errorWindow(since, until time.Time) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var first, last time.Time
+	kinds := map[string]int{}
+	n := 0
+	other := ""
+	for _, e := range l.errs {
+		if e.at.Before(since) || (!until.IsZero() && !e.at.Before(until)) {
+			continue
+		}
+		n++
+		if first.IsZero() {
+			first = e.at
+		}
+		last = e.at
+		kind := "other"
+		var ne net.Error
+		switch {
+		case errors.Is(e.err, lease.ErrNotReplicated):
+			kind = "ErrNotReplicated"
+		case errors.Is(e.err, context.DeadlineExceeded):
+			kind = "timeout"
+		case errors.Is(e.err, io.EOF), errors.Is(e.err, io.ErrUnexpectedEOF), errors.As(e.err, &ne):
+			// The connection broke after the command was sent: its
+			// outcome is unknown, and lease does not retry it.
+			kind = "connection lost"
+		default:
+			for _, code := range []string{"TRYAGAIN", "ASK", "MOVED", "CLUSTERDOWN", "READONLY", "NOREPLICAS", "LOADING", "MASTERDOWN"} {
+				if strings.Contains(e.err.Error(), code+" ") {
+					kind = code
+				}
+			}
+		}
+		kinds[e.op+" "+kind]++
+		if kind == "other" && other == "" {
+			other = e.err.Error()
+		}
+	}
+	if n == 0 {
+		return "no errors"
+	}
+	if other != "" {
+		other = fmt.Sprintf(" (first other: %q)", other)
+	}
+	return fmt.Sprintf("%d errors %v from +%v to +%v%s", n, kinds, first.Sub(since).Round(time.Millisecond), last.Sub(since).Round(time.Millisecond), other)
+}
+
+// errorsSince returns the errors callers saw from since on.
+func (l *ledger) errorsSince(since time.Time) []callError {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []callError
+	for _, e := range l.errs {
+		if !e.at.Before(since) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// lagsSince describes the requeue lags of leases whose deadline fell at
+// or after since (and before until, if not zero).
+func (l *ledger) lagsSince(since, until time.Time) string {
+	l.mu.Lock()
+	var lags []time.Duration
+	for _, s := range l.lags {
+		if !s.deadline.Before(since) && (until.IsZero() || s.deadline.Before(until)) {
+			lags = append(lags, s.lag)
+		}
+	}
+	l.mu.Unlock()
+	if len(lags) == 0 {
+		return "no requeues"
+	}
+	slices.Sort(lags)
+	pct := func(p float64) time.Duration {
+		return lags[min(len(lags)-1, int(p*float64(len(lags))))].Round(time.Millisecond)
+	}
+	return fmt.Sprintf("%d requeues, lag p50 %v p99 %v max %v", len(lags), pct(0.5), pct(0.99), pct(1))
+}
+
+// ledgerSummary is what checkLedger found.
+type ledgerSummary struct {
+	Messages   int            // distinct payloads pushed (whatever the outcome)
+	Acked      int            // an ack returned nil
+	AckedTwice int            // more than one ack returned nil: delivered again after an ack
+	Dead       map[string]int // in the dead set, by reason
+	Left       int            // still ready, claimed, in flight or delayed
+	Copies     int            // extra copies found in Redis (a re-push after an error that had stored it)
+	Repushed   int            // messages pushed again after an error
+	Uncertain  int            // gone after an ack that returned an error (ErrNotHeld included)
+	NotStored  int            // gone, and every push of it returned an error
+	Lost       []string       // gone, though a push returned nil and no ack of it failed or succeeded
+}
+
+func (s ledgerSummary) String() string {
+	return fmt.Sprintf("%d messages: %d acked (%d acked twice), dead %v, %d left in a known place, %d extra copies, %d re-pushed after an error; gone with an error to their caller: %d (ack outcome unknown), %d (never stored); lost silently: %d",
+		s.Messages, s.Acked, s.AckedTwice, s.Dead, s.Left, s.Copies, s.Repushed, s.Uncertain, s.NotStored, len(s.Lost))
+}
+
+// checkLedger is checkInvariants for scenarios with many queues on a
+// Cluster or a Sentinel-managed master, whose callers run in the test
+// process and record what each call returned (ledger). It reads each
+// queue in one MULTI through rdb, where the queue is now, and accounts
+// for every message: acked, dead with a reason, still in a known place
+// (ready, claim, in flight, delayed), or gone with an error returned to
+// the caller that wrote the change that removed it (lost ⊆ errored). A
+// message that is gone although its push returned nil and no ack of it
+// returned anything is lost silently: with durable (lease.Config.Replicas
+// > 0) that fails the test; without, it is only counted. Duplicates (a
+// push retried after ErrNotReplicated, a delivery after an ack the
+// failover undid) are counted, never failed on: delivery is at least
+// once. Lease records must match deadlines, and nothing unknown may be in
+// Redis. Call it once every caller and daemon has stopped.
+func checkLedger(t *testing.T, lc *lease.Client, rdb redis.UniversalClient, queues []string, led *ledger, durable bool) ledgerSummary {
+	t.Helper()
+	ctx := t.Context()
+	where := map[string][]string{}
+	dead := map[string]string{}
+	var problems []string
+	for _, q := range queues {
+		k := lease.KeysFor(q)
+		var ready, claim, delayed *redis.StringSliceCmd
+		var deadlines *redis.StringSliceCmd
+		var recs *redis.MapStringStringCmd
+		_, err := rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			ready = p.LRange(ctx, k.Ready, 0, -1)
+			claim = p.LRange(ctx, k.Claim, 0, -1)
+			delayed = p.ZRange(ctx, k.Delayed, 0, -1)
+			recs = p.HGetAll(ctx, k.Leases)
+			deadlines = p.ZRange(ctx, k.Deadlines, 0, -1)
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("checkLedger: reading %s: %v", q, err)
+		}
+		for _, l := range []struct {
+			name string
+			els  []string
+		}{{"ready", ready.Val()}, {"claim", claim.Val()}, {"delayed", delayed.Val()}} {
+			for _, el := range l.els {
+				env, _ := journal.ParseElement(el)
+				where[env.Payload] = append(where[env.Payload], q+" "+l.name)
+			}
+		}
+		inFlight := map[string]bool{}
+		for id, rec := range recs.Val() {
+			_, env, ok := journal.ParseLeaseRecord(rec)
+			if !ok {
+				problems = append(problems, fmt.Sprintf("%s: malformed lease record %s: %q", q, id, rec))
+				continue
+			}
+			inFlight[id] = true
+			where[env.Payload] = append(where[env.Payload], fmt.Sprintf("%s in flight (attempt %d)", q, env.Attempts))
+		}
+		for _, id := range deadlines.Val() {
+			if !inFlight[id] {
+				problems = append(problems, fmt.Sprintf("%s: deadline without a lease record: %s", q, id))
+			}
+			delete(inFlight, id)
+		}
+		for id := range inFlight {
+			problems = append(problems, fmt.Sprintf("%s: lease record without a deadline: %s", q, id))
+		}
+		for off := 0; ; off += lease.MaxBatch {
+			dls, err := lc.DeadLetters(ctx, q, off, lease.MaxBatch)
+			if err != nil {
+				t.Fatalf("checkLedger: dead letters of %s: %v", q, err)
+			}
+			for _, d := range dls {
+				p := string(d.Payload)
+				if d.Raw != nil {
+					p = string(d.Raw)
+				}
+				dead[p] = d.Reason
+				where[p] = append(where[p], q+" dead ("+d.Reason+")")
+			}
+			if len(dls) < lease.MaxBatch {
+				break
+			}
+		}
+	}
+
+	led.mu.Lock()
+	defer led.mu.Unlock()
+	sum := ledgerSummary{Dead: map[string]int{}}
+	known := map[string]bool{}
+	for p := range led.pushOK {
+		known[p] = true
+	}
+	for p := range led.pushErr {
+		known[p] = true
+	}
+	for p, locs := range where {
+		if !known[p] {
+			problems = append(problems, fmt.Sprintf("a message never pushed is in Redis: %q: %s", p, strings.Join(locs, ", ")))
+		}
+	}
+	sum.Messages = len(known)
+	for p := range known {
+		locs := where[p]
+		sum.Copies += max(len(locs)-1, 0)
+		if led.pushErr[p] > 0 && led.pushOK[p]+led.pushErr[p] > 1 {
+			sum.Repushed++
+		}
+		_, isDead := dead[p]
+		live := len(locs)
+		if isDead {
+			live--
+		}
+		switch {
+		case led.ackOK[p] > 0:
+			sum.Acked++
+			if led.ackOK[p] > 1 {
+				sum.AckedTwice++
+			}
+			if live > 0 {
+				sum.Left++
+			}
+		case isDead:
+			sum.Dead[dead[p]]++
+		case live > 0:
+			sum.Left++
+		case led.ackErr[p] > 0:
+			sum.Uncertain++
+		case led.pushOK[p] == 0:
+			sum.NotStored++
+		default:
+			sum.Lost = append(sum.Lost, p)
+		}
+	}
+	slices.Sort(sum.Lost)
+	t.Logf("ledger: %s", sum)
+	if len(problems) > 0 {
+		t.Errorf("checkLedger: %d problems:\n%s", len(problems), strings.Join(problems[:min(len(problems), 40)], "\n"))
+	}
+	if durable && len(sum.Lost) > 0 {
+		t.Errorf("checkLedger: %d messages lost with no error to any caller (their push returned nil, no ack of them returned, and they are nowhere in Redis), e.g. %v",
+			len(sum.Lost), sum.Lost[:min(10, len(sum.Lost))])
 	}
 	return sum
 }

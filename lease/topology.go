@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -146,8 +148,11 @@ func write[C redis.Cmder](ctx context.Context, c *conn, key string, send func(re
 // writeAndWait sends the command and WAIT in one pipeline, so both use one
 // connection: WAIT counts the replicas that have the writes of its own
 // connection. On a Cluster the pipeline goes to the master of key's slot
-// (all of a queue's keys share it); a MOVED or ASK reply there is a
-// refusal that retry handles after reloading the slot map.
+// (all of a queue's keys share it). An ASK reply there (the slot is
+// migrating and the keys are already on the importing node) is followed
+// at once: the pipeline goes again to that node, after ASKING. A MOVED
+// reply, or an ASK to a node the client does not know, is a refusal that
+// retry handles after reloading the slot map.
 func writeAndWait[C redis.Cmder](ctx context.Context, c *conn, key string, send func(redis.Cmdable) C) C {
 	var node redis.Cmdable = c.UniversalClient
 	if cc, ok := c.UniversalClient.(*redis.ClusterClient); ok {
@@ -159,11 +164,15 @@ func writeAndWait[C redis.Cmder](ctx context.Context, c *conn, key string, send 
 		}
 		node = n
 	}
-	pipe := node.Pipeline()
-	cmd := send(pipe)
-	// Wait is not part of redis.Pipeliner: send it as a plain command.
-	wait := pipe.Do(ctx, "wait", c.replicas, c.replicaTimeout.Milliseconds())
-	_, _ = pipe.Exec(ctx) // errors are on the commands
+	cmd, wait := sendAndWait(ctx, c, node, false, send)
+	if addr, ok := askTarget(cmd.Err()); ok {
+		// The slot is migrating and the keys are already on addr: run
+		// the command there after ASKING, as go-redis does for a single
+		// command, instead of waiting out the whole migration.
+		if n := clusterMaster(ctx, c.UniversalClient, addr); n != nil {
+			cmd, wait = sendAndWait(ctx, c, n, true, send)
+		}
+	}
 	if cmd.Err() != nil && !errors.Is(cmd.Err(), redis.Nil) {
 		return cmd
 	}
@@ -173,6 +182,53 @@ func writeAndWait[C redis.Cmder](ctx context.Context, c *conn, key string, send 
 		cmd.SetErr(fmt.Errorf("%w: %d of %d replicas acknowledged within %v", ErrNotReplicated, n, c.replicas, c.replicaTimeout))
 	}
 	return cmd
+}
+
+// sendAndWait sends the command and WAIT in one pipeline to node,
+// preceded by ASKING if asking.
+func sendAndWait[C redis.Cmder](ctx context.Context, c *conn, node redis.Cmdable, asking bool, send func(redis.Cmdable) C) (C, *redis.Cmd) {
+	pipe := node.Pipeline()
+	if asking {
+		pipe.Do(ctx, "asking")
+	}
+	cmd := send(pipe)
+	// Wait is not part of redis.Pipeliner: send it as a plain command.
+	wait := pipe.Do(ctx, "wait", c.replicas, c.replicaTimeout.Milliseconds())
+	_, _ = pipe.Exec(ctx) // errors are on the commands
+	return cmd, wait
+}
+
+// askTarget returns the address of an ASK redirect ("ASK <slot>
+// <host:port>").
+func askTarget(err error) (string, bool) {
+	if err == nil || !redis.HasErrorPrefix(err, "ASK") {
+		return "", false
+	}
+	f := strings.Fields(err.Error())
+	if len(f) != 3 || f[0] != "ASK" {
+		return "", false
+	}
+	return f[2], true
+}
+
+// clusterMaster returns the client of the Cluster master at addr, or nil
+// if rdb is no Cluster client or knows no master there.
+func clusterMaster(ctx context.Context, rdb redis.UniversalClient, addr string) *redis.Client {
+	cc, ok := rdb.(*redis.ClusterClient)
+	if !ok {
+		return nil
+	}
+	var mu sync.Mutex
+	var found *redis.Client
+	_ = cc.ForEachMaster(ctx, func(_ context.Context, n *redis.Client) error {
+		if n.Options().Addr == addr {
+			mu.Lock()
+			found = n
+			mu.Unlock()
+		}
+		return nil
+	})
+	return found
 }
 
 // retry runs do until it succeeds, fails with an error other than a

@@ -1,6 +1,7 @@
 package redistest
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -95,6 +96,39 @@ func TestClusterMigration(t *testing.T) {
 	if v, err := rc.MGet(ctx, a, b).Result(); err != nil || v[0] != "1" || v[1] != "2" {
 		t.Fatalf("MGET after migration: %v, %v", v, err)
 	}
+	// Migrate, held between batches: a command on a moved key meets ASK,
+	// which Refusals counts.
+	before, err := c.Refusals(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back := redis.NewClient(&redis.Options{Addr: to.Addr(), MaxRetries: -1})
+	defer back.Close()
+	var held []int
+	st, err := c.Migrate(ctx, slot, to, from, &MigrateOptions{Batch: 1, Between: func(ctx context.Context, moved int) error {
+		held = append(held, moved)
+		if moved == 1 {
+			_ = back.Get(ctx, a).Err() // whichever key moved first answers ASK
+			_ = back.Get(ctx, b).Err()
+		}
+		return nil
+	}})
+	if err != nil || st.Keys != 2 || st.Batches != 2 || len(held) != 3 {
+		t.Fatalf("Migrate back: %+v, %v, held after %v keys; want 2 keys in 2 batches, held 3 times", st, err, held)
+	}
+	if c.SlotMaster(t, slot) != from {
+		t.Fatalf("slot %d not back on %s", slot, from.Addr())
+	}
+	after, err := c.Refusals(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after["ASK"] <= before["ASK"] {
+		t.Errorf("Refusals: ASK %d before, %d after a GET of a moved key", before["ASK"], after["ASK"])
+	}
+	if _, err := c.Migrate(ctx, slot, to, from, nil); err == nil {
+		t.Errorf("Migrate of a slot the source does not own: no error")
+	}
 	slots := c.Reshard(t, 50, to, from)
 	if len(slots) != 50 {
 		t.Fatalf("resharded %d slots", len(slots))
@@ -148,8 +182,15 @@ func TestSentinelKillMaster(t *testing.T) {
 		t.Fatalf("the master did not change")
 	}
 	WaitFor(t, 10*time.Second, func() bool { return rc.Get(ctx, "k").Val() == "v" }, "the key is readable on the new master")
-	// A restarted old master rejoins as a replica, but only when the
-	// Sentinels next look at it (about 20 s): too slow for this suite.
+	// The Sentinels would demote the restarted old master only when they
+	// next look at it (about 20 s); Rejoin does it at once.
+	s.Rejoin(t, first, 10*time.Second)
+	if got, err := first.Client(t).Get(ctx, "k").Result(); err != nil || got != "v" {
+		t.Fatalf("GET k on the rejoined replica: %q, %v", got, err)
+	}
+	if s.Master(t) != second {
+		t.Fatalf("the master changed when the old one rejoined")
+	}
 }
 
 // checkStarted checks what StartCluster promises: three masters with a
