@@ -512,3 +512,40 @@ func TestUILoginRateLimit(t *testing.T) {
 		}
 	}
 }
+
+// TestUIBearerRateLimit: wrong bearer tokens on the action endpoints count
+// against the same per-address limit as logins; past it even the right
+// token waits (429 with Retry-After) and nothing changes.
+func TestUIBearerRateLimit(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	in := startAckd(t, srv, map[string]string{"ACKD_UI_TOKEN": uiToken})
+	in.waitUI(t)
+	if err := srv.Client(t).RPush(t.Context(), lease.KeysFor("limited").Ready, "m").Err(); err != nil {
+		t.Fatal(err)
+	}
+	lc, err := lease.New(srv.Client(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lc.Register(t.Context(), "limited"); err != nil {
+		t.Fatal(err)
+	}
+	pause := func(token string) (int, string) {
+		t.Helper()
+		return in.post(t, "/ui/q/limited/pause", url.Values{"confirmed": {"1"}}, map[string]string{"Authorization": "Bearer " + token})
+	}
+	for i := range ui.LoginFailuresDefault {
+		if code, _ := pause("wrong-token-0123456789"); code != http.StatusForbidden {
+			t.Fatalf("wrong bearer %d: %d, want 403", i+1, code)
+		}
+	}
+	for _, tok := range []string{"wrong-token-0123456789", uiToken} {
+		if code, body := pause(tok); code != http.StatusTooManyRequests || !strings.Contains(body, "Too many wrong tokens") {
+			t.Errorf("bearer past the limit: %d, want 429 with the reason:\n%s", code, body)
+		}
+	}
+	if n, err := srv.Client(t).Exists(t.Context(), lease.KeysFor("limited").Paused).Result(); err != nil || n != 0 {
+		t.Errorf("queue paused past the limit: %d, %v", n, err)
+	}
+}

@@ -141,8 +141,24 @@ func (h *Handler) action(w http.ResponseWriter, r *http.Request) {
 	if !h.parseForm(w, r) {
 		return
 	}
+	// A bearer header is a token guess like a login: the same limit per
+	// address applies, before the token is even compared.
+	bearer := r.Header.Get("Authorization") != "" && h.cfg.Token != ""
+	addr := clientAddr(r)
+	if bearer {
+		if wait := h.logins.blocked(addr); wait > 0 {
+			h.log.Warn("ui: action refused: too many wrong tokens", "path", r.URL.Path, "remote", r.RemoteAddr)
+			w.Header().Set("Retry-After", retryAfter(wait))
+			h.fail(w, r, http.StatusTooManyRequests, "Too many wrong tokens",
+				"Too many wrong tokens from your address: try again in "+dur(wait.Round(time.Second))+".")
+			return
+		}
+	}
 	who := h.authorize(r)
 	if who == "" {
+		if bearer {
+			h.logins.failed(addr)
+		}
 		h.log.Warn("ui: action refused", "path", r.URL.Path, "remote", r.RemoteAddr, "read_only", h.cfg.Token == "")
 		text := "Log in with ackd's UI token to act on queues."
 		if h.cfg.Token == "" {
