@@ -49,11 +49,11 @@ var (
 // sources holds each script's full text, as loaded (see assemble).
 var sources = map[string]string{}
 
-// lib is lib.lua cut into its top-level definitions.
-var lib = splitLib(libLua)
+// scriptLib is lib.lua cut into its top-level definitions.
+var scriptLib = splitLib(libLua)
 
 func newScript(name, body string) *redis.Script {
-	sources[name] = lib.assemble(body)
+	sources[name] = scriptLib.assemble(body)
 	return redis.NewScript(sources[name])
 }
 

@@ -18,9 +18,9 @@ import (
 func TestLibSplit(t *testing.T) {
 	t.Parallel()
 	var whole strings.Builder
-	whole.WriteString(lib.header)
+	whole.WriteString(scriptLib.header)
 	seen := map[string]bool{}
-	for _, d := range lib.defs {
+	for _, d := range scriptLib.defs {
 		whole.WriteString(d.text)
 		if len(d.names) == 0 {
 			t.Errorf("a definition without a name: %q", d.text)
@@ -35,19 +35,19 @@ func TestLibSplit(t *testing.T) {
 	if whole.String() != libLua {
 		t.Error("lib.lua's header and definitions joined are not lib.lua")
 	}
-	if len(lib.defs) < 20 {
-		t.Errorf("lib.lua cut into %d definitions, want one per helper (20 or more)", len(lib.defs))
+	if len(scriptLib.defs) < 20 {
+		t.Errorf("lib.lua cut into %d definitions, want one per helper (20 or more)", len(scriptLib.defs))
 	}
-	if names := luaNames(lib.header); len(names) > 0 {
+	if names := luaNames(scriptLib.header); len(names) > 0 {
 		t.Errorf("lib.lua's header has code: %v", slices.Sorted(maps.Keys(names)))
 	}
 	// A script that names every helper gets all of lib.lua.
 	var all []string
-	for _, d := range lib.defs {
+	for _, d := range scriptLib.defs {
 		all = append(all, d.names...)
 	}
 	body := "return {" + strings.Join(all, ", ") + "}\n"
-	if got := lib.assemble(body); got != libLua+"\n"+body {
+	if got := scriptLib.assemble(body); got != libLua+"\n"+body {
 		t.Error("a script that uses every helper does not get lib.lua whole")
 	}
 }
@@ -151,7 +151,7 @@ func TestScriptsHaveTheirHelpers(t *testing.T) {
 	rdb := srv.Client(t)
 	ctx := t.Context()
 	helpers := map[string]bool{}
-	for _, d := range lib.defs {
+	for _, d := range scriptLib.defs {
 		for _, n := range d.names {
 			helpers[n] = true
 		}
