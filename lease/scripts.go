@@ -2,13 +2,17 @@ package lease
 
 import (
 	_ "embed"
+	"fmt"
 	"maps"
+	"regexp"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 )
 
 // Each state transition is one Lua script, run atomically by Redis. lib.lua
-// holds the helpers they share and is prepended to each of them.
+// holds the helpers they share; each script is loaded with those it uses
+// (see assemble).
 var (
 	//go:embed lua/lib.lua
 	libLua string
@@ -42,13 +46,206 @@ var (
 	peekLua string
 )
 
-// sources holds each script's full text, as loaded: lib.lua, a newline,
-// then the script itself.
+// sources holds each script's full text, as loaded (see assemble).
 var sources = map[string]string{}
 
+// scriptLib is lib.lua cut into its top-level definitions.
+var scriptLib = splitLib(libLua)
+
 func newScript(name, body string) *redis.Script {
-	sources[name] = libLua + "\n" + body
+	sources[name] = scriptLib.assemble(body)
 	return redis.NewScript(sources[name])
+}
+
+// A script's text is lib.lua's header comment, the definitions of lib.lua
+// that the script uses (directly, or through another definition it uses),
+// in lib.lua's order, a newline, then the script. Redis runs a script's
+// whole text on every call, so each definition it carries costs every
+// call (a closure for each local function), used or not.
+//
+// Every top-level line of lib.lua that starts a statement is a definition
+// at column 0: `local function name(` or `local name = ` (several names
+// allowed). A definition's part of the text runs from the comment lines
+// right above it to the next definition's comment lines; what comes
+// before the first one is the header, comments only. A definition is used
+// when one of its names appears as a Lua name in the code (comments and
+// strings do not count) of the script or of a definition used. Lua
+// resolves a local only after its definition, so a definition can use only
+// the ones above it, which keeps the order valid. With every definition
+// used the text is lib.lua, a newline, then the script.
+
+// libDef is one top-level definition of lib.lua.
+type libDef struct {
+	names []string        // the locals it defines
+	uses  map[string]bool // the Lua names in its code
+	text  string          // its lines, the comments above it first
+}
+
+// luaLib is lib.lua cut into its header and definitions, in order.
+type luaLib struct {
+	header string
+	defs   []libDef
+}
+
+var (
+	libFuncLine  = regexp.MustCompile(`^local function ([A-Za-z_][A-Za-z0-9_]*)\s*\(`)
+	libLocalLine = regexp.MustCompile(`^local ([A-Za-z_][A-Za-z0-9_]*(?:\s*,\s*[A-Za-z_][A-Za-z0-9_]*)*)\s*=`)
+)
+
+// splitLib cuts src into its header and definitions. It panics on a
+// top-level line it cannot place: lib.lua is embedded, so that fails
+// every test and every program at start, never later.
+func splitLib(src string) luaLib {
+	lines := strings.SplitAfter(src, "\n")
+	var l luaLib
+	start := 0         // first line of the part being read
+	comments := -1     // first of the comment lines right above, or -1
+	var names []string // the names the part being read defines; nil in the header
+	flush := func(to int) {
+		text := strings.Join(lines[start:to], "")
+		if names == nil {
+			l.header = text
+		} else {
+			l.defs = append(l.defs, libDef{names: names, uses: luaNames(text), text: text})
+		}
+		start = to
+	}
+	for i, line := range lines {
+		var defined []string
+		if m := libFuncLine.FindStringSubmatch(line); m != nil {
+			defined = []string{m[1]}
+		} else if m := libLocalLine.FindStringSubmatch(line); m != nil {
+			for n := range strings.SplitSeq(m[1], ",") {
+				defined = append(defined, strings.TrimSpace(n))
+			}
+		}
+		switch {
+		case defined != nil:
+			first := i
+			if comments >= 0 {
+				first = comments
+			}
+			flush(first)
+			names = defined
+			comments = -1
+		case strings.HasPrefix(line, "--"):
+			if comments < 0 {
+				comments = i
+			}
+		case strings.TrimSpace(line) == "":
+			comments = -1
+		case names != nil && (line == "end\n" || line == "end" || line[0] == ' ' || line[0] == '\t' || line[0] == '}' || line[0] == ')'):
+			comments = -1 // inside or closing the definition above
+		default:
+			panic(fmt.Sprintf("lease: lua/lib.lua line %d is no definition (local function name( or local name =): %q", i+1, line))
+		}
+	}
+	flush(len(lines))
+	return l
+}
+
+// assemble returns the text of the script body: the header, the
+// definitions it uses, a newline, then body.
+func (l luaLib) assemble(body string) string {
+	want := luaNames(body)
+	use := make([]bool, len(l.defs))
+	for i := len(l.defs) - 1; i >= 0; i-- {
+		for _, n := range l.defs[i].names {
+			if want[n] {
+				use[i] = true
+			}
+		}
+		if use[i] {
+			for n := range l.defs[i].uses {
+				want[n] = true
+			}
+		}
+	}
+	var b strings.Builder
+	b.WriteString(l.header)
+	for i, d := range l.defs {
+		if use[i] {
+			b.WriteString(d.text)
+		}
+	}
+	b.WriteString("\n")
+	b.WriteString(body)
+	return b.String()
+}
+
+// luaNames returns the names in the code of Lua source src: every word
+// outside comments and string literals. Keywords and field names (m.total)
+// count too: a name too many only costs a definition too many, one too few
+// would leave a script calling a helper it does not have.
+func luaNames(src string) map[string]bool {
+	names := map[string]bool{}
+	for i := 0; i < len(src); {
+		c := src[i]
+		switch {
+		case strings.HasPrefix(src[i:], "--"):
+			i += 2
+			if n := longBracket(src[i:]); n > 0 {
+				i = skipLong(src, i, n)
+			} else if j := strings.IndexByte(src[i:], '\n'); j >= 0 {
+				i += j + 1
+			} else {
+				i = len(src)
+			}
+		case c == '[' && longBracket(src[i:]) > 0:
+			i = skipLong(src, i, longBracket(src[i:]))
+		case c == '\'' || c == '"':
+			for i++; i < len(src) && src[i] != c; i++ {
+				if src[i] == '\\' {
+					i++
+				}
+			}
+			i++
+		case isLuaNameByte(c) && (c < '0' || c > '9'):
+			j := i + 1
+			for j < len(src) && isLuaNameByte(src[j]) {
+				j++
+			}
+			names[src[i:j]] = true
+			i = j
+		case c >= '0' && c <= '9':
+			// a number: digits, letters (1e15, 0xff) and its point
+			for i++; i < len(src) && (isLuaNameByte(src[i]) || src[i] == '.'); i++ {
+			}
+		default:
+			i++
+		}
+	}
+	return names
+}
+
+func isLuaNameByte(c byte) bool {
+	return c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+}
+
+// longBracket returns the length of the opening long bracket ([[, [=[,
+// [==[, ...) at the start of s, or 0.
+func longBracket(s string) int {
+	if !strings.HasPrefix(s, "[") {
+		return 0
+	}
+	n := 1
+	for n < len(s) && s[n] == '=' {
+		n++
+	}
+	if n < len(s) && s[n] == '[' {
+		return n + 1
+	}
+	return 0
+}
+
+// skipLong returns the position after the long string or comment whose
+// opening bracket of length n starts at src[i].
+func skipLong(src string, i, n int) int {
+	end := "]" + strings.Repeat("=", n-2) + "]"
+	if j := strings.Index(src[i+n:], end); j >= 0 {
+		return i + n + j + len(end)
+	}
+	return len(src)
 }
 
 var (
@@ -69,7 +266,8 @@ var (
 )
 
 // Scripts returns the source of every script by name ("take", "ack", ...),
-// exactly as ackd loads it: lib.lua, a newline, then the script. Clients
+// exactly as ackd loads it: lib.lua's header and the parts of lib.lua the
+// script uses, a newline, then the script (see docs/PROTOCOL.md). Clients
 // in other languages can SCRIPT LOAD these (see docs/PROTOCOL.md).
 func Scripts() map[string]string {
 	return maps.Clone(sources)

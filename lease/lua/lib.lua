@@ -1,6 +1,8 @@
--- lib.lua: helpers shared by every ackd script. ackd prepends this file to
--- each script below before loading it, so a script's SHA1 is that of
--- lib.lua .. "\n" .. <script>.lua. See docs/PROTOCOL.md.
+-- lib.lua: helpers shared by ackd's scripts. Each script is loaded with
+-- this header and the definitions below that it uses, in this order, then
+-- "\n" .. <script>.lua (lease/scripts.go, docs/PROTOCOL.md). So every
+-- top-level statement here is a definition at column 0, `local function
+-- name(` or `local name =`, with its comment lines right above it.
 --
 -- Formats (all fields are decimal integers unless said otherwise):
 --   envelope      "\255ackd1|" id "|" attempts "|" max "|" lease_ms "|" expiries "|" failures "|" payload
