@@ -636,3 +636,45 @@ func TestTakeBlockingOneRoundTrip(t *testing.T) {
 		checkInvariants(t, b.rdb, q)
 	}
 }
+
+// TestTakeBlockingPausedMovesAtMostOne: blocking takes of a paused queue
+// leave its messages on the ready list. The pipelined wait sends BLMOVE
+// before it can know of the pause, so a consumer's first blocking take
+// after the pause may park one element on the claim list; its next ones
+// must not park more (they used to, one per call, until the ready list was
+// on the claim list).
+func TestTakeBlockingPausedMovesAtMostOne(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := t.Context()
+	const q = "pausedblocking"
+	b.noMessage(t, q) // an empty take: the next blocking one goes straight to BLMOVE
+	for i := range 4 {
+		b.push(t, q, fmt.Sprintf("m%d", i), nil)
+	}
+	if _, err := b.c.Pause(ctx, q); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if l, err := b.c.Take(ctx, q, &TakeOpts{Wait: 10 * time.Millisecond}); !errors.Is(err, ErrNoMessage) {
+			t.Fatalf("take %d of a paused queue = %+v, %v", i, l, err)
+		}
+	}
+	k := KeysFor(q)
+	if n := b.rdb.LLen(ctx, k.Claim).Val(); n > 1 {
+		t.Errorf("%d messages moved to the claim list by blocking takes of a paused queue, want at most 1", n)
+	}
+	if _, err := b.c.Resume(ctx, q); err != nil {
+		t.Fatal(err)
+	}
+	ls, err := b.c.TakeBatch(ctx, q, 10, nil)
+	if err != nil || len(ls) != 4 {
+		t.Fatalf("after resume: %v, %v", ids(ls), err)
+	}
+	for i, l := range ls {
+		if string(l.Payload) != fmt.Sprintf("m%d", i) {
+			t.Errorf("lease %d after resume: %q, want m%d (push order)", i, l.Payload, i)
+		}
+	}
+	checkInvariants(t, b.rdb, q)
+}
