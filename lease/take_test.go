@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -677,4 +678,47 @@ func TestTakeBlockingPausedMovesAtMostOne(t *testing.T) {
 		}
 	}
 	checkInvariants(t, b.rdb, q)
+}
+
+// TestTakeWrongTypeKeepsMessages: a take that finds a key of the queue
+// holding the wrong type (written by something else) fails with
+// ErrMalformed and loses nothing: Redis keeps what a script wrote before
+// a failed call, so the elements it had popped go back to the head of the
+// ready list, in order, and the leases it had made keep their deadlines.
+func TestTakeWrongTypeKeepsMessages(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := t.Context()
+	for _, which := range []string{"leases", "dead", "deadmsgs"} {
+		q := "wrongtypetake." + which
+		k := KeysFor(q)
+		good1 := b.push(t, q, "good1", nil)
+		if err := b.rdb.RPush(ctx, k.Ready, envelopeMark+"broken").Err(); err != nil {
+			t.Fatal(err)
+		}
+		good2 := b.push(t, q, "good2", nil)
+		key := map[string]string{"leases": k.Leases, "dead": k.Dead, "deadmsgs": k.DeadMsgs}[which]
+		if err := b.rdb.Set(ctx, key, "not mine", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		ls, err := b.c.TakeBatch(ctx, q, 3, nil)
+		if !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s of the wrong type: take = %v, %v; want ErrMalformed", which, ids(ls), err)
+		}
+		if err := b.rdb.Del(ctx, key).Err(); err != nil {
+			t.Fatal(err)
+		}
+		st := checkInvariants(t, b.rdb, q)
+		held := slices.Sorted(maps.Keys(st.InFlight))
+		if which == "leases" {
+			if len(held) != 0 || !slices.Equal(st.Ready, []string{good1, good2}) || len(st.Broken) != 1 {
+				t.Errorf("%s: in flight %v, ready %v, broken %d; want none, [good1 good2], 1", which, held, st.Ready, len(st.Broken))
+			}
+			continue
+		}
+		// good1 was leased before the broken element needed the dead set
+		if !slices.Equal(held, []string{good1}) || !slices.Equal(st.Ready, []string{good2}) || len(st.Broken) != 1 {
+			t.Errorf("%s: in flight %v, ready %v, broken %d; want [good1], [good2], 1", which, held, st.Ready, len(st.Broken))
+		}
+	}
 }
