@@ -71,7 +71,7 @@ if take then
 end
 
 -- Redis has checked every declared key before the script ran, so each
--- command is asked about once, for any key. The acks' HDEL is the first
+-- command is asked about once, for any key. The acks' HINCRBY is the first
 -- write; without acks, promote's RPUSH or LMPOP is. (HMGET runs before
 -- any write.)
 local denied = (a > 0 and ack_refused(KEYS[4], KEYS[9], KEYS[10 + n])) or
