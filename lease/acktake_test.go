@@ -223,3 +223,41 @@ func TestAckTakeBadInput(t *testing.T) {
 	}
 	sameSnapshot(t, "refused ackTake", before, snapshot(t, b.rdb))
 }
+
+// TestAckWrongTypeCounts: a counts key of the wrong type (overwritten by
+// something else) fails an ack, alone or with a take, and changes
+// nothing: the lease is still held, and acks once the key is fixed.
+func TestAckWrongTypeCounts(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := t.Context()
+	const q = "ackwrongcounts"
+	k := KeysFor(q)
+	b.push(t, q, "x", nil)
+	b.push(t, q, "y", nil)
+	l := b.take(t, q, nil)
+	if err := b.rdb.Set(ctx, k.Counts, "not mine", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Ack(ctx); !errors.Is(err, ErrMalformed) {
+		t.Errorf("Ack with a wrong-type counts key = %v, want ErrMalformed", err)
+	}
+	l.settled.Store(false)
+	if ls, _, err := b.c.ackTake(ctx, q, []*Lease{l}, 1, 0); !errors.Is(err, ErrMalformed) {
+		t.Errorf("ackTake with a wrong-type counts key = %v, %v; want ErrMalformed", ids(ls), err)
+	}
+	st := checkInvariants(t, b.rdb, q)
+	if st.Tokens[l.ID] != l.Token || len(st.Ready) != 1 {
+		t.Fatalf("after failed acks: in flight %v, ready %v; want %s still held, one ready", st.InFlight, st.Ready, l.ID)
+	}
+	if err := b.rdb.Del(ctx, k.Counts).Err(); err != nil {
+		t.Fatal(err)
+	}
+	l.settled.Store(false)
+	if err := l.Ack(ctx); err != nil {
+		t.Fatalf("Ack once the key is fixed: %v", err)
+	}
+	if n := b.ackedCount(t, q); n != 1 {
+		t.Errorf("counts acked = %d, want 1", n)
+	}
+}

@@ -357,6 +357,45 @@ var aclOps = []aclOp{
 		e.vanish["m1"], e.vanish["m2"] = errs[0] == nil, errs[1] == nil
 		return want(errs[0] == nil && errs[1] == nil && len(taken) == 1, "ack and take: %v, %d taken", errs, len(taken))
 	}},
+	{"consumer", "ack and take, paused", func(e *aclEnv) error {
+		l := e.lease("m1", nil, 0)
+		e.push("m2", nil)
+		_, err := e.admin.Pause(e.ctx(), e.queue)
+		e.must(err)
+		taken, errs, err := e.user.ackTake(e.ctx(), e.queue, []*Lease{l}, 2, 0)
+		if err != nil {
+			return err
+		}
+		e.vanish["m1"] = errs[0] == nil
+		return want(errs[0] == nil && len(taken) == 0, "ack and take, paused: %v, %d taken", errs, len(taken))
+	}},
+	{"consumer", "ack and take, oversized", func(e *aclEnv) error {
+		l := e.lease("m1", nil, 0)
+		e.raw(strings.Repeat("o", 2000)) // the user's MaxPayload is 1024
+		e.push("m2", nil)
+		taken, errs, err := e.user.ackTake(e.ctx(), e.queue, []*Lease{l}, 2, 0)
+		if err != nil {
+			return err
+		}
+		e.vanish["m1"] = errs[0] == nil
+		return want(errs[0] == nil && len(taken) == 1, "ack and take, oversized: %v, %d taken", errs, len(taken))
+	}},
+	{"consumer", "ack and take, reporting what remains", func(e *aclEnv) error {
+		// After an empty take the next asks for one slot and, filling it,
+		// for the ready list's length (LLEN, after the writes).
+		l := e.lease("m1", nil, 0)
+		if _, _, err := e.user.ackTake(e.ctx(), e.queue, nil, 1, 0); err != nil {
+			return err
+		}
+		e.push("m2", nil)
+		e.push("m3", nil)
+		taken, errs, err := e.user.ackTake(e.ctx(), e.queue, []*Lease{l}, 2, 0)
+		if err != nil {
+			return err
+		}
+		e.vanish["m1"] = errs[0] == nil
+		return want(errs[0] == nil && len(taken) == 1, "ack and take, reporting: %v, %d taken", errs, len(taken))
+	}},
 	{"consumer", "nack", func(e *aclEnv) error { return e.lease("m1", nil, 0).Nack(e.ctx(), 0) }},
 	{"consumer", "nack with delay", func(e *aclEnv) error { return e.lease("m1", nil, 0).Nack(e.ctx(), time.Hour) }},
 	{"consumer", "nack last delivery", func(e *aclEnv) error {

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -232,5 +233,50 @@ func TestConsumeWorkerAfterGoexit(t *testing.T) {
 	st := checkInvariants(t, b.rdb, q)
 	if len(st.Dead) != 2 || len(st.InFlight)+len(st.Ready) != 0 || len(errs.list()) != 2 {
 		t.Fatalf("after stop: dead %v, in flight %v, ready %v, errors %v", st.Dead, st.InFlight, st.Ready, errs.list())
+	}
+}
+
+// TestConsumeReleasesTakeAnsweredAfterStop: a take (carrying an ack) that
+// Redis answers only after Consume was cancelled has its lease released,
+// not left in flight until it runs out, and its ack done. CLIENT PAUSE
+// holds the take from before it is sent until after the cancel.
+func TestConsumeReleasesTakeAnsweredAfterStop(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := t.Context()
+	const q = "takeafterstop"
+	first := b.push(t, q, "first", nil)
+	var handled atomic.Int32
+	release := make(chan struct{})
+	cs := startConsume(t, b.c, q, func(_ context.Context, l *Lease) error {
+		handled.Add(1)
+		<-release
+		return nil
+	}, &ConsumeOpts{Workers: 1, ErrorFunc: func(l *Lease, err error) { t.Errorf("reported %v: %v", l, err) }})
+	redistest.WaitFor(t, 10*time.Second, func() bool { return handled.Load() == 1 }, "first handler started")
+	second := b.push(t, q, "second", nil)
+	inUse := func() int {
+		s := b.rdb.PoolStats()
+		return int(s.TotalConns) - int(s.IdleConns)
+	}
+	if n := inUse(); n != 0 {
+		t.Fatalf("%d connections in use before the take", n)
+	}
+	// Until the pause ends, Redis runs nothing any client sends.
+	if err := b.srv.Client(t).Do(ctx, "client", "pause", 1500, "all").Err(); err != nil {
+		t.Fatal(err)
+	}
+	close(release) // the ack and a take of one go out together, and wait
+	redistest.WaitFor(t, 10*time.Second, func() bool { return inUse() == 1 }, "the take sent")
+	cs.stop(t)
+	if n := handled.Load(); n != 1 {
+		t.Errorf("%d handlers ran, want 1", n)
+	}
+	st := checkInvariants(t, b.rdb, q)
+	if len(st.InFlight) != 0 || !slices.Equal(st.Ready, []string{second}) {
+		t.Errorf("after stop: in flight %v, ready %v; want none, [%s]", st.InFlight, st.Ready, second)
+	}
+	if n := b.ackedCount(t, q); n != 1 {
+		t.Errorf("counts acked = %d, want 1 (%s)", n, first)
 	}
 }

@@ -180,6 +180,11 @@ func (c *Client) takeOnce(ctx context.Context, queue string, k Keys, n int, leas
 		if len(r.leases) < ask || r.remaining == 0 || len(ls) == n {
 			if !r.paused {
 				est.Store(int64(noteFound(r, ask)))
+			} else {
+				// Not 0: the next blocking take must look before it
+				// waits, since its BLMOVE would move a message of the
+				// paused queue onto the claim list.
+				est.CompareAndSwap(0, 1)
 			}
 			return ls, r.nextDelayed, r.paused, nil
 		}

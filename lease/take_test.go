@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -634,5 +635,90 @@ func TestTakeBlockingOneRoundTrip(t *testing.T) {
 		}
 		b.noMessage(t, q)
 		checkInvariants(t, b.rdb, q)
+	}
+}
+
+// TestTakeBlockingPausedMovesAtMostOne: blocking takes of a paused queue
+// leave its messages on the ready list. The pipelined wait sends BLMOVE
+// before it can know of the pause, so a consumer's first blocking take
+// after the pause may park one element on the claim list; its next ones
+// must not park more (they used to, one per call, until the ready list was
+// on the claim list).
+func TestTakeBlockingPausedMovesAtMostOne(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := t.Context()
+	const q = "pausedblocking"
+	b.noMessage(t, q) // an empty take: the next blocking one goes straight to BLMOVE
+	for i := range 4 {
+		b.push(t, q, fmt.Sprintf("m%d", i), nil)
+	}
+	if _, err := b.c.Pause(ctx, q); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if l, err := b.c.Take(ctx, q, &TakeOpts{Wait: 10 * time.Millisecond}); !errors.Is(err, ErrNoMessage) {
+			t.Fatalf("take %d of a paused queue = %+v, %v", i, l, err)
+		}
+	}
+	k := KeysFor(q)
+	if n := b.rdb.LLen(ctx, k.Claim).Val(); n > 1 {
+		t.Errorf("%d messages moved to the claim list by blocking takes of a paused queue, want at most 1", n)
+	}
+	if _, err := b.c.Resume(ctx, q); err != nil {
+		t.Fatal(err)
+	}
+	ls, err := b.c.TakeBatch(ctx, q, 10, nil)
+	if err != nil || len(ls) != 4 {
+		t.Fatalf("after resume: %v, %v", ids(ls), err)
+	}
+	for i, l := range ls {
+		if string(l.Payload) != fmt.Sprintf("m%d", i) {
+			t.Errorf("lease %d after resume: %q, want m%d (push order)", i, l.Payload, i)
+		}
+	}
+	checkInvariants(t, b.rdb, q)
+}
+
+// TestTakeWrongTypeKeepsMessages: a take that finds a key of the queue
+// holding the wrong type (written by something else) fails with
+// ErrMalformed and loses nothing: Redis keeps what a script wrote before
+// a failed call, so the elements it had popped go back to the head of the
+// ready list, in order, and the leases it had made keep their deadlines.
+func TestTakeWrongTypeKeepsMessages(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := t.Context()
+	for _, which := range []string{"leases", "dead", "deadmsgs"} {
+		q := "wrongtypetake." + which
+		k := KeysFor(q)
+		good1 := b.push(t, q, "good1", nil)
+		if err := b.rdb.RPush(ctx, k.Ready, envelopeMark+"broken").Err(); err != nil {
+			t.Fatal(err)
+		}
+		good2 := b.push(t, q, "good2", nil)
+		key := map[string]string{"leases": k.Leases, "dead": k.Dead, "deadmsgs": k.DeadMsgs}[which]
+		if err := b.rdb.Set(ctx, key, "not mine", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		ls, err := b.c.TakeBatch(ctx, q, 3, nil)
+		if !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s of the wrong type: take = %v, %v; want ErrMalformed", which, ids(ls), err)
+		}
+		if err := b.rdb.Del(ctx, key).Err(); err != nil {
+			t.Fatal(err)
+		}
+		st := checkInvariants(t, b.rdb, q)
+		held := slices.Sorted(maps.Keys(st.InFlight))
+		if which == "leases" {
+			if len(held) != 0 || !slices.Equal(st.Ready, []string{good1, good2}) || len(st.Broken) != 1 {
+				t.Errorf("%s: in flight %v, ready %v, broken %d; want none, [good1 good2], 1", which, held, st.Ready, len(st.Broken))
+			}
+			continue
+		}
+		// good1 was leased before the broken element needed the dead set
+		if !slices.Equal(held, []string{good1}) || !slices.Equal(st.Ready, []string{good2}) || len(st.Broken) != 1 {
+			t.Errorf("%s: in flight %v, ready %v, broken %d; want [good1], [good2], 1", which, held, st.Ready, len(st.Broken))
+		}
 	}
 }

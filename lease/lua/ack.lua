@@ -13,7 +13,7 @@ if #KEYS ~= 3 + a or a ~= math.floor(a) then
 end
 local ids, tokens = {}, {}
 for i = 1, a do ids[i], tokens[i] = ARGV[2 * i - 1], ARGV[2 * i] end
--- HDEL is the first write; every shadow key is declared, so Redis has
+-- HINCRBY is the first write; every shadow key is declared, so Redis has
 -- checked them all, and DEL is asked about the first for all.
 local denied = ack_refused(KEYS[2], KEYS[3], KEYS[4])
 if denied then return denied end

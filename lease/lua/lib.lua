@@ -230,9 +230,9 @@ local function release(k_leases, k_deadlines, k_shadow, k_dead, k_deadmsgs, id, 
 end
 
 -- ack_refused checks the commands ack_leases runs after its first write
--- (HDEL).
+-- (HINCRBY).
 local function ack_refused(k_deadlines, k_counts, k_shadow)
-  return refused('ZREM', k_deadlines) or refused('DEL', k_shadow) or refused('HINCRBY', k_counts)
+  return refused('HDEL', k_counts) or refused('ZREM', k_deadlines) or refused('DEL', k_shadow)
 end
 
 -- ack_leases ends the leases ids[i]/tokens[i] (shadow keys KEYS[sk + i])
@@ -260,10 +260,12 @@ local function ack_leases(k_leases, k_deadlines, k_counts, ids, tokens, sk)
     end
   end
   if #done > 0 then
+    -- the count first: a counts key of the wrong type then fails the
+    -- script before it has changed anything
+    redis.call('HINCRBY', k_counts, 'acked', #done)
     redis.call('HDEL', k_leases, unpack(done))
     redis.call('ZREM', k_deadlines, unpack(done))
     redis.call('DEL', unpack(shadows))
-    redis.call('HINCRBY', k_counts, 'acked', #done)
   end
   return out
 end

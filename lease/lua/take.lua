@@ -71,7 +71,7 @@ if take then
 end
 
 -- Redis has checked every declared key before the script ran, so each
--- command is asked about once, for any key. The acks' HDEL is the first
+-- command is asked about once, for any key. The acks' HINCRBY is the first
 -- write; without acks, promote's RPUSH or LMPOP is. (HMGET runs before
 -- any write.)
 local denied = (a > 0 and ack_refused(KEYS[4], KEYS[9], KEYS[10 + n])) or
@@ -133,6 +133,20 @@ local earliest = nil
 local zadd = {}
 local j, bad = 0, 0
 local dry = false
+-- A queue key of the wrong type (written by something else) fails the
+-- first call on it, which may come after LMPOP: give_back then puts the
+-- popped elements not placed yet (elems[x..]) back at the head of their
+-- list, in order, gives the leases made their deadlines, and fails.
+-- (HSETNX and dead_letter write nothing when they fail so.)
+local function give_back(err, from, elems, x)
+  for y = #elems, x, -1 do redis.call('LPUSH', from, elems[y]) end
+  if #zadd > 0 then redis.call('ZADD', KEYS[4], unpack(zadd)) end
+  return redis.error_reply(type(err) == 'table' and err.err or tostring(err))
+end
+local function dead(...)
+  local ok, err = pcall(dead_letter, KEYS[6], KEYS[7], ...)
+  if not ok then return err end
+end
 while j < n and bad < 100 and not dry do
   -- the claim list first, then ready: one call for up to n - j elements.
   -- Fewer than asked from ready means both lists are empty now: no
@@ -165,18 +179,26 @@ while j < n and bad < 100 and not dry do
       id, attempts, max, payload = rawid, 1, defmax, e
       rec = token .. '|' .. MARK .. rawid .. '|1|' .. ARGV[4] .. '|0|0|0|' .. e
     end
+    local set, failed = nil, nil
     if over then
       bad = bad + 1
       local oid = env and string.match(string.sub(e, MARKLEN + 1, MARKLEN + 65), '^([%w%-%.]+)|')
-      dead_letter(KEYS[6], KEYS[7], oid or rawid .. '.o' .. bad, 'oversized', now, e)
+      failed = dead(oid or rawid .. '.o' .. bad, 'oversized', now, e)
     elseif not id then
       bad = bad + 1
-      dead_letter(KEYS[6], KEYS[7], rawid .. '.m' .. bad, 'malformed', now, e)
-    elseif redis.call('HSETNX', KEYS[3], id, rec) == 0 then
-      -- an id already in flight: a second copy pushed by someone else
-      bad = bad + 1
-      dead_letter(KEYS[6], KEYS[7], id, 'malformed', now, e)
+      failed = dead(rawid .. '.m' .. bad, 'malformed', now, e)
     else
+      set = redis.pcall('HSETNX', KEYS[3], id, rec)
+      if type(set) == 'table' then
+        failed = set
+      elseif set == 0 then
+        -- an id already in flight: a second copy pushed by someone else
+        bad = bad + 1
+        failed = dead(id, 'malformed', now, e)
+      end
+    end
+    if failed then return give_back(failed, popped[1], elems, x) end
+    if set == 1 then
       j = j + 1
       local ms = override
       if ms <= 0 and lms then ms = tonumber(lms) end
