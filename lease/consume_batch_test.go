@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -200,6 +201,58 @@ func TestConsumeAcksWhileWaiting(t *testing.T) {
 	cs.cancel()
 	b.push(t, q, "wake", nil)
 	cs.stop(t)
+}
+
+// TestConsumeWaitsInOneRoundTrip: an idle Consume waits with one round
+// trip per wait (BLMOVE and the take in one pipeline, no probe of the
+// queue first, no take after), and a message pushed meanwhile reaches the
+// handler with no further call: the take that leases it is already in
+// Redis, held by the BLMOVE.
+func TestConsumeWaitsInOneRoundTrip(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	const q = "onewait"
+	stats := b.srv.Client(t) // uncounted
+	calls := b.countCalls()
+	var atHandler atomic.Int64
+	handled := make(chan string, 1)
+	startConsume(t, b.c, q, func(_ context.Context, l *Lease) error {
+		atHandler.Store(calls.n.Load())
+		handled <- l.ID
+		return nil
+	}, &ConsumeOpts{Workers: 1, idleWait: 20 * time.Millisecond, ErrorFunc: func(_ *Lease, err error) { t.Error(err) }})
+	waitBlocked(t, b.rdb, 1)
+
+	// Idle: one round trip per BLMOVE (a wait that has started but not
+	// reached Redis yet may be counted at either end).
+	rt0, mv0 := calls.n.Load(), commandStats(t, stats)["blmove"]
+	var rt, mv int64
+	redistest.WaitFor(t, 10*time.Second, func() bool {
+		rt, mv = calls.n.Load()-rt0, commandStats(t, stats)["blmove"]-mv0
+		return mv >= 10
+	}, "10 waits")
+	if rt > mv+2 {
+		t.Errorf("%d waits took %d round trips, want one each", mv, rt)
+	}
+
+	// A push to a waiting Consume: its own round trip, and none other
+	// before the handler runs. A wait may end just then and start again
+	// (one more call), so look at the best of several messages.
+	best := int64(-1)
+	for range 8 {
+		waitBlocked(t, b.rdb, 1)
+		before := calls.n.Load()
+		id := b.push(t, q, "m", nil)
+		if got := <-handled; got != id {
+			t.Fatalf("handled %s, want %s", got, id)
+		}
+		if n := atHandler.Load() - before; best < 0 || n < best {
+			best = n
+		}
+	}
+	if best != 1 {
+		t.Errorf("push to handler took %d round trips besides the push, want 0", best-1)
+	}
 }
 
 // TestConsumeWorkerAfterGoexit: runtime.Goexit ends the goroutine that ran
