@@ -286,5 +286,14 @@ func (r *consumeRun) idle(ctx, bg context.Context, n int, prev loopTake) loopTak
 	wait = max(wait, time.Millisecond)
 	res := loopTake{asked: n}
 	res.taken, res.nextDelayed, res.paused, res.err = r.c.waitAndTake(bg, r.queue, KeysFor(r.queue), n, r.o.LeaseFor, wait)
+	// The take ran when BLMOVE returned, anywhere within the wait after it
+	// was sent: time the leases from the reply, or a lease's length read
+	// from its deadline (startHeartbeat) would include the wait. Later
+	// than the run by less than a round trip, so the heartbeat comes a
+	// little early, never late.
+	now := time.Now()
+	for _, l := range res.taken {
+		l.sent = now
+	}
 	return res
 }
