@@ -255,6 +255,50 @@ func TestConsumeWaitsInOneRoundTrip(t *testing.T) {
 	}
 }
 
+// TestConsumeWaitsWithReplicas: when writes wait for replicas, the
+// blocking take is two calls (BLMOVE, then the take and its WAIT); an idle
+// Consume still gets what is pushed while it waits, and a delayed message
+// once it is due, as the take before said.
+func TestConsumeWaitsWithReplicas(t *testing.T) {
+	t.Parallel()
+	cl := redistest.StartCluster(t, nil)
+	c, _ := clusterClient(t, cl, &Config{Replicas: 1})
+	const q = "replicawait"
+	node := nodeOf(t, cl, q)
+	handled := make(chan string, 2)
+	cs := startConsume(t, c, q, func(_ context.Context, l *Lease) error {
+		handled <- l.ID
+		return nil
+	}, &ConsumeOpts{Workers: 2, ErrorFunc: func(_ *Lease, err error) { t.Error(err) }})
+	next := func(want string) {
+		t.Helper()
+		select {
+		case got := <-handled:
+			if got != want {
+				t.Fatalf("handled %s, want %s", got, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s not handled within 10s", want)
+		}
+	}
+	waitBlocked(t, node, 1)
+	id, err := c.Push(t.Context(), q, []byte("now"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next(id)
+	waitBlocked(t, node, 1)
+	id, err = c.Push(t.Context(), q, []byte("later"), &PushOpts{Delay: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next(id)
+	cs.stop(t)
+	if st := checkInvariants(t, node, q); len(st.InFlight)+len(st.Ready)+len(st.Delayed) != 0 {
+		t.Fatalf("after the run: %+v", st)
+	}
+}
+
 // TestConsumeWorkerAfterGoexit: runtime.Goexit ends the goroutine that ran
 // the handler; another takes its place, so a single worker goes on.
 func TestConsumeWorkerAfterGoexit(t *testing.T) {
