@@ -12,29 +12,37 @@ import (
 // return for done[i]. A paused queue returns no leases but still acks. It
 // never blocks.
 func (c *Client) ackTake(ctx context.Context, queue string, done []*Lease, n int, leaseFor time.Duration) (taken []*Lease, ackErrs []error, err error) {
+	r, ackErrs, err := c.ackTakeRun(ctx, queue, done, n, leaseFor)
+	return r.leases, ackErrs, err
+}
+
+// ackTakeRun is ackTake, with all the take's reply: whether the queue is
+// paused and when its next delayed message is due, for a wait that
+// follows.
+func (c *Client) ackTakeRun(ctx context.Context, queue string, done []*Lease, n int, leaseFor time.Duration) (r takeResult, ackErrs []error, err error) {
 	if err := ValidateQueue(queue); err != nil {
-		return nil, nil, err
+		return r, nil, err
 	}
 	if n < 0 || n > MaxBatch {
-		return nil, nil, fmt.Errorf("%w: take of %d messages: must be 0 to %d", ErrInvalidArgument, n, MaxBatch)
+		return r, nil, fmt.Errorf("%w: take of %d messages: must be 0 to %d", ErrInvalidArgument, n, MaxBatch)
 	}
 	if len(done) > MaxBatch {
-		return nil, nil, fmt.Errorf("%w: ack of %d leases: at most %d", ErrInvalidArgument, len(done), MaxBatch)
+		return r, nil, fmt.Errorf("%w: ack of %d leases: at most %d", ErrInvalidArgument, len(done), MaxBatch)
 	}
 	if err := sameQueue("ack", queue, done); err != nil {
-		return nil, nil, err
+		return r, nil, err
 	}
 	if leaseFor != 0 {
 		if err := checkDuration("lease duration", leaseFor); err != nil {
-			return nil, nil, err
+			return r, nil, err
 		}
 	}
 	if len(done) == 0 && n == 0 {
-		return nil, nil, nil
+		return r, nil, nil
 	}
 	if n > 0 {
 		if err := c.register(ctx, queue); err != nil {
-			return nil, nil, err
+			return r, nil, err
 		}
 	}
 	for _, l := range done {
@@ -47,9 +55,9 @@ func (c *Client) ackTake(ctx context.Context, queue string, done []*Lease, n int
 	if n > 0 {
 		ask = takeAsk(est, n)
 	}
-	r, err := c.runTake(ctx, queue, KeysFor(queue), ask, leaseFor, done, ask < n)
+	r, err = c.runTake(ctx, queue, KeysFor(queue), ask, leaseFor, done, ask < n)
 	if err != nil {
-		return nil, nil, err
+		return r, nil, err
 	}
 	if ask > 0 && !r.paused {
 		est.Store(int64(noteFound(r, ask)))
@@ -60,5 +68,5 @@ func (c *Client) ackTake(ctx context.Context, queue string, done []*Lease, n int
 			ackErrs[i] = done[i].statusErr("ack", code)
 		}
 	}
-	return r.leases, ackErrs, nil
+	return r, ackErrs, nil
 }

@@ -238,3 +238,191 @@ func (e *benchEnv) consume(b *testing.B, c *lease.Client, w int) {
 		}
 	})
 }
+
+// BenchmarkPushToHandler measures push-to-handler latency while the
+// consumer is idle, waiting for messages:
+//
+//	go test -run '^$' -bench PushToHandler -benchtime 2000x ./lease/
+//
+// One op is one message, pushed alone (one round trip) once the one
+// before was received, at most one per millisecond, so that the consumer
+// is waiting again when it comes. Latency runs from just before the push
+// is sent to the handler starting (Consume) or XREADGROUP returning
+// (Streams), on one clock; p50-us and p99-us are reported.
+//
+//   - streams-block: w consumers loop XREADGROUP COUNT 1 BLOCK, XACK.
+//   - take: w consumers loop Take with a Wait (the blocking take in one
+//     round trip), Ack: the engine's floor for Consume.
+//   - consume: Consume with Workers w.
+func BenchmarkPushToHandler(b *testing.B) {
+	e := newBenchEnv(b)
+	for _, w := range []int{1, 8} {
+		b.Run(fmt.Sprintf("streams-block/w=%d", w), func(b *testing.B) {
+			e.reset(b)
+			ctx := b.Context()
+			if err := e.rdb.XGroupCreateMkStream(ctx, "s", "g", "$").Err(); err != nil {
+				b.Fatal(err)
+			}
+			e.latency(b, w, func(ctx context.Context, p []byte) error {
+				return e.rdb.XAdd(ctx, &redis.XAddArgs{Stream: "s", Values: []any{"p", p}}).Err()
+			}, func(ctx context.Context, got func([]byte)) error {
+				var wg sync.WaitGroup
+				errc := make(chan error, w)
+				for i := range w {
+					wg.Go(func() {
+						if err := benchStreamReceiver(ctx, e.rdb, "c"+strconv.Itoa(i), got); err != nil {
+							errc <- err
+						}
+					})
+				}
+				wg.Wait()
+				close(errc)
+				return <-errc
+			})
+		})
+		b.Run(fmt.Sprintf("take/w=%d", w), func(b *testing.B) {
+			c := e.reset(b)
+			e.latency(b, w, func(ctx context.Context, p []byte) error {
+				_, err := c.Push(ctx, "q", p, nil)
+				return err
+			}, func(ctx context.Context, got func([]byte)) error {
+				var wg sync.WaitGroup
+				errc := make(chan error, w)
+				for range w {
+					wg.Go(func() {
+						if err := benchTakeReceiver(ctx, c, got); err != nil {
+							errc <- err
+						}
+					})
+				}
+				wg.Wait()
+				close(errc)
+				return <-errc
+			})
+		})
+		b.Run(fmt.Sprintf("consume/w=%d", w), func(b *testing.B) {
+			c := e.reset(b)
+			// Consume waits on one connection, whatever w.
+			e.latency(b, 1, func(ctx context.Context, p []byte) error {
+				_, err := c.Push(ctx, "q", p, nil)
+				return err
+			}, func(ctx context.Context, got func([]byte)) error {
+				return c.Consume(ctx, "q", func(_ context.Context, l *lease.Lease) error {
+					got(l.Payload)
+					return nil
+				}, &lease.ConsumeOpts{Workers: w, ErrorFunc: func(_ *lease.Lease, err error) { b.Error(err) }})
+			})
+		})
+	}
+}
+
+// benchStreamReceiver reads entries of stream "s" in group "g" one at a
+// time as consumer name, hands their payload to got and acks them, until
+// ctx is cancelled.
+func benchStreamReceiver(ctx context.Context, rdb *redis.Client, name string, got func([]byte)) error {
+	for ctx.Err() == nil {
+		res, err := rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
+			Group: "g", Consumer: name, Streams: []string{"s", ">"}, Count: 1, Block: time.Second,
+		}).Result()
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		m := res[0].Messages[0]
+		p, _ := m.Values["p"].(string)
+		got([]byte(p))
+		if err := rdb.XAck(context.WithoutCancel(ctx), "s", "g", m.ID).Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// benchTakeReceiver takes messages of queue "q" one at a time with a
+// wait, hands their payload to got and acks them, until ctx is cancelled.
+func benchTakeReceiver(ctx context.Context, c *lease.Client, got func([]byte)) error {
+	for ctx.Err() == nil {
+		l, err := c.Take(ctx, "q", &lease.TakeOpts{Wait: time.Second})
+		if errors.Is(err, lease.ErrNoMessage) {
+			continue
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		got(l.Payload)
+		if err := l.Ack(context.WithoutCancel(ctx)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// latency runs consume (which calls got with each payload it receives)
+// and, once waiting connections are blocked in Redis, pushes b.N
+// timestamped payloads one at a time.
+func (e *benchEnv) latency(b *testing.B, waiting int, push func(ctx context.Context, p []byte) error, consume func(ctx context.Context, got func([]byte)) error) {
+	b.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ds := make([]time.Duration, 0, b.N)
+	var mu sync.Mutex
+	recv := make(chan struct{}, 1)
+	got := func(p []byte) {
+		now := time.Now()
+		sent, err := strconv.ParseInt(string(p), 10, 64)
+		if err != nil {
+			b.Errorf("payload %q: %v", p, err)
+		}
+		mu.Lock()
+		ds = append(ds, now.Sub(time.Unix(0, sent)))
+		mu.Unlock()
+		recv <- struct{}{}
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- consume(ctx, got) }()
+	defer func() {
+		cancel()
+		if err := <-errc; err != nil {
+			b.Error(err)
+		}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n, _ := strconv.Atoi(e.info(b, "clients")["blocked_clients"])
+		if n >= waiting {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("%d of %d connections waiting after 10s", n, waiting)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	b.ResetTimer()
+	next := time.Now()
+	for range b.N {
+		time.Sleep(time.Until(next))
+		next = time.Now().Add(time.Millisecond)
+		if err := push(ctx, strconv.AppendInt(nil, time.Now().UnixNano(), 10)); err != nil {
+			b.Fatal(err)
+		}
+		select {
+		case <-recv:
+		case <-time.After(10 * time.Second):
+			b.Fatal("a message not received within 10s")
+		}
+	}
+	b.StopTimer()
+	mu.Lock()
+	defer mu.Unlock()
+	slices.Sort(ds)
+	b.ReportMetric(float64(ds[len(ds)/2].Microseconds()), "p50-us")
+	b.ReportMetric(float64(ds[len(ds)*99/100].Microseconds()), "p99-us")
+}

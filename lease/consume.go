@@ -117,7 +117,8 @@ func DefaultBackoff(attempt int) time.Duration {
 // cancelled and the message is left to its new holder.
 //
 // On cancel, Consume stops taking at once (a take under way when ctx is
-// cancelled has its leases released untouched), lets running handlers
+// cancelled, the wait for messages included, has its leases released
+// untouched), lets running handlers
 // finish and settle for up to ConsumeOpts.StopTimeout, then cancels their
 // contexts, releases every lease whose handler has not returned (to the
 // head of the queue, not counted as an attempt), sends every ack still

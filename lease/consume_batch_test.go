@@ -203,6 +203,102 @@ func TestConsumeAcksWhileWaiting(t *testing.T) {
 	cs.stop(t)
 }
 
+// TestConsumeWaitsInOneRoundTrip: an idle Consume waits with one round
+// trip per wait (BLMOVE and the take in one pipeline, no probe of the
+// queue first, no take after), and a message pushed meanwhile reaches the
+// handler with no further call: the take that leases it is already in
+// Redis, held by the BLMOVE.
+func TestConsumeWaitsInOneRoundTrip(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	const q = "onewait"
+	stats := b.srv.Client(t) // uncounted
+	calls := b.countCalls()
+	var atHandler atomic.Int64
+	handled := make(chan string, 1)
+	startConsume(t, b.c, q, func(_ context.Context, l *Lease) error {
+		atHandler.Store(calls.n.Load())
+		handled <- l.ID
+		return nil
+	}, &ConsumeOpts{Workers: 1, idleWait: 20 * time.Millisecond, ErrorFunc: func(_ *Lease, err error) { t.Error(err) }})
+	waitBlocked(t, b.rdb, 1)
+
+	// Idle: one round trip per BLMOVE (a wait that has started but not
+	// reached Redis yet may be counted at either end).
+	rt0, mv0 := calls.n.Load(), commandStats(t, stats)["blmove"]
+	var rt, mv int64
+	redistest.WaitFor(t, 10*time.Second, func() bool {
+		rt, mv = calls.n.Load()-rt0, commandStats(t, stats)["blmove"]-mv0
+		return mv >= 10
+	}, "10 waits")
+	if rt > mv+2 {
+		t.Errorf("%d waits took %d round trips, want one each", mv, rt)
+	}
+
+	// A push to a waiting Consume: its own round trip, and none other
+	// before the handler runs. A wait may end just then and start again
+	// (one more call), so look at the best of several messages.
+	best := int64(-1)
+	for range 8 {
+		waitBlocked(t, b.rdb, 1)
+		before := calls.n.Load()
+		id := b.push(t, q, "m", nil)
+		if got := <-handled; got != id {
+			t.Fatalf("handled %s, want %s", got, id)
+		}
+		if n := atHandler.Load() - before; best < 0 || n < best {
+			best = n
+		}
+	}
+	if best != 1 {
+		t.Errorf("push to handler took %d round trips besides the push, want 0", best-1)
+	}
+}
+
+// TestConsumeWaitsWithReplicas: when writes wait for replicas, the
+// blocking take is two calls (BLMOVE, then the take and its WAIT); an idle
+// Consume still gets what is pushed while it waits, and a delayed message
+// once it is due, as the take before said.
+func TestConsumeWaitsWithReplicas(t *testing.T) {
+	t.Parallel()
+	cl := redistest.StartCluster(t, nil)
+	c, _ := clusterClient(t, cl, &Config{Replicas: 1})
+	const q = "replicawait"
+	node := nodeOf(t, cl, q)
+	handled := make(chan string, 2)
+	cs := startConsume(t, c, q, func(_ context.Context, l *Lease) error {
+		handled <- l.ID
+		return nil
+	}, &ConsumeOpts{Workers: 2, ErrorFunc: func(_ *Lease, err error) { t.Error(err) }})
+	next := func(want string) {
+		t.Helper()
+		select {
+		case got := <-handled:
+			if got != want {
+				t.Fatalf("handled %s, want %s", got, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s not handled within 10s", want)
+		}
+	}
+	waitBlocked(t, node, 1)
+	id, err := c.Push(t.Context(), q, []byte("now"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next(id)
+	waitBlocked(t, node, 1)
+	id, err = c.Push(t.Context(), q, []byte("later"), &PushOpts{Delay: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next(id)
+	cs.stop(t)
+	if st := checkInvariants(t, node, q); len(st.InFlight)+len(st.Ready)+len(st.Delayed) != 0 {
+		t.Fatalf("after the run: %+v", st)
+	}
+}
+
 // TestConsumeWorkerAfterGoexit: runtime.Goexit ends the goroutine that ran
 // the handler; another takes its place, so a single worker goes on.
 func TestConsumeWorkerAfterGoexit(t *testing.T) {
@@ -279,4 +375,18 @@ func TestConsumeReleasesTakeAnsweredAfterStop(t *testing.T) {
 	if n := b.ackedCount(t, q); n != 1 {
 		t.Errorf("counts acked = %d, want 1 (%s)", n, first)
 	}
+}
+
+// Consume releases what a take brings back after it was cancelled; the
+// consumer role must do that with every right it needs checked first
+// (TestACLLeaveOneOut), or a release refused halfway would leave a
+// duplicate.
+func init() {
+	aclOps = append(aclOps,
+		aclOp{"consumer", "release batch", func(e *aclEnv) error {
+			ls := []*Lease{e.lease("m1", nil, 0), e.lease("m2", nil, 0)}
+			ls = append(ls, e.lease("m3", nil, 0))
+			return e.user.ReleaseBatch(e.ctx(), ls)
+		}},
+	)
 }

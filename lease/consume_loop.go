@@ -2,12 +2,8 @@ package lease
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"strconv"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // Consume's run loop. One goroutine owns the state below; its calls to
@@ -25,8 +21,13 @@ import (
 //     Consume is stopping, or the take in flight has already held them up
 //     for ackDelay.
 //   - an idle wait: after a take that left workers free (the queue ran
-//     dry), a blocking BLMOVE until a message comes, or until a delayed
-//     message is due, or a pause of pausedPoll while the queue is paused.
+//     dry), a blocking take (waitAndTake: BLMOVE and the take script in
+//     one round trip) of as many messages as there are free workers,
+//     that waits until a message comes, a delayed message is due (as the
+//     take before said), or idleWait has passed; or, when the take before
+//     found the queue paused, a pause of pausedPoll. A blocking take that
+//     leaves workers free again waits again at once; the acks that come
+//     meanwhile go out as flushes, never held up by the wait.
 
 // ackDelayMax bounds how long an ack waits for a take in flight before it
 // is flushed on its own; a tenth of the lease if that is shorter.
@@ -46,6 +47,9 @@ type loopTake struct {
 	ackErrs []error
 	err     error
 	synced  bool // asked: sync the clock first; answered: synced
+	// What the take said of the queue, for the wait that may follow.
+	paused      bool
+	nextDelayed time.Time
 }
 
 type flushResult struct {
@@ -75,7 +79,7 @@ func (r *consumeRun) run(ctx context.Context) error {
 		taking    bool
 		takeDone  = make(chan loopTake, 1)
 		idling    bool
-		idleDone  = make(chan error, 1)
+		idleDone  = make(chan loopTake, 1)
 		flushing  bool
 		flushDone = make(chan flushResult, 1)
 		retry     int
@@ -93,6 +97,38 @@ func (r *consumeRun) run(ctx context.Context) error {
 		}
 	}
 	defer stopAckDue()
+	// took handles what a take or an idle wait brought back: it starts the
+	// leases, or releases them when Consume is stopping (a take Redis ran
+	// never strands a lease), or reports the error and pauses takes for a
+	// retry delay. When the queue ran dry, leaving workers free, the loop
+	// waits for messages (idle) instead of taking again at once; after a
+	// pause (asked 0), a take looks at the queue again.
+	took := func(res loopTake) {
+		if stopping {
+			// Stopped while taking: these were never started.
+			if len(res.taken) > 0 {
+				if err := r.c.ReleaseBatch(bg, res.taken); err != nil {
+					r.report(nil, fmt.Errorf("release leases taken while stopping: %w", err))
+				}
+			}
+			return
+		}
+		if res.err != nil {
+			r.report(nil, res.err)
+			retry++
+			pause = time.After(retryDelay(retry))
+			return
+		}
+		retry = 0
+		for _, l := range res.taken {
+			r.start(base, bg, l)
+		}
+		free -= len(res.taken)
+		if len(res.taken) < res.asked {
+			idling = true
+			go r.idleTo(ctx, bg, idleDone, free, res)
+		}
+	}
 	// One goroutine makes the takes, another the flushes: each keeps its
 	// stack from one call to the next.
 	takeReq := make(chan loopTake)
@@ -102,7 +138,9 @@ func (r *consumeRun) run(ctx context.Context) error {
 			if res.synced {
 				res.synced = r.syncClock(ctx)
 			}
-			res.taken, res.ackErrs, res.err = r.c.ackTake(bg, r.queue, res.done, res.asked, r.o.LeaseFor)
+			var t takeResult
+			t, res.ackErrs, res.err = r.c.ackTakeRun(bg, r.queue, res.done, res.asked, r.o.LeaseFor)
+			res.taken, res.paused, res.nextDelayed = t.leases, t.paused, t.nextDelayed
 			takeDone <- res
 		}
 	}()
@@ -161,39 +199,10 @@ func (r *consumeRun) run(ctx context.Context) error {
 				lastSync = time.Now()
 			}
 			r.ackResults(res.done, res.ackErrs, res.err)
-			if stopping {
-				// Stopped while taking: these were never started.
-				if len(res.taken) > 0 {
-					if err := r.c.ReleaseBatch(bg, res.taken); err != nil {
-						r.report(nil, fmt.Errorf("release leases taken while stopping: %w", err))
-					}
-				}
-				continue
-			}
-			if res.err != nil {
-				r.report(nil, res.err)
-				retry++
-				pause = time.After(retryDelay(retry))
-				continue
-			}
-			retry = 0
-			for _, l := range res.taken {
-				r.start(base, bg, l)
-			}
-			free -= len(res.taken)
-			if len(res.taken) < res.asked {
-				// The queue ran dry: wait for more instead of asking
-				// again at once.
-				idling = true
-				go func() { idleDone <- r.idle(ctx, bg) }()
-			}
-		case err := <-idleDone:
+			took(res)
+		case res := <-idleDone:
 			idling = false
-			if err != nil && !stopping {
-				r.report(nil, err)
-				retry++
-				pause = time.After(retryDelay(retry))
-			}
+			took(res)
 		case res := <-flushDone:
 			flushing = false
 			r.ackResults(res.done, res.ackErrs, res.err)
@@ -246,40 +255,45 @@ func (r *consumeRun) ackResults(done []*Lease, ackErrs []error, err error) {
 	}
 }
 
-// idle waits for the queue to have a message for the next take: until a
-// producer pushes (BLMOVE parks the element on the claim list, which the
-// next take drains first, so nothing is lost if this consumer dies right
-// then), a delayed message is due, or idleWait has passed; while the queue
-// is paused it waits pausedPoll without touching the lists.
-func (r *consumeRun) idle(ctx, bg context.Context) error {
-	k := KeysFor(r.queue)
-	var paused *redis.IntCmd
-	var next *redis.ZSliceCmd
-	_, err := r.c.rdb.Pipelined(bg, func(p redis.Pipeliner) error {
-		paused = p.Exists(bg, k.Paused)
-		next = p.ZRangeWithScores(bg, k.Delayed, 0, 0)
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("lease: take from %s: wait: %w", r.queue, convertErr(err))
-	}
-	if paused.Val() > 0 {
+// idleTo sends idle's result to done.
+func (r *consumeRun) idleTo(ctx, bg context.Context, done chan<- loopTake, n int, prev loopTake) {
+	done <- r.idle(ctx, bg, n, prev)
+}
+
+// idle waits for messages for n free workers, after a take (or an idle
+// wait) that left them free: prev says whether the queue was paused and
+// when its next delayed message is due. While the queue is paused it
+// waits pausedPoll without touching the lists, and asks nothing. Else it
+// is one blocking take (waitAndTake) of up to n messages, waiting up to
+// idleWait, until the delayed message is due (+1ms, Redis time is at ms
+// resolution; the take promotes it) or what the blocking client allows.
+// The take runs under bg: one that Redis ran always comes back, to be
+// started or, if Consume is stopping, released.
+func (r *consumeRun) idle(ctx, bg context.Context, n int, prev loopTake) loopTake {
+	if prev.paused {
 		sleepCtx(ctx, pausedPoll)
-		return nil
+		return loopTake{}
 	}
 	wait := cmpOr(r.o.idleWait, idleWait)
-	if z := next.Val(); len(z) > 0 {
-		// Look again when it is due (+1ms, Redis time is at ms
-		// resolution); the take promotes it.
-		due := fromMS(int64(z[0].Score))
-		wait = min(wait, due.Sub(r.redisNow())+time.Millisecond)
+	if !prev.nextDelayed.IsZero() {
+		wait = min(wait, prev.nextDelayed.Sub(r.redisNow())+time.Millisecond)
+	}
+	if pb := r.c.rdb.pipelineBlock; pb > 0 {
+		wait = min(wait, pb)
 	}
 	// BLMOVE's timeout is in seconds with ms resolution, and 0 would mean
 	// forever.
 	wait = max(wait, time.Millisecond)
-	err = r.c.rdb.block(bg, "blmove", k.Ready, k.Claim, "LEFT", "RIGHT", strconv.FormatFloat(wait.Seconds(), 'f', 3, 64)).Err()
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return fmt.Errorf("lease: take from %s: wait: %w", r.queue, convertErr(err))
+	res := loopTake{asked: n}
+	res.taken, res.nextDelayed, res.paused, res.err = r.c.waitAndTake(bg, r.queue, KeysFor(r.queue), n, r.o.LeaseFor, wait)
+	// The take ran when BLMOVE returned, anywhere within the wait after it
+	// was sent: time the leases from the reply, or a lease's length read
+	// from its deadline (startHeartbeat) would include the wait. Later
+	// than the run by less than a round trip, so the heartbeat comes a
+	// little early, never late.
+	now := time.Now()
+	for _, l := range res.taken {
+		l.sent = now
 	}
-	return nil
+	return res
 }

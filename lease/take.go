@@ -78,16 +78,23 @@ func (c *Client) TakeBatch(ctx context.Context, queue string, n int, opts *TakeO
 	if o.Wait > 0 {
 		deadline = time.Now().Add(o.Wait)
 	}
-	// block is how long the next take first waits in BLMOVE, in the same
-	// round trip (see blockAndTake); 0 for a plain take. After an empty
-	// take of the queue, a blocking take goes straight to the wait.
+	// block is how long the next take first waits in BLMOVE (see
+	// waitAndTake); 0 for a plain take. After an empty take of the queue,
+	// a pipelining blocking take goes straight to the wait.
 	var block time.Duration
-	pipelined := c.rdb.pipelineBlock > 0
-	if o.Wait > 0 && pipelined && c.estimate(queue).Load() == 0 {
+	if o.Wait > 0 && c.rdb.pipelineBlock > 0 && c.estimate(queue).Load() == 0 {
 		block = c.blockFor(o.Wait, time.Time{})
 	}
 	for {
-		ls, nextDelayed, paused, err := c.takeOnce(ctx, queue, k, n, o.LeaseFor, block)
+		var ls []*Lease
+		var nextDelayed time.Time
+		var paused bool
+		var err error
+		if block > 0 {
+			ls, nextDelayed, paused, err = c.waitAndTake(ctx, queue, k, n, o.LeaseFor, block)
+		} else {
+			ls, nextDelayed, paused, err = c.takeOnce(ctx, queue, k, n, o.LeaseFor, 0)
+		}
 		if err != nil || len(ls) > 0 || o.Wait == 0 {
 			return ls, err
 		}
@@ -107,22 +114,28 @@ func (c *Client) TakeBatch(ctx context.Context, queue string, n int, opts *TakeO
 			}
 			continue
 		}
-		wait = c.blockFor(wait, nextDelayed)
-		if pipelined {
-			block = wait
-			continue
-		}
-		// Block until a producer pushes. BLMOVE parks the element on the
-		// claim list, which the next take (ours or anyone's) drains first,
-		// so nothing is lost if this consumer dies right here.
-		err = c.rdb.block(ctx, "blmove", k.Ready, k.Claim, "LEFT", "RIGHT", blockSeconds(wait)).Err()
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return nil, fmt.Errorf("lease: take from %s: wait: %w", queue, convertErr(err))
-		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
+		block = c.blockFor(wait, nextDelayed)
 	}
+}
+
+// waitAndTake waits up to block (bounded by blockFor) for a message on
+// queue's ready list, then leases up to n messages (see takeOnce). With a
+// pipelining blocking client it is one round trip (blockAndTake);
+// otherwise (Config.Replicas) BLMOVE, then a take. Either way BLMOVE parks
+// the element on the claim list, which the next take (ours or anyone's)
+// drains first, so nothing is lost if this consumer dies in between.
+func (c *Client) waitAndTake(ctx context.Context, queue string, k Keys, n int, leaseFor, block time.Duration) (ls []*Lease, nextDelayed time.Time, paused bool, err error) {
+	if c.rdb.pipelineBlock > 0 {
+		return c.takeOnce(ctx, queue, k, n, leaseFor, block)
+	}
+	err = c.rdb.block(ctx, "blmove", k.Ready, k.Claim, "LEFT", "RIGHT", blockSeconds(block)).Err()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, time.Time{}, false, fmt.Errorf("lease: take from %s: wait: %w", queue, convertErr(err))
+	}
+	if ctx.Err() != nil {
+		return nil, time.Time{}, false, ctx.Err()
+	}
+	return c.takeOnce(ctx, queue, k, n, leaseFor, 0)
 }
 
 // blockFor bounds one BLMOVE of a wait of up to wait: blockChunk (and,

@@ -13,8 +13,13 @@
 -- returns one status per lease: 1 released, 3 dead-lettered (malformed
 -- record), 0 not held, -1 stale token (both change nothing)
 -- Every message is written to its new place before its lease is removed,
--- so a call refused halfway (ACL) leaves a duplicate, never a loss.
+-- and every command it may write with is checked first: a user who may not
+-- run one of them gets an error and nothing is written (a call refused
+-- halfway would leave a duplicate).
 local n = #ARGV / 2
+local denied = refused('LPUSH', KEYS[1]) or refused('HDEL', KEYS[2]) or refused('ZREM', KEYS[3]) or
+  dead_refused(KEYS[4], KEYS[5]) or (n > 0 and refused('DEL', unpack(KEYS, 6, 5 + n)))
+if denied then return denied end
 local ids, first = {}, {}
 for i = 1, n do
   ids[i] = ARGV[2 * i - 1]
