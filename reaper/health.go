@@ -16,7 +16,7 @@ import (
 
 const (
 	// checkTimeout bounds one health-check PING.
-	checkTimeout = time.Second
+	checkTimeout = 900 * time.Millisecond
 	// eventsCheckTimeout bounds one check of notify-keyspace-events.
 	eventsCheckTimeout = 5 * time.Second
 )
