@@ -144,9 +144,16 @@ type aclEnv struct {
 	// good (acked, purged, or never accepted because the push failed)
 	payloads []string
 	vanish   map[string]bool
+	// c, when set, is the context of every call (default: the test's)
+	c context.Context
 }
 
-func (e *aclEnv) ctx() context.Context { return e.t.Context() }
+func (e *aclEnv) ctx() context.Context {
+	if e.c != nil {
+		return e.c
+	}
+	return e.t.Context()
+}
 
 func (e *aclEnv) must(err error) {
 	e.t.Helper()
@@ -220,6 +227,20 @@ func (e *aclEnv) dead(payload string) string {
 	e.must(err)
 	e.must(al.DeadLetter(e.ctx()))
 	return l.ID
+}
+
+// malformedLease writes a lease record ackd cannot parse, with a deadline,
+// and returns a handle of the user under test for it.
+func (e *aclEnv) malformedLease(rec string) *Lease {
+	e.t.Helper()
+	k := KeysFor(e.queue)
+	id := fmt.Sprintf("bad%d", len(e.payloads))
+	e.must(e.adminDB.HSet(e.ctx(), k.Leases, id, rec).Err())
+	e.must(e.adminDB.ZAdd(e.ctx(), k.Deadlines, redis.Z{Score: float64(time.Now().Add(time.Hour).UnixMilli()), Member: id}).Err())
+	e.payloads = append(e.payloads, rec)
+	l, err := e.user.LeaseOf(e.queue, id, "0123456789abcdef")
+	e.must(err)
+	return l
 }
 
 // want reports a result the operation must have with every right it needs.
@@ -403,6 +424,16 @@ var aclOps = []aclOp{
 	}},
 	{"consumer", "extend", func(e *aclEnv) error { return e.lease("m1", nil, 0).Extend(e.ctx(), time.Hour) }},
 	{"consumer", "dead-letter", func(e *aclEnv) error { return e.lease("m1", nil, 0).DeadLetter(e.ctx()) }},
+	{"consumer", "fail", func(e *aclEnv) error { return e.lease("m1", nil, 0).Fail(e.ctx(), errors.New("no retry helps")) }},
+	{"consumer", "release", func(e *aclEnv) error { return e.lease("m1", nil, 0).Release(e.ctx()) }},
+	{"consumer", "release batch, malformed record", func(e *aclEnv) error {
+		ls := []*Lease{e.lease("m1", nil, 0), e.malformedLease("not a lease record"), e.lease("m2", nil, 0)}
+		err := e.user.ReleaseBatch(e.ctx(), ls)
+		if err != nil && err.Error() == ls[1].statusErr("release", 3).Error() {
+			return nil // what it must say of the malformed record, and only that
+		}
+		return err
+	}},
 
 	{"daemon", "sweep due leases", func(e *aclEnv) error {
 		l1 := e.lease("m1", nil, time.Millisecond)

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ackd/ackd/internal/redistest"
 	"github.com/ackd/ackd/lease"
@@ -10,7 +12,8 @@ import (
 
 // TestHostileKeyIsNotOutage: a queue key of the wrong type (written by
 // someone else) makes that queue's sweeps fail with WRONGTYPE, but Redis
-// answered: ackd_redis_up stays 1 and no outage is logged.
+// answered: ackd_redis_up stays 1, no outage is logged, the failure is
+// logged for that queue, and the other queues are still swept.
 func TestHostileKeyIsNotOutage(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
@@ -22,8 +25,32 @@ func TestHostileKeyIsNotOutage(t *testing.T) {
 	if err := rdb.SAdd(ctx, lease.RegistryKey, "hostile").Err(); err != nil {
 		t.Fatal(err)
 	}
+	// a healthy queue with a lease that runs out while ackd runs
+	c, err := lease.New(rdb, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Push(ctx, "healthy", []byte("m1"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Take(ctx, "healthy", &lease.TakeOpts{LeaseFor: time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
 	in := startAckd(t, srv, map[string]string{"ACKD_SCAN_INTERVAL": "50ms"})
 	redistest.WaitFor(t, waitTimeout, func() bool { return in.metric(t, "ackd_sweep_errors_total") >= 2 }, "the hostile queue's sweeps failed")
+	redistest.WaitFor(t, waitTimeout, func() bool {
+		s, err := c.Stats(ctx, "healthy")
+		return err == nil && s.Ready == 1 && s.InFlight == 0
+	}, "the healthy queue's lease requeued")
+	failed := in.log.find("sweep failed")
+	if len(failed) == 0 || failed[0]["queue"] != "hostile" || !strings.Contains(fmt.Sprint(failed[0]["error"]), "WRONGTYPE") {
+		t.Errorf("sweep failures logged as %v, want queue hostile and the WRONGTYPE error", failed)
+	}
+	for _, l := range failed {
+		if l["queue"] != "hostile" {
+			t.Errorf("a sweep of %v failed: %v", l["queue"], l)
+		}
+	}
 	if up := in.metric(t, "ackd_redis_up"); up != 1 {
 		t.Errorf("ackd_redis_up = %v after a WRONGTYPE reply, want 1", up)
 	}

@@ -7,10 +7,10 @@
 -- ARGV[1] id, ARGV[2] token
 -- returns 1 dead-lettered (killed), 3 dead-lettered (malformed record),
 -- 0 not held, -1 stale token
-local denied = release_refused(KEYS[2], KEYS[5], KEYS[3], KEYS[4])
+local denied = release_refused(KEYS[1], KEYS[2], KEYS[5], KEYS[3], KEYS[4])
 if denied then return denied end
 local now = now_ms()
-local m, status = release(KEYS[1], KEYS[2], KEYS[5], KEYS[3], KEYS[4], ARGV[1], ARGV[2], now)
-if not m then return status end
-dead_letter(KEYS[3], KEYS[4], ARGV[1], 'killed', now, build_env(m))
-return 1
+return release(KEYS[1], KEYS[2], KEYS[5], KEYS[3], KEYS[4], ARGV[1], ARGV[2], now, function(m)
+  dead_letter(KEYS[3], KEYS[4], ARGV[1], 'killed', now, build_env(m))
+  return 1
+end)

@@ -204,29 +204,38 @@ local function expire_refused(k_ready, k_leases, k_deadlines, k_dead, k_deadmsgs
 end
 
 -- release_refused checks the commands release runs after its first write
--- (HDEL).
-local function release_refused(k_deadlines, k_shadow, k_dead, k_deadmsgs)
-  return refused('ZREM', k_deadlines) or refused('DEL', k_shadow) or dead_refused(k_dead, k_deadmsgs)
+-- (put's, or dead_letter's for a malformed record).
+local function release_refused(k_leases, k_deadlines, k_shadow, k_dead, k_deadmsgs)
+  return refused('HDEL', k_leases) or refused('ZREM', k_deadlines) or refused('DEL', k_shadow) or
+    dead_refused(k_dead, k_deadmsgs)
 end
 
--- release ends the lease of id if token holds it: it removes the lease
--- record, the deadline and the shadow key, and returns the message. Else
--- it returns nil and a status: 0 not held, -1 stale token (both change
--- nothing), 3 the record was malformed (it is a dead letter now).
-local function release(k_leases, k_deadlines, k_shadow, k_dead, k_deadmsgs, id, token, now)
+-- release ends the lease of id if token holds it: put(m) writes the
+-- message to its new place and returns a status, then the lease record,
+-- the shadow key and the deadline are removed, in that order. Returns
+-- put's status, or 0 not held, -1 stale token (both change nothing), 3 the
+-- record was malformed (it is a dead letter now). The new place is written
+-- first because Redis does not roll a script back when a later command
+-- fails (a key overwritten with another type): the message is then in its
+-- new place, or still held. The deadline goes last, and a deadlines key of
+-- the wrong type holds no deadline to remove: its error is ignored (ACL
+-- refusals are asked about before the first write).
+local function release(k_leases, k_deadlines, k_shadow, k_dead, k_deadmsgs, id, token, now, put)
   local rec = redis.call('HGET', k_leases, id)
-  if not rec then return nil, 0 end
+  if not rec then return 0 end
   local tok, envs = parse_rec(rec)
-  if tok and tok ~= token then return nil, -1 end
-  redis.call('HDEL', k_leases, id)
-  redis.call('ZREM', k_deadlines, id)
-  redis.call('DEL', k_shadow)
+  if tok and tok ~= token then return -1 end
   local m = envs and parse_env(envs)
+  local status = 3
   if not tok or not m or m.id ~= id then
     dead_letter(k_dead, k_deadmsgs, id, 'malformed', now, rec)
-    return nil, 3
+  else
+    status = put(m)
   end
-  return m
+  redis.call('HDEL', k_leases, id)
+  redis.call('DEL', k_shadow)
+  redis.pcall('ZREM', k_deadlines, id)
+  return status
 end
 
 -- ack_refused checks the commands ack_leases runs after its first write
@@ -264,8 +273,11 @@ local function ack_leases(k_leases, k_deadlines, k_counts, ids, tokens, sk)
     -- script before it has changed anything
     redis.call('HINCRBY', k_counts, 'acked', #done)
     redis.call('HDEL', k_leases, unpack(done))
-    redis.call('ZREM', k_deadlines, unpack(done))
     redis.call('DEL', unpack(shadows))
+    -- last, and a deadlines key of the wrong type (written by someone
+    -- else) holds no deadline to remove: its error is ignored, so the ack
+    -- that has happened reports success (ACL refusals were asked first)
+    redis.pcall('ZREM', k_deadlines, unpack(done))
   end
   return out
 end

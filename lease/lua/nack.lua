@@ -10,23 +10,25 @@
 -- ARGV[4] wake channel, ARGV[5] queue
 -- returns 1 requeued, 2 dead-lettered (failed: no deliveries left),
 -- 3 dead-lettered (malformed record), 0 not held, -1 stale token
-local denied = release_refused(KEYS[3], KEYS[7], KEYS[5], KEYS[6]) or refused('ZRANGE', KEYS[4]) or
+local denied = release_refused(KEYS[2], KEYS[3], KEYS[7], KEYS[5], KEYS[6]) or refused('ZRANGE', KEYS[4]) or
   refused('ZADD', KEYS[4]) or refused('PUBLISH', ARGV[4]) or refused('RPUSH', KEYS[1])
 if denied then return denied end
 local now = now_ms()
-local m, status = release(KEYS[2], KEYS[3], KEYS[7], KEYS[5], KEYS[6], ARGV[1], ARGV[2], now)
-if not m then return status end
-m.failures = m.failures + 1
-if m.max > 0 and m.attempts >= m.max then
-  dead_letter(KEYS[5], KEYS[6], ARGV[1], 'failed', now, build_env(m))
-  return 2
-end
 local delay = tonumber(ARGV[3])
-if delay > 0 then
-  local before = first_score(KEYS[4])
-  redis.call('ZADD', KEYS[4], now + delay, build_env(m))
-  wake(ARGV[4], ARGV[5], 'delayed', before, now + delay)
-else
-  redis.call('RPUSH', KEYS[1], build_env(m))
+-- the message's new place, written before its lease is removed
+local function put(m)
+  m.failures = m.failures + 1
+  if m.max > 0 and m.attempts >= m.max then
+    dead_letter(KEYS[5], KEYS[6], ARGV[1], 'failed', now, build_env(m))
+    return 2
+  end
+  if delay > 0 then
+    local before = first_score(KEYS[4])
+    redis.call('ZADD', KEYS[4], now + delay, build_env(m))
+    wake(ARGV[4], ARGV[5], 'delayed', before, now + delay)
+  else
+    redis.call('RPUSH', KEYS[1], build_env(m))
+  end
+  return 1
 end
-return 1
+return release(KEYS[2], KEYS[3], KEYS[7], KEYS[5], KEYS[6], ARGV[1], ARGV[2], now, put)

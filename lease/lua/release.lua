@@ -27,8 +27,11 @@ for i = 1, n do
 end
 local recs = redis.call('HMGET', KEYS[2], unpack(ids))
 local out, done, shadows = {}, {}, {}
-local now = nil
--- Backwards, so that LPUSH leaves them in the order given.
+local now, failed = nil, nil
+-- Backwards, so that LPUSH leaves them in the order given. A write that
+-- fails (a key overwritten with another type by someone else) stops the
+-- loop: the leases whose messages are in their new place are removed
+-- below, the others stay held, and the call fails.
 for i = n, 1, -1 do
   local rec = recs[i]
   out[i] = 0
@@ -39,15 +42,21 @@ for i = n, 1, -1 do
     if tok and tok ~= ARGV[2 * i] then
       out[i] = -1
     else
-      local m = envs and parse_env(envs)
-      if not tok or not m or m.id ~= ids[i] then
-        now = now or now_ms()
-        dead_letter(KEYS[4], KEYS[5], ids[i], 'malformed', now, rec)
-        out[i] = 3
-      else
-        if m.attempts > 0 then m.attempts = m.attempts - 1 end
-        redis.call('LPUSH', KEYS[1], build_env(m))
-        out[i] = 1
+      local ok, err = pcall(function()
+        local m = envs and parse_env(envs)
+        if not tok or not m or m.id ~= ids[i] then
+          now = now or now_ms()
+          dead_letter(KEYS[4], KEYS[5], ids[i], 'malformed', now, rec)
+          out[i] = 3
+        else
+          if m.attempts > 0 then m.attempts = m.attempts - 1 end
+          redis.call('LPUSH', KEYS[1], build_env(m))
+          out[i] = 1
+        end
+      end)
+      if not ok then
+        failed = err
+        break
       end
       done[#done + 1] = ids[i]
       shadows[#shadows + 1] = KEYS[5 + i]
@@ -56,7 +65,9 @@ for i = n, 1, -1 do
 end
 if #done > 0 then
   redis.call('HDEL', KEYS[2], unpack(done))
-  redis.call('ZREM', KEYS[3], unpack(done))
   redis.call('DEL', unpack(shadows))
+  -- a deadlines key of the wrong type holds no deadline to remove
+  redis.pcall('ZREM', KEYS[3], unpack(done))
 end
+if failed then return redis.error_reply(type(failed) == 'table' and failed.err or tostring(failed)) end
 return out

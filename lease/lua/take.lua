@@ -151,8 +151,11 @@ while j < n and bad < 100 and not dry do
   -- the claim list first, then ready: one call for up to n - j elements.
   -- Fewer than asked from ready means both lists are empty now: no
   -- further call needed to find that out.
-  local popped = redis.call('LMPOP', 2, KEYS[2], KEYS[1], 'LEFT', 'COUNT', n - j)
+  local popped = redis.pcall('LMPOP', 2, KEYS[2], KEYS[1], 'LEFT', 'COUNT', n - j)
   if not popped then break end
+  -- a list of the wrong type (someone else's write) after leases were
+  -- made: they get their deadlines, then the call fails
+  if popped.err then return give_back(popped, nil, {}, 1) end
   local elems = popped[2]
   dry = popped[1] == KEYS[1] and #elems < n - j
   for x = 1, #elems do
