@@ -106,12 +106,10 @@ func (b *bench) runConc(ctx context.Context, v tputVariant, size, producers, con
 		}
 	}
 
-	s0, err := b.stats(ctx)
+	m, err := b.startMeter(ctx)
 	if err != nil {
 		return r, err
 	}
-	rt0, cpu0 := b.rt.n.Load(), selfCPU()
-	start := time.Now()
 
 	// The backlog as Redis sees it, sampled on the control connection.
 	var samplerWG sync.WaitGroup
@@ -152,7 +150,7 @@ func (b *bench) runConc(ctx context.Context, v tputVariant, size, producers, con
 		lowered      = make(chan struct{})
 	)
 	target.Store(int64(n))
-	stopBy := start.Add(b.concLimit())
+	stopBy := m.start.Add(b.concLimit())
 	for range producers {
 		prods.Add(1)
 		go func() {
@@ -201,21 +199,9 @@ func (b *bench) runConc(ctx context.Context, v tputVariant, size, producers, con
 	if err := context.Cause(ctx); err != nil {
 		return r, err
 	}
-	cpu1, rt1 := selfCPU(), b.rt.n.Load()
-	s1, err := b.stats(ctx)
-	if err != nil {
+	if err := b.stopMeter(ctx, m, impl, v.name, end, takes, &r.tputResult); err != nil {
 		return r, err
 	}
-	if impl.check != nil {
-		if err := impl.check(ctx); err != nil {
-			return r, fmt.Errorf("%s: %w", v.name, err)
-		}
-	}
-	r.elapsed = end.Sub(start)
-	r.delta = s1.sub(s0)
-	r.takes = takes
-	r.clientSec = cpu1 - cpu0
-	r.rts = rt1 - rt0
 	r.ownCalls = r.samples
 	r.lat = lat[:min(li.Load(), moved)]
 	r.finish()

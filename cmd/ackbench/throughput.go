@@ -392,34 +392,58 @@ func (b *bench) runTput(ctx context.Context, v tputVariant, size, consumers, n i
 			return r, fmt.Errorf("%s push: %w", v.name, err)
 		}
 	}
-	s0, err := b.stats(ctx)
+	m, err := b.startMeter(ctx)
 	if err != nil {
 		return r, err
 	}
-	rt0, cpu0 := b.rt.n.Load(), selfCPU()
-	start := time.Now()
 	end, takes, err := consumeN(ctx, impl, v.name, consumers, n, nil)
 	if err != nil {
 		return r, err
 	}
+	if err := b.stopMeter(ctx, m, impl, v.name, end, takes, &r); err != nil {
+		return r, err
+	}
+	r.pushCPUSec = m.s0.sub(sp).cpu
+	r.finish()
+	return r, nil
+}
+
+// meter holds where a timed part of a run started: Redis's counters,
+// ackbench's own CPU and round trips, and the time.
+type meter struct {
+	s0    stats
+	cpu0  float64
+	rt0   int64
+	start time.Time
+}
+
+func (b *bench) startMeter(ctx context.Context) (meter, error) {
+	s0, err := b.stats(ctx)
+	if err != nil {
+		return meter{}, err
+	}
+	return meter{s0: s0, rt0: b.rt.n.Load(), cpu0: selfCPU(), start: time.Now()}, nil
+}
+
+// stopMeter fills r with what the timed part that started at m cost, up to
+// end (when its last message was done), once impl's own check passes.
+func (b *bench) stopMeter(ctx context.Context, m meter, impl tputImpl, name string, end time.Time, takes int64, r *tputResult) error {
 	cpu1, rt1 := selfCPU(), b.rt.n.Load()
 	s1, err := b.stats(ctx)
 	if err != nil {
-		return r, err
+		return err
 	}
 	if impl.check != nil {
 		if err := impl.check(ctx); err != nil {
-			return r, fmt.Errorf("%s: %w", v.name, err)
+			return fmt.Errorf("%s: %w", name, err)
 		}
 	}
-	r.elapsed = end.Sub(start)
-	r.delta = s1.sub(s0)
-	r.pushCPUSec = s0.sub(sp).cpu
+	r.elapsed = end.Sub(m.start)
+	r.delta = s1.sub(m.s0)
 	r.takes = takes
-	r.clientSec = cpu1 - cpu0
-	r.rts = rt1 - rt0
-	r.finish()
-	return r, nil
+	r.clientSec = cpu1 - m.cpu0
+	r.rts = rt1 - m.rt0
+	return nil
 }
 
 // consumeN runs c consumers of impl until n messages are taken and acked,
