@@ -59,8 +59,8 @@ func (c *Client) ackTakeRun(ctx context.Context, queue string, done []*Lease, n 
 	if err != nil {
 		return r, nil, err
 	}
-	if ask > 0 && !r.paused {
-		est.Store(int64(noteFound(r, ask)))
+	if ask > 0 {
+		note(est, r, ask)
 	}
 	ackErrs = make([]error, len(done))
 	for i, code := range r.acks {

@@ -191,14 +191,7 @@ func (c *Client) takeOnce(ctx context.Context, queue string, k Keys, n int, leas
 		}
 		ls = append(ls, r.leases...)
 		if len(r.leases) < ask || r.remaining == 0 || len(ls) == n {
-			if !r.paused {
-				est.Store(int64(noteFound(r, ask)))
-			} else {
-				// Not 0: the next blocking take must look before it
-				// waits, since its BLMOVE would move a message of the
-				// paused queue onto the claim list.
-				est.CompareAndSwap(0, 1)
-			}
+			note(est, r, ask)
 			return ls, r.nextDelayed, r.paused, nil
 		}
 		ask = int(min(int64(n-len(ls)), r.remaining))
@@ -212,6 +205,18 @@ func (c *Client) takeOnce(ctx context.Context, queue string, k Keys, n int, leas
 // reports how many remain, and takeOnce asks again for those.
 func takeAsk(est *atomic.Int64, n int) int {
 	return int(min(int64(n), 2*est.Load()+1))
+}
+
+// note records in est what a take run that asked for ask found. A paused
+// queue is never noted as 0: the next blocking take must look before it
+// waits, since its BLMOVE would move a message of the paused queue onto
+// the claim list.
+func note(est *atomic.Int64, r takeResult, ask int) {
+	if r.paused {
+		est.CompareAndSwap(0, 1)
+		return
+	}
+	est.Store(int64(noteFound(r, ask)))
 }
 
 // noteFound is what a take run found on the queue: what it leased, plus
