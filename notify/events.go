@@ -136,14 +136,7 @@ func ensureReplicas(ctx context.Context, out *EventsState, addrs []string, confi
 func sentinelReplicas(ctx context.Context, fo *redis.FailoverOptions) ([]string, error) {
 	var errs []error
 	for _, addr := range fo.SentinelAddrs {
-		sc := redis.NewSentinelClient(&redis.Options{
-			Addr:        addr,
-			Username:    fo.SentinelUsername,
-			Password:    fo.SentinelPassword,
-			TLSConfig:   fo.TLSConfig,
-			DialTimeout: cmp.Or(fo.DialTimeout, sentinelDialTimeout),
-			MaxRetries:  -1,
-		})
+		sc := redis.NewSentinelClient(sentinelOptions(fo, addr))
 		reps, err := sc.Replicas(ctx, fo.MasterName).Result()
 		_ = sc.Close()
 		if err != nil {

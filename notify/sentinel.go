@@ -17,6 +17,20 @@ import (
 // none.
 const sentinelDialTimeout = 5 * time.Second
 
+// sentinelOptions are the options of a client of the Sentinel at addr,
+// with the Sentinels' own credentials from fo, and no retries: the
+// callers ask the next Sentinel instead.
+func sentinelOptions(fo *redis.FailoverOptions, addr string) *redis.Options {
+	return &redis.Options{
+		Addr:        addr,
+		Username:    fo.SentinelUsername,
+		Password:    fo.SentinelPassword,
+		TLSConfig:   fo.TLSConfig,
+		DialTimeout: cmp.Or(fo.DialTimeout, sentinelDialTimeout),
+		MaxRetries:  -1,
+	}
+}
+
 // masterWatch remembers which node the Sentinels name as master, moves
 // the subscription when that changes, and gives the subscription a
 // client of that very node: the failover client's own dialer asks one
@@ -37,15 +51,9 @@ type masterWatch struct {
 func newMasterWatch(l *Listener, fo *redis.FailoverOptions, s *subscription) *masterWatch {
 	w := &masterWatch{l: l, fo: fo, s: s}
 	for _, addr := range fo.SentinelAddrs {
-		w.clients = append(w.clients, redis.NewSentinelClient(&redis.Options{
-			Addr:        addr,
-			Username:    fo.SentinelUsername,
-			Password:    fo.SentinelPassword,
-			TLSConfig:   fo.TLSConfig,
-			DialTimeout: cmp.Or(fo.DialTimeout, sentinelDialTimeout),
-			ReadTimeout: fo.ReadTimeout,
-			MaxRetries:  -1,
-		}))
+		o := sentinelOptions(fo, addr)
+		o.ReadTimeout = fo.ReadTimeout
+		w.clients = append(w.clients, redis.NewSentinelClient(o))
 	}
 	return w
 }
