@@ -1,6 +1,7 @@
 package lease
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"time"
@@ -69,7 +70,7 @@ func (r *consumeRun) run(ctx context.Context) error {
 		go r.worker(bg)
 	}
 
-	leaseLen := cmpOr(r.o.LeaseFor, r.c.cfg.LeaseFor)
+	leaseLen := cmp.Or(r.o.LeaseFor, r.c.cfg.LeaseFor)
 	ackDelay := min(ackDelayMax, leaseLen/10)
 
 	var (
@@ -234,13 +235,6 @@ func cut(ls *[]*Lease, n int) []*Lease {
 	return out
 }
 
-func cmpOr(a, b time.Duration) time.Duration {
-	if a != 0 {
-		return a
-	}
-	return b
-}
-
 // ackResults reports the acks that failed: ackErrs[i] for done[i], or err
 // for all of them when ackErrs is nil.
 func (r *consumeRun) ackResults(done []*Lease, ackErrs []error, err error) {
@@ -274,7 +268,7 @@ func (r *consumeRun) idle(ctx, bg context.Context, n int, prev loopTake) loopTak
 		sleepCtx(ctx, pausedPoll)
 		return loopTake{}
 	}
-	wait := cmpOr(r.o.idleWait, idleWait)
+	wait := cmp.Or(r.o.idleWait, idleWait)
 	if !prev.nextDelayed.IsZero() {
 		wait = min(wait, prev.nextDelayed.Sub(r.redisNow())+time.Millisecond)
 	}
