@@ -126,6 +126,16 @@ func (b *bench) memory(ctx context.Context) error {
 		row{"ackd ready (PushBatch, nothing in flight)", float64(ready-base) / float64(n), "envelope: id and counters + payload"},
 		row{"ackd in flight (TakeBatch, never acked)", float64(inflight-base) / float64(n), strings.Join(parts, "; ")})
 
+	// The same leases rewritten in two other layouts, to measure what a
+	// change of the stored format would save before building it.
+	sims, err := b.layouts(ctx, "q", n)
+	if err != nil {
+		return err
+	}
+	for _, sm := range sims {
+		rows = append(rows, row{sm.name, sm.bytes, sm.note})
+	}
+
 	streamPending := float64(pending-base) / float64(n)
 	ackdInflight := float64(inflight-base) / float64(n)
 	var s strings.Builder
@@ -144,6 +154,90 @@ func (b *bench) memory(ctx context.Context) error {
 		fmt.Sprintf("%s vs %s: %s", fmtBytes(ackdInflight), fmtBytes(streamPending), ratio(ackdInflight, streamPending)),
 		ackdInflight <= 2.5*streamPending)
 	return b.ctl.FlushAll(ctx).Err()
+}
+
+// simRow is one layout measured by layouts.
+type simRow struct {
+	name, note string
+	bytes      float64
+}
+
+// layouts reads the n leases of queue (taken, never acked), then writes
+// the same messages, deadlines and tokens in two other layouts on an empty
+// server and measures each as the in-flight row is measured:
+//   - the lease record without the id the hash field already holds;
+//   - leases and deadlines keyed by token, the record being the envelope
+//     alone, and the shadow key holding 1 instead of the id (Redis shares
+//     small integers, so the value costs nothing).
+//
+// Nothing of ackd reads these layouts: they size a format change.
+func (b *bench) layouts(ctx context.Context, queue string, n int) ([]simRow, error) {
+	k := lease.KeysFor(queue)
+	type held struct {
+		id, token, env string
+		deadline       float64
+	}
+	var ls []held
+	recs, err := b.ctl.HGetAll(ctx, k.Leases).Result()
+	if err != nil {
+		return nil, err
+	}
+	dls, err := b.ctl.ZRangeWithScores(ctx, k.Deadlines, 0, -1).Result()
+	if err != nil {
+		return nil, err
+	}
+	for _, z := range dls {
+		id := z.Member.(string)
+		tok, env, ok := strings.Cut(recs[id], "|")
+		if !ok {
+			return nil, fmt.Errorf("lease record of %s: no token", id)
+		}
+		ls = append(ls, held{id: id, token: tok, env: env, deadline: z.Score})
+	}
+	if len(ls) != n {
+		return nil, fmt.Errorf("layouts: %d leases with deadlines, want %d", len(ls), n)
+	}
+	mark := "\xffackd1|"
+	write := func(add func(p redis.Pipeliner, l held)) (float64, error) {
+		base, err := b.emptyMemory(ctx)
+		if err != nil {
+			return 0, err
+		}
+		for i := 0; i < len(ls); i += fillChunk {
+			_, err := b.ctl.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for _, l := range ls[i:min(i+fillChunk, len(ls))] {
+					add(p, l)
+				}
+				return nil
+			})
+			if err != nil {
+				return 0, err
+			}
+		}
+		used, err := b.usedMemory(ctx)
+		return float64(used-base) / float64(n), err
+	}
+	noID, err := write(func(p redis.Pipeliner, l held) {
+		rest := strings.TrimPrefix(l.env, mark+l.id+"|")
+		p.HSet(ctx, k.Leases, l.id, l.token+"|"+"\xffackd2|"+rest)
+		p.ZAdd(ctx, k.Deadlines, redis.Z{Score: l.deadline, Member: l.id})
+		p.Do(ctx, "SET", lease.LeaseKey(queue, l.token), l.id, "PXAT", int64(l.deadline))
+	})
+	if err != nil {
+		return nil, err
+	}
+	byToken, err := write(func(p redis.Pipeliner, l held) {
+		p.HSet(ctx, k.Leases, l.token, l.env)
+		p.ZAdd(ctx, k.Deadlines, redis.Z{Score: l.deadline, Member: l.token})
+		p.Do(ctx, "SET", lease.LeaseKey(queue, l.token), 1, "PXAT", int64(l.deadline))
+	})
+	if err != nil {
+		return nil, err
+	}
+	return []simRow{
+		{name: "layout sketch: lease record without the repeated id", bytes: noID, note: "same leases rewritten; not a format ackd writes"},
+		{name: "layout sketch: leases and deadlines keyed by token, shadow key holding 1", bytes: byToken, note: "same leases rewritten; not a format ackd writes"},
+	}, nil
 }
 
 // emptyMemory flushes the server and returns used_memory.
