@@ -124,19 +124,19 @@ func TestScriptsDeterministic(t *testing.T) {
 		"sweep": sweepLua, "push": pushLua, "replay": replayLua, "purge": purgeLua, "release": releaseLua,
 		"fail": failLua, "pause": pauseLua, "stats": statsLua, "peek": peekLua,
 	}
-	if !slices.Equal(slices.Sorted(maps.Keys(bodies)), slices.Sorted(maps.Keys(sources))) {
-		t.Fatalf("scripts %v, want %v", slices.Sorted(maps.Keys(sources)), slices.Sorted(maps.Keys(bodies)))
+	if !slices.Equal(slices.Sorted(maps.Keys(bodies)), slices.Sorted(maps.Keys(library.sources))) {
+		t.Fatalf("scripts %v, want %v", slices.Sorted(maps.Keys(library.sources)), slices.Sorted(maps.Keys(bodies)))
 	}
 	for range 20 {
 		l := splitLib(libLua)
 		for name, body := range bodies {
-			if l.assemble(body) != sources[name] {
+			if l.assemble(body) != library.sources[name] {
 				t.Fatalf("%s: assembled twice, two texts", name)
 			}
 		}
 	}
 	// ack, the smallest hot-path script, leaves out what it does not use.
-	if strings.Contains(sources["ack"], "local function parse_env(") {
+	if strings.Contains(library.sources["ack"], "local function parse_env(") {
 		t.Error("the ack script carries parse_env, which it does not use")
 	}
 }
@@ -174,7 +174,7 @@ func TestScriptsHaveTheirHelpers(t *testing.T) {
 		}
 		return missing
 	}
-	for name, text := range sources {
+	for name, text := range library.sources {
 		if missing := globals(name, text); len(missing) > 0 {
 			t.Errorf("the %s script uses %v from lib.lua without defining them", name, missing)
 		}
