@@ -24,8 +24,8 @@ const (
 	retryBackoffMax = 250 * time.Millisecond
 )
 
-// conn is the Client's Redis connection. Every script and every RPUSH
-// goes through it: it retries what Redis refused without running (a
+// conn is the Client's Redis connection. Every script (FCALL, or EVALSHA
+// and EVAL: see functions.go) and every RPUSH goes through it: it retries what Redis refused without running (a
 // Cluster slot in migration, a failover in progress) and, when
 // Config.Replicas is set, waits for replicas after each write. Everything
 // else passes straight to the user's client.
@@ -47,6 +47,9 @@ type conn struct {
 	// blocking client is of another kind, or when writes must wait for
 	// replicas (the take would need its WAIT).
 	pipelineBlock time.Duration
+	// fn is what the Client knows of ackd's function library on the
+	// server: whether scripts run as FCALL or EVALSHA (functions.go).
+	fn funcState
 }
 
 func newConn(rdb redis.UniversalClient, cfg *Config) *conn {
@@ -57,6 +60,7 @@ func newConn(rdb redis.UniversalClient, cfg *Config) *conn {
 		replicas:        cfg.Replicas,
 		replicaTimeout:  cfg.ReplicaTimeout,
 	}
+	c.fn.log = cfg.Logger
 	if cfg.BlockingClient != nil {
 		c.blocking = cfg.BlockingClient
 	}
