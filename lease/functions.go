@@ -34,6 +34,8 @@ const missingRecheck = 30 * time.Second
 // funcState is a Client's knowledge of the library on its server.
 type funcState struct {
 	log *slog.Logger
+	// recheck is missingRecheck; tests shorten it.
+	recheck time.Duration
 	// off: FCALL was refused; EVALSHA for good.
 	off atomic.Bool
 	// noLoad: FUNCTION LOAD was refused; not tried again.
@@ -136,7 +138,7 @@ func (c *conn) recover(ctx context.Context, err error, keys []string) {
 // remembered, and either way the calls use EVALSHA for missingRecheck.
 func (c *conn) load(ctx context.Context, calls ...[]string) bool {
 	if c.fn.noLoad.Load() {
-		c.fn.missingUntil.Store(time.Now().Add(missingRecheck).UnixNano())
+		c.fn.missingUntil.Store(time.Now().Add(c.fn.recheck).UnixNano())
 		return false
 	}
 	nodes := []redis.Cmdable{c.UniversalClient}
@@ -158,7 +160,7 @@ func (c *conn) load(ctx context.Context, calls ...[]string) bool {
 		if err := loadOn(ctx, c, n); err != nil {
 			if loadRefused(err) {
 				c.fn.noLoad.Store(true)
-				c.fn.missingUntil.Store(time.Now().Add(missingRecheck).UnixNano())
+				c.fn.missingUntil.Store(time.Now().Add(c.fn.recheck).UnixNano())
 				c.fn.noLoadOnce.Do(func() {
 					c.fn.log.Warn("lease: Redis lacks ackd's function library and refuses FUNCTION LOAD: scripts run with EVALSHA until the library is loaded (see docs/SECURITY.md)",
 						"library", library.name, "error", err.Error())

@@ -60,7 +60,7 @@ func newConn(rdb redis.UniversalClient, cfg *Config) *conn {
 		replicas:        cfg.Replicas,
 		replicaTimeout:  cfg.ReplicaTimeout,
 	}
-	c.fn.log = cfg.Logger
+	c.fn.log, c.fn.recheck = cfg.Logger, missingRecheck
 	if cfg.BlockingClient != nil {
 		c.blocking = cfg.BlockingClient
 	}
