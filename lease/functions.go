@@ -120,10 +120,10 @@ func (s *script) queue(ctx context.Context, c *conn, pipe redis.Cmdable, keys []
 	return pipe.EvalSha(ctx, s.Hash(), keys, args...)
 }
 
-// recover acts on a notRun error of a queued call (see queue) before the
+// prepareRerun acts on a notRun error of a queued call (see queue) before the
 // call runs again with Run: FCALL refused turns FCALL off, a missing
 // function loads the library, so that Run does not find either again.
-func (c *conn) recover(ctx context.Context, err error, keys []string) {
+func (c *conn) prepareRerun(ctx context.Context, err error, keys []string) {
 	switch {
 	case fcallRefused(err):
 		c.fn.turnOff(err)

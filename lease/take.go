@@ -286,7 +286,7 @@ func (c *Client) blockAndTake(ctx context.Context, queue string, k Keys, n int, 
 	if err != nil && (notRun(err) || refused(err, c.rdb.redialable)) {
 		// Same tokens: should the first run have happened after all, this
 		// one answers with its leases.
-		c.rdb.recover(ctx, err, keys)
+		c.rdb.prepareRerun(ctx, err, keys)
 		sent = time.Now()
 		res, err := takeScript.Run(ctx, c.rdb, keys, args...).Slice()
 		return c.takeReply(ctx, queue, res, err, sent, 0, report)
