@@ -25,10 +25,11 @@ const (
 )
 
 // conn is the Client's Redis connection. Every script (FCALL, or EVALSHA
-// and EVAL: see functions.go) and every RPUSH goes through it: it retries what Redis refused without running (a
-// Cluster slot in migration, a failover in progress) and, when
-// Config.Replicas is set, waits for replicas after each write. Everything
-// else passes straight to the user's client.
+// and EVAL: see functions.go) and every RPUSH goes through it: it retries
+// what Redis refused without running (a Cluster slot in migration, a
+// failover in progress) and, when Config.Replicas is set, waits for
+// replicas after each write. Everything else passes straight to the
+// user's client.
 type conn struct {
 	redis.UniversalClient
 	// blocking carries BLMOVE; the user's client unless
