@@ -17,8 +17,8 @@ import (
 // library (FCALL). A server without the library (never loaded, FUNCTION
 // FLUSH, a restart without persistence, a new Cluster master) answers
 // "Function not found" without running anything: the Client then loads
-// the library on the node that answered for the call's first key and
-// calls again, once. Where FCALL itself is refused (ACL, Redis before 7,
+// the library on the master of the call's first key (the server itself
+// unless on a Cluster) and calls again, once. Where FCALL itself is refused (ACL, Redis before 7,
 // a command renamed away), it runs the script's own text with EVALSHA for
 // good; where the library is missing and it may not load it, it uses
 // EVALSHA for missingRecheck before calling the library again (another
@@ -49,7 +49,8 @@ type funcState struct {
 
 // fcalls reports whether the next script call is an FCALL.
 func (f *funcState) fcalls() bool {
-	return !f.off.Load() && time.Now().UnixNano() >= f.missingUntil.Load()
+	u := f.missingUntil.Load()
+	return !f.off.Load() && (u == 0 || time.Now().UnixNano() >= u)
 }
 
 // turnOff makes every later call EVALSHA, after FCALL was refused.
@@ -80,7 +81,7 @@ func functionMissing(err error) bool {
 
 // notRun reports whether a script call's error says that the server ran
 // nothing because it lacks the script or refuses FCALL: the call can be
-// made again, the way run chooses.
+// made again, the way Run chooses.
 func notRun(err error) bool {
 	return functionMissing(err) || fcallRefused(err) || redis.HasErrorPrefix(err, "NOSCRIPT")
 }
@@ -120,9 +121,10 @@ func (s *script) queue(ctx context.Context, c *conn, pipe redis.Cmdable, keys []
 	return pipe.EvalSha(ctx, s.Hash(), keys, args...)
 }
 
-// prepareRerun acts on a notRun error of a queued call (see queue) before the
-// call runs again with Run: FCALL refused turns FCALL off, a missing
-// function loads the library, so that Run does not find either again.
+// prepareRerun acts on a notRun error of a queued call (see queue)
+// before the call runs again with Run: FCALL refused turns FCALL off, a
+// missing function loads the library, so that Run does not find either
+// again.
 func (c *conn) prepareRerun(ctx context.Context, err error, keys []string) {
 	switch {
 	case fcallRefused(err):
