@@ -298,3 +298,33 @@ func TestFunctionsCluster(t *testing.T) {
 		}
 	}
 }
+
+// TestFunctionsOutOfMemory: out of memory, Redis refuses a function that
+// writes before it runs (nothing changes), and runs the read-only ones.
+func TestFunctionsOutOfMemory(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil, "--maxmemory-policy", "noeviction")
+	ctx := t.Context()
+	b.push(t, "oom", "a", nil)
+	l := b.take(t, "oom", nil)
+	if err := b.rdb.ConfigSet(ctx, "maxmemory", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	err := l.Ack(ctx)
+	if err == nil || !strings.Contains(err.Error(), "OOM") {
+		t.Errorf("ack out of memory: %v, want OOM", err)
+	}
+	s, serr := b.c.Stats(ctx, "oom")
+	if err := b.rdb.ConfigSet(ctx, "maxmemory", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if serr != nil || s.InFlight != 1 {
+		t.Errorf("stats out of memory: %+v, %v; want 1 in flight", s, serr)
+	}
+	if st := checkInvariants(t, b.rdb, "oom"); len(st.InFlight) != 1 {
+		t.Errorf("after the refused ack: %+v", st)
+	}
+	if err := l.Ack(ctx); err != nil {
+		t.Errorf("ack with memory: %v", err)
+	}
+}
