@@ -15,7 +15,8 @@ import (
 
 // TestScriptsLoad: every embedded script is lines of lib.lua, in order,
 // then "\n" + <op>.lua; it loads with SCRIPT LOAD under the SHA1 of that
-// text, and is the script ackd runs.
+// text, and is the script ackd runs where it falls back to EVALSHA (the
+// library's functions are checked by TestLibraryFormat).
 func TestScriptsLoad(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
@@ -66,7 +67,7 @@ func TestScriptsLoad(t *testing.T) {
 	for name, hash := range scripts {
 		sum := sha1.Sum([]byte(src[name]))
 		if hash != hex.EncodeToString(sum[:]) {
-			t.Errorf("the %s script ackd runs is not Scripts()[%s]", name, name)
+			t.Errorf("the %s script ackd runs with EVALSHA is not Scripts()[%s]", name, name)
 		}
 	}
 	// Scripts returns a copy.
