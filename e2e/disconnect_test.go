@@ -4,8 +4,6 @@ package e2e
 
 import (
 	"bytes"
-	"crypto/sha1"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"sync"
@@ -134,8 +132,8 @@ func (p *replyCutter) pipe(client net.Conn) {
 // plain producer (raw payloads, which get their id from the take).
 func TestTakeReplyLost(t *testing.T) {
 	t.Parallel()
-	takeSHA := sha1.Sum([]byte(lease.Scripts()["take"]))
-	marker := []byte(hex.EncodeToString(takeSHA[:]))
+	// The take runs as FCALL of the library's take function.
+	marker := []byte(lease.Library().Functions["take"])
 
 	run := func(t *testing.T, push func(e *env) []string) {
 		e := setup(t)
@@ -150,9 +148,10 @@ func TestTakeReplyLost(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// Load the script first: otherwise the reply cut would be that of
-		// an EVALSHA refused with NOSCRIPT, which ran nothing.
-		if err := rdb.ScriptLoad(ctx, lease.Scripts()["take"]).Err(); err != nil {
+		// Load the library first (the daemon has, at start): otherwise the
+		// reply cut could be that of an FCALL of a missing function, which
+		// ran nothing.
+		if err := lc.LoadFunctions(ctx); err != nil {
 			t.Fatal(err)
 		}
 		proxy.arm(marker)

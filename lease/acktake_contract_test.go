@@ -180,14 +180,14 @@ func TestAckTakePausedEmptyAndScriptFlush(t *testing.T) {
 	if _, err := b.c.Resume(ctx, q); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.rdb.ScriptFlush(ctx).Err(); err != nil {
+	if err := flushScripts(ctx, b.rdb); err != nil {
 		t.Fatal(err)
 	}
 	taken, errs, err = b.c.ackTake(ctx, q, nil, 5, 0)
 	if err != nil || len(errs) != 0 || len(taken) != 1 || string(taken[0].Payload) != "b" {
 		t.Fatalf("ackTake after SCRIPT FLUSH = %v, %v, %v; want b", ids(taken), errs, err)
 	}
-	if err := b.rdb.ScriptFlush(ctx).Err(); err != nil {
+	if err := flushScripts(ctx, b.rdb); err != nil {
 		t.Fatal(err)
 	}
 	blmoves := commandStats(t, b.rdb)["blmove"]

@@ -169,7 +169,7 @@ func TestAckTakeResent(t *testing.T) {
 	args := []any{2, 0, 60000, 10, WakeChannel, q, MaxPayloadDefault, 1, 0, tokens[0], rawIDs[0], tokens[1], rawIDs[1], done.ID, done.Token}
 	var runs [2]takeResult
 	for r := range runs {
-		res, err := takeScript.Run(ctx, b.rdb, keys, args...).Slice()
+		res, err := takeScript.Run(ctx, b.c.rdb, keys, args...).Slice()
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -23,6 +23,9 @@ import (
 
 // aclSetup reads the users of docs/SECURITY.md and starts a server with a
 // client of the default user (allowed everything) for seeding and audits.
+// That client runs its scripts with EVALSHA: it never loads the function
+// library, so that each test decides whether the library is there when a
+// role's operation runs.
 func aclSetup(t *testing.T) (map[string]acldoc.User, *redistest.Server, *Client) {
 	t.Helper()
 	users, err := acldoc.Read("../docs/SECURITY.md")
@@ -34,7 +37,23 @@ func aclSetup(t *testing.T) (map[string]acldoc.User, *redistest.Server, *Client)
 	if err != nil {
 		t.Fatal(err)
 	}
+	admin.rdb.fn.off.Store(true)
 	return users, srv, admin
+}
+
+// withLibrary loads the function library (as the daemon does at start)
+// or, if !loaded, removes it (as FUNCTION FLUSH or a restart does).
+func withLibrary(t *testing.T, admin *Client, loaded bool) {
+	t.Helper()
+	var err error
+	if loaded {
+		err = admin.LoadFunctions(t.Context())
+	} else {
+		err = admin.rdb.FunctionFlush(t.Context()).Err()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
 }
 
 // placement is where every message of one queue is, read atomically:
@@ -589,23 +608,26 @@ func (e *aclEnv) userScanStats() error {
 	return want(slices.Contains(qs, e.queue) && s.Ready == 1, "queues %v, stats %+v", qs, s)
 }
 
-// runACLOp runs op on a fresh queue with user as the role's client.
-func runACLOp(t *testing.T, admin *Client, user *redis.Client, queue string, op aclOp) (aclCounts, []string, error) {
+// runACLOp runs op on a fresh queue with user as the role's client, and
+// reports whether that client ended up running its scripts with EVALSHA.
+func runACLOp(t *testing.T, admin *Client, user *redis.Client, queue string, op aclOp) (c aclCounts, why []string, evalsha bool, opErr error) {
 	t.Helper()
 	uc, err := New(user, &Config{MaxPayload: 1024})
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := &aclEnv{t: t, queue: queue, admin: admin, adminDB: admin.rdb.UniversalClient.(*redis.Client), user: uc, vanish: map[string]bool{}}
-	opErr := op.run(e)
-	c, why := e.audit()
-	return c, why, opErr
+	opErr = op.run(e)
+	c, why = e.audit()
+	return c, why, !uc.rdb.fn.fcalls(), opErr
 }
 
 // TestACLRoles runs every operation of each role as the user that
 // docs/SECURITY.md defines for it, for every queue and for one queue: each
-// succeeds, leaves every message in exactly one place, and Redis refuses
-// nothing (its ACL LOG stays empty).
+// succeeds, leaves every message in exactly one place, runs its scripts
+// as functions (FCALL), and Redis refuses nothing (its ACL LOG stays
+// empty). The function library is there, as the daemon loads it at
+// start, except for the daemon's own operations, which load it.
 func TestACLRoles(t *testing.T) {
 	t.Parallel()
 	roles, srv, admin := aclSetup(t)
@@ -620,9 +642,13 @@ func TestACLRoles(t *testing.T) {
 			if strings.HasSuffix(r.Name, "-orders") {
 				queue = "orders"
 			}
-			c, why, err := runACLOp(t, admin, user, queue, op)
+			withLibrary(t, admin, r.Role != "daemon")
+			c, why, evalsha, err := runACLOp(t, admin, user, queue, op)
 			if err != nil {
 				t.Errorf("%s: %s: %v", r.Name, op.name, err)
+			}
+			if evalsha {
+				t.Errorf("%s: %s: fell back to EVALSHA", r.Name, op.name)
 			}
 			if c != (aclCounts{}) {
 				t.Errorf("%s: %s: %+v: %v", r.Name, op.name, c, why)
@@ -641,12 +667,15 @@ func TestACLRoles(t *testing.T) {
 // rights removed in turn. An operation may fail then, but every message
 // must still be in exactly one place: Redis keeps the writes a script made
 // before a refused command, so a script that removed a message before
-// writing its new place would lose it.
+// writing its new place would lose it. The function library is missing
+// before each operation: a role that may load it does, the others (and
+// any without FCALL) fall back to EVALSHA; the table counts the
+// operations whose client ran its scripts with EVALSHA in the end.
 func TestACLLeaveOneOut(t *testing.T) {
 	t.Parallel()
 	roles, srv, admin := aclSetup(t)
 	var table strings.Builder
-	fmt.Fprintf(&table, "%-9s %-26s %5s %5s %5s %6s\n", "role", "removed", "lost", "dup", "misp", "failed")
+	fmt.Fprintf(&table, "%-9s %-26s %5s %5s %5s %6s %7s\n", "role", "removed", "lost", "dup", "misp", "failed", "evalsha")
 	n := 0
 	for _, role := range acldoc.Roles {
 		r := roles["ackd-"+role]
@@ -654,13 +683,17 @@ func TestACLLeaveOneOut(t *testing.T) {
 			grant := v.removed
 			user := srv.SetUser(t, r.Name, r.Password, v.rules...)
 			var sum aclCounts
-			failed := 0
+			failed, fallbacks := 0, 0
 			for _, op := range aclOps {
 				if op.role != role {
 					continue
 				}
 				n++
-				c, why, err := runACLOp(t, admin, user, fmt.Sprintf("loo.%d", n), op)
+				withLibrary(t, admin, false)
+				c, why, evalsha, err := runACLOp(t, admin, user, fmt.Sprintf("loo.%d", n), op)
+				if evalsha {
+					fallbacks++
+				}
 				if err != nil {
 					failed++
 					if !errors.Is(err, ErrNoPermission) {
@@ -674,7 +707,7 @@ func TestACLLeaveOneOut(t *testing.T) {
 					t.Errorf("%s without %s: %s (err %v): %s", role, grant, op.name, err, strings.Join(why, "; "))
 				}
 			}
-			fmt.Fprintf(&table, "%-9s %-26s %5d %5d %5d %6d\n", role, grant, sum.lost, sum.duplicated, sum.misplaced, failed)
+			fmt.Fprintf(&table, "%-9s %-26s %5d %5d %5d %6d %7d\n", role, grant, sum.lost, sum.duplicated, sum.misplaced, failed, fallbacks)
 			_ = srv.ACLLog(t)
 		}
 	}

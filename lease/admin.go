@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/redis/go-redis/v9"
 )
 
 // The operations in this file are for operators and their tools (the ackd
@@ -85,36 +84,18 @@ func (c *Client) StatsMany(ctx context.Context, queues []string) (stats []Stats,
 			todo = append(todo, i)
 		}
 	}
-	// EVALSHA first; queues whose server lacks the script get EVAL.
-	for _, load := range []bool{false, true} {
-		if len(todo) == 0 {
-			break
+	calls := make([]scriptCall, len(todo))
+	for j, i := range todo {
+		calls[j] = scriptCall{statsScript, statsKeys(queues[i]), []any{headBytes}}
+	}
+	for j, cmd := range c.rdb.runPipelined(ctx, calls) {
+		i := todo[j]
+		v, err := cmd.Slice()
+		if err != nil {
+			errs[i] = fmt.Errorf("lease: stats of %s: %w", queues[i], convertErr(err))
+			continue
 		}
-		cmds := make([]*redis.Cmd, len(todo))
-		_, _ = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for j, i := range todo {
-				if load {
-					cmds[j] = statsScript.Eval(ctx, p, statsKeys(queues[i]), headBytes)
-				} else {
-					cmds[j] = statsScript.EvalSha(ctx, p, statsKeys(queues[i]), headBytes)
-				}
-			}
-			return nil
-		})
-		var again []int
-		for j, i := range todo {
-			v, err := cmds[j].Slice()
-			if err != nil && !load && redis.HasErrorPrefix(err, "NOSCRIPT") {
-				again = append(again, i)
-				continue
-			}
-			if err != nil {
-				errs[i] = fmt.Errorf("lease: stats of %s: %w", queues[i], convertErr(err))
-				continue
-			}
-			stats[i], errs[i] = parseStats(queues[i], v)
-		}
-		todo = again
+		stats[i], errs[i] = parseStats(queues[i], v)
 	}
 	return stats, errs
 }

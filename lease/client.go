@@ -50,9 +50,11 @@ type Config struct {
 	// to 1 MiB.
 	MaxPayload int
 	// Logger receives the client's few log lines (malformed data found in
-	// Redis) and Consume's reports of handler errors and panics. Defaults
-	// to discarding the former; Consume then logs through slog.Default(),
-	// so that failing handlers are never silent.
+	// Redis; that it runs its scripts with EVALSHA because Redis refuses
+	// FCALL or FUNCTION LOAD, once) and Consume's reports of handler
+	// errors and panics. Defaults to discarding the former; Consume then
+	// logs through slog.Default(), so that failing handlers are never
+	// silent.
 	Logger *slog.Logger
 
 	// RetryWindow bounds how long a command that Redis refused without

@@ -36,12 +36,12 @@ func commandStats(t *testing.T, rdb *redis.Client) map[string]int64 {
 }
 
 // callsInScripts is how many Redis commands ran between two snapshots,
-// not counting the EVAL/EVALSHA calls themselves and the snapshots' INFO.
+// not counting the script calls themselves (FCALL, EVALSHA, EVAL) and the snapshots' INFO.
 func callsInScripts(before, after map[string]int64) (n int64, by map[string]int64) {
 	by = map[string]int64{}
 	for name, c := range after {
 		switch name {
-		case "evalsha", "eval", "info", "script|load":
+		case "fcall", "function|load", "evalsha", "eval", "info", "script|load":
 			continue
 		}
 		if d := c - before[name]; d > 0 {

@@ -193,6 +193,15 @@
 //	ackd:{q}:paused       STRING exists while the queue is paused (value: since when, ms)
 //	ackd:queues           SET   every queue name (the registry)
 //
+// # Scripts
+//
+// The scripts run as functions of one Redis function library (FCALL),
+// which a Client loads on a node that lacks it, if its Redis user may
+// (FUNCTION LOAD); the daemon loads it on every master at start
+// (LoadFunctions). Where Redis refuses FCALL or the library cannot be
+// loaded, a Client runs the same scripts with EVALSHA, and logs that once.
+// Library and Scripts export both forms.
+//
 // docs/PROTOCOL.md gives every format and every script's contract, for
 // clients in other languages.
 package lease

@@ -1,6 +1,7 @@
 package lease
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -469,4 +470,14 @@ func background(f func()) (wait func()) {
 		f()
 	}()
 	return func() { <-done }
+}
+
+// flushScripts makes the server forget ackd's scripts and its function
+// library (SCRIPT FLUSH, FUNCTION FLUSH), as a restart without
+// persistence does.
+func flushScripts(ctx context.Context, rdb redis.Cmdable) error {
+	if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+		return err
+	}
+	return rdb.FunctionFlush(ctx).Err()
 }

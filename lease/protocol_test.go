@@ -15,7 +15,8 @@ import (
 
 // TestScriptsLoad: every embedded script is lines of lib.lua, in order,
 // then "\n" + <op>.lua; it loads with SCRIPT LOAD under the SHA1 of that
-// text, and is the script ackd runs.
+// text, and is the script ackd runs where it falls back to EVALSHA (the
+// library's functions are checked by TestLibraryFormat).
 func TestScriptsLoad(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
@@ -66,7 +67,7 @@ func TestScriptsLoad(t *testing.T) {
 	for name, hash := range scripts {
 		sum := sha1.Sum([]byte(src[name]))
 		if hash != hex.EncodeToString(sum[:]) {
-			t.Errorf("the %s script ackd runs is not Scripts()[%s]", name, name)
+			t.Errorf("the %s script ackd runs with EVALSHA is not Scripts()[%s]", name, name)
 		}
 	}
 	// Scripts returns a copy.
@@ -331,5 +332,65 @@ func TestProtocolRedisCLI(t *testing.T) {
 	}
 	if d, err := lc.DeadLetters(t.Context(), c.queue, 0, 10); err != nil || len(d) != 1 || d[0].Reason != ReasonKilled || string(d[0].Payload) != "env|payload" || d[0].Failures != 1 {
 		t.Errorf("DeadLetters = %+v, %v", d, err)
+	}
+}
+
+// TestProtocolFunctions loads the scripts as a function library, built
+// as docs/PROTOCOL.md says under a name of the client's own, and as
+// lease.Library() exports it, with redis-cli alone, and takes, reads and
+// acks a message with FCALL of either.
+func TestProtocolFunctions(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	c := &cli{t: t, addr: srv.Addr(), queue: "protofn"}
+	lib, err := os.ReadFile("lua/lib.lua")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const name = "myackd"
+	code := "#!lua name=" + name + "\nlocal KEYS, ARGV\n" + string(lib)
+	for _, op := range []string{"take", "ack", "extend", "nack", "deadletter", "fail", "release", "push", "sweep", "replay", "purge", "pause", "stats", "peek"} {
+		body, err := os.ReadFile("lua/" + op + ".lua")
+		if err != nil {
+			t.Fatal(err)
+		}
+		flags := "{}"
+		if op == "stats" || op == "peek" {
+			flags = "{'no-writes'}"
+		}
+		code += "\nredis.register_function{function_name='" + name + "_" + op + "', callback=function(k, a) KEYS, ARGV = k, a\n" +
+			string(body) + "end, flags=" + flags + "}\n"
+	}
+	if out := c.run("FUNCTION", "LOAD", code); out != name {
+		t.Fatalf("FUNCTION LOAD of the document's library = %q", out)
+	}
+	ackd := Library()
+	if out := c.run("FUNCTION", "LOAD", ackd.Code); out != ackd.Name {
+		t.Fatalf("FUNCTION LOAD of lease.Library() = %q", out)
+	}
+	if out := c.run("FUNCTION", "LOAD", ackd.Code); !strings.Contains(out, "already exists") {
+		t.Fatalf("FUNCTION LOAD again = %q, want already exists", out)
+	}
+
+	c.lines("RPUSH", c.key("ready"), "hello")
+	token, id := newToken(t), "cli-"+newToken(t)
+	out := c.lines("FCALL", name+"_take", "10",
+		c.key("ready"), c.key("claim"), c.key("leases"), c.key("deadlines"), c.key("delayed"),
+		c.key("dead"), c.key("deadmsgs"), c.key("paused"), c.key("counts"), c.key("lease:"+token),
+		"1", "0", "30000", "10", "ackd:wake", c.queue, "1048576", "0", "0", token, id)
+	if len(out) != 10 || out[0] != "1" || out[4] != id || out[5] != token || out[9] != "hello" {
+		t.Fatalf("FCALL take = %q", out)
+	}
+	stats := c.lines("FCALL", ackd.Functions["stats"], "7", c.key("ready"), c.key("claim"), c.key("deadlines"),
+		c.key("delayed"), c.key("dead"), c.key("paused"), c.key("counts"), strconv.Itoa(headBytes))
+	if len(stats) != 13 {
+		t.Fatalf("FCALL stats = %q", stats)
+	}
+	if out := c.lines("FCALL", ackd.Functions["ack"], "4", c.key("leases"), c.key("deadlines"), c.key("counts"), c.key("lease:"+token), id, token); out[0] != "1" {
+		t.Fatalf("FCALL ack = %q, want 1", out)
+	}
+	st := checkInvariants(t, srv.Client(t), c.queue)
+	if len(st.InFlight)+len(st.Ready)+len(st.Dead)+len(st.Delayed) != 0 {
+		t.Errorf("after take and ack: %+v", st)
 	}
 }

@@ -1,7 +1,9 @@
 package lease
 
 import (
+	"crypto/sha1"
 	_ "embed"
+	"encoding/hex"
 	"fmt"
 	"maps"
 	"regexp"
@@ -46,16 +48,8 @@ var (
 	peekLua string
 )
 
-// sources holds each script's full text, as loaded (see assemble).
-var sources = map[string]string{}
-
 // scriptLib is lib.lua cut into its top-level definitions.
 var scriptLib = splitLib(libLua)
-
-func newScript(name, body string) *redis.Script {
-	sources[name] = scriptLib.assemble(body)
-	return redis.NewScript(sources[name])
-}
 
 // A script's text is lib.lua's header comment, the definitions of lib.lua
 // that the script uses (directly, or through another definition it uses),
@@ -248,27 +242,146 @@ func skipLong(src string, i, n int) int {
 	return len(src)
 }
 
+// scriptDefs lists the scripts in the library's order. readOnly ones
+// write nothing: their functions carry the no-writes flag, so Redis runs
+// them also when it is out of memory, as it runs read-only EVALSHA calls.
+var scriptDefs = []struct {
+	name, body string
+	readOnly   bool
+}{
+	{"take", takeLua, false},
+	{"ack", ackLua, false},
+	{"extend", extendLua, false},
+	{"nack", nackLua, false},
+	{"deadletter", deadletterLua, false},
+	{"sweep", sweepLua, false},
+	{"push", pushLua, false},
+	{"replay", replayLua, false},
+	{"purge", purgeLua, false},
+	{"release", releaseLua, false},
+	{"fail", failLua, false},
+	{"pause", pauseLua, false},
+	{"stats", statsLua, true},
+	{"peek", peekLua, true},
+}
+
+// library holds every script, both as a function of one Redis function
+// library and as its own text for EVALSHA.
+var library = newFuncLib()
+
 var (
-	takeScript       = newScript("take", takeLua)
-	ackScript        = newScript("ack", ackLua)
-	extendScript     = newScript("extend", extendLua)
-	nackScript       = newScript("nack", nackLua)
-	deadletterScript = newScript("deadletter", deadletterLua)
-	sweepScript      = newScript("sweep", sweepLua)
-	pushScript       = newScript("push", pushLua)
-	replayScript     = newScript("replay", replayLua)
-	purgeScript      = newScript("purge", purgeLua)
-	releaseScript    = newScript("release", releaseLua)
-	failScript       = newScript("fail", failLua)
-	pauseScript      = newScript("pause", pauseLua)
-	statsScript      = newScript("stats", statsLua)
-	peekScript       = newScript("peek", peekLua)
+	takeScript       = library.scripts["take"]
+	ackScript        = library.scripts["ack"]
+	extendScript     = library.scripts["extend"]
+	nackScript       = library.scripts["nack"]
+	deadletterScript = library.scripts["deadletter"]
+	sweepScript      = library.scripts["sweep"]
+	pushScript       = library.scripts["push"]
+	replayScript     = library.scripts["replay"]
+	purgeScript      = library.scripts["purge"]
+	releaseScript    = library.scripts["release"]
+	failScript       = library.scripts["fail"]
+	pauseScript      = library.scripts["pause"]
+	statsScript      = library.scripts["stats"]
+	peekScript       = library.scripts["peek"]
 )
 
+// script is one of ackd's scripts. Run calls it as a function of the
+// library (FCALL) where the server allows, else by its own text
+// (EVALSHA, then EVAL on NOSCRIPT: the embedded redis.Script).
+type script struct {
+	*redis.Script
+	name string
+	fn   string // its function's name in the library
+}
+
+// funcLib is ackd's function library: every script, built once.
+type funcLib struct {
+	name    string             // ackd_ and 12 hex digits of the code's hash
+	code    string             // FUNCTION LOAD's argument
+	sources map[string]string  // each script's own text (Scripts)
+	scripts map[string]*script // by name
+}
+
+// The library's code is
+//
+//	#!lua name=<name>
+//	local KEYS, ARGV
+//	<lib.lua, whole>
+//	redis.register_function{function_name='<name>_<op>', callback=function(k, a) KEYS, ARGV = k, a
+//	<op>.lua
+//	end, flags={...}}
+//
+// for each script in scriptDefs' order, flags {'no-writes'} for the
+// read-only ones and {} for the others. Redis runs lib.lua once, when it
+// loads the library; each call then runs only its script's body, with
+// KEYS and ARGV set as EVALSHA sets them. The name is "ackd_" and the
+// first 12 hex digits of the SHA1 of the code built with the name "ackd":
+// a library and its function names differ with every change to a script,
+// so clients of two ackd versions can share one Redis, each with its own.
+func newFuncLib() *funcLib {
+	sum := sha1.Sum([]byte(libraryCode("ackd")))
+	l := &funcLib{
+		name:    "ackd_" + hex.EncodeToString(sum[:6]),
+		sources: map[string]string{},
+		scripts: map[string]*script{},
+	}
+	l.code = libraryCode(l.name)
+	for _, d := range scriptDefs {
+		l.sources[d.name] = scriptLib.assemble(d.body)
+		l.scripts[d.name] = &script{Script: redis.NewScript(l.sources[d.name]), name: d.name, fn: l.name + "_" + d.name}
+	}
+	return l
+}
+
+// libraryCode is the library's code under name.
+func libraryCode(name string) string {
+	var b strings.Builder
+	b.WriteString("#!lua name=" + name + "\n")
+	b.WriteString("local KEYS, ARGV\n")
+	b.WriteString(libLua)
+	for _, d := range scriptDefs {
+		flags := "{}"
+		if d.readOnly {
+			flags = "{'no-writes'}"
+		}
+		fmt.Fprintf(&b, "\nredis.register_function{function_name='%s_%s', callback=function(k, a) KEYS, ARGV = k, a\n", name, d.name)
+		b.WriteString(d.body)
+		if !strings.HasSuffix(d.body, "\n") {
+			b.WriteString("\n")
+		}
+		fmt.Fprintf(&b, "end, flags=%s}\n", flags)
+	}
+	return b.String()
+}
+
 // Scripts returns the source of every script by name ("take", "ack", ...),
-// exactly as ackd loads it: lib.lua's header and the parts of lib.lua the
-// script uses, a newline, then the script (see docs/PROTOCOL.md). Clients
-// in other languages can SCRIPT LOAD these (see docs/PROTOCOL.md).
+// exactly as ackd sends it to EVALSHA and EVAL where it cannot call its
+// function library (see Library): lib.lua's header and the parts of
+// lib.lua the script uses, a newline, then the script (see
+// docs/PROTOCOL.md). Clients in other languages can SCRIPT LOAD these.
 func Scripts() map[string]string {
-	return maps.Clone(sources)
+	return maps.Clone(library.sources)
+}
+
+// FunctionLibrary is ackd's scripts as one Redis 7 function library, as
+// ackd loads it (see docs/PROTOCOL.md, "Loading the scripts").
+type FunctionLibrary struct {
+	// Name is the library's name: "ackd_" and 12 hex digits that change
+	// with the code.
+	Name string
+	// Code is the argument of FUNCTION LOAD.
+	Code string
+	// Functions maps each script's name ("take", as in Scripts) to its
+	// function's name, the first argument of FCALL.
+	Functions map[string]string
+}
+
+// Library returns ackd's function library.
+func Library() FunctionLibrary {
+	fl := FunctionLibrary{Name: library.name, Code: library.code, Functions: map[string]string{}}
+	for name, s := range library.scripts {
+		fl.Functions[name] = s.fn
+	}
+	return fl
 }

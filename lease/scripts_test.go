@@ -1,7 +1,9 @@
 package lease
 
 import (
+	"crypto/sha1"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -124,19 +126,19 @@ func TestScriptsDeterministic(t *testing.T) {
 		"sweep": sweepLua, "push": pushLua, "replay": replayLua, "purge": purgeLua, "release": releaseLua,
 		"fail": failLua, "pause": pauseLua, "stats": statsLua, "peek": peekLua,
 	}
-	if !slices.Equal(slices.Sorted(maps.Keys(bodies)), slices.Sorted(maps.Keys(sources))) {
-		t.Fatalf("scripts %v, want %v", slices.Sorted(maps.Keys(sources)), slices.Sorted(maps.Keys(bodies)))
+	if !slices.Equal(slices.Sorted(maps.Keys(bodies)), slices.Sorted(maps.Keys(library.sources))) {
+		t.Fatalf("scripts %v, want %v", slices.Sorted(maps.Keys(library.sources)), slices.Sorted(maps.Keys(bodies)))
 	}
 	for range 20 {
 		l := splitLib(libLua)
 		for name, body := range bodies {
-			if l.assemble(body) != sources[name] {
+			if l.assemble(body) != library.sources[name] {
 				t.Fatalf("%s: assembled twice, two texts", name)
 			}
 		}
 	}
 	// ack, the smallest hot-path script, leaves out what it does not use.
-	if strings.Contains(sources["ack"], "local function parse_env(") {
+	if strings.Contains(library.sources["ack"], "local function parse_env(") {
 		t.Error("the ack script carries parse_env, which it does not use")
 	}
 }
@@ -174,10 +176,20 @@ func TestScriptsHaveTheirHelpers(t *testing.T) {
 		}
 		return missing
 	}
-	for name, text := range sources {
+	for name, text := range library.sources {
 		if missing := globals(name, text); len(missing) > 0 {
 			t.Errorf("the %s script uses %v from lib.lua without defining them", name, missing)
 		}
+	}
+	// The library: every helper and KEYS and ARGV are its locals, not
+	// globals (Redis runs its code, minus the shebang line, as a chunk).
+	_, code, _ := strings.Cut(library.code, "\n")
+	if missing := globals("library", code); len(missing) > 0 {
+		t.Errorf("the library uses %v from lib.lua without defining them", missing)
+	}
+	helpers["KEYS"], helpers["ARGV"] = true, true
+	if missing := globals("library", code); len(missing) > 0 {
+		t.Errorf("the library reads or writes %v as globals", missing)
 	}
 	// The check sees a helper left out: take.lua alone, without lib.lua.
 	if missing := globals("take.lua", takeLua); !slices.Contains(missing, "take_env") || !slices.Contains(missing, "MARK") {
@@ -276,5 +288,47 @@ func (r *luaDump) function(out *[]string) {
 	}
 	for n := r.int(); n > 0 && r.err == nil; n-- {
 		r.str() // upvalue's name
+	}
+}
+
+// TestLibraryFormat: the library's name is "ackd_" and 12 hex digits of
+// the SHA1 of its code under the name "ackd", its code is that code under
+// its name, and each script's function is <name>_<script>; the read-only
+// scripts carry no-writes.
+func TestLibraryFormat(t *testing.T) {
+	t.Parallel()
+	sum := sha1.Sum([]byte(libraryCode("ackd")))
+	l := Library()
+	if want := "ackd_" + hex.EncodeToString(sum[:])[:12]; l.Name != want {
+		t.Errorf("name %s, want %s", l.Name, want)
+	}
+	if l.Code != libraryCode(l.Name) || !strings.HasPrefix(l.Code, "#!lua name="+l.Name+"\nlocal KEYS, ARGV\n"+libLua) {
+		t.Error("the code is not libraryCode(name): shebang, KEYS and ARGV, lib.lua, the functions")
+	}
+	if !slices.Equal(slices.Sorted(maps.Keys(l.Functions)), slices.Sorted(maps.Keys(Scripts()))) {
+		t.Errorf("functions %v, want one per script", l.Functions)
+	}
+	for name, fn := range l.Functions {
+		flags := "{}"
+		if name == "stats" || name == "peek" {
+			flags = "{'no-writes'}"
+		}
+		body := map[string]string{}
+		for _, d := range scriptDefs {
+			body[d.name] = d.body
+		}
+		want := "\nredis.register_function{function_name='" + fn + "', callback=function(k, a) KEYS, ARGV = k, a\n" +
+			body[name] + "end, flags=" + flags + "}\n"
+		if fn != l.Name+"_"+name || !strings.Contains(l.Code, want) {
+			t.Errorf("%s: function %s is not the wrapped %s.lua with flags %s", name, fn, name, flags)
+		}
+	}
+	// A different library gets another name.
+	if libraryCode("ackd") == libraryCode("ackd_x") {
+		t.Error("the name is not in the code")
+	}
+	l.Functions["take"] = "changed"
+	if Library().Functions["take"] == "changed" {
+		t.Error("Library() returned the package's own map")
 	}
 }

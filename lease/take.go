@@ -271,20 +271,22 @@ func (c *Client) runTake(ctx context.Context, queue string, k Keys, n int, lease
 // take until BLMOVE returns, then runs it at once, so a pushed message
 // reaches a waiting consumer in one round trip. go-redis reads a
 // pipeline's replies with the client's read timeout, which blockFor keeps
-// block well below. A take Redis refused without running it (NOSCRIPT, a
-// Cluster redirect, a failover) runs again the usual way; the element
-// BLMOVE parked is on the claim list, which takes drain first.
+// block well below. A take Redis refused without running it (a missing
+// function or script, FCALL refused, a Cluster redirect, a failover) runs
+// again the usual way, which loads the library or falls back to EVALSHA;
+// the element BLMOVE parked is on the claim list, which takes drain first.
 func (c *Client) blockAndTake(ctx context.Context, queue string, k Keys, n int, leaseFor, block time.Duration, report bool) (takeResult, error) {
 	keys, args := c.takeArgs(queue, k, n, leaseFor, nil, report)
 	pipe := c.rdb.blocking.Pipeline()
 	mv := pipe.Do(ctx, "blmove", k.Ready, k.Claim, "LEFT", "RIGHT", blockSeconds(block))
-	run := pipe.EvalSha(ctx, takeScript.Hash(), keys, args...)
+	run := takeScript.queue(ctx, c.rdb, pipe, keys, args...)
 	sent := time.Now()
 	_, _ = pipe.Exec(ctx) // errors are on the commands
 	err := run.Err()
-	if err != nil && (redis.HasErrorPrefix(err, "NOSCRIPT") || refused(err, c.rdb.redialable)) {
+	if err != nil && (notRun(err) || refused(err, c.rdb.redialable)) {
 		// Same tokens: should the first run have happened after all, this
 		// one answers with its leases.
+		c.rdb.prepareRerun(ctx, err, keys)
 		sent = time.Now()
 		res, err := takeScript.Run(ctx, c.rdb, keys, args...).Slice()
 		return c.takeReply(ctx, queue, res, err, sent, 0, report)

@@ -543,7 +543,7 @@ func TestTakeResent(t *testing.T) {
 	}
 	var runs [2][]*Lease
 	for r := range runs {
-		res, err := takeScript.Run(ctx, b.rdb, keys, args...).Slice()
+		res, err := takeScript.Run(ctx, b.c.rdb, keys, args...).Slice()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -593,9 +593,9 @@ func commandCalls(t *testing.T, rdb *redis.Client) map[string]int {
 // TestTakeBlockingOneRoundTrip: after an empty take, a blocking take sends
 // BLMOVE and the take script together, and Redis runs the script as soon as
 // BLMOVE returns: a message pushed to a waiting consumer costs one BLMOVE
-// and one script run, and no second take. Also after SCRIPT FLUSH: the
-// pipelined EVALSHA fails with NOSCRIPT and the take runs again, loading
-// the script, without losing the parked element.
+// and one script run, and no second take. Also after FUNCTION FLUSH: the
+// pipelined FCALL finds no function, and the take runs again after
+// loading the library, without losing the parked element.
 func TestTakeBlockingOneRoundTrip(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
@@ -604,7 +604,7 @@ func TestTakeBlockingOneRoundTrip(t *testing.T) {
 	b.noMessage(t, q) // an empty take: the next blocking one goes straight to BLMOVE
 	for _, flush := range []bool{false, true} {
 		if flush {
-			if err := b.rdb.ScriptFlush(ctx).Err(); err != nil {
+			if err := flushScripts(ctx, b.rdb); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -621,9 +621,9 @@ func TestTakeBlockingOneRoundTrip(t *testing.T) {
 			t.Fatalf("flush %v: blocking Take = %+v, %v", flush, got, err)
 		}
 		calls := commandCalls(t, b.rdb)
-		want := map[string]int{"blmove": 1, "evalsha": 1, "eval": 0}
+		want := map[string]int{"blmove": 1, "fcall": 1, "function|load": 0, "evalsha": 0}
 		if flush {
-			want = map[string]int{"blmove": 1, "evalsha": 2, "eval": 1}
+			want = map[string]int{"blmove": 1, "fcall": 2, "function|load": 1, "evalsha": 0}
 		}
 		for cmd, n := range want {
 			if calls[cmd] != n {

@@ -24,11 +24,12 @@ const (
 	retryBackoffMax = 250 * time.Millisecond
 )
 
-// conn is the Client's Redis connection. Every script and every RPUSH
-// goes through it: it retries what Redis refused without running (a
-// Cluster slot in migration, a failover in progress) and, when
-// Config.Replicas is set, waits for replicas after each write. Everything
-// else passes straight to the user's client.
+// conn is the Client's Redis connection. Every script (FCALL, or EVALSHA
+// and EVAL: see functions.go) and every RPUSH goes through it: it retries
+// what Redis refused without running (a Cluster slot in migration, a
+// failover in progress) and, when Config.Replicas is set, waits for
+// replicas after each write. Everything else passes straight to the
+// user's client.
 type conn struct {
 	redis.UniversalClient
 	// blocking carries BLMOVE; the user's client unless
@@ -47,6 +48,9 @@ type conn struct {
 	// blocking client is of another kind, or when writes must wait for
 	// replicas (the take would need its WAIT).
 	pipelineBlock time.Duration
+	// fn is what the Client knows of ackd's function library on the
+	// server: whether scripts run as FCALL or EVALSHA (functions.go).
+	fn funcState
 }
 
 func newConn(rdb redis.UniversalClient, cfg *Config) *conn {
@@ -57,6 +61,7 @@ func newConn(rdb redis.UniversalClient, cfg *Config) *conn {
 		replicas:        cfg.Replicas,
 		replicaTimeout:  cfg.ReplicaTimeout,
 	}
+	c.fn.log, c.fn.recheck = cfg.Logger, missingRecheck
 	if cfg.BlockingClient != nil {
 		c.blocking = cfg.BlockingClient
 	}

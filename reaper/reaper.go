@@ -211,6 +211,7 @@ func (r *Reaper) Run(ctx context.Context) error {
 	if r.cfg.ObserveEvents {
 		r.log.InfoContext(ctx, "keyspace events unknown until an expired event arrives: CONFIG is not used")
 	}
+	r.loadFunctions(ctx)
 
 	partsCtx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -247,6 +248,20 @@ func (r *Reaper) Run(ctx context.Context) error {
 	timeout.Stop()
 	r.log.DebugContext(ctx, "reaper stopped")
 	return fatal
+}
+
+// loadFunctions loads ackd's function library on every master, so that
+// clients whose Redis users may not load it (docs/SECURITY.md) run their
+// scripts as functions. Where it cannot, they run them with EVALSHA; a
+// node that lacks it later (a restart, a new master) gets it from the
+// first client that may load it, the Reaper's own sweeps included.
+func (r *Reaper) loadFunctions(ctx context.Context) {
+	if err := r.lc.LoadFunctions(ctx); err != nil {
+		r.log.WarnContext(ctx, "cannot load the function library: clients that may not load it run their scripts with EVALSHA",
+			"library", lease.Library().Name, "error", err.Error())
+		return
+	}
+	r.log.DebugContext(ctx, "function library loaded", "library", lease.Library().Name)
 }
 
 func firstErr(a, b error) error {

@@ -380,3 +380,24 @@ func TestForgedWakes(t *testing.T) {
 		t.Errorf("stats = %+v, want 4 wakes heard, 3 ignored, 0 dropped", st)
 	}
 }
+
+// TestLoadsFunctions: the reaper loads ackd's function library when it
+// starts, so that clients whose users may not load it find it.
+func TestLoadsFunctions(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	name := lease.Library().Name
+	has := func() bool {
+		libs, err := rdb.FunctionList(t.Context(), redis.FunctionListQuery{LibraryNamePattern: name}).Result()
+		return err == nil && len(libs) == 1
+	}
+	if has() {
+		t.Fatal("a fresh server has the library")
+	}
+	rp := start(t, rdb, nil)
+	redistest.WaitFor(t, waitLong, rp.Subscribed, "subscribed")
+	if !has() {
+		t.Errorf("no library %s after the reaper started", name)
+	}
+}

@@ -558,12 +558,12 @@ func TestCLIPauseResume(t *testing.T) {
 	// nothing while it is paused.
 	looks := func() int {
 		info, _ := b.rdb.Info(ctx, "commandstats").Result()
-		m := regexp.MustCompile(`cmdstat_evalsha:calls=(\d+)`).FindStringSubmatch(info)
-		if m == nil {
-			return 0
-		}
 		var n int
-		fmt.Sscan(m[1], &n)
+		for _, m := range regexp.MustCompile(`cmdstat_(?:fcall|evalsha):calls=(\d+)`).FindAllStringSubmatch(info, -1) {
+			var c int
+			fmt.Sscan(m[1], &c)
+			n += c
+		}
 		return n
 	}
 	start := looks()
