@@ -32,12 +32,26 @@ const (
 	BackoffBaseDefault = time.Second
 	BackoffMaxDefault  = 5 * time.Minute
 	StopTimeoutDefault = 10 * time.Second
+	PrefetchDefault    = 8
 )
 
 // ConsumeOpts configure Consume. A nil *ConsumeOpts means all defaults.
 type ConsumeOpts struct {
 	// Workers is how many handlers run at once. Defaults to 10.
 	Workers int
+	// Prefetch is how many leases Consume may hold beyond its workers,
+	// waiting for one to free up: a worker that finishes starts the next
+	// message at once, and the loop takes (and acks) in bigger batches,
+	// fewer script runs per message. Defaults to 8; a negative value
+	// turns it off (Consume holds no more leases than it has idle
+	// workers); at most MaxBatch. A buffered message's lease runs while it
+	// waits: one that has waited a third of its lease is released (back
+	// to the head of the queue, the attempt not counted) and Consume stops
+	// prefetching for a lease length, its handlers being too slow for a
+	// buffer to help. When Consume stops, or a take finds the queue
+	// paused, the buffer is released the same way. ConsumeOpts.Timeout
+	// counts from the handler's start, not from the take.
+	Prefetch int
 	// LeaseFor overrides the lease duration of every take (see
 	// TakeOpts.LeaseFor). Zero means the message's own or the Config's.
 	LeaseFor time.Duration
@@ -66,6 +80,12 @@ type ConsumeOpts struct {
 
 	// idleWait, if set, replaces idleWait (tests).
 	idleWait time.Duration
+	// now, if set, replaces time.Now for the age of buffered leases
+	// (tests).
+	now func() time.Time
+	// bufferCheck, if set, replaces the timer that releases buffered
+	// leases as they come of age (tests): each receive checks the buffer.
+	bufferCheck <-chan time.Time
 }
 
 // DefaultBackoff doubles from 1 second per attempt up to 5 minutes, with
@@ -143,6 +163,14 @@ func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts *Con
 	if o.Workers < 1 || o.Workers > MaxBatch {
 		return fmt.Errorf("%w: ConsumeOpts.Workers %d: must be 1 to %d", ErrInvalidArgument, o.Workers, MaxBatch)
 	}
+	switch {
+	case o.Prefetch == 0:
+		o.Prefetch = PrefetchDefault
+	case o.Prefetch < 0:
+		o.Prefetch = 0
+	case o.Prefetch > MaxBatch:
+		return fmt.Errorf("%w: ConsumeOpts.Prefetch %d: at most %d (negative turns it off)", ErrInvalidArgument, o.Prefetch, MaxBatch)
+	}
 	if o.LeaseFor != 0 {
 		if err := checkDuration("ConsumeOpts.LeaseFor", o.LeaseFor); err != nil {
 			return err
@@ -161,6 +189,9 @@ func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts *Con
 	}
 	if o.BackoffFunc == nil {
 		o.BackoffFunc = DefaultBackoff
+	}
+	if o.now == nil {
+		o.now = time.Now
 	}
 	for i := len(o.Middleware) - 1; i >= 0; i-- {
 		if o.Middleware[i] == nil {
@@ -343,11 +374,18 @@ func (r *consumeRun) abandon(bg context.Context, cancelAll context.CancelCauseFu
 			release = append(release, j.l)
 		}
 	}
-	for len(release) > 0 {
-		batch := release[:min(len(release), MaxBatch)]
-		release = release[len(batch):]
+	r.release(bg, release, "leases on stop")
+}
+
+// release releases ls (of unstarted or abandoned handlers), in order, and
+// reports the failures other than leases already gone; what says what
+// they are.
+func (r *consumeRun) release(bg context.Context, ls []*Lease, what string) {
+	for len(ls) > 0 {
+		batch := ls[:min(len(ls), MaxBatch)]
+		ls = ls[len(batch):]
 		if err := r.c.ReleaseBatch(bg, batch); err != nil && !onlyGone(err) {
-			r.report(nil, fmt.Errorf("release %d leases on stop: %w", len(batch), err))
+			r.report(nil, fmt.Errorf("release %d %s: %w", len(batch), what, err))
 		}
 	}
 }
@@ -356,18 +394,23 @@ func (r *consumeRun) abandon(bg context.Context, cancelAll context.CancelCauseFu
 // timer) until the first extension is due.
 func (r *consumeRun) startHeartbeat(bg context.Context, j *job, handlerEnd time.Time) {
 	l := j.l
-	// Redis set the deadline after the take script was sent: measure from
-	// then.
-	d := r.o.LeaseFor
-	if d == 0 {
-		// The message's own lease or the Config's: what Redis granted
-		// (at most one round trip too long).
-		d = l.Deadline().Sub(r.redisNow().Add(-time.Since(l.sent)))
-		if d < time.Millisecond || d > MaxLeaseFor {
-			d = r.c.cfg.LeaseFor
-		}
-	}
+	d := r.leaseLen(l)
 	j.beat = time.AfterFunc(max(d/3-time.Since(l.sent), 0), func() { r.heartbeat(bg, j, handlerEnd, d) })
+}
+
+// leaseLen is the length of l's lease, counted from l.sent: Redis set the
+// deadline after the take script was sent.
+func (r *consumeRun) leaseLen(l *Lease) time.Duration {
+	if r.o.LeaseFor != 0 {
+		return r.o.LeaseFor
+	}
+	// The message's own lease or the Config's: what Redis granted (at
+	// most one round trip too long).
+	d := l.Deadline().Sub(r.redisNow().Add(-time.Since(l.sent)))
+	if d < time.Millisecond || d > MaxLeaseFor {
+		d = r.c.cfg.LeaseFor
+	}
+	return d
 }
 
 // heartbeat extends j's lease while its handler runs, each time a third
