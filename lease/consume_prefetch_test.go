@@ -106,7 +106,7 @@ func TestConsumePrefetchPaused(t *testing.T) {
 		}
 		<-ctx.Done()
 		return ctx.Err()
-	}, &ConsumeOpts{Workers: 1, Prefetch: 4, StopTimeout: -1, ErrorFunc: errs.add})
+	}, &ConsumeOpts{Workers: 1, Prefetch: 4, LeaseFor: time.Hour, StopTimeout: -1, ErrorFunc: errs.add})
 	if got := <-started; got != ids[0] {
 		t.Fatalf("first handler got %s, want %s", got, ids[0])
 	}
@@ -159,5 +159,5 @@ func waitReady(t *testing.T, b *testBundle, queue string, n int64) {
 	redistest.WaitFor(t, 10*time.Second, func() bool {
 		got, err := b.rdb.LLen(t.Context(), KeysFor(queue).Ready).Result()
 		return err == nil && got == n
-	}, "ready list of", n)
+	}, fmt.Sprintf("ready list of %d", n))
 }

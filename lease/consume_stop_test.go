@@ -352,7 +352,7 @@ func TestConsumeStopReleasesPrefetched(t *testing.T) {
 	}
 	var errs errorLog
 	bh := newBusy(1, true)
-	cs := startConsume(t, b.c, q, bh.handle, &ConsumeOpts{Workers: 1, Prefetch: 4, StopTimeout: time.Minute, ErrorFunc: errs.add})
+	cs := startConsume(t, b.c, q, bh.handle, &ConsumeOpts{Workers: 1, Prefetch: 4, LeaseFor: time.Hour, StopTimeout: time.Minute, ErrorFunc: errs.add})
 	if l := bh.waitStarted(t, 1)[0]; l.ID != ids[0] {
 		t.Fatalf("first handler got %s, want %s", l.ID, ids[0])
 	}
