@@ -39,18 +39,28 @@ const (
 type ConsumeOpts struct {
 	// Workers is how many handlers run at once. Defaults to 10.
 	Workers int
-	// Prefetch is how many leases Consume may hold beyond its workers,
-	// waiting for one to free up: a worker that finishes starts the next
-	// message at once, and the loop takes (and acks) in bigger batches,
-	// fewer script runs per message. Defaults to 8; a negative value
-	// turns it off (Consume holds no more leases than it has idle
-	// workers); at most MaxBatch. A buffered message's lease runs while it
-	// waits: one that has waited a third of its lease is released (back
-	// to the head of the queue, the attempt not counted) and Consume stops
-	// prefetching for a lease length, its handlers being too slow for a
-	// buffer to help. When Consume stops, or a take finds the queue
-	// paused, the buffer is released the same way. ConsumeOpts.Timeout
-	// counts from the handler's start, not from the take.
+	// Prefetch is how many leases Consume may hold beyond its busy
+	// workers, in a buffer: a worker that finishes starts the next
+	// message at once, without a round trip, and the loop refills the
+	// buffer once half of it is gone, in one script run that also carries
+	// the acks waiting, so a busy consumer runs fewer, bigger takes.
+	// Defaults to PrefetchDefault (8) whatever Workers is; a negative
+	// value turns it off (Consume holds no more leases than it has
+	// workers); more than MaxBatch is an error. A process holds at most
+	// Workers + Prefetch leases: with several processes on a queue of a
+	// few messages and slow handlers, turn it down or off, so that a busy
+	// process does not sit on messages an idle one could run.
+	//
+	// A buffered lease runs while it waits, and its attempt counts. One
+	// that has waited a third of its lease (when its first extension
+	// would be due) is released: back to the head of the queue, the
+	// attempt not counted, long before it could run out and go to
+	// another consumer; Consume then prefetches nothing for a lease
+	// length, its handlers being too slow for a buffer to help. A take
+	// that finds the queue paused, and Consume's stop, release the buffer
+	// the same way, at once. A buffered lease that reaches a worker is
+	// extended from then on as usual (at once if a third of it has
+	// passed); Timeout counts from the handler's start.
 	Prefetch int
 	// LeaseFor overrides the lease duration of every take (see
 	// TakeOpts.LeaseFor). Zero means the message's own or the Config's.
@@ -101,8 +111,9 @@ func DefaultBackoff(attempt int) time.Duration {
 
 // Consume runs h on queue's messages with opts.Workers concurrent
 // handlers until ctx is cancelled. One goroutine takes messages in batches
-// as workers free up; each lease is extended in the background while its
-// handler runs, a third of the way through each extension as timed from
+// as workers free up, and up to opts.Prefetch more (8 by default) that
+// wait in a buffer for the next free worker (see ConsumeOpts.Prefetch);
+// each lease is extended in the background while its handler runs, a third of the way through each extension as timed from
 // the call that set it, on the monotonic clock. A lease's length comes
 // from ConsumeOpts.LeaseFor or from the deadline Redis returned, read
 // against Redis's own TIME: local clock skew does not shorten leases.
@@ -111,8 +122,8 @@ func DefaultBackoff(attempt int) time.Duration {
 // to that goroutine and is free at once; the acks waiting ride the next
 // take, in the same round trip and script call. Acks that no take will
 // carry soon (the queue is empty, takes fail, Consume is stopping, or the
-// take in flight has held them up for 5ms or a tenth of the lease) are
-// sent together at once, the next ones gathering while a batch is in
+// take in flight, or the prefetch buffer's next refill, has held them up
+// for 5ms or a tenth of the lease) are sent together at once, the next ones gathering while a batch is in
 // flight. An ack that had not reached Redis when the process died means
 // the message is delivered again once its lease runs out, as after any
 // crash before an ack.
@@ -138,7 +149,7 @@ func DefaultBackoff(attempt int) time.Duration {
 //
 // On cancel, Consume stops taking at once (a take under way when ctx is
 // cancelled, the wait for messages included, has its leases released
-// untouched), lets running handlers
+// untouched, and so has the prefetch buffer), lets running handlers
 // finish and settle for up to ConsumeOpts.StopTimeout, then cancels their
 // contexts, releases every lease whose handler has not returned (to the
 // head of the queue, not counted as an attempt), sends every ack still
@@ -147,7 +158,8 @@ func DefaultBackoff(attempt int) time.Duration {
 // running, but its lease is gone and its heartbeat stopped. Redis errors
 // are ridden out with backoff, never returned. Consume keeps one
 // connection blocked while the queue is empty, and uses at most two more
-// at a time besides the heartbeats' (a take, a batch of acks).
+// at a time besides the heartbeats' (a take, a batch of acks), and a
+// third now and then to release prefetched leases.
 func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts *ConsumeOpts) error {
 	if err := ValidateQueue(queue); err != nil {
 		return err

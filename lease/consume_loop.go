@@ -13,14 +13,22 @@ import (
 // Redis and at most one call of each kind is in flight:
 //
 //   - a take: ackTake of the acks waiting (the handlers that returned nil)
-//     and of as many new messages as there are free workers, in one round
-//     trip. While it is in flight, workers that finish add their acks and
-//     slots to the next one: the busier the consumer, the bigger the
+//     and of as many new messages as there are free workers plus room in
+//     the prefetch buffer (ConsumeOpts.Prefetch), in one round trip. With
+//     every worker busy, a take refills the buffer once half of it is
+//     gone, or carries acks that have waited ackDelay; a worker that
+//     finishes takes the next lease from the buffer, without a round
+//     trip. While a take is in flight, workers that finish add their acks
+//     and slots to the next one: the busier the consumer, the bigger the
 //     batches.
 //   - a flush: ackTake of acks alone, for acks that cannot ride a take
 //     soon: the queue is empty (the loop waits for messages), takes fail,
 //     Consume is stopping, or the take in flight has already held them up
 //     for ackDelay.
+//
+// The loop itself releases buffered leases (ReleaseBatch) that have
+// waited a third of their lease, those of a paused queue, and all of them
+// on stop.
 //   - an idle wait: after a take that left workers free (the queue ran
 //     dry), a blocking take (waitAndTake: BLMOVE and the take script in
 //     one round trip) of as many messages as there are free workers,
