@@ -94,7 +94,8 @@ type ConsumeOpts struct {
 	// (tests).
 	now func() time.Time
 	// bufferCheck, if set, replaces the timer that releases buffered
-	// leases as they come of age (tests): each receive checks the buffer.
+	// leases as they come of age (tests): the loop always receives from
+	// it, and each receive checks the buffer.
 	bufferCheck <-chan time.Time
 }
 

@@ -251,10 +251,10 @@ func (r *consumeRun) run(ctx context.Context) error {
 				ackDue = time.NewTimer(ackDelay - time.Since(oldest))
 			}
 		}
-		if len(buf) > 0 && ageC == nil {
+		if ageC == nil {
 			if r.o.bufferCheck != nil {
 				ageC = r.o.bufferCheck
-			} else {
+			} else if len(buf) > 0 {
 				ageAt = buf[0].by
 				for _, b := range buf[1:] {
 					if b.by.Before(ageAt) {

@@ -10,14 +10,17 @@ import (
 	"github.com/ackd/ackd/internal/redistest"
 )
 
-// sendCheck hands the loop one look at its prefetch buffer
-// (ConsumeOpts.bufferCheck) and fails if the loop is not waiting for one.
+// sendCheck has the loop look at its prefetch buffer
+// (ConsumeOpts.bufferCheck) and returns once it is done: the loop takes
+// the second send only after it has acted on the first.
 func sendCheck(t *testing.T, check chan<- time.Time) {
 	t.Helper()
-	select {
-	case check <- time.Now():
-	case <-time.After(10 * time.Second):
-		t.Fatal("the loop does not watch its buffer: nothing buffered?")
+	for range 2 {
+		select {
+		case check <- time.Now():
+		case <-time.After(30 * time.Second):
+			t.Fatal("the loop does not look at its buffer")
+		}
 	}
 }
 
@@ -52,20 +55,26 @@ func TestConsumePrefetchAgesOut(t *testing.T) {
 	if st := checkInvariants(t, b.rdb, q); len(st.InFlight) != 2 || len(st.Ready) != 0 {
 		t.Fatalf("with m1 running: in flight %v, ready %v; want m2 prefetched", st.InFlight, st.Ready)
 	}
-	// Looks before its time change nothing (the second send returns
-	// once the loop is done with the first).
-	sendCheck(t, check)
+	// A look before its time changes nothing.
 	skew.Store(int64(leaseFor/3 - time.Minute))
-	sendCheck(t, check)
 	sendCheck(t, check)
 	if st := checkInvariants(t, b.rdb, q); len(st.InFlight) != 2 {
 		t.Fatalf("released before a third of the lease: in flight %v, ready %v", st.InFlight, st.Ready)
 	}
 	skew.Store(int64(leaseFor / 3))
 	sendCheck(t, check)
-	l := b.take(t, q, &TakeOpts{Wait: 10 * time.Second})
+	st := checkInvariants(t, b.rdb, q)
+	if len(st.InFlight) != 1 || fmt.Sprint(st.Ready) != fmt.Sprint([]string{id2}) {
+		t.Fatalf("a third of the lease gone: in flight %v, ready %v; want %s released", st.InFlight, st.Ready, id2)
+	}
+	if e := st.env(t, id2); e.Attempts != 0 || e.Expiries != 0 {
+		t.Errorf("%s released: attempts %d, expiries %d; want 0", id2, e.Attempts, e.Expiries)
+	}
+	// Consume does not take it again (no prefetch for a lease length).
+	sendCheck(t, check)
+	l := b.take(t, q, nil)
 	if l.ID != id2 || l.Attempt != 1 {
-		t.Fatalf("took %s attempt %d, want %s attempt 1 (released, not counted)", l.ID, l.Attempt, id2)
+		t.Fatalf("took %s attempt %d, want %s attempt 1", l.ID, l.Attempt, id2)
 	}
 	if err := l.Ack(ctx); err != nil {
 		t.Fatal(err)
