@@ -114,8 +114,9 @@ func DefaultBackoff(attempt int) time.Duration {
 // handlers until ctx is cancelled. One goroutine takes messages in batches
 // as workers free up, and up to opts.Prefetch more (8 by default) that
 // wait in a buffer for the next free worker (see ConsumeOpts.Prefetch);
-// each lease is extended in the background while its handler runs, a third of the way through each extension as timed from
-// the call that set it, on the monotonic clock. A lease's length comes
+// each lease is extended in the background while its handler runs, a
+// third of the way through each extension as timed from the call that
+// set it, on the monotonic clock. A lease's length comes
 // from ConsumeOpts.LeaseFor or from the deadline Redis returned, read
 // against Redis's own TIME: local clock skew does not shorten leases.
 //
@@ -124,10 +125,10 @@ func DefaultBackoff(attempt int) time.Duration {
 // take, in the same round trip and script call. Acks that no take will
 // carry soon (the queue is empty, takes fail, Consume is stopping, or the
 // take in flight, or the prefetch buffer's next refill, has held them up
-// for 5ms or a tenth of the lease) are sent together at once, the next ones gathering while a batch is in
-// flight. An ack that had not reached Redis when the process died means
-// the message is delivered again once its lease runs out, as after any
-// crash before an ack.
+// for 5ms or a tenth of the lease) are sent together at once, the next
+// ones gathering while a batch is in flight. An ack that had not reached
+// Redis when the process died means the message is delivered again once
+// its lease runs out, as after any crash before an ack.
 //
 // What the handler returns decides the message's fate:
 //
