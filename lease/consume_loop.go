@@ -25,18 +25,19 @@ import (
 //     soon: the queue is empty (the loop waits for messages), takes fail,
 //     Consume is stopping, or the take in flight has already held them up
 //     for ackDelay.
-//
-// The loop itself releases buffered leases (ReleaseBatch) that have
-// waited a third of their lease, those of a paused queue, and all of them
-// on stop.
 //   - an idle wait: after a take that left workers free (the queue ran
 //     dry), a blocking take (waitAndTake: BLMOVE and the take script in
-//     one round trip) of as many messages as there are free workers,
-//     that waits until a message comes, a delayed message is due (as the
+//     one round trip) of as many messages as there are free workers
+//     (plus the buffer's room), that waits until a message comes, a delayed message is due (as the
 //     take before said), or idleWait has passed; or, when the take before
 //     found the queue paused, a pause of pausedPoll. A blocking take that
 //     leaves workers free again waits again at once; the acks that come
 //     meanwhile go out as flushes, never held up by the wait.
+//
+// The loop itself waits for Redis only to release leases no handler has
+// started (ReleaseBatch): those of a take that returned while stopping,
+// and buffered ones that have waited a third of their lease, of a paused
+// queue, or all of them on stop.
 
 // ackDelayMax bounds how long an ack waits for a take in flight before it
 // is flushed on its own; a tenth of the lease if that is shorter.
