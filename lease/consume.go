@@ -123,10 +123,11 @@ func DefaultBackoff(attempt int) time.Duration {
 // Acks are batched. A worker whose handler returned nil hands its lease
 // to that goroutine and is free at once; the acks waiting ride the next
 // take, in the same round trip and script call. Acks that no take will
-// carry soon (the queue is empty, takes fail, Consume is stopping, or the
-// take in flight, or the prefetch buffer's next refill, has held them up
-// for 5ms or a tenth of the lease) are sent together at once, the next
-// ones gathering while a batch is in flight. An ack that had not reached
+// carry are sent together on their own: at once when takes fail or
+// Consume is stopping; after 5ms (or a tenth of the lease) when they have
+// waited that long for the take in flight, for the prefetch buffer's
+// next refill, or, on an empty queue, for messages; the next ones
+// gather while a batch is in flight. An ack that had not reached
 // Redis when the process died means the message is delivered again once
 // its lease runs out, as after any crash before an ack.
 //

@@ -21,10 +21,10 @@ import (
 //     trip. While a take is in flight, workers that finish add their acks
 //     and slots to the next one: the busier the consumer, the bigger the
 //     batches.
-//   - a flush: ackTake of acks alone, for acks that cannot ride a take
-//     soon: the queue is empty (the loop waits for messages), takes fail,
-//     Consume is stopping, or the take in flight has already held them up
-//     for ackDelay.
+//   - a flush: ackTake of acks alone, for acks that cannot ride a take:
+//     at once when takes fail or Consume is stopping; after ackDelay when
+//     they have waited that long for the take in flight, the buffer's
+//     refill, or messages on an empty queue (the loop waits for them).
 //   - an idle wait: after a take that left workers free (the queue ran
 //     dry), a blocking take (waitAndTake: BLMOVE and the take script in
 //     one round trip) of as many messages as there are free workers
@@ -32,7 +32,8 @@ import (
 //     take before said), or idleWait has passed; or, when the take before
 //     found the queue paused, a pause of pausedPoll. A blocking take that
 //     leaves workers free again waits again at once; the acks that come
-//     meanwhile go out as flushes, never held up by the wait.
+//     meanwhile go out as flushes after ackDelay, a batch at a time,
+//     never held up longer by the wait.
 //
 // The loop itself waits for Redis only to release leases no handler has
 // started (ReleaseBatch): those of a take that returned while stopping,
@@ -242,7 +243,7 @@ func (r *consumeRun) run(ctx context.Context) error {
 		if len(pending) > 0 && !flushing {
 			// Acks wait for a take in flight, or for the refill that
 			// workers draining the buffer will soon call for.
-			soon := taking || !dry && room() > 0 && pause == nil
+			soon := taking || idling || !dry && room() > 0 && pause == nil
 			if stopping || !soon || overdue {
 				done := cut(&pending, MaxBatch)
 				stopAckDue()
