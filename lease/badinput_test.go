@@ -134,6 +134,9 @@ func TestBadInputWritesNothing(t *testing.T) {
 		call{"Consume workers MaxBatch+1", ErrInvalidArgument, func() error {
 			return b.c.Consume(ctx, q, nop, &ConsumeOpts{Workers: MaxBatch + 1})
 		}},
+		call{"Consume prefetch MaxBatch+1", ErrInvalidArgument, func() error {
+			return b.c.Consume(ctx, q, nop, &ConsumeOpts{Prefetch: MaxBatch + 1})
+		}},
 		call{"LeaseOf bad id", ErrInvalidArgument, func() error { _, err := b.c.LeaseOf(q, "", held.Token); return err }},
 		call{"LeaseOf bad token", ErrInvalidArgument, func() error { _, err := b.c.LeaseOf(q, held.ID, "xyz"); return err }},
 

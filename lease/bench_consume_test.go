@@ -19,6 +19,11 @@ package lease_test
 //   - streams-batch: each worker loops XREADGROUP COUNT 100 BLOCK, then
 //     XACK of what it read.
 //   - consume: Consume with Workers w and a handler that returns nil.
+//   - consume-noprefetch: the same with ConsumeOpts.Prefetch off.
+//
+// Besides msgs/s, Redis CPU and commands per message, scripts/msg counts
+// the script runs (EVALSHA, FCALL) per message: how many messages one run
+// carries.
 
 import (
 	"context"
@@ -26,6 +31,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -56,7 +62,10 @@ func BenchmarkConsume(b *testing.B) {
 			e.streamConsume(b, w, benchBatch)
 		})
 		b.Run(fmt.Sprintf("consume/w=%d", w), func(b *testing.B) {
-			e.consume(b, e.reset(b), w)
+			e.consume(b, e.reset(b), w, 0)
+		})
+		b.Run(fmt.Sprintf("consume-noprefetch/w=%d", w), func(b *testing.B) {
+			e.consume(b, e.reset(b), w, -1)
 		})
 	}
 }
@@ -111,7 +120,7 @@ func (e *benchEnv) run(b *testing.B, f *flow, push func(ctx context.Context, n i
 	b.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	cpu0, cmds0 := e.cpu(b), e.commands(b)
+	cpu0, cmds0, scripts0 := e.cpu(b), e.commands(b), e.scripts(b)
 	errc := make(chan error, 2)
 	var wg sync.WaitGroup
 	wg.Add(2)
@@ -140,8 +149,9 @@ func (e *benchEnv) run(b *testing.B, f *flow, push func(ctx context.Context, n i
 	cancel()
 	wg.Wait()
 	settle()
-	cpu1, cmds1 := e.cpu(b), e.commands(b)
+	cpu1, cmds1, scripts1 := e.cpu(b), e.commands(b), e.scripts(b)
 	elapsed := f.end.Sub(start)
+	b.ReportMetric(float64(scripts1-scripts0)/float64(f.total), "scripts/msg")
 	b.ReportMetric((cpu1-cpu0)*1e6/float64(f.total), "redis-cpu-us/msg")
 	b.ReportMetric(float64(cmds1-cmds0)/float64(f.total), "redis-cmds/msg")
 	b.ReportMetric(float64(f.total)/elapsed.Seconds(), "msgs/s")
@@ -214,8 +224,27 @@ func benchStreamWorker(ctx context.Context, rdb *redis.Client, name string, coun
 	return nil
 }
 
-// consume runs Consume with w workers.
-func (e *benchEnv) consume(b *testing.B, c *lease.Client, w int) {
+// scripts counts the script runs Redis has served (INFO commandstats).
+func (e *benchEnv) scripts(b *testing.B) int64 {
+	b.Helper()
+	var total int64
+	for _, name := range []string{"cmdstat_evalsha", "cmdstat_eval", "cmdstat_fcall", "cmdstat_fcall_ro"} {
+		stats, ok := e.info(b, "commandstats")[name]
+		if !ok {
+			continue
+		}
+		calls, _, _ := strings.Cut(strings.TrimPrefix(stats, "calls="), ",")
+		n, err := strconv.ParseInt(calls, 10, 64)
+		if err != nil {
+			b.Fatalf("INFO commandstats %s: %v", name, err)
+		}
+		total += n
+	}
+	return total
+}
+
+// consume runs Consume with w workers and ConsumeOpts.Prefetch prefetch.
+func (e *benchEnv) consume(b *testing.B, c *lease.Client, w, prefetch int) {
 	f := newFlow(b.N)
 	payloads := make([][]byte, benchBatch)
 	for i := range payloads {
@@ -229,7 +258,7 @@ func (e *benchEnv) consume(b *testing.B, c *lease.Client, w int) {
 		return c.Consume(ctx, "q", func(context.Context, *lease.Lease) error {
 			f.handled(1)
 			return nil
-		}, &lease.ConsumeOpts{Workers: w, ErrorFunc: func(_ *lease.Lease, err error) { b.Error(err) }})
+		}, &lease.ConsumeOpts{Workers: w, Prefetch: prefetch, ErrorFunc: func(_ *lease.Lease, err error) { b.Error(err) }})
 	}
 	e.run(b, f, push, work, func() {
 		s, err := c.Stats(context.Background(), "q")

@@ -32,12 +32,36 @@ const (
 	BackoffBaseDefault = time.Second
 	BackoffMaxDefault  = 5 * time.Minute
 	StopTimeoutDefault = 10 * time.Second
+	PrefetchDefault    = 8
 )
 
 // ConsumeOpts configure Consume. A nil *ConsumeOpts means all defaults.
 type ConsumeOpts struct {
 	// Workers is how many handlers run at once. Defaults to 10.
 	Workers int
+	// Prefetch is how many leases Consume may hold beyond its busy
+	// workers, in a buffer: a worker that finishes starts the next
+	// message at once, without a round trip, and the loop refills the
+	// buffer once half of it is gone, in one script run that also carries
+	// the acks waiting, so a busy consumer runs fewer, bigger takes.
+	// Defaults to PrefetchDefault (8) whatever Workers is; a negative
+	// value turns it off (Consume holds no more leases than it has
+	// workers); more than MaxBatch is an error. A process holds at most
+	// Workers + Prefetch leases: with several processes on a queue of a
+	// few messages and slow handlers, turn it down or off, so that a busy
+	// process does not sit on messages an idle one could run.
+	//
+	// A buffered lease runs while it waits, and its attempt counts. One
+	// that has waited a third of its lease (when its first extension
+	// would be due) is released: back to the head of the queue, the
+	// attempt not counted, long before it could run out and go to
+	// another consumer; Consume then prefetches nothing for a lease
+	// length, its handlers being too slow for a buffer to help. A take
+	// that finds the queue paused, and Consume's stop, release the buffer
+	// the same way, at once. A buffered lease that reaches a worker is
+	// extended from then on as usual (at once if a third of it has
+	// passed); Timeout counts from the handler's start.
+	Prefetch int
 	// LeaseFor overrides the lease duration of every take (see
 	// TakeOpts.LeaseFor). Zero means the message's own or the Config's.
 	LeaseFor time.Duration
@@ -66,6 +90,13 @@ type ConsumeOpts struct {
 
 	// idleWait, if set, replaces idleWait (tests).
 	idleWait time.Duration
+	// now, if set, replaces time.Now for the age of buffered leases
+	// (tests).
+	now func() time.Time
+	// bufferCheck, if set, replaces the timer that releases buffered
+	// leases as they come of age (tests): the loop always receives from
+	// it, and each receive checks the buffer.
+	bufferCheck <-chan time.Time
 }
 
 // DefaultBackoff doubles from 1 second per attempt up to 5 minutes, with
@@ -81,21 +112,24 @@ func DefaultBackoff(attempt int) time.Duration {
 
 // Consume runs h on queue's messages with opts.Workers concurrent
 // handlers until ctx is cancelled. One goroutine takes messages in batches
-// as workers free up; each lease is extended in the background while its
-// handler runs, a third of the way through each extension as timed from
-// the call that set it, on the monotonic clock. A lease's length comes
+// as workers free up, and up to opts.Prefetch more (8 by default) that
+// wait in a buffer for the next free worker (see ConsumeOpts.Prefetch);
+// each lease is extended in the background while its handler runs, a
+// third of the way through each extension as timed from the call that
+// set it, on the monotonic clock. A lease's length comes
 // from ConsumeOpts.LeaseFor or from the deadline Redis returned, read
 // against Redis's own TIME: local clock skew does not shorten leases.
 //
 // Acks are batched. A worker whose handler returned nil hands its lease
 // to that goroutine and is free at once; the acks waiting ride the next
 // take, in the same round trip and script call. Acks that no take will
-// carry soon (the queue is empty, takes fail, Consume is stopping, or the
-// take in flight has held them up for 5ms or a tenth of the lease) are
-// sent together at once, the next ones gathering while a batch is in
-// flight. An ack that had not reached Redis when the process died means
-// the message is delivered again once its lease runs out, as after any
-// crash before an ack.
+// carry are sent together on their own: at once when takes fail or
+// Consume is stopping; after 5ms (or a tenth of the lease) when they have
+// waited that long for the take in flight, for the prefetch buffer's
+// next refill, or, on an empty queue, for messages; the next ones
+// gather while a batch is in flight. An ack that had not reached
+// Redis when the process died means the message is delivered again once
+// its lease runs out, as after any crash before an ack.
 //
 // What the handler returns decides the message's fate:
 //
@@ -118,7 +152,7 @@ func DefaultBackoff(attempt int) time.Duration {
 //
 // On cancel, Consume stops taking at once (a take under way when ctx is
 // cancelled, the wait for messages included, has its leases released
-// untouched), lets running handlers
+// untouched, and so has the prefetch buffer), lets running handlers
 // finish and settle for up to ConsumeOpts.StopTimeout, then cancels their
 // contexts, releases every lease whose handler has not returned (to the
 // head of the queue, not counted as an attempt), sends every ack still
@@ -127,7 +161,8 @@ func DefaultBackoff(attempt int) time.Duration {
 // running, but its lease is gone and its heartbeat stopped. Redis errors
 // are ridden out with backoff, never returned. Consume keeps one
 // connection blocked while the queue is empty, and uses at most two more
-// at a time besides the heartbeats' (a take, a batch of acks).
+// at a time besides the heartbeats' (a take, a batch of acks), and a
+// third now and then to release prefetched leases.
 func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts *ConsumeOpts) error {
 	if err := ValidateQueue(queue); err != nil {
 		return err
@@ -142,6 +177,14 @@ func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts *Con
 	o.Workers = cmp.Or(o.Workers, WorkersDefault)
 	if o.Workers < 1 || o.Workers > MaxBatch {
 		return fmt.Errorf("%w: ConsumeOpts.Workers %d: must be 1 to %d", ErrInvalidArgument, o.Workers, MaxBatch)
+	}
+	switch {
+	case o.Prefetch == 0:
+		o.Prefetch = PrefetchDefault
+	case o.Prefetch < 0:
+		o.Prefetch = 0
+	case o.Prefetch > MaxBatch:
+		return fmt.Errorf("%w: ConsumeOpts.Prefetch %d: at most %d (negative turns it off)", ErrInvalidArgument, o.Prefetch, MaxBatch)
 	}
 	if o.LeaseFor != 0 {
 		if err := checkDuration("ConsumeOpts.LeaseFor", o.LeaseFor); err != nil {
@@ -161,6 +204,9 @@ func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts *Con
 	}
 	if o.BackoffFunc == nil {
 		o.BackoffFunc = DefaultBackoff
+	}
+	if o.now == nil {
+		o.now = time.Now
 	}
 	for i := len(o.Middleware) - 1; i >= 0; i-- {
 		if o.Middleware[i] == nil {
@@ -343,11 +389,18 @@ func (r *consumeRun) abandon(bg context.Context, cancelAll context.CancelCauseFu
 			release = append(release, j.l)
 		}
 	}
-	for len(release) > 0 {
-		batch := release[:min(len(release), MaxBatch)]
-		release = release[len(batch):]
+	r.release(bg, release, "leases on stop")
+}
+
+// release releases ls (of unstarted or abandoned handlers), in order, and
+// reports the failures other than leases already gone; what says what
+// they are.
+func (r *consumeRun) release(bg context.Context, ls []*Lease, what string) {
+	for len(ls) > 0 {
+		batch := ls[:min(len(ls), MaxBatch)]
+		ls = ls[len(batch):]
 		if err := r.c.ReleaseBatch(bg, batch); err != nil && !onlyGone(err) {
-			r.report(nil, fmt.Errorf("release %d leases on stop: %w", len(batch), err))
+			r.report(nil, fmt.Errorf("release %d %s: %w", len(batch), what, err))
 		}
 	}
 }
@@ -356,18 +409,23 @@ func (r *consumeRun) abandon(bg context.Context, cancelAll context.CancelCauseFu
 // timer) until the first extension is due.
 func (r *consumeRun) startHeartbeat(bg context.Context, j *job, handlerEnd time.Time) {
 	l := j.l
-	// Redis set the deadline after the take script was sent: measure from
-	// then.
-	d := r.o.LeaseFor
-	if d == 0 {
-		// The message's own lease or the Config's: what Redis granted
-		// (at most one round trip too long).
-		d = l.Deadline().Sub(r.redisNow().Add(-time.Since(l.sent)))
-		if d < time.Millisecond || d > MaxLeaseFor {
-			d = r.c.cfg.LeaseFor
-		}
-	}
+	d := r.leaseLen(l)
 	j.beat = time.AfterFunc(max(d/3-time.Since(l.sent), 0), func() { r.heartbeat(bg, j, handlerEnd, d) })
+}
+
+// leaseLen is the length of l's lease, counted from l.sent: Redis set the
+// deadline after the take script was sent.
+func (r *consumeRun) leaseLen(l *Lease) time.Duration {
+	if r.o.LeaseFor != 0 {
+		return r.o.LeaseFor
+	}
+	// The message's own lease or the Config's: what Redis granted (at
+	// most one round trip too long).
+	d := l.Deadline().Sub(r.redisNow().Add(-time.Since(l.sent)))
+	if d < time.Millisecond || d > MaxLeaseFor {
+		d = r.c.cfg.LeaseFor
+	}
+	return d
 }
 
 // heartbeat extends j's lease while its handler runs, each time a third

@@ -3,7 +3,7 @@ package lease
 import (
 	"cmp"
 	"context"
-	"fmt"
+	"slices"
 	"time"
 )
 
@@ -13,22 +13,32 @@ import (
 // Redis and at most one call of each kind is in flight:
 //
 //   - a take: ackTake of the acks waiting (the handlers that returned nil)
-//     and of as many new messages as there are free workers, in one round
-//     trip. While it is in flight, workers that finish add their acks and
-//     slots to the next one: the busier the consumer, the bigger the
+//     and of as many new messages as there are free workers plus room in
+//     the prefetch buffer (ConsumeOpts.Prefetch), in one round trip. With
+//     every worker busy, a take refills the buffer once half of it is
+//     gone, or carries acks that have waited ackDelay; a worker that
+//     finishes takes the next lease from the buffer, without a round
+//     trip. While a take is in flight, workers that finish add their acks
+//     and slots to the next one: the busier the consumer, the bigger the
 //     batches.
-//   - a flush: ackTake of acks alone, for acks that cannot ride a take
-//     soon: the queue is empty (the loop waits for messages), takes fail,
-//     Consume is stopping, or the take in flight has already held them up
-//     for ackDelay.
+//   - a flush: ackTake of acks alone, for acks that cannot ride a take:
+//     at once when takes fail or Consume is stopping; after ackDelay when
+//     they have waited that long for the take in flight, the buffer's
+//     refill, or messages on an empty queue (the loop waits for them).
 //   - an idle wait: after a take that left workers free (the queue ran
 //     dry), a blocking take (waitAndTake: BLMOVE and the take script in
-//     one round trip) of as many messages as there are free workers,
-//     that waits until a message comes, a delayed message is due (as the
+//     one round trip) of as many messages as there are free workers
+//     (plus the buffer's room), that waits until a message comes, a delayed message is due (as the
 //     take before said), or idleWait has passed; or, when the take before
 //     found the queue paused, a pause of pausedPoll. A blocking take that
 //     leaves workers free again waits again at once; the acks that come
-//     meanwhile go out as flushes, never held up by the wait.
+//     meanwhile go out as flushes after ackDelay, a batch at a time,
+//     never held up longer by the wait.
+//
+// The loop itself waits for Redis only to release leases no handler has
+// started (ReleaseBatch): those of a take that returned while stopping,
+// and buffered ones that have waited a third of their lease, of a paused
+// queue, or all of them on stop.
 
 // ackDelayMax bounds how long an ack waits for a take in flight before it
 // is flushed on its own; a tenth of the lease if that is shorter.
@@ -72,6 +82,9 @@ func (r *consumeRun) run(ctx context.Context) error {
 
 	leaseLen := cmp.Or(r.o.LeaseFor, r.c.cfg.LeaseFor)
 	ackDelay := min(ackDelayMax, leaseLen/10)
+	// A refill waits until half the buffer is free, so that it carries
+	// that many acks and messages in one run.
+	refillAt := max(r.o.Prefetch/2, 1)
 
 	var (
 		free      = r.o.Workers
@@ -90,6 +103,15 @@ func (r *consumeRun) run(ctx context.Context) error {
 		stopBy    <-chan time.Time
 		lastSync  time.Time // zero: measure before the first take
 		cancelled = ctx.Done()
+
+		// The prefetch buffer: leases taken ahead of a free worker, in
+		// the order taken. Whenever a worker is free, it is empty.
+		buf       []buffered
+		dry       bool        // the last take found fewer than it asked for
+		slowUntil time.Time   // no prefetch until then (r.o.now's clock)
+		ageTimer  *time.Timer // fires when the first buffered lease comes of age
+		ageAt     time.Time
+		ageC      <-chan time.Time
 	)
 	stopAckDue := func() {
 		if ackDue != nil {
@@ -98,20 +120,46 @@ func (r *consumeRun) run(ctx context.Context) error {
 		}
 	}
 	defer stopAckDue()
+	stopAge := func() {
+		if ageTimer != nil {
+			ageTimer.Stop()
+			ageTimer = nil
+		}
+		ageC = nil
+	}
+	defer stopAge()
+	// room is how many more leases the buffer may take.
+	room := func() int {
+		if r.o.Prefetch == 0 || r.o.now().Before(slowUntil) {
+			return 0
+		}
+		return max(r.o.Prefetch-len(buf), 0)
+	}
+	// dropBuffer releases what the buffer holds, if keep is nil, or the
+	// leases keep does not keep.
+	dropBuffer := func(what string, keep func(buffered) bool) (n int) {
+		var gone []*Lease
+		buf = slices.DeleteFunc(buf, func(b buffered) bool {
+			if keep != nil && keep(b) {
+				return false
+			}
+			gone = append(gone, b.l)
+			return true
+		})
+		r.release(bg, gone, what)
+		return len(gone)
+	}
 	// took handles what a take or an idle wait brought back: it starts the
-	// leases, or releases them when Consume is stopping (a take Redis ran
-	// never strands a lease), or reports the error and pauses takes for a
-	// retry delay. When the queue ran dry, leaving workers free, the loop
-	// waits for messages (idle) instead of taking again at once; after a
-	// pause (asked 0), a take looks at the queue again.
+	// leases, buffers those no worker is free for, or releases them when
+	// Consume is stopping (a take Redis ran never strands a lease), or
+	// reports the error and pauses takes for a retry delay. When the
+	// queue ran dry, leaving workers free, the loop waits for messages
+	// (idle) instead of taking again at once; after a pause (asked 0), a
+	// take looks at the queue again.
 	took := func(res loopTake) {
 		if stopping {
 			// Stopped while taking: these were never started.
-			if len(res.taken) > 0 {
-				if err := r.c.ReleaseBatch(bg, res.taken); err != nil {
-					r.report(nil, fmt.Errorf("release leases taken while stopping: %w", err))
-				}
-			}
+			r.release(bg, res.taken, "leases taken while stopping")
 			return
 		}
 		if res.err != nil {
@@ -121,13 +169,30 @@ func (r *consumeRun) run(ctx context.Context) error {
 			return
 		}
 		retry = 0
-		for _, l := range res.taken {
+		k := min(free, len(res.taken))
+		for _, l := range res.taken[:k] {
 			r.start(base, bg, l)
 		}
-		free -= len(res.taken)
-		if len(res.taken) < res.asked {
+		free -= k
+		if rest := res.taken[k:]; len(rest) > 0 {
+			now := r.o.now()
+			for _, l := range rest {
+				b := buffered{l: l, by: now.Add(r.leaseLen(l)/3 - time.Since(l.sent))}
+				buf = append(buf, b)
+				if ageTimer != nil && b.by.Before(ageAt) {
+					stopAge() // armed again for the earlier one
+				}
+			}
+		}
+		if res.paused && len(buf) > 0 {
+			// A paused queue delivers nothing more: not even what was
+			// taken before.
+			dropBuffer("prefetched leases of a paused queue", nil)
+		}
+		dry = len(res.taken) < res.asked
+		if free > 0 && dry {
 			idling = true
-			go r.idleTo(ctx, bg, idleDone, free, res)
+			go r.idleTo(ctx, bg, idleDone, min(free+room(), MaxBatch), res)
 		}
 	}
 	// One goroutine makes the takes, another the flushes: each keeps its
@@ -154,22 +219,52 @@ func (r *consumeRun) run(ctx context.Context) error {
 		}
 	}()
 	for {
-		if !stopping && free > 0 && !taking && !idling && pause == nil {
-			done := cut(&pending, MaxBatch)
-			stopAckDue()
-			n := free
-			sync := time.Since(lastSync) > time.Minute
-			taking = true
-			takeReq <- loopTake{done: done, asked: n, synced: sync}
+		overdue := len(pending) > 0 && time.Since(oldest) >= ackDelay
+		if !stopping && !taking && !idling && pause == nil {
+			// A take fills the free workers and the buffer; with every
+			// worker busy, it refills the buffer once half of it is
+			// gone (unless the last take found the queue dry), or
+			// carries acks that have waited long enough.
+			n := 0
+			switch rm := room(); {
+			case free > 0:
+				n = free + rm
+			case rm > 0 && (rm >= refillAt && !dry || overdue):
+				n = rm
+			}
+			if n > 0 {
+				done := cut(&pending, MaxBatch)
+				stopAckDue()
+				sync := time.Since(lastSync) > time.Minute
+				taking = true
+				takeReq <- loopTake{done: done, asked: min(n, MaxBatch), synced: sync}
+			}
 		}
 		if len(pending) > 0 && !flushing {
-			if stopping || !taking || time.Since(oldest) >= ackDelay {
+			// Acks wait for a take in flight, or for the refill that
+			// workers draining the buffer will soon call for.
+			soon := taking || idling || !dry && room() > 0 && pause == nil
+			if stopping || !soon || overdue {
 				done := cut(&pending, MaxBatch)
 				stopAckDue()
 				flushing = true
 				flushReq <- done
 			} else if ackDue == nil {
 				ackDue = time.NewTimer(ackDelay - time.Since(oldest))
+			}
+		}
+		if ageC == nil {
+			if r.o.bufferCheck != nil {
+				ageC = r.o.bufferCheck
+			} else if len(buf) > 0 {
+				ageAt = buf[0].by
+				for _, b := range buf[1:] {
+					if b.by.Before(ageAt) {
+						ageAt = b.by
+					}
+				}
+				ageTimer = time.NewTimer(ageAt.Sub(r.o.now()))
+				ageC = ageTimer.C
 			}
 		}
 		if stopping && len(r.jobs) == 0 && !taking && !idling && !flushing && len(pending) == 0 {
@@ -187,12 +282,17 @@ func (r *consumeRun) run(ctx context.Context) error {
 				continue
 			}
 			delete(r.jobs, ev.j)
-			free++
 			if ev.ack {
 				if len(pending) == 0 {
 					oldest = time.Now()
 				}
 				pending = append(pending, ev.j.l)
+			}
+			if len(buf) > 0 {
+				r.start(base, bg, buf[0].l)
+				buf = slices.Delete(buf, 0, 1)
+			} else {
+				free++
 			}
 		case res := <-takeDone:
 			taking = false
@@ -211,9 +311,30 @@ func (r *consumeRun) run(ctx context.Context) error {
 			pause = nil
 		case <-ackDueC:
 			ackDue = nil
+		case <-ageC:
+			ageTimer, ageC = nil, nil
+			now := r.o.now()
+			var first *Lease
+			n := dropBuffer("prefetched leases that waited a third of their lease", func(b buffered) bool {
+				if now.Before(b.by) {
+					return true
+				}
+				if first == nil {
+					first = b.l
+				}
+				return false
+			})
+			if n > 0 {
+				// The handlers are too slow for a buffer to help:
+				// prefetch nothing for a lease length.
+				slowUntil = now.Add(r.leaseLen(first))
+			}
 		case <-cancelled:
 			stopping, cancelled = true, nil
 			pause = nil
+			// Buffered leases were never started: they go back at once.
+			dropBuffer("prefetched leases on stop", nil)
+			stopAge()
 			t := time.NewTimer(r.o.StopTimeout)
 			defer t.Stop()
 			stopBy = t.C
@@ -222,6 +343,12 @@ func (r *consumeRun) run(ctx context.Context) error {
 			r.abandon(bg, cancelAll)
 		}
 	}
+}
+
+// buffered is a lease taken ahead of a free worker (ConsumeOpts.Prefetch).
+type buffered struct {
+	l  *Lease
+	by time.Time // when it has waited a third of its lease (r.o.now)
 }
 
 // cut removes up to n leases from the head of *ls and returns them.

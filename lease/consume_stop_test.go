@@ -335,3 +335,49 @@ func TestConsumeStopLetsHandlersFinish(t *testing.T) {
 		}
 	}
 }
+
+// TestConsumeStopReleasesPrefetched: on cancel, leases waiting in the
+// prefetch buffer go back to the head of the queue at once, in order and
+// uncounted, without waiting for StopTimeout; the busy handler finishes
+// and is acked; nothing is left held. Consume never holds more than
+// Workers + Prefetch leases.
+func TestConsumeStopReleasesPrefetched(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	const q = "stopprefetch"
+
+	var ids []string
+	for i := range 6 {
+		ids = append(ids, b.push(t, q, fmt.Sprint("m", i), nil))
+	}
+	var errs errorLog
+	bh := newBusy(1, true)
+	cs := startConsume(t, b.c, q, bh.handle, &ConsumeOpts{Workers: 1, Prefetch: 4, LeaseFor: time.Hour, StopTimeout: time.Minute, ErrorFunc: errs.add})
+	if l := bh.waitStarted(t, 1)[0]; l.ID != ids[0] {
+		t.Fatalf("first handler got %s, want %s", l.ID, ids[0])
+	}
+	if st := checkInvariants(t, b.rdb, q); len(st.InFlight) != 5 || fmt.Sprint(st.Ready) != fmt.Sprint(ids[5:]) {
+		t.Fatalf("in flight %d, ready %v: want 1 running and 4 prefetched, the last one left", len(st.InFlight), st.Ready)
+	}
+	cs.cancel()
+	// Long before StopTimeout, the 4 prefetched are back.
+	waitReady(t, b, q, 5)
+	st := checkInvariants(t, b.rdb, q)
+	if fmt.Sprint(st.Ready) != fmt.Sprint(ids[1:]) || len(st.InFlight) != 1 {
+		t.Fatalf("after cancel: ready %v, in flight %v; want %v ready", st.Ready, st.InFlight, ids[1:])
+	}
+	for _, id := range ids[1:5] {
+		if e := st.env(t, id); e.Attempts != 0 || e.Expiries != 0 {
+			t.Errorf("%s after stop: attempts %d expiries %d, want 0", id, e.Attempts, e.Expiries)
+		}
+	}
+	close(bh.unblock)
+	cs.stopWithin(t, 10*time.Second)
+	st = checkInvariants(t, b.rdb, q)
+	if fmt.Sprint(st.Ready) != fmt.Sprint(ids[1:]) || len(st.InFlight) != 0 || len(st.Dead) != 0 {
+		t.Fatalf("after stop: ready %v, in flight %v, dead %d; want m0 acked, %v ready", st.Ready, st.InFlight, len(st.Dead), ids[1:])
+	}
+	if e := errs.list(); len(e) != 0 {
+		t.Errorf("errors: %v", e)
+	}
+}

@@ -37,8 +37,14 @@
 // success, nack with backoff on error, leases extended while the handler
 // runs, a bounded stop on cancel. Its acks are batched: those of handlers
 // that return while a take is due ride that take, in one round trip, and
-// the others go out together at once; an ack that had not reached Redis
-// when the process died means the message is delivered again. A consumer
+// the others go out together within 5ms; an ack that had not reached Redis
+// when the process died means the message is delivered again. It
+// prefetches: up to ConsumeOpts.Prefetch leases (8 by default; negative
+// turns it off) wait beyond the busy workers, so that a worker that
+// finishes starts the next message without a round trip and one script
+// run takes and acks several messages. A buffered message is released
+// (back to the head of the queue, not counted) if it waits a third of its
+// lease, when the queue is found paused, and at once on stop. A consumer
 // that gives up on a message can also call Fail (dead set now, with the
 // error's text) or Release (back to the head of the queue, the delivery
 // not counted).
@@ -64,8 +70,9 @@
 //
 // # Stopping Consume
 //
-// Cancel Consume's ctx (on SIGTERM, say) and it stops taking at once, lets
-// running handlers finish for up to ConsumeOpts.StopTimeout, then cancels
+// Cancel Consume's ctx (on SIGTERM, say) and it stops taking at once,
+// releases the leases prefetched for no handler yet, lets running
+// handlers finish for up to ConsumeOpts.StopTimeout, then cancels
 // their contexts, releases every lease whose handler has not returned
 // (back to the head of the queue, the attempt not counted, so a deploy
 // never pushes a message toward the dead set), sends every ack still

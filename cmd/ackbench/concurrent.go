@@ -249,6 +249,11 @@ func (b *bench) concurrent(ctx context.Context) error {
 					variants = append(variants, variantByKey(k))
 				}
 			}
+			for _, v := range b.opt.extra {
+				if b.opt.variant(v.key) {
+					variants = append(variants, v)
+				}
+			}
 			rs := map[string]concResult{}
 			for round := range rounds {
 				for i := range variants {

@@ -46,6 +46,7 @@ type options struct {
 	backlog    int   // the concurrent section's hold on pushed, not yet received messages
 	only       map[string]bool
 	variants   map[string]bool
+	extra      []tputVariant // Consume variants of -prefetch
 	ackdBin    string
 	out        string
 	cpuProfile string
@@ -75,6 +76,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.out, "o", "", "write the report to this file instead of standard output")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of ackbench itself (the client side) to this file")
 	variants := fs.String("variants", "", "throughput and concurrent: only these systems, comma-separated keys (list, reliable, streams, ackd, ackd-consume, streams-batch, ackd-batch, ackd-daemon), for investigations")
+	prefetch := fs.String("prefetch", "", "throughput and concurrent: ConsumeOpts.Prefetch values, comma-separated (negative: off); each adds a Consume variant ackd-consume-pN beside ackd-consume (the default)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -103,6 +105,15 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		}
 		o.consumers = append(o.consumers, k)
 	}
+	if *prefetch != "" {
+		for p := range strings.SplitSeq(*prefetch, ",") {
+			k, err := strconv.Atoi(strings.TrimSpace(p))
+			if err != nil || k > lease.MaxBatch {
+				return o, fmt.Errorf("-prefetch %q: want values up to %d, comma-separated", *prefetch, lease.MaxBatch)
+			}
+			o.extra = append(o.extra, consumeVariant(k))
+		}
+	}
 	o.variants = map[string]bool{}
 	if *variants != "" {
 		for v := range strings.SplitSeq(*variants, ",") {
@@ -111,6 +122,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 				return o, fmt.Errorf("-variants: unknown system %q", v)
 			}
 			o.variants[v] = true
+		}
+		for _, v := range o.extra {
+			o.variants[v.key] = true
 		}
 	}
 	o.only = map[string]bool{}
@@ -129,6 +143,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 func (o options) runs(section string) bool { return len(o.only) == 0 || o.only[section] }
 
 func (o options) variant(key string) bool { return len(o.variants) == 0 || o.variants[key] }
+
+// allVariants are the systems of the throughput sections: tputVariants,
+// then the Consume variants of -prefetch.
+func (o options) allVariants() []tputVariant { return append(slices.Clip(tputVariants), o.extra...) }
 
 // daemonMissing reports, once, that the daemon is not available.
 func (b *bench) daemonMissing(ctx context.Context) bool {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -87,11 +88,31 @@ func TestBadFlags(t *testing.T) {
 		{"-variants", "ackd,nosuch"},
 		{"-only", "nosuch"},
 		{"-n", "10"},
+		{"-prefetch", "x"},
+		{"-prefetch", "1001"},
 	} {
 		var stderr bytes.Buffer
 		if _, err := parseFlags(args, &stderr); err == nil {
 			t.Errorf("%q: accepted", args)
 		}
+	}
+}
+
+// TestPrefetchVariants: -prefetch adds one Consume variant per value,
+// run even when -variants names others.
+func TestPrefetchVariants(t *testing.T) {
+	o, err := parseFlags([]string{"-prefetch", "-1,32", "-variants", "streams,ackd-consume"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, v := range o.allVariants() {
+		if o.variant(v.key) {
+			keys = append(keys, v.key)
+		}
+	}
+	if got := strings.Join(keys, ","); got != "streams,ackd-consume,ackd-consume-p-1,ackd-consume-p32" {
+		t.Errorf("variants %s", got)
 	}
 }
 

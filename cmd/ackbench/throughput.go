@@ -62,7 +62,7 @@ var tputVariants = []tputVariant{
 	{key: "reliable", name: "reliable list BLMOVE+LREM", mode: "single", batch: 1, build: buildReliable},
 	{key: "streams", name: "Streams XREADGROUP+XACK", mode: "single", batch: 1, build: buildStreams(1)},
 	{key: "ackd", name: "ackd Take+Ack", mode: "single", batch: 1, build: buildAckd(1)},
-	{key: "ackd-consume", name: "ackd Consume (Workers = consumers)", mode: "consume", batch: 1, build: buildConsume},
+	{key: "ackd-consume", name: "ackd Consume (Workers = consumers)", mode: "consume", batch: 1, build: buildConsume(0)},
 	{key: "streams-batch", name: "Streams batched (COUNT 100, XACK 100)", mode: "batch", batch: tputBatch, build: buildStreams(tputBatch)},
 	{key: "ackd-batch", name: "ackd batched (TakeBatch 100 + AckBatch)", mode: "batch", batch: tputBatch, build: buildAckd(tputBatch)},
 	{key: "ackd-daemon", name: "ackd Take+Ack, daemon running", mode: "single", batch: 1, build: buildAckd(1), daemon: true},
@@ -255,10 +255,23 @@ func buildAckd(count int) func(*bench, *lease.Client) tputImpl {
 	}
 }
 
+// consumeVariant is Consume with ConsumeOpts.Prefetch p (-prefetch).
+func consumeVariant(p int) tputVariant {
+	name := fmt.Sprintf("ackd Consume, Prefetch %d", p)
+	if p < 0 {
+		name = "ackd Consume, Prefetch off"
+	}
+	return tputVariant{key: fmt.Sprintf("ackd-consume-p%d", p), name: name, mode: "consume", batch: 1, build: buildConsume(p)}
+}
+
 // buildConsume runs the library's own consumer loop, Consume, with one
-// worker per consumer and a handler that returns nil at once (Consume
-// acks it).
-func buildConsume(b *bench, lc *lease.Client) tputImpl {
+// worker per consumer, ConsumeOpts.Prefetch prefetch and a handler that
+// returns nil at once (Consume acks it).
+func buildConsume(prefetch int) func(b *bench, lc *lease.Client) tputImpl {
+	return func(b *bench, lc *lease.Client) tputImpl { return consumeImpl(b, lc, prefetch) }
+}
+
+func consumeImpl(b *bench, lc *lease.Client, prefetch int) tputImpl {
 	impl := buildAckd(1)(b, lc)
 	impl.consume = nil
 	impl.consumeAll = func(ctx context.Context, workers int, got func([]byte), done func()) error {
@@ -274,7 +287,8 @@ func buildConsume(b *bench, lc *lease.Client) tputImpl {
 			return nil
 		}
 		err := lc.Consume(ctx, "q", h, &lease.ConsumeOpts{
-			Workers: workers,
+			Workers:  workers,
+			Prefetch: prefetch,
 			ErrorFunc: func(_ *lease.Lease, err error) {
 				mu.Lock()
 				defer mu.Unlock()
@@ -574,7 +588,7 @@ func (b *bench) throughput(ctx context.Context) error {
 		n := tputMessages(b.opt.n, size)
 		for _, c := range consumerCounts {
 			var variants []tputVariant
-			for _, v := range tputVariants {
+			for _, v := range b.opt.allVariants() {
 				if !b.opt.variant(v.key) || v.daemon && (size != 100 || b.daemonMissing(ctx)) {
 					continue
 				}
