@@ -1,0 +1,163 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+)
+
+// AckAndTake acks l and leases the next message of l's queue, in one
+// script run and one round trip: the loop of a consumer that takes one
+// message at a time without Consume costs one round trip per message
+// instead of two (Take, then Ack).
+//
+//	l, err := c.Take(ctx, queue, opts)
+//	for l != nil {
+//		work(l)
+//		l, err = l.AckAndTake(ctx, opts)
+//		// look at l before err: see below
+//	}
+//
+// It reports the ack's outcome and the take's together, and never drops a
+// lease the take made:
+//
+//   - next != nil: the take leased next, which is returned whatever err
+//     says. err is nil when l was acked, else what Ack would have
+//     returned for it: it wraps ErrStale, ErrNotHeld, or ErrMalformed
+//     (l's lease record was not ackd's and went to the dead set). Never
+//     ErrAckUnconfirmed.
+//   - next == nil and errors.Is(err, ErrAckUnconfirmed): the ack is not
+//     confirmed and l may still be held; err wraps the cause. Bad input
+//     (ErrInvalidArgument, ErrInvalidQueue) and ACL refusals
+//     (ErrNoPermission) changed nothing. A network error, a timeout or a
+//     cancelled context during the call, or a script error, leave
+//     unknown whether the ack and the take ran: a lease the take made
+//     then runs out and its message is delivered again, as after Take.
+//     ErrNotReplicated: both ran on the master, but too few replicas
+//     confirmed them (see Config.Replicas). Ack l again: ErrNotHeld then
+//     means the first ack held.
+//   - next == nil otherwise: the ack ran (and, with Config.Replicas, its
+//     replicas confirmed it), and err says why nothing was taken:
+//     ErrNoMessage (nothing was ready, or the queue is paused, within
+//     opts.Wait), ctx's error (cancelled or past its deadline during the
+//     wait), or the error of a take made while waiting (the ack is done
+//     all the same). If the ack failed too, err joins its error: errors.Is
+//     finds ErrStale or ErrNotHeld in it.
+//
+// With opts.Wait > 0 and nothing ready, the ack is done at once, in the
+// first round trip, and only then does the call wait like Take (BLMOVE
+// and the take script in one round trip): an ack is never held up by an
+// empty queue, and a wait cut short by ctx leaves it done. A wait costs
+// the same two round trips as Ack then Take would.
+//
+// A call that go-redis resends because its reply was lost is idempotent:
+// the resent run answers with the lease the first run made, and reports
+// the ack ErrNotHeld, exactly as a resent Ack does (the first run acked).
+//
+// l and the lease taken are of the same queue, so on Redis Cluster the
+// call runs on one slot like any other. To ack leases of several queues,
+// or of another queue than the one to take from, use AckBatch per queue:
+// AckAndTakeBatch refuses a mix.
+func (l *Lease) AckAndTake(ctx context.Context, opts *TakeOpts) (next *Lease, err error) {
+	if err := l.check(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrAckUnconfirmed, err)
+	}
+	taken, ackErr, err := l.c.ackAndTake(ctx, l.Queue, []*Lease{l}, 1, opts)
+	if len(taken) > 0 {
+		return taken[0], ackErr
+	}
+	if err == nil {
+		err = ErrNoMessage
+	}
+	return nil, joinErrs(err, ackErr)
+}
+
+// AckAndTakeBatch acks done, leases of queue (none at all is fine), and
+// then leases up to n (1 to MaxBatch) messages of queue, waiting up to
+// opts.Wait for the first when none is ready: AckBatch then TakeBatch, in
+// one script run and one round trip. Like TakeBatch it asks for about
+// what the queue held at this client's last take; when that proves short
+// and more are ready, a second take fills the batch.
+//
+// The outcome follows AckAndTake's rules. Leases taken are always
+// returned, whatever err says; err then joins one error per lease of
+// done that could not be acked, as AckBatch's does. With none taken,
+// errors.Is(err, ErrAckUnconfirmed) says that the acks are not
+// confirmed (see AckAndTake); otherwise they ran, err joins their
+// failures and the wait's error, and a nil err means nothing came within
+// opts.Wait (TakeBatch's empty result). A lease of done that is of
+// another queue is bad input: nothing is acked nor taken.
+func (c *Client) AckAndTakeBatch(ctx context.Context, queue string, done []*Lease, n int, opts *TakeOpts) ([]*Lease, error) {
+	if n < 1 || n > MaxBatch {
+		return nil, fmt.Errorf("%w: %w: take of %d messages: must be 1 to %d", ErrAckUnconfirmed, ErrInvalidArgument, n, MaxBatch)
+	}
+	taken, ackErr, err := c.ackAndTake(ctx, queue, done, n, opts)
+	if len(taken) > 0 {
+		return taken, ackErr
+	}
+	return nil, joinErrs(err, ackErr)
+}
+
+// ackAndTake acks done and takes up to n messages of queue, waiting up to
+// opts.Wait once the acks are done. ackErr joins the acks that failed;
+// err is the take's, and wraps ErrAckUnconfirmed when the acks are not
+// confirmed (ackErr is nil then). taken is every lease taken, even with an
+// error.
+func (c *Client) ackAndTake(ctx context.Context, queue string, done []*Lease, n int, opts *TakeOpts) (taken []*Lease, ackErr, err error) {
+	var o TakeOpts
+	if opts != nil {
+		o = *opts
+	}
+	if o.Wait < 0 {
+		return nil, nil, fmt.Errorf("%w: %w: TakeOpts.Wait %v: must not be negative", ErrAckUnconfirmed, ErrInvalidArgument, o.Wait)
+	}
+	start := time.Now()
+	r, ackErrs, err := c.ackTakeRun(ctx, queue, done, n, o.LeaseFor)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", ErrAckUnconfirmed, err)
+	}
+	ackErr = errors.Join(ackErrs...)
+	taken = r.leases
+	if len(taken) > 0 && len(taken) < n && r.remaining > 0 {
+		// The run filled every slot it sent and more are ready: take
+		// those too, as TakeBatch does. Should that fail, the error comes
+		// back on the next call if it persists.
+		more, _, _, err := c.takeOnce(ctx, queue, KeysFor(queue), min(n-len(taken), int(r.remaining)), o.LeaseFor, 0)
+		if err == nil {
+			// A lease of the first run that ran out meanwhile was
+			// requeued and taken again: keep only the newer lease.
+			taken = slices.DeleteFunc(taken, func(l *Lease) bool {
+				return slices.ContainsFunc(more, func(m *Lease) bool { return m.ID == l.ID })
+			})
+			taken = append(taken, more...)
+		}
+	}
+	if len(taken) > 0 || o.Wait == 0 {
+		return taken, ackErr, nil
+	}
+	// Nothing was ready and the acks are done: wait like TakeBatch for
+	// what is left of the wait. (After an empty take it goes straight to
+	// BLMOVE and the take script, in one round trip.)
+	wait := o.Wait - time.Since(start)
+	if wait <= 0 {
+		return nil, ackErr, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, ackErr, err
+	}
+	taken, err = c.TakeBatch(ctx, queue, n, &TakeOpts{Wait: wait, LeaseFor: o.LeaseFor})
+	return taken, ackErr, err
+}
+
+// joinErrs is err, with ackErr joined to it when there is one.
+func joinErrs(err, ackErr error) error {
+	if ackErr == nil {
+		return err
+	}
+	if err == nil {
+		return ackErr
+	}
+	return errors.Join(err, ackErr)
+}
