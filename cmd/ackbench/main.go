@@ -74,7 +74,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.ackdBin, "ackd", "", "ackd binary for the redelivery and idle sections (default: go build ./cmd/ackd)")
 	fs.StringVar(&o.out, "o", "", "write the report to this file instead of standard output")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of ackbench itself (the client side) to this file")
-	variants := fs.String("variants", "", "throughput and concurrent: only these systems, comma-separated keys (list, reliable, streams, ackd, ackd-consume, streams-batch, ackd-batch, ackd-daemon), for investigations")
+	variants := fs.String("variants", "", "throughput and concurrent: only these systems, comma-separated keys (list, reliable, streams, ackd, ackd-ackandtake, ackd-consume, streams-batch, ackd-batch, ackd-daemon), for investigations")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}

@@ -62,6 +62,7 @@ var tputVariants = []tputVariant{
 	{key: "reliable", name: "reliable list BLMOVE+LREM", mode: "single", batch: 1, build: buildReliable},
 	{key: "streams", name: "Streams XREADGROUP+XACK", mode: "single", batch: 1, build: buildStreams(1)},
 	{key: "ackd", name: "ackd Take+Ack", mode: "single", batch: 1, build: buildAckd(1)},
+	{key: "ackd-ackandtake", name: "ackd AckAndTake", mode: "single", batch: 1, build: buildAckAndTake},
 	{key: "ackd-consume", name: "ackd Consume (Workers = consumers)", mode: "consume", batch: 1, build: buildConsume},
 	{key: "streams-batch", name: "Streams batched (COUNT 100, XACK 100)", mode: "batch", batch: tputBatch, build: buildStreams(tputBatch)},
 	{key: "ackd-batch", name: "ackd batched (TakeBatch 100 + AckBatch)", mode: "batch", batch: tputBatch, build: buildAckd(tputBatch)},
@@ -253,6 +254,50 @@ func buildAckd(count int) func(*bench, *lease.Client) tputImpl {
 			},
 		}
 	}
+}
+
+// buildAckAndTake is the loop of a consumer that takes one message at a
+// time without Consume: each AckAndTake acks the message the call before
+// took and takes the next, in one round trip. Holding a lease it asks
+// without a wait; holding none (at the start, or after the queue ran
+// dry) it waits in Take. That wait costs what AckAndTake's own would (the
+// ack's round trip, then BLMOVE and the take script in one), but the
+// last ack of a run is not held up by a wait on the emptied queue.
+func buildAckAndTake(b *bench, lc *lease.Client) tputImpl {
+	impl := buildAckd(1)(b, lc)
+	wait := &lease.TakeOpts{Wait: tputBlock}
+	var held sync.Map // consumer -> the *lease.Lease it holds
+	impl.consume = func(ctx context.Context, w int, got func([]byte)) (int, error) {
+		v, ok := held.Load(w)
+		if !ok {
+			l, err := lc.Take(ctx, "q", wait)
+			if errors.Is(err, lease.ErrNoMessage) {
+				return 0, nil
+			}
+			if err != nil {
+				return 0, err
+			}
+			if got != nil {
+				got(l.Payload)
+			}
+			held.Store(w, l)
+			return 0, nil
+		}
+		next, err := v.(*lease.Lease).AckAndTake(ctx, nil)
+		if next == nil {
+			held.Delete(w)
+			if err == lease.ErrNoMessage { // exactly: no ack error joined to it
+				return 1, nil
+			}
+			return 0, err
+		}
+		if got != nil {
+			got(next.Payload)
+		}
+		held.Store(w, next)
+		return 1, err
+	}
+	return impl
 }
 
 // buildConsume runs the library's own consumer loop, Consume, with one
@@ -683,6 +728,7 @@ func (b *bench) tputTargets(all map[string]tputResult, sizes, consumerCounts []i
 	cpu := func(r tputResult) float64 { return r.redisCPU }
 	checks := []check{
 		{"take+ack throughput (pre-filled)", "ackd Take+Ack ≥ 1.0x Streams single", "ackd", "streams", rate, func(x float64) bool { return x >= 1.0 }},
+		{"AckAndTake throughput (pre-filled)", "ackd AckAndTake ≥ 1.0x Streams single", "ackd-ackandtake", "streams", rate, func(x float64) bool { return x >= 1.0 }},
 		{"batched throughput (pre-filled)", "ackd batched ≥ 2x Streams single", "ackd-batch", "streams", rate, func(x float64) bool { return x >= 2.0 }},
 		{"Redis CPU per message (pre-filled)", "ackd Take+Ack ≤ 1.2x Streams single", "ackd", "streams", cpu, func(x float64) bool { return x <= 1.2 }},
 	}
@@ -722,7 +768,7 @@ func (b *bench) tputBreakdown(all map[string]tputResult) string {
 		"top-level commands: reading, parsing and replying, the event loop and the system calls of each round trip.\n\n")
 	for _, c := range []int{1, 8} {
 		var rows [][]string
-		for _, key := range []string{"streams", "ackd", "ackd-daemon", "ackd-consume", "streams-batch", "ackd-batch"} {
+		for _, key := range []string{"streams", "ackd", "ackd-ackandtake", "ackd-daemon", "ackd-consume", "streams-batch", "ackd-batch"} {
 			r, ok := all[fmt.Sprintf("%s/%d/%d", key, 100, c)]
 			if !ok {
 				continue
