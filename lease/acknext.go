@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // AckAndTake acks l and leases the next message of l's queue, in one
@@ -25,8 +27,7 @@ import (
 //
 //   - next != nil: the take leased next, which is returned whatever err
 //     says. err is nil when l was acked, else what Ack would have
-//     returned for it: it wraps ErrStale, ErrNotHeld, or ErrMalformed
-//     (l's lease record was not ackd's and went to the dead set). Never
+//     returned for it: it wraps ErrStale or ErrNotHeld, and never
 //     ErrAckUnconfirmed.
 //   - next == nil and errors.Is(err, ErrAckUnconfirmed): the ack is not
 //     confirmed and l may still be held; err wraps the cause. Bad input
@@ -46,11 +47,16 @@ import (
 //     all the same). If the ack failed too, err joins its error: errors.Is
 //     finds ErrStale or ErrNotHeld in it.
 //
-// With opts.Wait > 0 and nothing ready, the ack is done at once, in the
-// first round trip, and only then does the call wait like Take (BLMOVE
-// and the take script in one round trip): an ack is never held up by an
-// empty queue, and a wait cut short by ctx leaves it done. A wait costs
-// the same two round trips as Ack then Take would.
+// With opts.Wait > 0 and nothing ready, the ack is done at once and only
+// then does the call wait like Take (BLMOVE and the take script): an ack
+// is never held up by an empty queue, and a wait cut short by ctx leaves
+// it done. When this client's last take of the queue found it empty, the
+// ack goes ahead of BLMOVE and the take in one pipeline, which Redis runs
+// before BLMOVE blocks: a message that comes within the wait costs one
+// round trip, ack included. (After a SCRIPT FLUSH or a failover, the ack
+// Redis refused in that pipeline is done right after it, once the wait
+// is over.) Otherwise the ack and a take go first, and the wait follows
+// in a second round trip.
 //
 // A call that go-redis resends because its reply was lost is idempotent:
 // the resent run answers with the lease the first run made, and reports
@@ -114,9 +120,21 @@ func (c *Client) ackAndTake(ctx context.Context, queue string, done []*Lease, n 
 		return nil, nil, fmt.Errorf("%w: %w: TakeOpts.Wait %v: must not be negative", ErrAckUnconfirmed, ErrInvalidArgument, o.Wait)
 	}
 	start := time.Now()
-	r, ackErrs, err := c.ackTakeRun(ctx, queue, done, n, o.LeaseFor)
+	var r takeResult
+	var ackErrs []error
+	if o.Wait > 0 && len(done) > 0 && c.rdb.pipelineBlock > 0 && c.estimate(queue).Load() == 0 {
+		// The last take found the queue empty: ack and wait in one
+		// round trip.
+		r, ackErrs, err = c.ackWaitRun(ctx, queue, done, n, o.LeaseFor, c.blockFor(o.Wait, time.Time{}))
+	} else {
+		r, ackErrs, err = c.ackTakeRun(ctx, queue, done, n, o.LeaseFor)
+	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %w", ErrAckUnconfirmed, err)
+		if ackErrs == nil {
+			return nil, nil, fmt.Errorf("%w: %w", ErrAckUnconfirmed, err)
+		}
+		// The acks ran; the wait that followed failed.
+		return nil, errors.Join(ackErrs...), err
 	}
 	ackErr = errors.Join(ackErrs...)
 	taken = r.leases
@@ -149,6 +167,45 @@ func (c *Client) ackAndTake(ctx context.Context, queue string, done []*Lease, n 
 	}
 	taken, err = c.TakeBatch(ctx, queue, n, &TakeOpts{Wait: wait, LeaseFor: o.LeaseFor})
 	return taken, ackErr, err
+}
+
+// ackWaitRun acks done and waits up to block for a message, then takes up
+// to n, in one round trip: the ack (take.lua acking only), BLMOVE ready ->
+// claim and the take, in one pipeline on the blocking client
+// (blockAndTake). Redis runs the ack before BLMOVE blocks, so the ack is
+// never held up by the wait. An ack Redis refused without running it
+// (NOSCRIPT after its script cache was flushed, a Cluster redirect) runs
+// again the usual way once the pipeline returns: late by the wait, never
+// lost. ackErrs is nil when the acks are not confirmed; with ackErrs
+// set, err is the wait's or the take's.
+func (c *Client) ackWaitRun(ctx context.Context, queue string, done []*Lease, n int, leaseFor, block time.Duration) (r takeResult, ackErrs []error, err error) {
+	if err := c.startAckTake(ctx, queue, done, n, leaseFor); err != nil {
+		return r, nil, err
+	}
+	k := KeysFor(queue)
+	ackKeys, ackArgs := c.takeArgs(queue, k, 0, 0, done, false)
+	var ack *redis.Cmd
+	est := c.estimate(queue)
+	ask := takeAsk(est, n)
+	sent := time.Now()
+	r, err = c.blockAndTake(ctx, queue, k, ask, leaseFor, block, ask < n, func(p redis.Pipeliner) {
+		ack = p.EvalSha(ctx, takeScript.Hash(), ackKeys, ackArgs...)
+	})
+	res, aerr := ack.Slice()
+	if aerr != nil && (redis.HasErrorPrefix(aerr, "NOSCRIPT") || refused(aerr, c.rdb.redialable)) {
+		sent = time.Now()
+		res, aerr = takeScript.Run(ctx, c.rdb, ackKeys, ackArgs...).Slice()
+	}
+	a, aerr := c.takeReply(ctx, queue, res, aerr, sent, len(done), false)
+	if aerr != nil {
+		return takeResult{}, nil, aerr
+	}
+	ackErrs = ackStatuses(done, a.acks)
+	if err != nil {
+		return takeResult{}, ackErrs, err
+	}
+	note(est, r, ask)
+	return r, ackErrs, nil
 }
 
 // joinErrs is err, with ackErr joined to it when there is one.

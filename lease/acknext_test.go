@@ -226,11 +226,17 @@ func TestAckAndTakeWait(t *testing.T) {
 
 	var next *Lease
 	var err error
+	pipes := &pipeRecorder{}
+	b.rdb.AddHook(pipes)
 	wait := background(func() { next, err = bl.AckAndTake(ctx, &TakeOpts{Wait: time.Minute}) })
 	waitBlocked(t, b.rdb, 1)
-	// Blocked, and b is acked already.
+	// Blocked, and b is acked already: after a take that found the queue
+	// empty, the ack goes ahead of the wait in its pipeline.
 	if st := checkInvariants(t, b.rdb, q); len(st.InFlight) != 0 || b.ackedCount(t, q) != 2 {
 		t.Fatalf("while AckAndTake waits: in flight %v, %d acked; want the ack done", st.InFlight, b.ackedCount(t, q))
+	}
+	if sent := pipes.sent(); !slices.ContainsFunc(sent, func(p []string) bool { return slices.Equal(p, []string{"evalsha", "blmove", "evalsha"}) }) {
+		t.Errorf("AckAndTake(Wait) after an empty take sent the pipelines %v, want the ack, BLMOVE and the take in one", sent)
 	}
 	c := b.push(t, q, "c", nil)
 	wait()
@@ -240,51 +246,99 @@ func TestAckAndTakeWait(t *testing.T) {
 	if st := checkInvariants(t, b.rdb, q); st.Tokens[c] != next.Token {
 		t.Fatalf("in flight %v, tokens %v", st.InFlight, st.Tokens)
 	}
+
+	// After a take that found the queue empty, the ack, the wait and the
+	// take go in one round trip: here the message is there already.
+	b.c.estimate(q).Store(0)
+	d := b.push(t, q, "d", nil)
+	calls := b.countCalls()
+	last, err := next.AckAndTake(ctx, &TakeOpts{Wait: time.Minute})
+	if err != nil || last == nil || last.ID != d {
+		t.Fatalf("AckAndTake(Wait) after an empty take = %v, %v; want %s", last, err, d)
+	}
+	if n := calls.n.Load(); n != 1 {
+		t.Errorf("AckAndTake(Wait) after an empty take made %d round trips, want 1", n)
+	}
+	if st := checkInvariants(t, b.rdb, q); len(st.InFlight) != 1 || st.Tokens[d] != last.Token || b.ackedCount(t, q) != 3 {
+		t.Fatalf("in flight %v, tokens %v, %d acked", st.InFlight, st.Tokens, b.ackedCount(t, q))
+	}
+}
+
+// TestAckAndTakeWaitNoScript: with Redis's script cache flushed, the ack
+// sent ahead of a wait is refused (NOSCRIPT) and done right after: the
+// call acks and takes all the same.
+func TestAckAndTakeWaitNoScript(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := t.Context()
+	const q = "acknextnoscript"
+	b.push(t, q, "a", nil)
+	a := b.take(t, q, nil)
+	b.c.estimate(q).Store(0)
+	bid := b.push(t, q, "b", nil)
+	if err := b.rdb.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	next, err := a.AckAndTake(ctx, &TakeOpts{Wait: time.Minute})
+	if err != nil || next == nil || next.ID != bid {
+		t.Fatalf("AckAndTake(Wait) after SCRIPT FLUSH = %v, %v; want %s", next, err, bid)
+	}
+	if st := checkInvariants(t, b.rdb, q); len(st.InFlight) != 1 || st.Tokens[bid] != next.Token || b.ackedCount(t, q) != 1 {
+		t.Fatalf("in flight %v, tokens %v, %d acked", st.InFlight, st.Tokens, b.ackedCount(t, q))
+	}
 }
 
 // TestAckAndTakeCancelWait: a wait cut short by ctx returns ctx's error,
-// promptly, and leaves the ack done (no ErrAckUnconfirmed); a ctx
-// cancelled before the call leaves the ack unconfirmed.
+// promptly, and leaves the ack done (no ErrAckUnconfirmed), whether the
+// ack went alone first or ahead of the wait in one round trip (after a
+// take that found the queue empty); a ctx cancelled before the call
+// leaves the ack unconfirmed.
 func TestAckAndTakeCancelWait(t *testing.T) {
 	t.Parallel()
-	b := setup(t, nil)
-	const q = "acknextcancel"
-	b.push(t, q, "a", nil)
-	b.push(t, q, "b", nil)
-	a := b.take(t, q, nil)
-	bl := b.take(t, q, nil)
+	for _, est := range []int64{MaxBatch, 0} {
+		t.Run(fmt.Sprintf("estimate %d", est), func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, nil)
+			const q = "acknextcancel"
+			b.push(t, q, "a", nil)
+			b.push(t, q, "b", nil)
+			a := b.take(t, q, nil)
+			bl := b.take(t, q, nil)
+			b.c.estimate(q).Store(est)
 
-	ctx, cancel := context.WithCancel(t.Context())
-	var next *Lease
-	var err error
-	wait := background(func() { next, err = a.AckAndTake(ctx, &TakeOpts{Wait: time.Minute}) })
-	waitBlocked(t, b.rdb, 1)
-	cancelled := time.Now()
-	cancel()
-	wait()
-	took := time.Since(cancelled)
-	if next != nil || !errors.Is(err, context.Canceled) || errors.Is(err, ErrAckUnconfirmed) || errors.Is(err, ErrNoMessage) {
-		t.Fatalf("AckAndTake cancelled while waiting = %v, %v; want nil, context.Canceled", next, err)
-	}
-	if took > 30*time.Second {
-		t.Errorf("AckAndTake returned %v after the cancel", took)
-	}
-	st := checkInvariants(t, b.rdb, q)
-	if _, held := st.InFlight[a.ID]; held || b.ackedCount(t, q) != 1 {
-		t.Fatalf("after a cancelled wait: in flight %v, %d acked; want a acked", st.InFlight, b.ackedCount(t, q))
-	}
+			ctx, cancel := context.WithCancel(t.Context())
+			var next *Lease
+			var err error
+			wait := background(func() { next, err = a.AckAndTake(ctx, &TakeOpts{Wait: time.Minute}) })
+			waitBlocked(t, b.rdb, 1)
+			cancelled := time.Now()
+			cancel()
+			wait()
+			took := time.Since(cancelled)
+			if next != nil || !errors.Is(err, context.Canceled) || errors.Is(err, ErrAckUnconfirmed) || errors.Is(err, ErrNoMessage) {
+				t.Fatalf("AckAndTake cancelled while waiting = %v, %v; want nil, context.Canceled", next, err)
+			}
+			if took > 30*time.Second {
+				t.Errorf("AckAndTake returned %v after the cancel", took)
+			}
+			st := checkInvariants(t, b.rdb, q)
+			if _, held := st.InFlight[a.ID]; held || b.ackedCount(t, q) != 1 {
+				t.Fatalf("after a cancelled wait: in flight %v, %d acked; want a acked", st.InFlight, b.ackedCount(t, q))
+			}
 
-	// Cancelled before it was sent: nothing happened, and the error says
-	// the ack is unconfirmed.
-	if l, err := bl.AckAndTake(ctx, nil); l != nil || !errors.Is(err, ErrAckUnconfirmed) || !errors.Is(err, context.Canceled) {
-		t.Fatalf("AckAndTake with a cancelled ctx = %v, %v; want ErrAckUnconfirmed", l, err)
-	}
-	if _, held := checkInvariants(t, b.rdb, q).InFlight[bl.ID]; !held {
-		t.Fatalf("a cancelled AckAndTake acked %s", bl.ID)
-	}
-	// Acking again, as the error says, works.
-	if err := bl.Ack(t.Context()); err != nil {
-		t.Fatal(err)
+			// Cancelled before it was sent: nothing happened, and the
+			// error says the ack is unconfirmed.
+			if l, err := bl.AckAndTake(ctx, &TakeOpts{Wait: time.Minute}); l != nil || !errors.Is(err, ErrAckUnconfirmed) || !errors.Is(err, context.Canceled) {
+				t.Fatalf("AckAndTake with a cancelled ctx = %v, %v; want ErrAckUnconfirmed", l, err)
+			}
+			if _, held := checkInvariants(t, b.rdb, q).InFlight[bl.ID]; !held {
+				t.Fatalf("a cancelled AckAndTake acked %s", bl.ID)
+			}
+			// Acking again, as the error says, works.
+			if err := bl.Ack(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
 
@@ -352,6 +406,36 @@ func TestAckAndTakeMaxDeliveries(t *testing.T) {
 	if d, ok := st.Dead[m]; !ok || d.Reason != ReasonExpired || len(st.Ready) != 1 {
 		t.Fatalf("after the last delivery ran out: dead %v, ready %v", st.Dead, st.Ready)
 	}
+}
+
+// pipeRecorder is a go-redis hook that records the commands of each
+// pipeline.
+type pipeRecorder struct {
+	mu    sync.Mutex
+	pipes [][]string
+}
+
+func (h *pipeRecorder) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *pipeRecorder) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+
+func (h *pipeRecorder) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		names := make([]string, len(cmds))
+		for i, c := range cmds {
+			names[i] = c.Name()
+		}
+		h.mu.Lock()
+		h.pipes = append(h.pipes, names)
+		h.mu.Unlock()
+		return next(ctx, cmds)
+	}
+}
+
+// sent is the commands of each pipeline recorded so far.
+func (h *pipeRecorder) sent() [][]string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.pipes)
 }
 
 // resendHook runs every script twice with the same arguments, the second

@@ -226,8 +226,8 @@ func (b *bench) concurrent(ctx context.Context) error {
 		"pre-filled one. \"Mean backlog\" is what Redis held waiting to be delivered (LLEN of the list or of ackd's ready list; "+
 		"the Streams group's lag from XINFO GROUPS), sampled every %v; \"at cap\" is the share of samples at 90%% of the hold "+
 		"or more: when it is low, the queue was rarely full and consumers took what had just arrived. "+
-		"Consumers: BLPOP (no ack); XREADGROUP BLOCK COUNT 1 or 100 + XACK; ackd `Take` + `Ack`; `AckAndTake` (each call "+
-		"acks the message the call before took and takes the next in one round trip; a consumer that holds none waits in `Take`); "+
+		"Consumers: BLPOP (no ack); XREADGROUP BLOCK COUNT 1 or 100 + XACK; ackd `Take` + `Ack`; `AckAndTake` with a wait (each call "+
+		"acks the message the call before took and takes the next in one round trip; a consumer that holds none takes with `Take`); "+
 		"`TakeBatch(100)` + `AckBatch`; "+
 		"`Consume` with Workers = C and a handler that returns at once (Consume acks it). msgs/s is from the start of the "+
 		"producers to the last ack (for Consume: the last handler's return). A system whose producers have not pushed "+

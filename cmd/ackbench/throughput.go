@@ -55,6 +55,10 @@ type tputImpl struct {
 	backlog func(ctx context.Context) (int64, error)
 	// check, if set, verifies after a run that nothing is left in flight.
 	check func(ctx context.Context) error
+	// expect, if set, is given the number of messages the run moves (the
+	// concurrent section may lower it while the consumers run) and the
+	// number of consumers, before they start.
+	expect func(target *atomic.Int64, consumers int)
 }
 
 var tputVariants = []tputVariant{
@@ -258,15 +262,28 @@ func buildAckd(count int) func(*bench, *lease.Client) tputImpl {
 
 // buildAckAndTake is the loop of a consumer that takes one message at a
 // time without Consume: each AckAndTake acks the message the call before
-// took and takes the next, in one round trip. Holding a lease it asks
-// without a wait; holding none (at the start, or after the queue ran
-// dry) it waits in Take. That wait costs what AckAndTake's own would (the
-// ack's round trip, then BLMOVE and the take script in one), but the
-// last ack of a run is not held up by a wait on the emptied queue.
+// took and takes the next, waiting up to tputBlock, in one round trip
+// (when the queue was empty at the last take: the ack, BLMOVE and the
+// take in one pipeline). A consumer that holds no lease (at the start,
+// or after a wait that brought nothing) takes with Take. A waiting
+// AckAndTake reports its ack only when the wait ends, which at the end of
+// a run would hold up the last acks by a wait that no steady stream has:
+// once fewer than twice as many messages as consumers are left to
+// receive, the consumers ask without a wait (and wait in Take when they
+// hold nothing), so that each wait still under way has a message coming.
 func buildAckAndTake(b *bench, lc *lease.Client) tputImpl {
 	impl := buildAckd(1)(b, lc)
 	wait := &lease.TakeOpts{Wait: tputBlock}
-	var held sync.Map // consumer -> the *lease.Lease it holds
+	var (
+		held     sync.Map // consumer -> the *lease.Lease it holds
+		received atomic.Int64
+		target   atomic.Pointer[atomic.Int64]
+		margin   atomic.Int64
+	)
+	impl.expect = func(t *atomic.Int64, consumers int) {
+		target.Store(t)
+		margin.Store(2 * int64(consumers))
+	}
 	impl.consume = func(ctx context.Context, w int, got func([]byte)) (int, error) {
 		v, ok := held.Load(w)
 		if !ok {
@@ -277,13 +294,18 @@ func buildAckAndTake(b *bench, lc *lease.Client) tputImpl {
 			if err != nil {
 				return 0, err
 			}
+			received.Add(1)
 			if got != nil {
 				got(l.Payload)
 			}
 			held.Store(w, l)
 			return 0, nil
 		}
-		next, err := v.(*lease.Lease).AckAndTake(ctx, nil)
+		o := wait
+		if t := target.Load(); t != nil && received.Load()+margin.Load() > t.Load() {
+			o = nil
+		}
+		next, err := v.(*lease.Lease).AckAndTake(ctx, o)
 		if next == nil {
 			held.Delete(w)
 			if err == lease.ErrNoMessage { // exactly: no ack error joined to it
@@ -291,6 +313,7 @@ func buildAckAndTake(b *bench, lc *lease.Client) tputImpl {
 			}
 			return 0, err
 		}
+		received.Add(1)
 		if got != nil {
 			got(next.Payload)
 		}
@@ -544,6 +567,9 @@ func consumeUntil(ctx context.Context, impl tputImpl, name string, c int, target
 			case <-ctx.Done():
 			}
 		}()
+	}
+	if impl.expect != nil {
+		impl.expect(target, c)
 	}
 	if impl.consumeAll != nil {
 		err := impl.consumeAll(ctx, c, got, func() { acked(1) })
