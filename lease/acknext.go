@@ -50,10 +50,11 @@ import (
 // With opts.Wait > 0 and nothing ready, the ack is done at once and only
 // then does the call wait like Take (BLMOVE and the take script): an ack
 // is never held up by an empty queue, and a wait cut short by ctx leaves
-// it done. When this client's last take of the queue found it empty, the
-// ack goes ahead of BLMOVE and the take in one pipeline, which Redis runs
-// before BLMOVE blocks: a message that comes within the wait costs one
-// round trip, ack included. (After a SCRIPT FLUSH or a failover, the ack
+// it done. When this client's last look at the queue found at most one
+// message there, the ack goes ahead of BLMOVE and the take in one
+// pipeline, which Redis runs before BLMOVE blocks: on a queue its
+// consumers keep about empty, a message that comes within the wait costs
+// one round trip, ack included. (After a SCRIPT FLUSH or a failover, the ack
 // Redis refused in that pipeline is done right after it, once the wait
 // is over.) Otherwise the ack and a take go first, and the wait follows
 // in a second round trip.
@@ -122,12 +123,22 @@ func (c *Client) ackAndTake(ctx context.Context, queue string, done []*Lease, n 
 	start := time.Now()
 	var r takeResult
 	var ackErrs []error
-	if o.Wait > 0 && len(done) > 0 && c.rdb.pipelineBlock > 0 && c.estimate(queue).Load() == 0 {
-		// The last take found the queue empty: ack and wait in one
-		// round trip.
+	est := c.estimate(queue)
+	if o.Wait > 0 && len(done) > 0 && c.rdb.pipelineBlock > 0 && est.Load() <= 1 {
+		// The queue held at most one message at the last look, and was
+		// not paused: ack and wait in one round trip. (A queue paused
+		// since, or noted 1 by a take that found it paused, has one
+		// message moved onto the claim list, which takes drain first.)
 		r, ackErrs, err = c.ackWaitRun(ctx, queue, done, n, o.LeaseFor, c.blockFor(o.Wait, time.Time{}))
 	} else {
-		r, ackErrs, err = c.ackTakeRun(ctx, queue, done, n, o.LeaseFor)
+		// With a wait to come, have the take say what it leaves, so that
+		// the next call knows whether to wait at once.
+		r, ackErrs, err = c.ackTakeReport(ctx, queue, done, n, o.LeaseFor, o.Wait > 0)
+	}
+	if r.paused {
+		// The next call looks again before it waits: BLMOVE would move
+		// a message of the paused queue onto the claim list.
+		est.Store(max(est.Load(), 2))
 	}
 	if err != nil {
 		if ackErrs == nil {
@@ -166,6 +177,11 @@ func (c *Client) ackAndTake(ctx context.Context, queue string, done []*Lease, n 
 		return nil, ackErr, err
 	}
 	taken, err = c.TakeBatch(ctx, queue, n, &TakeOpts{Wait: wait, LeaseFor: o.LeaseFor})
+	if len(taken) == 1 && n == 1 {
+		// A wait brought it: the queue is about empty, whatever the take
+		// of one (which does not count the rest) noted.
+		est.Store(min(est.Load(), 1))
+	}
 	return taken, ackErr, err
 }
 
@@ -188,7 +204,7 @@ func (c *Client) ackWaitRun(ctx context.Context, queue string, done []*Lease, n 
 	est := c.estimate(queue)
 	ask := takeAsk(est, n)
 	sent := time.Now()
-	r, err = c.blockAndTake(ctx, queue, k, ask, leaseFor, block, ask < n, func(p redis.Pipeliner) {
+	r, err = c.blockAndTake(ctx, queue, k, ask, leaseFor, block, true, func(p redis.Pipeliner) {
 		ack = p.EvalSha(ctx, takeScript.Hash(), ackKeys, ackArgs...)
 	})
 	res, aerr := ack.Slice()
@@ -198,6 +214,14 @@ func (c *Client) ackWaitRun(ctx context.Context, queue string, done []*Lease, n 
 	}
 	a, aerr := c.takeReply(ctx, queue, res, aerr, sent, len(done), false)
 	if aerr != nil {
+		if len(r.leases) > 0 {
+			// Only when both ran again after NOSCRIPT and the ack's run
+			// failed: give the leases back rather than strand them
+			// until their deadline behind an unconfirmed ack.
+			if err := c.ReleaseBatch(context.WithoutCancel(ctx), r.leases); err != nil {
+				c.cfg.Logger.WarnContext(ctx, "could not release leases taken behind an unconfirmed ack", "queue", queue, "error", err)
+			}
+		}
 		return takeResult{}, nil, aerr
 	}
 	ackErrs = ackStatuses(done, a.acks)

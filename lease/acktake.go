@@ -20,6 +20,13 @@ func (c *Client) ackTake(ctx context.Context, queue string, done []*Lease, n int
 // paused and when its next delayed message is due, for a wait that
 // follows.
 func (c *Client) ackTakeRun(ctx context.Context, queue string, done []*Lease, n int, leaseFor time.Duration) (r takeResult, ackErrs []error, err error) {
+	return c.ackTakeReport(ctx, queue, done, n, leaseFor, false)
+}
+
+// ackTakeReport is ackTakeRun; with report, a run that fills every slot
+// also says how many remain, so that the estimate of the queue (takeAsk)
+// is a count even when it asks for all n.
+func (c *Client) ackTakeReport(ctx context.Context, queue string, done []*Lease, n int, leaseFor time.Duration, report bool) (r takeResult, ackErrs []error, err error) {
 	if err := c.startAckTake(ctx, queue, done, n, leaseFor); err != nil || len(done) == 0 && n == 0 {
 		return r, nil, err
 	}
@@ -30,7 +37,7 @@ func (c *Client) ackTakeRun(ctx context.Context, queue string, done []*Lease, n 
 	if n > 0 {
 		ask = takeAsk(est, n)
 	}
-	r, err = c.runTake(ctx, queue, KeysFor(queue), ask, leaseFor, done, ask < n)
+	r, err = c.runTake(ctx, queue, KeysFor(queue), ask, leaseFor, done, report || ask < n)
 	if err != nil {
 		return r, nil, err
 	}
