@@ -189,8 +189,10 @@ func (c *Client) ackAndTake(ctx context.Context, queue string, done []*Lease, n 
 // to n, in one round trip: the ack (take.lua acking only), BLMOVE ready ->
 // claim and the take, in one pipeline on the blocking client
 // (blockAndTake). Redis runs the ack before BLMOVE blocks, so the ack is
-// never held up by the wait. An ack Redis refused without running it
-// (NOSCRIPT after its script cache was flushed, a Cluster redirect) runs
+// never held up by the wait. The ack is take.lua's, not ack.lua's: the
+// look that made the estimate ran take.lua on the queue's node, so it is
+// loaded there. An ack Redis refused without running it all the same
+// (NOSCRIPT after a SCRIPT FLUSH or a failover, a Cluster redirect) runs
 // again the usual way once the pipeline returns: late by the wait, never
 // lost. ackErrs is nil when the acks are not confirmed; with ackErrs
 // set, err is the wait's or the take's.
