@@ -131,9 +131,10 @@ func (c *Client) ackAndTake(ctx context.Context, queue string, done []*Lease, n 
 		// message moved onto the claim list, which takes drain first.)
 		r, ackErrs, err = c.ackWaitRun(ctx, queue, done, n, o.LeaseFor, c.blockFor(o.Wait, time.Time{}))
 	} else {
-		// With a wait to come, have the take say what it leaves, so that
-		// the next call knows whether to wait at once.
-		r, ackErrs, err = c.ackTakeReport(ctx, queue, done, n, o.LeaseFor, o.Wait > 0)
+		// With a wait to come and the queue about empty at the last look,
+		// have the take say what it leaves (one LLEN), so that the next
+		// call knows whether to wait at once.
+		r, ackErrs, err = c.ackTakeReport(ctx, queue, done, n, o.LeaseFor, o.Wait > 0 && est.Load() <= 2)
 	}
 	if r.paused {
 		// The next call looks again before it waits: BLMOVE would move
