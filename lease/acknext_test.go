@@ -726,3 +726,57 @@ func TestAckAndTakeSameLease(t *testing.T) {
 		t.Fatalf("%d acks failed, took %s and %s, %d acked", failed, nexts[0].ID, nexts[1].ID, b.ackedCount(t, q))
 	}
 }
+
+// TestAckAndTakeCluster: on Redis Cluster every queue's ack-and-take runs
+// on its own slot's master, the one-round-trip wait included; a lease of
+// a queue on another master is refused and nothing changes.
+func TestAckAndTakeCluster(t *testing.T) {
+	t.Parallel()
+	cl := redistest.StartCluster(t, nil)
+	c, _ := clusterClient(t, cl, nil)
+	ctx := t.Context()
+	queues := queuesOnEveryMaster(t, cl, 1)
+	held := map[string]*Lease{}
+	for _, q := range queues {
+		if _, err := c.Push(ctx, q, []byte("a"), nil); err != nil {
+			t.Fatal(err)
+		}
+		l, err := c.Take(ctx, q, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held[q] = l
+	}
+	for i, q := range queues {
+		node := nodeOf(t, cl, q)
+		other := held[queues[(i+1)%len(queues)]]
+		if _, err := c.AckAndTakeBatch(ctx, q, []*Lease{held[q], other}, 1, nil); !errors.Is(err, ErrInvalidArgument) || !errors.Is(err, ErrAckUnconfirmed) {
+			t.Fatalf("%s: AckAndTakeBatch with a lease of %s: %v", q, other.Queue, err)
+		}
+		if st := checkInvariants(t, node, q); len(st.InFlight) != 1 {
+			t.Fatalf("%s: a refused AckAndTakeBatch changed %v", q, st.InFlight)
+		}
+		c.estimate(q).Store(0)
+		var next *Lease
+		var err error
+		wait := background(func() { next, err = held[q].AckAndTake(ctx, &TakeOpts{Wait: time.Minute}) })
+		waitBlocked(t, node, 1)
+		if st := checkInvariants(t, node, q); len(st.InFlight) != 0 {
+			t.Fatalf("%s: while AckAndTake waits, in flight %v", q, st.InFlight)
+		}
+		id, perr := c.Push(ctx, q, []byte("b"), nil)
+		if perr != nil {
+			t.Fatal(perr)
+		}
+		wait()
+		if err != nil || next == nil || next.ID != id {
+			t.Fatalf("%s: AckAndTake(Wait) = %v, %v; want %s", q, next, err, id)
+		}
+		if l, err := next.AckAndTake(ctx, nil); l != nil || !errors.Is(err, ErrNoMessage) || errors.Is(err, ErrNotHeld) {
+			t.Fatalf("%s: last AckAndTake = %v, %v", q, l, err)
+		}
+		if st := checkInvariants(t, node, q); len(st.InFlight)+len(st.Ready) != 0 {
+			t.Fatalf("%s: left %+v", q, st)
+		}
+	}
+}
