@@ -117,6 +117,9 @@ func (c *Client) ackAndTake(ctx context.Context, queue string, done []*Lease, n 
 	if opts != nil {
 		o = *opts
 	}
+	if err := ValidateQueue(queue); err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", ErrAckUnconfirmed, err)
+	}
 	if o.Wait < 0 {
 		return nil, nil, fmt.Errorf("%w: %w: TakeOpts.Wait %v: must not be negative", ErrAckUnconfirmed, ErrInvalidArgument, o.Wait)
 	}

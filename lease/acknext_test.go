@@ -388,8 +388,11 @@ func TestAckAndTakeBadInput(t *testing.T) {
 			t.Errorf("%s: %v; want ErrInvalidArgument and ErrAckUnconfirmed", name, err)
 		}
 	}
-	if _, err := b.c.AckAndTakeBatch(ctx, "bad queue", nil, 1, nil); !errors.Is(err, ErrInvalidQueue) || !errors.Is(err, ErrAckUnconfirmed) {
+	if _, err := b.c.AckAndTakeBatch(ctx, "bad queue", nil, 1, &TakeOpts{Wait: time.Second}); !errors.Is(err, ErrInvalidQueue) || !errors.Is(err, ErrAckUnconfirmed) {
 		t.Errorf("bad queue: %v", err)
+	}
+	if _, ok := b.c.found.Load("bad queue"); ok {
+		t.Error("a refused AckAndTakeBatch keeps an estimate for its bad queue name")
 	}
 	sameSnapshot(t, "refused AckAndTake", before, snapshot(t, b.rdb))
 	if l.settled.Load() || other.settled.Load() {
