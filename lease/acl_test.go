@@ -436,6 +436,19 @@ var aclOps = []aclOp{
 		e.vanish["m1"] = errs[0] == nil
 		return want(errs[0] == nil && len(taken) == 1, "ack and take, reporting: %v, %d taken", errs, len(taken))
 	}},
+	{"consumer", "AckAndTake waiting", func(e *aclEnv) error {
+		// After a take that found the queue empty: the ack, BLMOVE and the
+		// take in one pipeline. The error says whether the ack happened.
+		l := e.lease("m1", nil, 0)
+		e.user.estimate(e.queue).Store(0)
+		e.push("m2", nil)
+		next, err := l.AckAndTake(e.ctx(), &TakeOpts{Wait: 10 * time.Second})
+		e.vanish["m1"] = !errors.Is(err, ErrAckUnconfirmed) && !errors.Is(err, ErrNotHeld) && !errors.Is(err, ErrStale)
+		if next == nil {
+			return err
+		}
+		return want(err == nil, "AckAndTake waiting: %v", err)
+	}},
 	{"consumer", "nack", func(e *aclEnv) error { return e.lease("m1", nil, 0).Nack(e.ctx(), 0) }},
 	{"consumer", "nack with delay", func(e *aclEnv) error { return e.lease("m1", nil, 0).Nack(e.ctx(), time.Hour) }},
 	{"consumer", "nack last delivery", func(e *aclEnv) error {

@@ -242,7 +242,8 @@ func BenchmarkPush(b *testing.B) {
 }
 
 // BenchmarkTakeAck takes and acks messages of a pre-filled queue one at a
-// time: ackd Take+Ack beside a plain LPOP (no reliability), the reliable
+// time: ackd Take+Ack and AckAndTake (each call acks the message the one
+// before took) beside a plain LPOP (no reliability), the reliable
 // list pattern (BLMOVE to a per-consumer processing list, then LREM) and
 // Streams (XREADGROUP COUNT 1, then XACK).
 func BenchmarkTakeAck(b *testing.B) {
@@ -285,23 +286,22 @@ func BenchmarkTakeAck(b *testing.B) {
 				return l.Ack(ctx)
 			})
 		})
-		b.Run(fmt.Sprintf("ackd-acktake/c=%d", conc), func(b *testing.B) {
+		b.Run(fmt.Sprintf("ackd-ackandtake/c=%d", conc), func(b *testing.B) {
 			c := e.reset(b)
 			e.fillLease(b, c, "q", b.N)
-			held := make([][]*lease.Lease, conc)
+			held := make([]*lease.Lease, conc)
 			e.measure(b, conc, 1, func(ctx context.Context, w, _ int) error {
-				ls, errs, err := c.AckTake(ctx, "q", held[w], 1, 0)
-				if err != nil {
+				if held[w] == nil {
+					l, err := c.Take(ctx, "q", nil)
+					held[w] = l
 					return err
 				}
-				if err := errors.Join(errs...); err != nil {
-					return err
+				l, err := held[w].AckAndTake(ctx, nil)
+				if l == nil {
+					return fmt.Errorf("AckAndTake took nothing: %w", err)
 				}
-				if len(ls) != 1 {
-					return fmt.Errorf("took %d", len(ls))
-				}
-				held[w] = ls
-				return nil
+				held[w] = l
+				return err
 			})
 		})
 	}

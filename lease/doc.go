@@ -33,6 +33,27 @@
 //	err = l.Extend(ctx, 30*time.Second) // heartbeat: still working
 //	err = l.DeadLetter(ctx)      // poison: straight to the dead set
 //
+// A consumer that handles one message at a time without Consume acks and
+// takes in one call: AckAndTake acks its lease and leases the next
+// message of the queue in one script run and one round trip, where Ack
+// then Take cost two (AckAndTakeBatch does the same for batches):
+//
+//	l, err := c.Take(ctx, "emails", opts)
+//	for l != nil {
+//		work(l)
+//		l, err = l.AckAndTake(ctx, opts) // look at l first: see below
+//	}
+//
+// One error covers both halves, and a lease the take made is never
+// dropped. When a lease comes back, err is nil or the ack's failure
+// (ErrStale, ErrNotHeld), as Ack would report it. When none comes back,
+// ErrAckUnconfirmed in err means the ack may not have happened (bad
+// input, ACL, a call lost in flight, ErrNotReplicated): ack again.
+// Otherwise the ack is done and err is why nothing was taken
+// (ErrNoMessage, ctx's error while waiting), joined with the ack's
+// failure if any. On an empty queue the ack is done at once, before the
+// call waits like Take.
+//
 // Consume runs a handler on N workers with all of that done for it: ack on
 // success, nack with backoff on error, leases extended while the handler
 // runs, a bounded stop on cancel. Its acks are batched: those of handlers

@@ -36,6 +36,15 @@ var (
 	// not returned and its messages come back when their leases run out;
 	// an ack may have to be repeated (ErrNotHeld then means it held).
 	ErrNotReplicated = errors.New("lease: not replicated")
+	// ErrAckUnconfirmed: an AckAndTake or AckAndTakeBatch call failed
+	// before its ack was confirmed: it was refused before anything was
+	// sent (bad input, ACL), or it is not known whether Redis ran it (a
+	// network error, a timeout, a cancelled context, a script error), or
+	// Redis ran it but fewer than Config.Replicas replicas confirmed it
+	// (ErrNotReplicated). The cause is wrapped with it. The leases to ack
+	// may still be held: ack them again (Ack, AckBatch, or another
+	// AckAndTake); ErrNotHeld then means the first ack held.
+	ErrAckUnconfirmed = errors.New("lease: ack not confirmed")
 	// ErrNoPermission: the Redis user lacks an ACL permission the call
 	// needs (a command, a key or the wake channel; docs/SECURITY.md lists
 	// each role's). The Redis error is wrapped with it. Every script

@@ -167,7 +167,7 @@ func (c *Client) takeOnce(ctx context.Context, queue string, k Keys, n int, leas
 	for {
 		var r takeResult
 		if block > 0 {
-			r, err = c.blockAndTake(ctx, queue, k, ask, leaseFor, block, ask < n)
+			r, err = c.blockAndTake(ctx, queue, k, ask, leaseFor, block, ask < n, nil)
 			block = 0
 		} else {
 			r, err = c.runTake(ctx, queue, k, ask, leaseFor, nil, ask < n-len(ls))
@@ -275,9 +275,15 @@ func (c *Client) runTake(ctx context.Context, queue string, k Keys, n int, lease
 // function or script, FCALL refused, a Cluster redirect, a failover) runs
 // again the usual way, which loads the library or falls back to EVALSHA;
 // the element BLMOVE parked is on the claim list, which takes drain first.
-func (c *Client) blockAndTake(ctx context.Context, queue string, k Keys, n int, leaseFor, block time.Duration, report bool) (takeResult, error) {
+//
+// before, if not nil, queues commands ahead of BLMOVE in the same pipeline
+// (AckAndTake's ack), which Redis runs before BLMOVE blocks.
+func (c *Client) blockAndTake(ctx context.Context, queue string, k Keys, n int, leaseFor, block time.Duration, report bool, before func(redis.Pipeliner)) (takeResult, error) {
 	keys, args := c.takeArgs(queue, k, n, leaseFor, nil, report)
 	pipe := c.rdb.blocking.Pipeline()
+	if before != nil {
+		before(pipe)
+	}
 	mv := pipe.Do(ctx, "blmove", k.Ready, k.Claim, "LEFT", "RIGHT", blockSeconds(block))
 	run := takeScript.queue(ctx, c.rdb, pipe, keys, args...)
 	sent := time.Now()

@@ -12,7 +12,7 @@ import (
 )
 
 // concKeys are the systems of the concurrent section, in table order.
-var concKeys = []string{"list", "streams", "streams-batch", "ackd", "ackd-batch", "ackd-consume"}
+var concKeys = []string{"list", "streams", "streams-batch", "ackd", "ackd-ackandtake", "ackd-batch", "ackd-consume"}
 
 const (
 	concRounds = 2
@@ -226,7 +226,9 @@ func (b *bench) concurrent(ctx context.Context) error {
 		"pre-filled one. \"Mean backlog\" is what Redis held waiting to be delivered (LLEN of the list or of ackd's ready list; "+
 		"the Streams group's lag from XINFO GROUPS), sampled every %v; \"at cap\" is the share of samples at 90%% of the hold "+
 		"or more: when it is low, the queue was rarely full and consumers took what had just arrived. "+
-		"Consumers: BLPOP (no ack); XREADGROUP BLOCK COUNT 1 or 100 + XACK; ackd `Take` + `Ack`; `TakeBatch(100)` + `AckBatch`; "+
+		"Consumers: BLPOP (no ack); XREADGROUP BLOCK COUNT 1 or 100 + XACK; ackd `Take` + `Ack`; `AckAndTake` with a wait (each call "+
+		"acks the message the call before took and takes the next in one round trip; a consumer that holds none takes with `Take`); "+
+		"`TakeBatch(100)` + `AckBatch`; "+
 		"`Consume` with Workers = C and a handler that returns at once (Consume acks it). msgs/s is from the start of the "+
 		"producers to the last ack (for Consume: the last handler's return). A system whose producers have not pushed "+
 		"their share of a round within %v stop there; the consumers take what was pushed and the figures are over those "+
@@ -318,6 +320,8 @@ func (b *bench) concTargets(all map[string]concResult, sizes []int) {
 		{"Consume throughput, 8+ workers vs batched Streams (concurrent)", "ackd Consume ≥ 1.0x Streams COUNT 100", "ackd-consume", "streams-batch", rate, 1.0, true, sizes, many},
 		{"Consume throughput, 1 worker (concurrent)", "ackd Consume ≥ 1.0x Streams COUNT 1", "ackd-consume", "streams", rate, 1.0, true, sizes, one},
 		{"Take+Ack throughput (concurrent)", "ackd Take+Ack ≥ 1.0x Streams COUNT 1", "ackd", "streams", rate, 1.0, true, sizes, every},
+		{"AckAndTake throughput (concurrent)", "ackd AckAndTake ≥ 1.0x Streams COUNT 1", "ackd-ackandtake", "streams", rate, 1.0, true, sizes, every},
+		{"Redis CPU per message, AckAndTake, 100 B (concurrent)", "ackd AckAndTake ≤ 1.2x Streams COUNT 1", "ackd-ackandtake", "streams", cpu, 1.2, false, small, every},
 		{"TakeBatch never slower than Take (concurrent)", "ackd TakeBatch(100)+AckBatch ≥ 1.0x ackd Take+Ack", "ackd-batch", "ackd", rate, 1.0, true, sizes, every},
 		{"Redis CPU per message, Take+Ack, 100 B (concurrent)", "ackd Take+Ack ≤ 1.2x Streams COUNT 1", "ackd", "streams", cpu, 1.2, false, small, every},
 		{"Redis CPU per message, Consume, 100 B (concurrent)", "ackd Consume ≤ 1.0x Streams COUNT 1", "ackd-consume", "streams", cpu, 1.0, false, small, every},

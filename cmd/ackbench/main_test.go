@@ -21,7 +21,7 @@ func TestTinyRun(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "report.md")
 	var stderr bytes.Buffer
 	args := []string{"-quick", "-n", "1000", "-consumers", "1,8", "-only", "concurrent,throughput,latency,memory",
-		"-variants", "list,streams,streams-batch,ackd,ackd-batch,ackd-consume", "-o", out}
+		"-variants", "list,streams,streams-batch,ackd,ackd-ackandtake,ackd-batch,ackd-consume", "-o", out}
 	if err := run(ctx, args, os.Stdout, &stderr); err != nil {
 		t.Fatalf("ackbench %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
 	}
@@ -64,6 +64,8 @@ func TestTinyRun(t *testing.T) {
 		"Consume throughput, 8+ workers vs batched Streams (concurrent)",
 		"Consume throughput, 1 worker (concurrent)",
 		"Take+Ack throughput (concurrent)",
+		"AckAndTake throughput (concurrent)",
+		"Redis CPU per message, AckAndTake, 100 B (concurrent)",
 		"TakeBatch never slower than Take (concurrent)",
 		"Redis CPU per message, Take+Ack, 100 B (concurrent)",
 		"Redis CPU per message, Consume, 100 B (concurrent)",

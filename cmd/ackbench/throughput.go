@@ -55,6 +55,10 @@ type tputImpl struct {
 	backlog func(ctx context.Context) (int64, error)
 	// check, if set, verifies after a run that nothing is left in flight.
 	check func(ctx context.Context) error
+	// expect, if set, is given the number of messages the run moves (the
+	// concurrent section may lower it while the consumers run) and the
+	// number of consumers, before they start.
+	expect func(target *atomic.Int64, consumers int)
 }
 
 var tputVariants = []tputVariant{
@@ -62,6 +66,7 @@ var tputVariants = []tputVariant{
 	{key: "reliable", name: "reliable list BLMOVE+LREM", mode: "single", batch: 1, build: buildReliable},
 	{key: "streams", name: "Streams XREADGROUP+XACK", mode: "single", batch: 1, build: buildStreams(1)},
 	{key: "ackd", name: "ackd Take+Ack", mode: "single", batch: 1, build: buildAckd(1)},
+	{key: "ackd-ackandtake", name: "ackd AckAndTake", mode: "single", batch: 1, build: buildAckAndTake},
 	{key: "ackd-consume", name: "ackd Consume (Workers = consumers)", mode: "consume", batch: 1, build: buildConsume(0)},
 	{key: "streams-batch", name: "Streams batched (COUNT 100, XACK 100)", mode: "batch", batch: tputBatch, build: buildStreams(tputBatch)},
 	{key: "ackd-batch", name: "ackd batched (TakeBatch 100 + AckBatch)", mode: "batch", batch: tputBatch, build: buildAckd(tputBatch)},
@@ -262,6 +267,69 @@ func consumeVariant(p int) tputVariant {
 		name = "ackd Consume, Prefetch off"
 	}
 	return tputVariant{key: fmt.Sprintf("ackd-consume-p%d", p), name: name, mode: "consume", batch: 1, build: buildConsume(p)}
+}
+
+// buildAckAndTake is the loop of a consumer that takes one message at a
+// time without Consume: each AckAndTake acks the message the call before
+// took and takes the next, waiting up to tputBlock, in one round trip
+// (when the queue was empty at the last take: the ack, BLMOVE and the
+// take in one pipeline). A consumer that holds no lease (at the start,
+// or after a wait that brought nothing) takes with Take. A waiting
+// AckAndTake reports its ack only when the wait ends, which at the end of
+// a run would hold up the last acks by a wait that no steady stream has:
+// once fewer than twice as many messages as consumers are left to
+// receive, the consumers ask without a wait (and wait in Take when they
+// hold nothing), so that each wait still under way has a message coming.
+func buildAckAndTake(b *bench, lc *lease.Client) tputImpl {
+	impl := buildAckd(1)(b, lc)
+	wait := &lease.TakeOpts{Wait: tputBlock}
+	var (
+		held     sync.Map // consumer -> the *lease.Lease it holds
+		received atomic.Int64
+		target   atomic.Pointer[atomic.Int64]
+		margin   atomic.Int64
+	)
+	impl.expect = func(t *atomic.Int64, consumers int) {
+		target.Store(t)
+		margin.Store(2 * int64(consumers))
+	}
+	impl.consume = func(ctx context.Context, w int, got func([]byte)) (int, error) {
+		v, ok := held.Load(w)
+		if !ok {
+			l, err := lc.Take(ctx, "q", wait)
+			if errors.Is(err, lease.ErrNoMessage) {
+				return 0, nil
+			}
+			if err != nil {
+				return 0, err
+			}
+			received.Add(1)
+			if got != nil {
+				got(l.Payload)
+			}
+			held.Store(w, l)
+			return 0, nil
+		}
+		o := wait
+		if t := target.Load(); t != nil && received.Load()+margin.Load() > t.Load() {
+			o = nil
+		}
+		next, err := v.(*lease.Lease).AckAndTake(ctx, o)
+		if next == nil {
+			held.Delete(w)
+			if err == lease.ErrNoMessage { // exactly: no ack error joined to it
+				return 1, nil
+			}
+			return 0, err
+		}
+		received.Add(1)
+		if got != nil {
+			got(next.Payload)
+		}
+		held.Store(w, next)
+		return 1, err
+	}
+	return impl
 }
 
 // buildConsume runs the library's own consumer loop, Consume, with one
@@ -514,6 +582,9 @@ func consumeUntil(ctx context.Context, impl tputImpl, name string, c int, target
 			}
 		}()
 	}
+	if impl.expect != nil {
+		impl.expect(target, c)
+	}
 	if impl.consumeAll != nil {
 		err := impl.consumeAll(ctx, c, got, func() { acked(1) })
 		if err != nil {
@@ -697,6 +768,7 @@ func (b *bench) tputTargets(all map[string]tputResult, sizes, consumerCounts []i
 	cpu := func(r tputResult) float64 { return r.redisCPU }
 	checks := []check{
 		{"take+ack throughput (pre-filled)", "ackd Take+Ack ≥ 1.0x Streams single", "ackd", "streams", rate, func(x float64) bool { return x >= 1.0 }},
+		{"AckAndTake throughput (pre-filled)", "ackd AckAndTake ≥ 1.0x Streams single", "ackd-ackandtake", "streams", rate, func(x float64) bool { return x >= 1.0 }},
 		{"batched throughput (pre-filled)", "ackd batched ≥ 2x Streams single", "ackd-batch", "streams", rate, func(x float64) bool { return x >= 2.0 }},
 		{"Redis CPU per message (pre-filled)", "ackd Take+Ack ≤ 1.2x Streams single", "ackd", "streams", cpu, func(x float64) bool { return x <= 1.2 }},
 	}
@@ -736,7 +808,7 @@ func (b *bench) tputBreakdown(all map[string]tputResult) string {
 		"top-level commands: reading, parsing and replying, the event loop and the system calls of each round trip.\n\n")
 	for _, c := range []int{1, 8} {
 		var rows [][]string
-		for _, key := range []string{"streams", "ackd", "ackd-daemon", "ackd-consume", "streams-batch", "ackd-batch"} {
+		for _, key := range []string{"streams", "ackd", "ackd-ackandtake", "ackd-daemon", "ackd-consume", "streams-batch", "ackd-batch"} {
 			r, ok := all[fmt.Sprintf("%s/%d/%d", key, 100, c)]
 			if !ok {
 				continue
