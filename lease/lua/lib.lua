@@ -23,8 +23,8 @@ local function now_ms()
   local t = redis.call('TIME')
   -- arithmetic on the reply's strings converts them without a library
   -- call (tonumber, math.floor each cost about as much as a cheap command)
-  local us = t[2] % 1000
-  return t[1] * 1000 + (t[2] - us) / 1000
+  local us = t[2] + 0
+  return t[1] * 1000 + (us - us % 1000) / 1000
 end
 
 -- num converts a canonical decimal (no sign, no leading zero) of at most 14
@@ -244,40 +244,56 @@ local function ack_refused(k_deadlines, k_counts, k_shadow)
   return refused('HDEL', k_counts) or refused('ZREM', k_deadlines) or refused('DEL', k_shadow)
 end
 
--- ack_leases ends the leases ids[i]/tokens[i] (shadow keys KEYS[sk + i])
--- for good and returns one status per lease: 1 acked, 0 not held, -1 stale
--- token. It adds the number acked to the field "acked" of k_counts.
+-- ack_leases ends the leases given by ARGV[b + 2j] (id) and ARGV[b + 1 + 2j]
+-- (token), shadow keys KEYS[sk + j], j = 1..a, for good, and writes one
+-- status per lease to out[o + j]: 1 acked, 0 not held, -1 stale token. It
+-- adds the number acked to the field "acked" of k_counts. One lease (the
+-- common case) is read and ended without a table.
 -- The lease record is the one proof of a token: the shadow key does not
 -- name the message (an id passed with another lease's token must not end
 -- that lease), and data written by others may outlive a lease.
-local function ack_leases(k_leases, k_deadlines, k_counts, ids, tokens, sk)
-  local recs = redis.call('HMGET', k_leases, unpack(ids))
-  local out, done, shadows, acked = {}, {}, {}, {}
-  for i = 1, #ids do
-    local token, rec = tokens[i], recs[i]
-    if not rec then
-      out[i] = 0
-    elseif string.sub(rec, 1, #token + 1) ~= token .. '|' then
-      out[i] = -1
-    else
-      out[i] = 1
-      if not acked[ids[i]] then -- the same lease twice counts once
-        acked[ids[i]] = true
-        done[#done + 1] = ids[i]
-        shadows[#shadows + 1] = KEYS[sk + i]
+local function ack_leases(k_leases, k_deadlines, k_counts, b, sk, a, out, o)
+  -- the leases to end are ids[i1 .. i1 + n - 1], their shadow keys
+  -- shadows[s1 .. s1 + n - 1]: for one lease, in ARGV and KEYS themselves
+  local ids, i1, shadows, s1, n = ARGV, b + 2, KEYS, sk + 1, 0
+  local rec1, recs, acked
+  if a == 1 then
+    rec1 = redis.call('HGET', k_leases, ARGV[b + 2])
+  else
+    ids, i1, shadows, s1, acked = {}, 1, {}, 1, {}
+    for j = 1, a do ids[j] = ARGV[b + 2 * j] end
+    recs = redis.call('HMGET', k_leases, unpack(ids))
+  end
+  for j = 1, a do
+    local id, token, rec = ARGV[b + 2 * j], ARGV[b + 1 + 2 * j], rec1
+    if recs then rec = recs[j] end
+    local st = 0
+    if rec then
+      st = -1
+      -- the record starts with token "|" (a string of the token's length
+      -- that equals it is the token's own: Lua makes no new one)
+      if string.sub(rec, 1, #token) == token and string.byte(rec, #token + 1) == 124 then
+        st = 1
+        if not acked then
+          n = 1
+        elseif not acked[id] then -- the same lease twice counts once
+          acked[id] = true
+          n = n + 1
+          ids[n], shadows[n] = id, KEYS[sk + j] -- n <= j: ids[j..] are read already
+        end
       end
     end
+    out[o + j] = st
   end
-  if #done > 0 then
+  if n > 0 then
     -- the count first: a counts key of the wrong type then fails the
     -- script before it has changed anything
-    redis.call('HINCRBY', k_counts, 'acked', #done)
-    redis.call('HDEL', k_leases, unpack(done))
-    redis.call('DEL', unpack(shadows))
+    redis.call('HINCRBY', k_counts, 'acked', n == 1 and '1' or n)
+    redis.call('HDEL', k_leases, unpack(ids, i1, i1 + n - 1))
+    redis.call('DEL', unpack(shadows, s1, s1 + n - 1))
     -- last, and a deadlines key of the wrong type (written by someone
     -- else) holds no deadline to remove: its error is ignored, so the ack
     -- that has happened reports success (ACL refusals were asked first)
-    redis.pcall('ZREM', k_deadlines, unpack(done))
+    redis.pcall('ZREM', k_deadlines, unpack(ids, i1, i1 + n - 1))
   end
-  return out
 end
