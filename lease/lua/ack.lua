@@ -15,6 +15,6 @@ end
 -- checked them all, and DEL is asked about the first for all.
 local denied = ack_refused(KEYS[2], KEYS[3], KEYS[4])
 if denied then return denied end
-local out = {}
+local out = {0} -- sized for one status
 ack_leases(KEYS[1], KEYS[2], KEYS[3], -1, 3, a, out, 0)
 return out

@@ -65,7 +65,8 @@ local function take_env(s)
     (#e > 1 and e < '1') or (#f > 1 and f < '1') then
     return nil
   end
-  return id, tonumber(a), tonumber(m), l, pa, pm, pp
+  -- (arithmetic converts a string without a library call)
+  return id, a + 0, m + 0, l, pa, pm, pp
 end
 
 -- build_env prints m as an envelope, after prefix if one is given (a lease

@@ -44,7 +44,10 @@ if not (n and a and maxp and defmax and override and deflease and #KEYS == 9 + n
     #ARGV == 9 + 2 * n + 2 * a) then
   return redis.error_reply('ERR take: want 9+n+a keys and 9+2n+2a arguments, ARGV[4] a canonical decimal (see docs/PROTOCOL.md)')
 end
-local out = {0, -1, 0, 0}
+-- The reply: the header, then the acks' statuses and the leases. The nils
+-- size the table for one ack and one lease at once: each time a table
+-- outgrows its size Lua allocates and rehashes it.
+local out = {0, -1, 0, 0, nil, nil, nil, nil, nil, nil, nil}
 
 -- Reads first: nothing below needs asking about before the first write.
 -- One EXISTS answers the common case: no resent call, not paused, nothing
@@ -125,8 +128,9 @@ if delayed then promote(KEYS[5], KEYS[1], now, 100) end
 
 -- earliest is the earliest new deadline, es the same printed
 local earliest, es = nil, nil
--- zadd holds score, member of each lease made: ZADD's arguments
-local zadd = nil
+-- ZADD's arguments for the leases made: score, member of the first, then
+-- of the others in zadd (a table only for a second lease)
+local z1, z1id, zadd = nil, nil, nil
 local j, bad = 0, 0
 local dry = false
 -- failed is the error that stops the run, from: the list it popped from,
@@ -164,7 +168,8 @@ while j < n and bad < 100 and not dry do
         -- Lua hashes every byte of every string it makes: of the payload's
         -- size, only the payload and the record.
         payload = string.sub(e, pp)
-        rec = token .. '|' .. string.sub(e, 1, pa - 1) .. attempts .. '|' .. string.sub(e, pm, pp - 1) .. payload
+        rec = token .. '|' .. string.sub(e, 1, pa - 1) .. string.format('%d', attempts) .. '|' ..
+          string.sub(e, pm, pp - 1) .. payload
       end
     elseif not env and not over then
       id, attempts, max, payload = rawid, 1, defmax, e
@@ -200,17 +205,19 @@ while j < n and bad < 100 and not dry do
     if set == 1 then
       j = j + 1
       local ms = override
-      if ms <= 0 and lms then ms = tonumber(lms) end
+      if ms <= 0 and lms and lms ~= '0' then ms = lms + 0 end
       if ms <= 0 then ms = deflease end
       -- a foreign envelope may ask for more than ackd allows: a week at most
       if ms > MAX_MS then ms = MAX_MS end
       local deadline = now + ms
       local ds = string.format('%d', deadline)
-      if zadd then
+      if not z1 then
+        z1, z1id = ds, id
+      elseif zadd then
         zadd[#zadd + 1] = ds
         zadd[#zadd + 1] = id
       else
-        zadd = {ds, id}
+        zadd = {z1, z1id, ds, id}
       end
       redis.call('SET', KEYS[9 + j], id, 'PXAT', ds)
       if earliest == nil or deadline < earliest then earliest, es = deadline, ds end
@@ -230,11 +237,9 @@ if failed and fx then
   for y = #elems, fx, -1 do redis.call('LPUSH', from, elems[y]) end
 end
 if zadd then
-  if #zadd == 2 then
-    redis.call('ZADD', KEYS[4], zadd[1], zadd[2])
-  else
-    redis.call('ZADD', KEYS[4], unpack(zadd))
-  end
+  redis.call('ZADD', KEYS[4], unpack(zadd))
+elseif z1 then
+  redis.call('ZADD', KEYS[4], z1, z1id)
 end
 if failed then return redis.error_reply(type(failed) == 'table' and failed.err or tostring(failed)) end
 out[1] = j
