@@ -13,7 +13,7 @@
 -- ARGV[1] n (0..1000)
 -- ARGV[2] lease ms for this take, 0 to use the message's own or the default
 -- ARGV[3] default lease ms (messages that carry none, raw payloads)
--- ARGV[4] default max deliveries for raw payloads (0 = unlimited)
+-- ARGV[4] default max deliveries for raw payloads (0 = unlimited), digits only
 -- ARGV[5] wake channel
 -- ARGV[6] queue name
 -- ARGV[7] max payload bytes: a larger element is dead-lettered as
@@ -37,12 +37,14 @@
 local n = ARGV[1] == '1' and 1 or tonumber(ARGV[1])
 local override = ARGV[2] == '0' and 0 or tonumber(ARGV[2])
 local deflease = tonumber(ARGV[3])
-local defmax = num(ARGV[4]) -- copied into raw payloads' records as it is
+-- copied into raw payloads' records as it is: digits only
+local defmax = string.find(ARGV[4], '^%d+$') and num(ARGV[4])
 local maxp = tonumber(ARGV[7])
 local a = ARGV[8] == '0' and 0 or tonumber(ARGV[8])
-if not (n and a and maxp and defmax and override and deflease and #KEYS == 9 + n + a and
-    #ARGV == 9 + 2 * n + 2 * a) then
-  return redis.error_reply('ERR take: want 9+n+a keys and 9+2n+2a arguments, ARGV[4] a canonical decimal (see docs/PROTOCOL.md)')
+-- (x >= 0 is false for NaN too, which strtod reads from "nan")
+if not (n and a and defmax and maxp and maxp >= 0 and override and override >= 0 and deflease and
+    deflease >= 0 and #KEYS == 9 + n + a and #ARGV == 9 + 2 * n + 2 * a) then
+  return redis.error_reply('ERR take: want 9+n+a keys and 9+2n+2a arguments, ARGV[2], ARGV[3] and ARGV[7] numbers >= 0, ARGV[4] a canonical decimal (see docs/PROTOCOL.md)')
 end
 -- The reply: the header, then the acks' statuses and the leases. The nils
 -- size the table for one ack and one lease at once: each time a table
