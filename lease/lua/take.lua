@@ -37,8 +37,10 @@
 local n = ARGV[1] == '1' and 1 or tonumber(ARGV[1])
 local override = ARGV[2] == '0' and 0 or tonumber(ARGV[2])
 local deflease = tonumber(ARGV[3])
--- copied into raw payloads' records as it is: digits only
-local defmax = string.find(ARGV[4], '^%d+$') and num(ARGV[4])
+-- copied into raw payloads' records as it is: a canonical decimal of at
+-- most 14 digits (see num in lib.lua)
+local dm = ARGV[4]
+local defmax = #dm <= 14 and (dm == '0' or string.find(dm, '^[1-9]%d*$')) and dm + 0
 local maxp = tonumber(ARGV[7])
 local a = ARGV[8] == '0' and 0 or tonumber(ARGV[8])
 -- (x >= 0 is false for NaN too, which strtod reads from "nan")
