@@ -100,6 +100,22 @@ local function refused(cmd, ...)
     ', which this script needs (see docs/SECURITY.md); nothing was written')
 end
 
+-- refused_any is refused for up to eight commands, each with one key or
+-- channel: (cmd, key, cmd, key, ...), a nil command skipped. It returns
+-- refused's error for the first the user may not run, else nil. One Lua
+-- call for all of them: a call of refused costs about a quarter of the
+-- check it makes.
+local function refused_any(c1, k1, c2, k2, c3, k3, c4, k4, c5, k5, c6, k6, c7, k7, c8, k8)
+  local acl = redis.acl_check_cmd
+  if acl(c1, k1) and (not c2 or acl(c2, k2)) and (not c3 or acl(c3, k3)) and (not c4 or acl(c4, k4)) and
+    (not c5 or acl(c5, k5)) and (not c6 or acl(c6, k6)) and (not c7 or acl(c7, k7)) and
+    (not c8 or acl(c8, k8)) then
+    return nil
+  end
+  return refused(c1, k1) or (c2 and refused(c2, k2)) or (c3 and refused(c3, k3)) or (c4 and refused(c4, k4)) or
+    (c5 and refused(c5, k5)) or (c6 and refused(c6, k6)) or (c7 and refused(c7, k7)) or (c8 and refused(c8, k8))
+end
+
 -- dead_refused checks the commands dead_letter runs.
 local function dead_refused(k_dead, k_deadmsgs)
   return refused('HEXISTS', k_deadmsgs) or refused('HLEN', k_deadmsgs) or
@@ -242,7 +258,7 @@ end
 -- ack_refused checks the commands ack_leases runs after its first write
 -- (HINCRBY).
 local function ack_refused(k_deadlines, k_counts, k_shadow)
-  return refused('HDEL', k_counts) or refused('ZREM', k_deadlines) or refused('DEL', k_shadow)
+  return refused_any('HDEL', k_counts, 'ZREM', k_deadlines, 'DEL', k_shadow)
 end
 
 -- ack_leases ends the leases given by ARGV[b + 2j] (id) and ARGV[b + 1 + 2j]

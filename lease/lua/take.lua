@@ -87,13 +87,11 @@ end
 -- write; without acks, promote's RPUSH or LMPOP is. (HMGET runs before
 -- any write.)
 local denied = (a > 0 and ack_refused(KEYS[4], KEYS[9], KEYS[10 + n])) or
-  (take and (refused('HSETNX', KEYS[3]) or refused('SET', KEYS[10]) or refused('ZADD', KEYS[4]) or
-    refused('PUBLISH', ARGV[5]) or refused('HEXISTS', KEYS[7]) or refused('HLEN', KEYS[7]) or
-    refused('HSET', KEYS[7]) or
+  (take and (refused_any('HSETNX', KEYS[3], 'SET', KEYS[10], 'ZADD', KEYS[4], 'PUBLISH', ARGV[5],
+      'HEXISTS', KEYS[7], 'HLEN', KEYS[7], 'HSET', KEYS[7], ARGV[9] == '1' and 'LLEN' or nil, KEYS[1]) or
     ((a > 0 or delayed) and refused('LMPOP', '1', KEYS[1], 'LEFT')) or
     (delayed and (refused('ZREM', KEYS[5]) or
-      (a > 0 and (refused('RPUSH', KEYS[1]) or refused('ZRANGEBYSCORE', KEYS[5]))))) or
-    (ARGV[9] == '1' and refused('LLEN', KEYS[1])))) or
+      (a > 0 and (refused('RPUSH', KEYS[1]) or refused('ZRANGEBYSCORE', KEYS[5]))))))) or
   (resent and a > 0 and (refused('GET', KEYS[10]) or refused('HGET', KEYS[3]) or refused('ZSCORE', KEYS[4])))
 if denied then return denied end
 
