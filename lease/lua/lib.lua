@@ -306,11 +306,18 @@ local function ack_leases(k_leases, k_deadlines, k_counts, b, sk, a, out, o)
     -- the count first: a counts key of the wrong type then fails the
     -- script before it has changed anything
     redis.call('HINCRBY', k_counts, 'acked', n == 1 and '1' or n)
-    redis.call('HDEL', k_leases, unpack(ids, i1, i1 + n - 1))
-    redis.call('DEL', unpack(shadows, s1, s1 + n - 1))
-    -- last, and a deadlines key of the wrong type (written by someone
-    -- else) holds no deadline to remove: its error is ignored, so the ack
-    -- that has happened reports success (ACL refusals were asked first)
-    redis.pcall('ZREM', k_deadlines, unpack(ids, i1, i1 + n - 1))
+    -- the deadlines last, and a deadlines key of the wrong type (written
+    -- by someone else) holds no deadline to remove: its error is ignored,
+    -- so the ack that has happened reports success (ACL refusals were
+    -- asked first). unpack is a library call: one lease goes without.
+    if n == 1 then
+      redis.call('HDEL', k_leases, ids[i1])
+      redis.call('DEL', shadows[s1])
+      redis.pcall('ZREM', k_deadlines, ids[i1])
+    else
+      redis.call('HDEL', k_leases, unpack(ids, i1, i1 + n - 1))
+      redis.call('DEL', unpack(shadows, s1, s1 + n - 1))
+      redis.pcall('ZREM', k_deadlines, unpack(ids, i1, i1 + n - 1))
+    end
   end
 end
