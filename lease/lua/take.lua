@@ -30,6 +30,9 @@
 --          remaining (ARGV[9] = 1 and count = n: the ready list's length; else 0),
 --          then a ack statuses (1 acked, 0 not held, -1 stale token),
 --          then per lease: id, token, attempt, deadline_ms, max, payload}
+-- KEYS and ARGV are globals: a local copy of each saves a table lookup at
+-- each of the thirty-odd uses of a run.
+local KEYS, ARGV = KEYS, ARGV
 -- Every number printed into a string or passed to redis.call costs about
 -- as much as a cheap command (Lua prints it with "%.17g"), and so does
 -- every tonumber: the common values are compared as strings, numbers go to
