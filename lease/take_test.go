@@ -571,6 +571,40 @@ func TestTakeResent(t *testing.T) {
 	checkInvariants(t, b.rdb, q)
 }
 
+// TestTakeBadArguments: a take whose numbers are not what it copies or
+// computes with (a max deliveries that is no canonical decimal, a lease
+// or size that is no number >= 0) is refused before it writes: nothing changes.
+func TestTakeBadArguments(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := t.Context()
+	const q = "badargs"
+	k := KeysFor(q)
+	b.push(t, q, "m", nil)
+	if err := b.rdb.RPush(ctx, k.Ready, "raw").Err(); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshot(t, b.rdb)
+	for _, bad := range []struct {
+		at  int
+		val string
+	}{
+		{2, "x"}, {2, "nan"}, {2, "-1"}, {3, "x"}, {3, ""}, {3, "nan"}, {3, "-1"},
+		{4, "1e3"}, {4, " 10"}, {4, "010"}, {4, "-1"}, {7, "x"}, {7, "nan"},
+	} {
+		tokens, ids := b.c.newTokens(2)
+		keys := []string{k.Ready, k.Claim, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs, k.Paused, k.Counts,
+			LeaseKey(q, tokens[0]), LeaseKey(q, tokens[1])}
+		args := []any{2, 0, 60000, 10, WakeChannel, q, MaxPayloadDefault, 0, 0, tokens[0], ids[0], tokens[1], ids[1]}
+		args[bad.at-1] = bad.val
+		res, err := takeScript.Run(ctx, b.rdb, keys, args...).Result()
+		if err == nil || !strings.Contains(err.Error(), "ERR take:") {
+			t.Errorf("take with ARGV[%d] = %q: %v, %v; want an error", bad.at, bad.val, res, err)
+		}
+		sameSnapshot(t, fmt.Sprintf("take with ARGV[%d] = %q", bad.at, bad.val), before, snapshot(t, b.rdb))
+	}
+}
+
 // commandCalls reads the calls of each command from INFO commandstats.
 func commandCalls(t *testing.T, rdb *redis.Client) map[string]int {
 	t.Helper()

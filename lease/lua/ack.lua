@@ -8,13 +8,13 @@
 -- acked, requeued or dead-lettered), -1 stale token (a later delivery of the
 -- message holds it now; nothing changed)
 local a = #ARGV / 2
-if #KEYS ~= 3 + a or a ~= math.floor(a) then
+if #KEYS ~= 3 + a or a % 1 ~= 0 then
   return redis.error_reply('ERR ack: want 3+a keys and 2a arguments (see docs/PROTOCOL.md)')
 end
-local ids, tokens = {}, {}
-for i = 1, a do ids[i], tokens[i] = ARGV[2 * i - 1], ARGV[2 * i] end
 -- HINCRBY is the first write; every shadow key is declared, so Redis has
 -- checked them all, and DEL is asked about the first for all.
 local denied = ack_refused(KEYS[2], KEYS[3], KEYS[4])
 if denied then return denied end
-return ack_leases(KEYS[1], KEYS[2], KEYS[3], ids, tokens, 3)
+local out = {0} -- sized for one status
+ack_leases(KEYS[1], KEYS[2], KEYS[3], -1, 3, a, out, 0)
+return out

@@ -13,7 +13,7 @@
 -- ARGV[1] n (0..1000)
 -- ARGV[2] lease ms for this take, 0 to use the message's own or the default
 -- ARGV[3] default lease ms (messages that carry none, raw payloads)
--- ARGV[4] default max deliveries for raw payloads (0 = unlimited)
+-- ARGV[4] default max deliveries for raw payloads (0 = unlimited), digits only
 -- ARGV[5] wake channel
 -- ARGV[6] queue name
 -- ARGV[7] max payload bytes: a larger element is dead-lettered as
@@ -30,16 +30,31 @@
 --          remaining (ARGV[9] = 1 and count = n: the ready list's length; else 0),
 --          then a ack statuses (1 acked, 0 not held, -1 stale token),
 --          then per lease: id, token, attempt, deadline_ms, max, payload}
-local n = tonumber(ARGV[1])
-local override = tonumber(ARGV[2])
+-- KEYS and ARGV are globals: a local copy of each saves a table lookup at
+-- each of the thirty-odd uses of a run.
+local KEYS, ARGV = KEYS, ARGV
+-- Every number printed into a string or passed to redis.call costs about
+-- as much as a cheap command (Lua prints it with "%.17g"), and so does
+-- every tonumber: the common values are compared as strings, numbers go to
+-- Redis as strings, and a deadline is printed once, as an integer.
+local n = ARGV[1] == '1' and 1 or tonumber(ARGV[1])
+local override = ARGV[2] == '0' and 0 or tonumber(ARGV[2])
 local deflease = tonumber(ARGV[3])
-local defmax = num(ARGV[4]) -- copied into raw payloads' records as it is
+-- copied into raw payloads' records as it is: a canonical decimal of at
+-- most 14 digits (see num in lib.lua)
+local dm = ARGV[4]
+local defmax = #dm <= 14 and (dm == '0' or string.find(dm, '^[1-9]%d*$')) and dm + 0
 local maxp = tonumber(ARGV[7])
-local a = tonumber(ARGV[8])
-if not (n and a and maxp and defmax and #KEYS == 9 + n + a and #ARGV == 9 + 2 * n + 2 * a) then
-  return redis.error_reply('ERR take: want 9+n+a keys and 9+2n+2a arguments, ARGV[4] a canonical decimal (see docs/PROTOCOL.md)')
+local a = ARGV[8] == '0' and 0 or tonumber(ARGV[8])
+-- (x >= 0 is false for NaN too, which strtod reads from "nan")
+if not (n and a and defmax and maxp and maxp >= 0 and override and override >= 0 and deflease and
+    deflease >= 0 and #KEYS == 9 + n + a and #ARGV == 9 + 2 * n + 2 * a) then
+  return redis.error_reply('ERR take: want 9+n+a keys and 9+2n+2a arguments, ARGV[2], ARGV[3] and ARGV[7] numbers >= 0, ARGV[4] a canonical decimal (see docs/PROTOCOL.md)')
 end
-local out = {0, -1, 0, 0}
+-- The reply: the header, then the acks' statuses and the leases. The nils
+-- size the table for one ack and one lease at once: each time a table
+-- outgrows its size Lua allocates and rehashes it.
+local out = {0, -1, 0, 0, nil, nil, nil, nil, nil, nil, nil}
 
 -- Reads first: nothing below needs asking about before the first write.
 -- One EXISTS answers the common case: no resent call, not paused, nothing
@@ -63,9 +78,9 @@ end
 local take = n > 0 and not resent and not paused
 local before, now
 if take then
-  -- the earliest deadline, for wake (a foreign -inf or +inf compares as
-  -- first_score's clamped value would)
-  local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+  -- the earliest deadline, for the wake below (a foreign -inf or +inf
+  -- compares as first_score's clamped value would)
+  local first = redis.call('ZRANGE', KEYS[4], '0', '0', 'WITHSCORES')
   before = first[2] and tonumber(first[2])
   now = now_ms()
 end
@@ -75,32 +90,17 @@ end
 -- write; without acks, promote's RPUSH or LMPOP is. (HMGET runs before
 -- any write.)
 local denied = (a > 0 and ack_refused(KEYS[4], KEYS[9], KEYS[10 + n])) or
-  (take and (refused('HSETNX', KEYS[3]) or refused('SET', KEYS[10]) or refused('ZADD', KEYS[4]) or
-    refused('PUBLISH', ARGV[5]) or refused('HEXISTS', KEYS[7]) or refused('HLEN', KEYS[7]) or
-    refused('HSET', KEYS[7]) or
+  (take and (refused_any('HSETNX', KEYS[3], 'SET', KEYS[10], 'ZADD', KEYS[4], 'PUBLISH', ARGV[5],
+      'HEXISTS', KEYS[7], 'HLEN', KEYS[7], 'HSET', KEYS[7], ARGV[9] == '1' and 'LLEN' or nil, KEYS[1]) or
     ((a > 0 or delayed) and refused('LMPOP', '1', KEYS[1], 'LEFT')) or
     (delayed and (refused('ZREM', KEYS[5]) or
-      (a > 0 and (refused('RPUSH', KEYS[1]) or refused('ZRANGEBYSCORE', KEYS[5]))))) or
-    (ARGV[9] == '1' and refused('LLEN', KEYS[1])))) or
+      (a > 0 and (refused('RPUSH', KEYS[1]) or refused('ZRANGEBYSCORE', KEYS[5]))))))) or
   (resent and a > 0 and (refused('GET', KEYS[10]) or refused('HGET', KEYS[3]) or refused('ZSCORE', KEYS[4])))
 if denied then return denied end
 
-if a > 0 then
-  local ids, tokens = {}, {}
-  for j = 1, a do ids[j], tokens[j] = ARGV[8 + 2 * n + 2 * j], ARGV[9 + 2 * n + 2 * j] end
-  local st = ack_leases(KEYS[3], KEYS[4], KEYS[9], ids, tokens, 9 + n)
-  for j = 1, a do out[4 + j] = st[j] end
-end
-
-local function lease_out(id, token, attempts, deadline, max, payload)
-  local o = #out
-  out[o + 1] = id
-  out[o + 2] = token
-  out[o + 3] = attempts
-  out[o + 4] = deadline
-  out[o + 5] = max
-  out[o + 6] = payload
-end
+if a > 0 then ack_leases(KEYS[3], KEYS[4], KEYS[9], 8 + 2 * n, 9 + n, a, out, 4) end
+-- o is the last slot of out used: leases go after the header and the acks
+local o = 4 + a
 
 if resent then
   local j = 0
@@ -114,7 +114,9 @@ if resent then
     local m = envs and parse_env(envs)
     if m and dl and tok == ARGV[8 + 2 * i] then
       j = j + 1
-      lease_out(m.id, tok, m.attempts, tonumber(dl), m.max, m.payload)
+      out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6] =
+        m.id, tok, m.attempts, tonumber(dl), m.max, m.payload
+      o = o + 6
     end
   end
   out[1] = j
@@ -129,35 +131,30 @@ if not take then return out end
 -- Only when something is delayed: move up to 100 due ones to ready.
 if delayed then promote(KEYS[5], KEYS[1], now, 100) end
 
-local earliest = nil
-local zadd = {}
+-- earliest is the earliest new deadline, es the same printed
+local earliest, es = nil, nil
+-- ZADD's arguments for the leases made: score, member of the first, then
+-- of the others in zadd (a table only for a second lease)
+local z1, z1id, zadd = nil, nil, nil
 local j, bad = 0, 0
 local dry = false
--- A queue key of the wrong type (written by something else) fails the
--- first call on it, which may come after LMPOP: give_back then puts the
--- popped elements not placed yet (elems[x..]) back at the head of their
--- list, in order, gives the leases made their deadlines, and fails.
--- (HSETNX and dead_letter write nothing when they fail so.)
-local function give_back(err, from, elems, x)
-  for y = #elems, x, -1 do redis.call('LPUSH', from, elems[y]) end
-  if #zadd > 0 then redis.call('ZADD', KEYS[4], unpack(zadd)) end
-  return redis.error_reply(type(err) == 'table' and err.err or tostring(err))
-end
-local function dead(...)
-  local ok, err = pcall(dead_letter, KEYS[6], KEYS[7], ...)
-  if not ok then return err end
-end
+-- failed is the error that stops the run, from: the list it popped from,
+-- elems what it popped, fx the first element of elems not placed
+local failed, from, elems, fx = nil, nil, nil, nil
 while j < n and bad < 100 and not dry do
   -- the claim list first, then ready: one call for up to n - j elements.
   -- Fewer than asked from ready means both lists are empty now: no
   -- further call needed to find that out.
-  local popped = redis.pcall('LMPOP', 2, KEYS[2], KEYS[1], 'LEFT', 'COUNT', n - j)
+  local popped = redis.pcall('LMPOP', '2', KEYS[2], KEYS[1], 'LEFT', 'COUNT', j == 0 and ARGV[1] or n - j)
   if not popped then break end
   -- a list of the wrong type (someone else's write) after leases were
   -- made: they get their deadlines, then the call fails
-  if popped.err then return give_back(popped, nil, {}, 1) end
-  local elems = popped[2]
-  dry = popped[1] == KEYS[1] and #elems < n - j
+  if popped.err then
+    failed = popped
+    break
+  end
+  from, elems = popped[1], popped[2]
+  dry = from == KEYS[1] and #elems < n - j
   for x = 1, #elems do
     local e = elems[x]
     local token, rawid = ARGV[8 + 2 * (j + 1)], ARGV[9 + 2 * (j + 1)]
@@ -176,20 +173,22 @@ while j < n and bad < 100 and not dry do
         -- Lua hashes every byte of every string it makes: of the payload's
         -- size, only the payload and the record.
         payload = string.sub(e, pp)
-        rec = token .. '|' .. string.sub(e, 1, pa - 1) .. attempts .. '|' .. string.sub(e, pm, pp - 1) .. payload
+        rec = token .. '|' .. string.sub(e, 1, pa - 1) .. string.format('%d', attempts) .. '|' ..
+          string.sub(e, pm, pp - 1) .. payload
       end
     elseif not env and not over then
       id, attempts, max, payload = rawid, 1, defmax, e
       rec = token .. '|' .. MARK .. rawid .. '|1|' .. ARGV[4] .. '|0|0|0|' .. e
     end
-    local set, failed = nil, nil
+    -- a message that cannot be leased goes to the dead set under did
+    local set, did, reason = nil, nil, nil
     if over then
       bad = bad + 1
-      local oid = env and string.match(string.sub(e, MARKLEN + 1, MARKLEN + 65), '^([%w%-%.]+)|')
-      failed = dead(oid or rawid .. '.o' .. bad, 'oversized', now, e)
+      did = env and string.match(string.sub(e, MARKLEN + 1, MARKLEN + 65), '^([%w%-%.]+)|')
+      did, reason = did or rawid .. '.o' .. bad, 'oversized'
     elseif not id then
       bad = bad + 1
-      failed = dead(rawid .. '.m' .. bad, 'malformed', now, e)
+      did, reason = rawid .. '.m' .. bad, 'malformed'
     else
       set = redis.pcall('HSETNX', KEYS[3], id, rec)
       if type(set) == 'table' then
@@ -197,31 +196,66 @@ while j < n and bad < 100 and not dry do
       elseif set == 0 then
         -- an id already in flight: a second copy pushed by someone else
         bad = bad + 1
-        failed = dead(id, 'malformed', now, e)
+        did, reason = id, 'malformed'
       end
     end
-    if failed then return give_back(failed, popped[1], elems, x) end
+    if reason then
+      local ok, err = pcall(dead_letter, KEYS[6], KEYS[7], did, reason, now, e)
+      if not ok then failed = err end
+    end
+    if failed then
+      fx = x
+      break
+    end
     if set == 1 then
       j = j + 1
       local ms = override
-      if ms <= 0 and lms then ms = tonumber(lms) end
+      if ms <= 0 and lms and lms ~= '0' then ms = lms + 0 end
       if ms <= 0 then ms = deflease end
       -- a foreign envelope may ask for more than ackd allows: a week at most
       if ms > MAX_MS then ms = MAX_MS end
       local deadline = now + ms
-      zadd[#zadd + 1] = deadline
-      zadd[#zadd + 1] = id
-      redis.call('SET', KEYS[9 + j], id, 'PXAT', deadline)
-      if earliest == nil or deadline < earliest then earliest = deadline end
-      lease_out(id, token, attempts, deadline, max, payload)
+      local ds = string.format('%d', deadline)
+      if not z1 then
+        z1, z1id = ds, id
+      elseif zadd then
+        zadd[#zadd + 1] = ds
+        zadd[#zadd + 1] = id
+      else
+        zadd = {z1, z1id, ds, id}
+      end
+      redis.call('SET', KEYS[9 + j], id, 'PXAT', ds)
+      if earliest == nil or deadline < earliest then earliest, es = deadline, ds end
+      out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6] =
+        id, token, attempts, deadline, max, payload
+      o = o + 6
     end
   end
+  if failed then break end
 end
-if #zadd > 0 then redis.call('ZADD', KEYS[4], unpack(zadd)) end
+-- A queue key of the wrong type (written by something else) fails the
+-- first call on it, which may come after LMPOP: the popped elements not
+-- placed yet (elems[fx..]) go back at the head of their list, in order,
+-- the leases made get their deadlines, and the call fails. (HSETNX and
+-- dead_letter write nothing when they fail so.)
+if failed and fx then
+  for y = #elems, fx, -1 do redis.call('LPUSH', from, elems[y]) end
+end
+if zadd then
+  redis.call('ZADD', KEYS[4], unpack(zadd))
+elseif z1 then
+  redis.call('ZADD', KEYS[4], z1, z1id)
+end
+if failed then return redis.error_reply(type(failed) == 'table' and failed.err or tostring(failed)) end
 out[1] = j
 out[3] = bad
 if earliest then
-  wake(ARGV[5], ARGV[6], 'lease', before, earliest)
+  -- tell ackd daemons, on the wake channel, of a new earliest deadline:
+  -- only when it is earlier than the earliest already in the set, so
+  -- steady traffic publishes nothing
+  if before == nil or earliest < before then
+    redis.call('PUBLISH', ARGV[5], 'lease|' .. es .. '|' .. ARGV[6])
+  end
 elseif j == 0 then
   out[2] = delayed and first_score(KEYS[5]) or -1
 end
