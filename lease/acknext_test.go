@@ -520,6 +520,14 @@ func TestAckAndTakeReplicas(t *testing.T) {
 		return strings.Contains(info, "master_link_status:up") && strings.Contains(info, "master_sync_in_progress:0")
 	}, "the replica syncs")
 	rdb := master.Client(t)
+	// The replica acknowledges writes (a loaded machine may take a while
+	// the first time): from here on, WAIT's timeout is not what is tested.
+	if err := rdb.Set(t.Context(), "probe", 1, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := rdb.Wait(t.Context(), 1, 10*time.Second).Result(); err != nil || n != 1 {
+		t.Fatalf("WAIT 1 for the probe = %d, %v", n, err)
+	}
 	c, err := New(rdb, &Config{Replicas: 1})
 	if err != nil {
 		t.Fatal(err)

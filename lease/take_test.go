@@ -597,7 +597,7 @@ func TestTakeBadArguments(t *testing.T) {
 			LeaseKey(q, tokens[0]), LeaseKey(q, tokens[1])}
 		args := []any{2, 0, 60000, 10, WakeChannel, q, MaxPayloadDefault, 0, 0, tokens[0], ids[0], tokens[1], ids[1]}
 		args[bad.at-1] = bad.val
-		res, err := takeScript.Run(ctx, b.rdb, keys, args...).Result()
+		res, err := takeScript.Run(ctx, b.c.rdb, keys, args...).Result()
 		if err == nil || !strings.Contains(err.Error(), "ERR take:") {
 			t.Errorf("take with ARGV[%d] = %q: %v, %v; want an error", bad.at, bad.val, res, err)
 		}
