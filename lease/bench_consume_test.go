@@ -31,7 +31,6 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -233,12 +232,7 @@ func (e *benchEnv) scripts(b *testing.B) int64 {
 		if !ok {
 			continue
 		}
-		calls, _, _ := strings.Cut(strings.TrimPrefix(stats, "calls="), ",")
-		n, err := strconv.ParseInt(calls, 10, 64)
-		if err != nil {
-			b.Fatalf("INFO commandstats %s: %v", name, err)
-		}
-		total += n
+		total += statCalls(b, name, stats)
 	}
 	return total
 }

@@ -107,14 +107,20 @@ func (e *benchEnv) commands(b *testing.B) int64 {
 		if !strings.HasPrefix(name, "cmdstat_") || name == "cmdstat_info" {
 			continue
 		}
-		calls, _, _ := strings.Cut(strings.TrimPrefix(stats, "calls="), ",")
-		n, err := strconv.ParseInt(calls, 10, 64)
-		if err != nil {
-			b.Fatalf("INFO commandstats %s: %v", name, err)
-		}
-		total += n
+		total += statCalls(b, name, stats)
 	}
 	return total
+}
+
+// statCalls reads calls= of one INFO commandstats line.
+func statCalls(b *testing.B, name, stats string) int64 {
+	b.Helper()
+	calls, _, _ := strings.Cut(strings.TrimPrefix(stats, "calls="), ",")
+	n, err := strconv.ParseInt(calls, 10, 64)
+	if err != nil {
+		b.Fatalf("INFO commandstats %s: %v", name, err)
+	}
+	return n
 }
 
 // measure times total messages' worth of op on conc goroutines. Each
