@@ -335,7 +335,9 @@ func TestConsumeWorkerAfterGoexit(t *testing.T) {
 // TestConsumeReleasesTakeAnsweredAfterStop: a take (carrying an ack) that
 // Redis answers only after Consume was cancelled has its lease released,
 // not left in flight until it runs out, and its ack done. CLIENT PAUSE
-// holds the take from before it is sent until after the cancel.
+// holds the take from before it is sent until after the cancel. The take
+// found the queue dry, so it is a wait for messages, the ack ahead of it
+// in its pipeline.
 func TestConsumeReleasesTakeAnsweredAfterStop(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
@@ -362,8 +364,12 @@ func TestConsumeReleasesTakeAnsweredAfterStop(t *testing.T) {
 	if err := b.srv.Client(t).Do(ctx, "client", "pause", 1500, "all").Err(); err != nil {
 		t.Fatal(err)
 	}
-	close(release) // the ack and a take of one go out together, and wait
-	redistest.WaitFor(t, 10*time.Second, func() bool { return inUse() == 1 }, "the take sent")
+	pipes := &pipeRecorder{}
+	b.rdb.AddHook(pipes)
+	close(release) // the ack and a wait for more go out together, and wait
+	redistest.WaitFor(t, 10*time.Second, func() bool {
+		return slices.ContainsFunc(pipes.sent(), func(p []string) bool { return slices.Equal(p, []string{"fcall", "blmove", "fcall"}) })
+	}, "the ack and the wait sent")
 	cs.stop(t)
 	if n := handled.Load(); n != 1 {
 		t.Errorf("%d handlers ran, want 1", n)
