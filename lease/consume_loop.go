@@ -156,13 +156,14 @@ func (r *consumeRun) run(ctx context.Context) error {
 		return len(gone)
 	}
 	// startWait starts an idle wait for messages, after a take (prev) that
-	// found the queue dry: the acks waiting (up to a batch) go ahead of
-	// it, in its pipeline, unless the queue was paused (the wait does not
-	// touch the lists then) or the blocking client does not pipeline
-	// (Config.Replicas): those are flushed as before.
-	startWait := func(prev loopTake) {
+	// found the queue dry. With acks, the acks waiting (up to a batch) go
+	// ahead of it, in its pipeline, unless the queue was paused (the wait
+	// does not touch the lists then) or the blocking client does not
+	// pipeline (Config.Replicas); acks left waiting are flushed after
+	// ackDelay as ever.
+	startWait := func(prev loopTake, acks bool) {
 		var done []*Lease
-		if !prev.paused && r.c.rdb.pipelineBlock > 0 {
+		if acks && !prev.paused && r.c.rdb.pipelineBlock > 0 {
 			done = cut(&pending, MaxBatch)
 			stopAckDue()
 		}
@@ -216,7 +217,12 @@ func (r *consumeRun) run(ctx context.Context) error {
 			waitNext, waitPrev = true, loopTake{nextDelayed: res.nextDelayed}
 		}
 		if free > 0 && dry {
-			startWait(res)
+			// The acks waiting ride this wait once they have waited
+			// half of ackDelay; younger ones gather a little longer (a
+			// later wait or a flush carries them), so that a busy
+			// consumer, whose waits end every few messages, runs one
+			// ack script per batch of acks, not one per wait.
+			startWait(res, len(pending) > 0 && time.Since(oldest) >= ackDelay/2)
 		}
 	}
 	// One goroutine makes the takes, another the flushes: each keeps its
@@ -260,7 +266,7 @@ func (r *consumeRun) run(ctx context.Context) error {
 			if n > 0 && free > 0 && waitNext && !sync {
 				// The queue was dry: wait for messages at once, the acks
 				// ahead of the wait in one round trip.
-				startWait(waitPrev)
+				startWait(waitPrev, true)
 			} else if n > 0 {
 				done := cut(&pending, MaxBatch)
 				stopAckDue()
