@@ -21,18 +21,25 @@ import (
 //     trip. While a take is in flight, workers that finish add their acks
 //     and slots to the next one: the busier the consumer, the bigger the
 //     batches.
-//   - a flush: ackTake of acks alone, for acks that cannot ride a take:
-//     at once when takes fail or Consume is stopping; after ackDelay when
-//     they have waited that long for the take in flight, the buffer's
-//     refill, or messages on an empty queue (the loop waits for them).
+//   - a flush: ackTake of acks alone, for acks that cannot ride a take
+//     or a wait: at once when takes fail or Consume is stopping; after
+//     ackDelay when they have waited that long for the take in flight,
+//     the buffer's refill, or messages on an empty queue (the loop waits
+//     for them).
 //   - an idle wait: after a take that left workers free (the queue ran
 //     dry), a blocking take (waitAndTake: BLMOVE and the take script in
 //     one round trip) of as many messages as there are free workers
-//     (plus the buffer's room), that waits until a message comes, a delayed message is due (as the
-//     take before said), or idleWait has passed; or, when the take before
-//     found the queue paused, a pause of pausedPoll. A blocking take that
-//     leaves workers free again waits again at once; the acks that come
-//     meanwhile go out as flushes after ackDelay, a batch at a time,
+//     (plus the buffer's room), that waits until a message comes, a
+//     delayed message is due (as the take before said), or idleWait has
+//     passed; or, when the take before found the queue paused, a pause
+//     of pausedPoll. Workers that free up after a take that found the
+//     queue dry wait at once the same way, with no take first. The acks
+//     waiting go ahead of BLMOVE in the wait's pipeline (ackWaitRun),
+//     which Redis runs before it blocks: those of workers that freed up
+//     so, and, when a wait that left workers free is followed by another
+//     at once, those that have waited half of ackDelay (younger ones
+//     gather for a later wait or a flush). Acks that come while a wait
+//     is in flight go out as flushes after ackDelay, a batch at a time,
 //     never held up longer by the wait.
 //
 // The loop itself waits for Redis only to release leases no handler has
