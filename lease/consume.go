@@ -128,7 +128,7 @@ func DefaultBackoff(attempt int) time.Duration {
 // ack and the wait for its next message are one round trip (not with
 // Config.Replicas, whose waits are two calls); after a FUNCTION FLUSH or
 // a failover, an ack Redis refused there unrun is sent again once that
-// wait is over (at most a second). Acks that no take or wait
+// wait is over (250ms at most). Acks that no take or wait
 // will carry are sent together on their own: at once when takes fail or
 // Consume is stopping; after 5ms (or a tenth of the lease) when they have
 // waited that long for the take in flight, for the prefetch buffer's
