@@ -152,21 +152,7 @@ func (c *Client) ackAndTake(ctx context.Context, queue string, done []*Lease, n 
 		return nil, errors.Join(ackErrs...), err
 	}
 	ackErr = errors.Join(ackErrs...)
-	taken = r.leases
-	if len(taken) > 0 && len(taken) < n && r.remaining > 0 {
-		// The run filled every slot it sent and more are ready: take
-		// those too, as TakeBatch does. Should that fail, the error comes
-		// back on the next call if it persists.
-		more, _, _, err := c.takeOnce(ctx, queue, KeysFor(queue), min(n-len(taken), int(r.remaining)), o.LeaseFor, 0)
-		if err == nil {
-			// A lease of the first run that ran out meanwhile was
-			// requeued and taken again: keep only the newer lease.
-			taken = slices.DeleteFunc(taken, func(l *Lease) bool {
-				return slices.ContainsFunc(more, func(m *Lease) bool { return m.ID == l.ID })
-			})
-			taken = append(taken, more...)
-		}
-	}
+	taken = c.takeRest(ctx, queue, r, n, o.LeaseFor)
 	if len(taken) > 0 || o.Wait == 0 {
 		return taken, ackErr, nil
 	}
@@ -238,6 +224,27 @@ func (c *Client) ackWaitRun(ctx context.Context, queue string, done []*Lease, n 
 	}
 	note(est, r, ask)
 	return r, ackErrs, nil
+}
+
+// takeRest is r's leases, and up to n in all when r filled every slot it
+// sent and reported more ready: those are taken too, as TakeBatch does.
+// Should that take fail, r's leases are returned alone; the error comes
+// back on the next call if it persists.
+func (c *Client) takeRest(ctx context.Context, queue string, r takeResult, n int, leaseFor time.Duration) []*Lease {
+	taken := r.leases
+	if len(taken) == 0 || len(taken) >= n || r.remaining <= 0 {
+		return taken
+	}
+	more, _, _, err := c.takeOnce(ctx, queue, KeysFor(queue), min(n-len(taken), int(r.remaining)), leaseFor, 0)
+	if err != nil {
+		return taken
+	}
+	// A lease of the first run that ran out meanwhile was requeued and
+	// taken again: keep only the newer lease.
+	taken = slices.DeleteFunc(taken, func(l *Lease) bool {
+		return slices.ContainsFunc(more, func(m *Lease) bool { return m.ID == l.ID })
+	})
+	return append(taken, more...)
 }
 
 // joinErrs is err, with ackErr joined to it when there is one.

@@ -122,8 +122,14 @@ func DefaultBackoff(attempt int) time.Duration {
 //
 // Acks are batched. A worker whose handler returned nil hands its lease
 // to that goroutine and is free at once; the acks waiting ride the next
-// take, in the same round trip and script call. Acks that no take will
-// carry are sent together on their own: at once when takes fail or
+// take, in the same round trip and script call. On a queue Consume keeps
+// empty they ride its next wait for messages instead: ahead of BLMOVE in
+// the wait's pipeline, which Redis runs before it blocks, so a worker's
+// ack and the wait for its next message are one round trip (not with
+// Config.Replicas, whose waits are two calls); after a FUNCTION FLUSH or
+// a failover, an ack Redis refused there unrun is sent again once that
+// wait is over (250ms at most). Acks that no take or wait
+// will carry are sent together on their own: at once when takes fail or
 // Consume is stopping; after 5ms (or a tenth of the lease) when they have
 // waited that long for the take in flight, for the prefetch buffer's
 // next refill, or, on an empty queue, for messages; the next ones

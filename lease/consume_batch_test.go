@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -255,6 +256,94 @@ func TestConsumeWaitsInOneRoundTrip(t *testing.T) {
 	}
 }
 
+// TestConsumeAckRidesWait: with one worker and an empty queue, the
+// handler's ack goes out ahead of the next wait for messages, in its
+// pipeline (the ack, BLMOVE and the take): a message costs one round trip
+// besides its push, and its ack is done while Consume waits for the next.
+func TestConsumeAckRidesWait(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	const q = "ackrideswait"
+	stats := b.srv.Client(t) // uncounted
+	acked := func() string { return stats.HGet(t.Context(), KeysFor(q).Counts, "acked").Val() }
+	calls := b.countCalls()
+	pipes := &pipeRecorder{}
+	b.rdb.AddHook(pipes)
+	handled := make(chan string, 1)
+	startConsume(t, b.c, q, func(_ context.Context, l *Lease) error {
+		handled <- l.ID
+		return nil
+	}, &ConsumeOpts{Workers: 1, idleWait: time.Minute, ErrorFunc: func(_ *Lease, err error) { t.Error(err) }})
+	waitBlocked(t, b.rdb, 1)
+	// A wait may end just then and start again (one more call), so look
+	// at the best of several messages.
+	best := int64(-1)
+	for i := range 8 {
+		before := calls.n.Load()
+		id := b.push(t, q, "m", nil)
+		if got := <-handled; got != id {
+			t.Fatalf("handled %s, want %s", got, id)
+		}
+		redistest.WaitFor(t, 10*time.Second, func() bool { return acked() == strconv.Itoa(i+1) }, "message %d acked", i)
+		waitBlocked(t, stats, 1)
+		if n := calls.n.Load() - before; best < 0 || n < best {
+			best = n
+		}
+	}
+	if best != 2 {
+		t.Errorf("a message took %d round trips from its push to the next wait, want 2 (the push; the ack and the wait)", best)
+	}
+	if !slices.ContainsFunc(pipes.sent(), func(p []string) bool { return slices.Equal(p, []string{"fcall", "blmove", "fcall"}) }) {
+		t.Errorf("Consume sent the pipelines %v, want the ack, BLMOVE and the take in one", pipes.sent())
+	}
+	if st := checkInvariants(t, b.rdb, q); len(st.InFlight)+len(st.Ready) != 0 {
+		t.Fatalf("in flight %v, ready %v; want none", st.InFlight, st.Ready)
+	}
+}
+
+// TestConsumeAckRidesWaitNoFunction: with the function library and the
+// script cache flushed while a handler runs, the ack sent ahead of the
+// wait is refused unrun; Consume runs it again once the wait is over, and
+// nothing is reported or lost.
+func TestConsumeAckRidesWaitNoFunction(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := t.Context()
+	const q = "ackrideswaitnofn"
+	pipes := &pipeRecorder{}
+	b.rdb.AddHook(pipes)
+	handled := make(chan string, 1)
+	startConsume(t, b.c, q, func(_ context.Context, l *Lease) error {
+		if string(l.Payload) == "flush" {
+			for _, cmd := range [][]any{{"function", "flush"}, {"script", "flush"}} {
+				if err := b.rdb.Do(ctx, cmd...).Err(); err != nil {
+					return err
+				}
+			}
+		}
+		handled <- l.ID
+		return nil
+	}, &ConsumeOpts{Workers: 1, idleWait: 20 * time.Millisecond, ErrorFunc: func(_ *Lease, err error) { t.Error(err) }})
+	waitBlocked(t, b.rdb, 1)
+	id := b.push(t, q, "flush", nil)
+	if got := <-handled; got != id {
+		t.Fatalf("handled %s, want %s", got, id)
+	}
+	redistest.WaitFor(t, 10*time.Second, func() bool { return b.ackedCount(t, q) == 1 }, "message acked")
+	if !slices.ContainsFunc(pipes.sent(), func(p []string) bool { return slices.Equal(p, []string{"fcall", "blmove", "fcall"}) }) {
+		t.Errorf("Consume sent the pipelines %v, want the ack, BLMOVE and the take in one", pipes.sent())
+	}
+	// And Consume goes on.
+	id = b.push(t, q, "m", nil)
+	if got := <-handled; got != id {
+		t.Fatalf("handled %s, want %s", got, id)
+	}
+	redistest.WaitFor(t, 10*time.Second, func() bool { return b.ackedCount(t, q) == 2 }, "second message acked")
+	if st := checkInvariants(t, b.rdb, q); len(st.InFlight)+len(st.Ready) != 0 {
+		t.Fatalf("in flight %v, ready %v; want none", st.InFlight, st.Ready)
+	}
+}
+
 // TestConsumeWaitsWithReplicas: when writes wait for replicas, the
 // blocking take is two calls (BLMOVE, then the take and its WAIT); an idle
 // Consume still gets what is pushed while it waits, and a delayed message
@@ -335,7 +424,9 @@ func TestConsumeWorkerAfterGoexit(t *testing.T) {
 // TestConsumeReleasesTakeAnsweredAfterStop: a take (carrying an ack) that
 // Redis answers only after Consume was cancelled has its lease released,
 // not left in flight until it runs out, and its ack done. CLIENT PAUSE
-// holds the take from before it is sent until after the cancel.
+// holds the take from before it is sent until after the cancel. The take
+// found the queue dry, so it is a wait for messages, the ack ahead of it
+// in its pipeline.
 func TestConsumeReleasesTakeAnsweredAfterStop(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
@@ -362,8 +453,12 @@ func TestConsumeReleasesTakeAnsweredAfterStop(t *testing.T) {
 	if err := b.srv.Client(t).Do(ctx, "client", "pause", 1500, "all").Err(); err != nil {
 		t.Fatal(err)
 	}
-	close(release) // the ack and a take of one go out together, and wait
-	redistest.WaitFor(t, 10*time.Second, func() bool { return inUse() == 1 }, "the take sent")
+	pipes := &pipeRecorder{}
+	b.rdb.AddHook(pipes)
+	close(release) // the ack and a wait for more go out together, and wait
+	redistest.WaitFor(t, 10*time.Second, func() bool {
+		return slices.ContainsFunc(pipes.sent(), func(p []string) bool { return slices.Equal(p, []string{"fcall", "blmove", "fcall"}) })
+	}, "the ack and the wait sent")
 	cs.stop(t)
 	if n := handled.Load(); n != 1 {
 		t.Errorf("%d handlers ran, want 1", n)

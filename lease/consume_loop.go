@@ -21,18 +21,25 @@ import (
 //     trip. While a take is in flight, workers that finish add their acks
 //     and slots to the next one: the busier the consumer, the bigger the
 //     batches.
-//   - a flush: ackTake of acks alone, for acks that cannot ride a take:
-//     at once when takes fail or Consume is stopping; after ackDelay when
-//     they have waited that long for the take in flight, the buffer's
-//     refill, or messages on an empty queue (the loop waits for them).
+//   - a flush: ackTake of acks alone, for acks that cannot ride a take
+//     or a wait: at once when takes fail or Consume is stopping; after
+//     ackDelay when they have waited that long for the take in flight,
+//     the buffer's refill, or messages on an empty queue (the loop waits
+//     for them).
 //   - an idle wait: after a take that left workers free (the queue ran
 //     dry), a blocking take (waitAndTake: BLMOVE and the take script in
 //     one round trip) of as many messages as there are free workers
-//     (plus the buffer's room), that waits until a message comes, a delayed message is due (as the
-//     take before said), or idleWait has passed; or, when the take before
-//     found the queue paused, a pause of pausedPoll. A blocking take that
-//     leaves workers free again waits again at once; the acks that come
-//     meanwhile go out as flushes after ackDelay, a batch at a time,
+//     (plus the buffer's room), that waits until a message comes, a
+//     delayed message is due (as the take before said), or idleWait has
+//     passed; or, when the take before found the queue paused, a pause
+//     of pausedPoll. Workers that free up after a take that found the
+//     queue dry wait at once the same way, with no take first. The acks
+//     waiting go ahead of BLMOVE in the wait's pipeline (ackWaitRun),
+//     which Redis runs before it blocks: those of workers that freed up
+//     so, and, when a wait that left workers free is followed by another
+//     at once, those that have waited half of ackDelay (younger ones
+//     gather for a later wait or a flush). Acks that come while a wait
+//     is in flight go out as flushes after ackDelay, a batch at a time,
 //     never held up longer by the wait.
 //
 // The loop itself waits for Redis only to release leases no handler has
@@ -103,6 +110,12 @@ func (r *consumeRun) run(ctx context.Context) error {
 		stopBy    <-chan time.Time
 		lastSync  time.Time // zero: measure before the first take
 		cancelled = ctx.Done()
+		// waitNext: the last take found the queue dry, not paused, and
+		// the blocking client pipelines: a worker that frees up waits
+		// for messages at once, as waitPrev (that take) says, with the
+		// acks waiting ahead of the wait; no take looks first.
+		waitNext bool
+		waitPrev loopTake
 
 		// The prefetch buffer: leases taken ahead of a free worker, in
 		// the order taken. Whenever a worker is free, it is empty.
@@ -149,14 +162,31 @@ func (r *consumeRun) run(ctx context.Context) error {
 		r.release(bg, gone, what)
 		return len(gone)
 	}
+	// startWait starts an idle wait for messages, after a take (prev) that
+	// found the queue dry. With acks, the acks waiting (up to a batch) go
+	// ahead of it, in its pipeline, unless the queue was paused (the wait
+	// does not touch the lists then) or the blocking client does not
+	// pipeline (Config.Replicas); acks left waiting are flushed after
+	// ackDelay as ever.
+	startWait := func(prev loopTake, acks bool) {
+		var done []*Lease
+		if acks && !prev.paused && r.c.rdb.pipelineBlock > 0 {
+			done = cut(&pending, MaxBatch)
+			stopAckDue()
+		}
+		idling, waitNext = true, false
+		go r.idleTo(ctx, bg, idleDone, min(free+room(), MaxBatch), prev, done)
+	}
 	// took handles what a take or an idle wait brought back: it starts the
 	// leases, buffers those no worker is free for, or releases them when
 	// Consume is stopping (a take Redis ran never strands a lease), or
 	// reports the error and pauses takes for a retry delay. When the
 	// queue ran dry, leaving workers free, the loop waits for messages
-	// (idle) instead of taking again at once; after a pause (asked 0), a
-	// take looks at the queue again.
+	// (idle) instead of taking again at once, and so do workers that
+	// free up later; after a pause (asked 0) or an error, a take looks
+	// at the queue again.
 	took := func(res loopTake) {
+		waitNext = false
 		if stopping {
 			// Stopped while taking: these were never started.
 			r.release(bg, res.taken, "leases taken while stopping")
@@ -190,9 +220,16 @@ func (r *consumeRun) run(ctx context.Context) error {
 			dropBuffer("prefetched leases of a paused queue", nil)
 		}
 		dry = len(res.taken) < res.asked
+		if dry && !res.paused && r.c.rdb.pipelineBlock > 0 {
+			waitNext, waitPrev = true, loopTake{nextDelayed: res.nextDelayed}
+		}
 		if free > 0 && dry {
-			idling = true
-			go r.idleTo(ctx, bg, idleDone, min(free+room(), MaxBatch), res)
+			// The acks waiting ride this wait once they have waited
+			// half of ackDelay; younger ones gather a little longer (a
+			// later wait or a flush carries them), so that a busy
+			// consumer, whose waits end every few messages, runs one
+			// ack script per batch of acks, not one per wait.
+			startWait(res, len(pending) > 0 && time.Since(oldest) >= ackDelay/2)
 		}
 	}
 	// One goroutine makes the takes, another the flushes: each keeps its
@@ -232,10 +269,14 @@ func (r *consumeRun) run(ctx context.Context) error {
 			case rm > 0 && (rm >= refillAt && !dry || overdue):
 				n = rm
 			}
-			if n > 0 {
+			sync := time.Since(lastSync) > time.Minute
+			if n > 0 && free > 0 && waitNext && !sync {
+				// The queue was dry: wait for messages at once, the acks
+				// ahead of the wait in one round trip.
+				startWait(waitPrev, true)
+			} else if n > 0 {
 				done := cut(&pending, MaxBatch)
 				stopAckDue()
-				sync := time.Since(lastSync) > time.Minute
 				taking = true
 				takeReq <- loopTake{done: done, asked: min(n, MaxBatch), synced: sync}
 			}
@@ -303,6 +344,7 @@ func (r *consumeRun) run(ctx context.Context) error {
 			took(res)
 		case res := <-idleDone:
 			idling = false
+			r.ackResults(res.done, res.ackErrs, res.err)
 			took(res)
 		case res := <-flushDone:
 			flushing = false
@@ -376,9 +418,9 @@ func (r *consumeRun) ackResults(done []*Lease, ackErrs []error, err error) {
 	}
 }
 
-// idleTo sends idle's result to done.
-func (r *consumeRun) idleTo(ctx, bg context.Context, done chan<- loopTake, n int, prev loopTake) {
-	done <- r.idle(ctx, bg, n, prev)
+// idleTo sends idle's result to out.
+func (r *consumeRun) idleTo(ctx, bg context.Context, out chan<- loopTake, n int, prev loopTake, done []*Lease) {
+	out <- r.idle(ctx, bg, n, prev, done)
 }
 
 // idle waits for messages for n free workers, after a take (or an idle
@@ -390,7 +432,12 @@ func (r *consumeRun) idleTo(ctx, bg context.Context, done chan<- loopTake, n int
 // resolution; the take promotes it) or what the blocking client allows.
 // The take runs under bg: one that Redis ran always comes back, to be
 // started or, if Consume is stopping, released.
-func (r *consumeRun) idle(ctx, bg context.Context, n int, prev loopTake) loopTake {
+//
+// done, if any, are acks that go ahead of BLMOVE in the wait's pipeline
+// (ackWaitRun): Redis runs them before it blocks, so they are never held
+// up by the wait; their outcome comes back with the wait's. The loop
+// passes none when prev.paused.
+func (r *consumeRun) idle(ctx, bg context.Context, n int, prev loopTake, done []*Lease) loopTake {
 	if prev.paused {
 		sleepCtx(ctx, pausedPoll)
 		return loopTake{}
@@ -405,8 +452,17 @@ func (r *consumeRun) idle(ctx, bg context.Context, n int, prev loopTake) loopTak
 	// BLMOVE's timeout is in seconds with ms resolution, and 0 would mean
 	// forever.
 	wait = max(wait, time.Millisecond)
-	res := loopTake{asked: n}
-	res.taken, res.nextDelayed, res.paused, res.err = r.c.waitAndTake(bg, r.queue, KeysFor(r.queue), n, r.o.LeaseFor, wait)
+	res := loopTake{asked: n, done: done}
+	if len(done) > 0 {
+		var t takeResult
+		t, res.ackErrs, res.err = r.c.ackWaitRun(bg, r.queue, done, n, r.o.LeaseFor, wait)
+		if res.err == nil {
+			res.taken = r.c.takeRest(bg, r.queue, t, n, r.o.LeaseFor)
+			res.nextDelayed, res.paused = t.nextDelayed, t.paused
+		}
+	} else {
+		res.taken, res.nextDelayed, res.paused, res.err = r.c.waitAndTake(bg, r.queue, KeysFor(r.queue), n, r.o.LeaseFor, wait)
+	}
 	// The take ran when BLMOVE returned, anywhere within the wait after it
 	// was sent: time the leases from the reply, or a lease's length read
 	// from its deadline (startHeartbeat) would include the wait. Later

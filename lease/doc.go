@@ -57,8 +57,9 @@
 // Consume runs a handler on N workers with all of that done for it: ack on
 // success, nack with backoff on error, leases extended while the handler
 // runs, a bounded stop on cancel. Its acks are batched: those of handlers
-// that return while a take is due ride that take, in one round trip, and
-// the others go out together within 5ms; an ack that had not reached Redis
+// that return while a take (or, on an empty queue, a wait for messages)
+// is due ride it, in one round trip, and the others go out together
+// within 5ms; an ack that had not reached Redis
 // when the process died means the message is delivered again. It
 // prefetches: up to ConsumeOpts.Prefetch leases (8 by default; negative
 // turns it off) wait beyond the busy workers, so that a worker that
