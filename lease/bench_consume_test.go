@@ -172,20 +172,7 @@ func (e *benchEnv) streamConsume(b *testing.B, w, count int) {
 		return err
 	}
 	work := func(ctx context.Context) error {
-		var wg sync.WaitGroup
-		errc := make(chan error, w)
-		for i := range w {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				if err := benchStreamWorker(ctx, e.rdb, "c"+strconv.Itoa(i), count, f); err != nil {
-					errc <- err
-				}
-			}()
-		}
-		wg.Wait()
-		close(errc)
-		return <-errc
+		return eachWorker(w, func(i int) error { return benchStreamWorker(ctx, e.rdb, "c"+strconv.Itoa(i), count, f) })
 	}
 	e.run(b, f, push, work, func() {
 		n, err := e.rdb.XPending(context.Background(), "s", "g").Result()
@@ -289,18 +276,7 @@ func BenchmarkPushToHandler(b *testing.B) {
 			e.latency(b, w, func(ctx context.Context, p []byte) error {
 				return e.rdb.XAdd(ctx, &redis.XAddArgs{Stream: "s", Values: []any{"p", p}}).Err()
 			}, func(ctx context.Context, got func([]byte)) error {
-				var wg sync.WaitGroup
-				errc := make(chan error, w)
-				for i := range w {
-					wg.Go(func() {
-						if err := benchStreamReceiver(ctx, e.rdb, "c"+strconv.Itoa(i), got); err != nil {
-							errc <- err
-						}
-					})
-				}
-				wg.Wait()
-				close(errc)
-				return <-errc
+				return eachWorker(w, func(i int) error { return benchStreamReceiver(ctx, e.rdb, "c"+strconv.Itoa(i), got) })
 			})
 		})
 		b.Run(fmt.Sprintf("take/w=%d", w), func(b *testing.B) {
@@ -309,18 +285,7 @@ func BenchmarkPushToHandler(b *testing.B) {
 				_, err := c.Push(ctx, "q", p, nil)
 				return err
 			}, func(ctx context.Context, got func([]byte)) error {
-				var wg sync.WaitGroup
-				errc := make(chan error, w)
-				for range w {
-					wg.Go(func() {
-						if err := benchTakeReceiver(ctx, c, got); err != nil {
-							errc <- err
-						}
-					})
-				}
-				wg.Wait()
-				close(errc)
-				return <-errc
+				return eachWorker(w, func(int) error { return benchTakeReceiver(ctx, c, got) })
 			})
 		})
 		b.Run(fmt.Sprintf("consume/w=%d", w), func(b *testing.B) {
@@ -448,4 +413,21 @@ func (e *benchEnv) latency(b *testing.B, waiting int, push func(ctx context.Cont
 	slices.Sort(ds)
 	b.ReportMetric(float64(ds[len(ds)/2].Microseconds()), "p50-us")
 	b.ReportMetric(float64(ds[len(ds)*99/100].Microseconds()), "p99-us")
+}
+
+// eachWorker runs fn(0) .. fn(w-1) at once and returns the first error
+// any of them returned, after all have.
+func eachWorker(w int, fn func(i int) error) error {
+	var wg sync.WaitGroup
+	errc := make(chan error, w)
+	for i := range w {
+		wg.Go(func() {
+			if err := fn(i); err != nil {
+				errc <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errc)
+	return <-errc
 }
