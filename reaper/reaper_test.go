@@ -341,6 +341,13 @@ func TestOutage(t *testing.T) {
 	srv.Restart(t)
 	redistest.WaitFor(t, waitLong, func() bool { return rp.RedisUp() && rp.Subscribed() }, "recovery noticed")
 
+	requeuedOnce(t, rdb, "retake after the outage")
+}
+
+// requeuedOnce pushes a message to queue q, takes it with a 20 ms lease
+// and waits for it to come back: the running reaper requeued it.
+func requeuedOnce(t *testing.T, rdb redis.UniversalClient, what string) {
+	t.Helper()
 	lc := newLeaseClient(t, rdb)
 	if _, err := lc.Push(t.Context(), "q", []byte("x"), nil); err != nil {
 		t.Fatal(err)
@@ -350,7 +357,7 @@ func TestOutage(t *testing.T) {
 	}
 	l, err := lc.Take(t.Context(), "q", &lease.TakeOpts{Wait: waitLong})
 	if err != nil || l.Attempt != 2 {
-		t.Fatalf("retake after the outage: %+v, %v", l, err)
+		t.Fatalf("%s: %+v, %v", what, l, err)
 	}
 }
 

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/ackd/ackd/internal/redistest"
-	"github.com/ackd/ackd/lease"
 	"github.com/ackd/ackd/reaper"
 )
 
@@ -48,17 +47,7 @@ func TestNotReplicated(t *testing.T) {
 	})
 	redistest.WaitFor(t, waitLong, rp.Subscribed, "subscribed")
 
-	lc := newLeaseClient(t, rdb)
-	if _, err := lc.Push(t.Context(), "q", []byte("x"), nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := lc.Take(t.Context(), "q", &lease.TakeOpts{LeaseFor: 20 * time.Millisecond}); err != nil {
-		t.Fatal(err)
-	}
-	l, err := lc.Take(t.Context(), "q", &lease.TakeOpts{Wait: waitLong})
-	if err != nil || l.Attempt != 2 {
-		t.Fatalf("retake: %+v, %v", l, err)
-	}
+	requeuedOnce(t, rdb, "retake")
 	// The queue is swept again after each unreplicated call.
 	redistest.WaitFor(t, waitLong, func() bool { return rp.Stats().NotReplicated >= 3 }, "sweeps retried (%d so far)", rp.Stats().NotReplicated)
 	if !rp.RedisUp() {
