@@ -40,12 +40,7 @@ func TestClusterAskFollowedWithReplicas(t *testing.T) {
 	}
 	slot := cl.Slot(t, KeysFor(q).Ready)
 	from := cl.SlotMaster(t, slot)
-	var to *redistest.Server
-	for _, m := range cl.Masters(t) {
-		if m != from {
-			to = m
-		}
-	}
+	to := cl.OtherMaster(t, from)
 	mig := cl.BeginMigration(t, slot, to)
 	if n := mig.MoveKeys(t, 0); n == 0 {
 		t.Fatal("no key moved")

@@ -127,12 +127,7 @@ func TestClusterMigrationRetried(t *testing.T) {
 	}
 	slot := cl.Slot(t, KeysFor(q).Ready)
 	from := cl.SlotMaster(t, slot)
-	var to *redistest.Server
-	for _, m := range cl.Masters(t) {
-		if m != from {
-			to = m
-		}
-	}
+	to := cl.OtherMaster(t, from)
 	fromClient := from.Client(t)
 	tryagains := func() int {
 		info := fromClient.Info(ctx, "errorstats").Val()

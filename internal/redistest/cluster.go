@@ -243,6 +243,19 @@ func (c *Cluster) MasterOf(t testing.TB, key string) *Server {
 	return c.SlotMaster(t, c.Slot(t, key))
 }
 
+// OtherMaster returns a master other than m, as the running nodes agree:
+// somewhere to move m's slots.
+func (c *Cluster) OtherMaster(t testing.TB, m *Server) *Server {
+	t.Helper()
+	for _, o := range c.Masters(t) {
+		if o != m {
+			return o
+		}
+	}
+	t.Fatalf("redistest: no master other than %s", m.Addr())
+	return nil
+}
+
 // ReplicaOf returns a replica of master, as the running nodes agree, or
 // nil if it has none.
 func (c *Cluster) ReplicaOf(t testing.TB, master *Server) *Server {

@@ -61,13 +61,7 @@ func TestClusterMigration(t *testing.T) {
 	}
 	slot := c.Slot(t, a)
 	from := c.SlotMaster(t, slot)
-	var to *Server
-	for _, m := range c.Masters(t) {
-		if m != from {
-			to = m
-			break
-		}
-	}
+	to := c.OtherMaster(t, from)
 	mig := c.BeginMigration(t, slot, to)
 	// Half the keys moved: a command on both gets TRYAGAIN, one on a moved
 	// key alone gets ASK.
