@@ -512,22 +512,9 @@ func TestAckAndTakeResent(t *testing.T) {
 // it, and does not return the lease it made.
 func TestAckAndTakeReplicas(t *testing.T) {
 	t.Parallel()
-	master := redistest.Start(t, "--repl-diskless-sync-delay", "0")
-	replica := redistest.Start(t, "--replicaof", "127.0.0.1", fmt.Sprint(master.Port()))
+	master, replica := redistest.StartReplicated(t)
 	rc := replica.Client(t)
-	redistest.WaitFor(t, 10*time.Second, func() bool {
-		info := rc.Info(t.Context(), "replication").Val()
-		return strings.Contains(info, "master_link_status:up") && strings.Contains(info, "master_sync_in_progress:0")
-	}, "the replica syncs")
 	rdb := master.Client(t)
-	// The replica acknowledges writes (a loaded machine may take a while
-	// the first time): from here on, WAIT's timeout is not what is tested.
-	if err := rdb.Set(t.Context(), "probe", 1, 0).Err(); err != nil {
-		t.Fatal(err)
-	}
-	if n, err := rdb.Wait(t.Context(), 1, 10*time.Second).Result(); err != nil || n != 1 {
-		t.Fatalf("WAIT 1 for the probe = %d, %v", n, err)
-	}
 	c, err := New(rdb, &Config{Replicas: 1})
 	if err != nil {
 		t.Fatal(err)

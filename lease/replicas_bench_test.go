@@ -19,13 +19,7 @@ import (
 //
 //	go test -run '^$' -bench Replicas -benchtime 5000x ./lease/
 func BenchmarkReplicas(b *testing.B) {
-	master := redistest.Start(b, "--repl-diskless-sync-delay", "0")
-	replica := redistest.Start(b, "--replicaof", "127.0.0.1", fmt.Sprint(master.Port()))
-	rc := replica.Client(b)
-	redistest.WaitFor(b, 10*time.Second, func() bool {
-		info := rc.Info(context.Background(), "replication").Val()
-		return strings.Contains(info, "master_link_status:up") && strings.Contains(info, "master_sync_in_progress:0")
-	}, "the replica syncs")
+	master, _ := redistest.StartReplicated(b)
 	rdb := redis.NewClient(&redis.Options{Addr: master.Addr(), PoolSize: 32})
 	b.Cleanup(func() { _ = rdb.Close() })
 	e := &benchEnv{rdb: rdb, payload: []byte(strings.Repeat("p", benchPayloadSize))}
