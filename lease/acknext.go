@@ -200,12 +200,7 @@ func (c *Client) ackWaitRun(ctx context.Context, queue string, done []*Lease, n 
 	r, err = c.blockAndTake(ctx, queue, k, ask, leaseFor, block, true, func(p redis.Pipeliner) {
 		ack = takeScript.queue(ctx, c.rdb, p, ackKeys, ackArgs...)
 	})
-	res, aerr := ack.Slice()
-	if aerr != nil && (notRun(aerr) || refused(aerr, c.rdb.redialable)) {
-		c.rdb.prepareRerun(ctx, aerr, ackKeys)
-		sent = time.Now()
-		res, aerr = takeScript.Run(ctx, c.rdb, ackKeys, ackArgs...).Slice()
-	}
+	res, _, aerr := takeScript.queuedReply(ctx, c.rdb, ack, &sent, ackKeys, ackArgs...)
 	a, aerr := c.takeReply(ctx, queue, res, aerr, sent, len(done), false)
 	if aerr != nil {
 		if len(r.leases) > 0 {

@@ -121,6 +121,25 @@ func (s *script) queue(ctx context.Context, c *conn, pipe redis.Cmdable, keys []
 	return pipe.EvalSha(ctx, s.Hash(), keys, args...)
 }
 
+// queuedReply is the reply of cmd, a call of s queued with queue and sent
+// at *sent. When Redis refused it without running it (notRun, or refused:
+// a Cluster redirect, a failover), it runs again with Run, after
+// prepareRerun, and *sent moves to then; rerun reports that it did.
+func (s *script) queuedReply(ctx context.Context, c *conn, cmd *redis.Cmd, sent *time.Time, keys []string, args ...any) (res []any, rerun bool, err error) {
+	err = cmd.Err()
+	if err != nil && (notRun(err) || refused(err, c.redialable)) {
+		c.prepareRerun(ctx, err, keys)
+		*sent = time.Now()
+		res, err = s.Run(ctx, c, keys, args...).Slice()
+		return res, true, err
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	res, err = cmd.Slice()
+	return res, false, err
+}
+
 // prepareRerun acts on a notRun error of a queued call (see queue)
 // before the call runs again with Run: FCALL refused turns FCALL off, a
 // missing function loads the library, so that Run does not find either

@@ -288,21 +288,11 @@ func (c *Client) blockAndTake(ctx context.Context, queue string, k Keys, n int, 
 	run := takeScript.queue(ctx, c.rdb, pipe, keys, args...)
 	sent := time.Now()
 	_, _ = pipe.Exec(ctx) // errors are on the commands
-	err := run.Err()
-	if err != nil && (notRun(err) || refused(err, c.rdb.redialable)) {
-		// Same tokens: should the first run have happened after all, this
-		// one answers with its leases.
-		c.rdb.prepareRerun(ctx, err, keys)
-		sent = time.Now()
-		res, err := takeScript.Run(ctx, c.rdb, keys, args...).Slice()
-		return c.takeReply(ctx, queue, res, err, sent, 0, report)
-	}
-	var res []any
-	if err == nil {
-		res, err = run.Slice()
-	}
+	// Run again if refused unrun, with the same tokens: should the first
+	// run have happened after all, this one answers with its leases.
+	res, rerun, err := takeScript.queuedReply(ctx, c.rdb, run, &sent, keys, args...)
 	r, err := c.takeReply(ctx, queue, res, err, sent, 0, report)
-	if err == nil && len(r.leases) == 0 {
+	if !rerun && err == nil && len(r.leases) == 0 {
 		// A wait Redis refused (ACL) would otherwise return at once, every
 		// time: report it, as the two-step wait does.
 		if merr := mv.Err(); merr != nil && !errors.Is(merr, redis.Nil) {
