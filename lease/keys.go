@@ -26,8 +26,15 @@ const (
 type Keys struct {
 	Ready     string // LIST: envelopes and raw payloads waiting, taken from the left
 	Claim     string // LIST: elements moved off Ready by a blocked consumer, taken first
-	Leases    string // HASH: id -> lease record of each message in flight
-	Deadlines string // ZSET: id of each message in flight, scored by deadline (ms)
+	Held      string // HASH: token -> lease record of each lease in flight
+	Due       string // ZSET: token of each lease in flight, scored by deadline (ms)
+	// Leases and Deadlines are the lease keys of format 1 (HASH id -> token
+	// "|" envelope, ZSET id by deadline), written by ackd before leases
+	// were keyed by token. This version never writes them; the daemon's
+	// sweep, stats and peek read them until they are empty, so leases an
+	// older consumer took during a rolling deploy still come back.
+	Leases    string
+	Deadlines string
 	Delayed   string // ZSET: envelopes that become ready later, scored by due time (ms)
 	Dead      string // ZSET: id of each dead letter, scored by when it died (ms)
 	DeadMsgs  string // HASH: id -> dead record
@@ -45,6 +52,8 @@ func KeysFor(queue string) Keys {
 	return Keys{
 		Ready:     p + "ready",
 		Claim:     p + "claim",
+		Held:      p + "held",
+		Due:       p + "due",
 		Leases:    p + "leases",
 		Deadlines: p + "deadlines",
 		Delayed:   p + "delayed",
