@@ -24,10 +24,10 @@ const (
 
 // Keys names every key of one queue.
 type Keys struct {
-	Ready     string // LIST: envelopes and raw payloads waiting, taken from the left
-	Claim     string // LIST: elements moved off Ready by a blocked consumer, taken first
-	Held      string // HASH: token -> lease record of each lease in flight
-	Due       string // ZSET: token of each lease in flight, scored by deadline (ms)
+	Ready string // LIST: envelopes and raw payloads waiting, taken from the left
+	Claim string // LIST: elements moved off Ready by a blocked consumer, taken first
+	Held  string // HASH: token -> lease record of each lease in flight
+	Due   string // ZSET: token of each lease in flight, scored by deadline (ms)
 	// Leases and Deadlines are the lease keys of format 1 (HASH id -> token
 	// "|" envelope, ZSET id by deadline), written by ackd before leases
 	// were keyed by token. This version never writes them; the daemon's
