@@ -83,36 +83,60 @@ func place(t *testing.T, rdb redis.Scripter, queue string) placement {
 			}
 		}
 	}
-	deadline := map[string]int64{}
-	for _, z := range q.deadlines {
-		deadline[z.Member.(string)] = int64(z.Score)
+	// the leases of both formats: name is the field (format 2 a token,
+	// format 1 an id), env the envelope in its record
+	type flight struct {
+		name, tok, rec string
+		env            []byte
+		ok             bool
+		deadlines      map[string]int64
+		sh             shadowKey
 	}
-	liveShadows := map[string]bool{}
+	scores := func(zs []redis.Z) map[string]int64 {
+		m := map[string]int64{}
+		for _, z := range zs {
+			m[z.Member.(string)] = int64(z.Score)
+		}
+		return m
+	}
+	due, deadlines := scores(q.due), scores(q.deadlines)
+	var flights []flight
+	for tok, rec := range q.held {
+		flights = append(flights, flight{tok, tok, rec, []byte(rec), true, due, q.heldShadows[tok]})
+	}
 	for id, rec := range q.leases {
 		tok, envb, ok := splitLeaseRecord([]byte(rec))
-		e, err := parseEnvelope(envb)
-		if !ok || err != nil {
-			add([]byte(rec), "in flight (malformed record)")
+		flights = append(flights, flight{id, tok, rec, envb, ok, deadlines, q.shadows[id]})
+	}
+	liveShadows := map[string]bool{}
+	for _, f := range flights {
+		e, err := parseEnvelope(f.env)
+		if !f.ok || err != nil {
+			add([]byte(f.rec), "in flight (malformed record)")
 			continue
 		}
-		dl, has := deadline[id]
+		dl, has := f.deadlines[f.name]
 		if !has {
 			add(e.Payload, "in flight without a deadline")
-			bad("lease record %s has no deadline: never requeued", id)
+			bad("lease record %s has no deadline: never requeued", f.name)
 			continue
 		}
 		add(e.Payload, "in flight")
-		sk := LeaseKey(queue, tok)
-		liveShadows[sk] = true
-		if sh := q.shadows[id]; !sh.exists && dl >= q.now {
-			bad("lease %s has no shadow key before its deadline", id)
-		} else if sh.exists && sh.expiresAt != dl {
-			bad("shadow key of %s expires at %d, deadline %d", id, sh.expiresAt, dl)
+		liveShadows[LeaseKey(queue, f.tok)] = true
+		if !f.sh.exists && dl >= q.now {
+			bad("lease %s has no shadow key before its deadline", f.name)
+		} else if f.sh.exists && f.sh.expiresAt != dl {
+			bad("shadow key of %s expires at %d, deadline %d", f.name, f.sh.expiresAt, dl)
 		}
 	}
-	for id := range deadline {
-		if _, ok := q.leases[id]; !ok {
-			bad("deadline of %s without a lease record", id)
+	for name := range due {
+		if _, ok := q.held[name]; !ok {
+			bad("deadline of %s without a lease record", name)
+		}
+	}
+	for name := range deadlines {
+		if _, ok := q.leases[name]; !ok {
+			bad("deadline of %s without a lease record", name)
 		}
 	}
 	for _, sk := range q.shadowKeys {
@@ -253,12 +277,14 @@ func (e *aclEnv) dead(payload string) string {
 func (e *aclEnv) malformedLease(rec string) *Lease {
 	e.t.Helper()
 	k := KeysFor(e.queue)
-	id := fmt.Sprintf("bad%d", len(e.payloads))
-	e.must(e.adminDB.HSet(e.ctx(), k.Leases, id, rec).Err())
-	e.must(e.adminDB.ZAdd(e.ctx(), k.Deadlines, redis.Z{Score: float64(time.Now().Add(time.Hour).UnixMilli()), Member: id}).Err())
+	token := fmt.Sprintf("%016x", len(e.payloads))
+	e.must(e.adminDB.HSet(e.ctx(), k.Held, token, rec).Err())
+	e.must(e.adminDB.ZAdd(e.ctx(), k.Due, redis.Z{Score: float64(time.Now().Add(time.Hour).UnixMilli()), Member: token}).Err())
 	e.payloads = append(e.payloads, rec)
-	l, err := e.user.LeaseOf(e.queue, id, "0123456789abcdef")
+	l, err := e.user.LeaseOf(e.queue, fmt.Sprintf("bad%d", len(e.payloads)), token)
 	e.must(err)
+	// the token alone: the lease's id is unknown
+	l.byID = false
 	return l
 }
 
@@ -331,11 +357,12 @@ var aclOps = []aclOp{
 		return e.userTake(2, 1, nil)
 	}},
 	{"consumer", "take second copy", func(e *aclEnv) error {
+		// a second copy of an id in flight is a second lease
 		l := e.lease("m1", nil, 0)
 		copy := envelope{ID: l.ID, Payload: []byte("copy of m1")}
 		e.rawAs(string(copy.appendTo(nil)), "copy of m1")
 		e.push("m2", nil)
-		return e.userTake(2, 1, nil)
+		return e.userTake(2, 2, nil)
 	}},
 	{"consumer", "take oversized", func(e *aclEnv) error {
 		e.raw(strings.Repeat("o", 2000)) // the user's MaxPayload is 1024
@@ -479,8 +506,8 @@ var aclOps = []aclOp{
 	}},
 	{"daemon", "sweep malformed record", func(e *aclEnv) error {
 		k := KeysFor(e.queue)
-		e.must(e.adminDB.HSet(e.ctx(), k.Leases, "bad1", "not a lease record").Err())
-		e.must(e.adminDB.ZAdd(e.ctx(), k.Deadlines, redis.Z{Score: 1, Member: "bad1"}).Err())
+		e.must(e.adminDB.HSet(e.ctx(), k.Held, "00000000000000b1", "not a lease record").Err())
+		e.must(e.adminDB.ZAdd(e.ctx(), k.Due, redis.Z{Score: 1, Member: "00000000000000b1"}).Err())
 		e.payloads = append(e.payloads, "not a lease record")
 		r, err := e.user.Sweep(e.ctx(), e.queue, nil)
 		if err != nil {
@@ -734,7 +761,7 @@ type aclVariant struct {
 }
 
 // queueKeys are the key patterns of one queue, one per key.
-var queueKeys = []string{"ready", "claim", "leases", "deadlines", "delayed", "dead", "deadmsgs", "paused", "counts", "lease:*"}
+var queueKeys = []string{"ready", "claim", "held", "due", "leases", "deadlines", "delayed", "dead", "deadmsgs", "paused", "counts", "lease:*"}
 
 // leaveOneOut lists u's rules with each grant removed in turn; where u has
 // every key of every queue (~ackd:{*}:*), also with each single key of a

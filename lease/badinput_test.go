@@ -141,17 +141,18 @@ func TestBadInputWritesNothing(t *testing.T) {
 		call{"LeaseOf bad token", ErrInvalidArgument, func() error { _, err := b.c.LeaseOf(q, held.ID, "xyz"); return err }},
 
 		// Unknown ids and wrong tokens are refused by the scripts, which
-		// then write nothing.
-		call{"Ack unknown id", ErrNotHeld, func() error { return unknown.Ack(ctx) }},
-		call{"Nack unknown id", ErrNotHeld, func() error { return unknown.Nack(ctx, 0) }},
-		call{"Nack delay unknown id", ErrNotHeld, func() error { return unknown.Nack(ctx, time.Second) }},
-		call{"Extend unknown id", ErrNotHeld, func() error { return unknown.Extend(ctx, time.Second) }},
-		call{"DeadLetter unknown id", ErrNotHeld, func() error { return unknown.DeadLetter(ctx) }},
+		// then write nothing: a token that holds a lease of another
+		// message is stale, one that holds nothing is not held.
+		call{"Ack unknown id", ErrStale, func() error { return unknown.Ack(ctx) }},
+		call{"Nack unknown id", ErrStale, func() error { return unknown.Nack(ctx, 0) }},
+		call{"Nack delay unknown id", ErrStale, func() error { return unknown.Nack(ctx, time.Second) }},
+		call{"Extend unknown id", ErrStale, func() error { return unknown.Extend(ctx, time.Second) }},
+		call{"DeadLetter unknown id", ErrStale, func() error { return unknown.DeadLetter(ctx) }},
 		call{"Replay unknown id", ErrNotHeld, func() error { _, err := b.c.Replay(ctx, q, "no-such-id"); return err }},
-		call{"Ack wrong token", ErrStale, func() error { return other.Ack(ctx) }},
-		call{"Nack wrong token", ErrStale, func() error { return other.Nack(ctx, 0) }},
-		call{"Extend wrong token", ErrStale, func() error { return other.Extend(ctx, time.Second) }},
-		call{"DeadLetter wrong token", ErrStale, func() error { return other.DeadLetter(ctx) }},
+		call{"Ack wrong token", ErrNotHeld, func() error { return other.Ack(ctx) }},
+		call{"Nack wrong token", ErrNotHeld, func() error { return other.Nack(ctx, 0) }},
+		call{"Extend wrong token", ErrNotHeld, func() error { return other.Extend(ctx, time.Second) }},
+		call{"DeadLetter wrong token", ErrNotHeld, func() error { return other.DeadLetter(ctx) }},
 		call{"Sweep not due", nil, func() error {
 			r, err := b.c.Sweep(ctx, q, nil)
 			if err == nil && r.Requeued+r.DeadLettered+r.Malformed+r.Promoted+r.Reclaimed != 0 {

@@ -110,8 +110,8 @@ func TestRelease(t *testing.T) {
 		}
 	}
 	// A stale token, and a lease given twice in one batch.
-	if err := ls[0].Release(ctx); !errors.Is(err, ErrStale) {
-		t.Errorf("Release with a stale token: %v, want ErrStale", err)
+	if err := ls[0].Release(ctx); !errors.Is(err, ErrNotHeld) {
+		t.Errorf("Release with a stale token: %v, want ErrNotHeld", err)
 	}
 	if err := b.c.ReleaseBatch(ctx, []*Lease{again[0], again[0]}); !errors.Is(err, ErrNotHeld) {
 		t.Errorf("ReleaseBatch of one lease twice: %v, want ErrNotHeld for the second", err)

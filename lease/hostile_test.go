@@ -112,7 +112,7 @@ func TestAbsurdDeadlines(t *testing.T) {
 		b.push(t, q, fmt.Sprintf("m%d", i), nil)
 		l := b.take(t, q, nil)
 		held = append(held, l)
-		if err := b.rdb.ZAdd(ctx, k.Deadlines, redis.Z{Score: s, Member: l.ID}).Err(); err != nil {
+		if err := b.rdb.ZAdd(ctx, k.Due, redis.Z{Score: s, Member: l.Token}).Err(); err != nil {
 			t.Fatal(err)
 		}
 	}
