@@ -145,9 +145,16 @@ func TestAckFencesWithoutReadingRecord(t *testing.T) {
 	if err := b.c.AckBatch(ctx, []*Lease{old, cur}); !errors.Is(err, ErrNotHeld) || strings.Count(err.Error(), "not held") != 1 {
 		t.Fatalf("AckBatch(earlier, current) = %v, want ErrNotHeld for the earlier only", err)
 	}
-	st := checkInvariants(t, b.rdb, q)
-	if len(st.InFlight)+len(st.Ready) != 0 || b.ackedCount(t, q) != 1 {
-		t.Fatalf("after the current holder's ack: %+v, %d acked", st, b.ackedCount(t, q))
+	b.allAcked(t, q, 1)
+}
+
+// allAcked fails unless queue holds nothing in flight or ready and n
+// acks were counted.
+func (b *testBundle) allAcked(t *testing.T, queue string, n int) {
+	t.Helper()
+	st := checkInvariants(t, b.rdb, queue)
+	if len(st.InFlight)+len(st.Ready) != 0 || b.ackedCount(t, queue) != n {
+		t.Fatalf("after the acks: %+v, %d acked; want nothing left, %d acked", st, b.ackedCount(t, queue), n)
 	}
 }
 
@@ -199,9 +206,7 @@ func TestLeaseOfOtherMessage(t *testing.T) {
 	if err := b.c.AckBatch(ctx, []*Lease{right, ls[1]}); err != nil {
 		t.Fatalf("AckBatch with the right id: %v", err)
 	}
-	if st := checkInvariants(t, b.rdb, q); len(st.InFlight) != 0 || b.ackedCount(t, q) != 2 {
-		t.Fatalf("after the acks: %+v, %d acked", st, b.ackedCount(t, q))
-	}
+	b.allAcked(t, q, 2)
 }
 
 // TestTakeResentAfterFirstLeaseEnded: a take resent after the first
