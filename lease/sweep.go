@@ -87,7 +87,7 @@ func (c *Client) Sweep(ctx context.Context, queue string, opts *SweepOpts) (Swee
 	}
 	k := KeysFor(queue)
 	reply, err := sweepScript.Run(ctx, c.rdb,
-		[]string{k.Ready, k.Leases, k.Deadlines, k.Dead, k.DeadMsgs, k.Delayed, k.Claim, k.Paused, k.Counts},
+		[]string{k.Ready, k.Held, k.Due, k.Dead, k.DeadMsgs, k.Delayed, k.Claim, k.Paused, k.Counts, k.Leases, k.Deadlines},
 		o.Limit, reclaim, headBytes).Slice()
 	if err != nil {
 		return r, fmt.Errorf("lease: sweep %s: %w", queue, convertErr(err))
