@@ -83,38 +83,53 @@ func place(t *testing.T, rdb redis.Scripter, queue string) placement {
 			}
 		}
 	}
-	deadline := map[string]int64{}
-	for _, z := range q.deadlines {
-		deadline[z.Member.(string)] = int64(z.Score)
-	}
 	liveShadows := map[string]bool{}
-	for id, rec := range q.leases {
-		tok, envb, ok := splitLeaseRecord([]byte(rec))
+	// leases files the leases of one format: records by field, deadlines
+	// by member, shadow keys by field; parse reads the token and envelope
+	// of a record and its field.
+	leases := func(recs map[string]string, zs []redis.Z, shadows map[string]shadowKey, parse func(field string, rec []byte) (string, envelope, error)) {
+		deadline := map[string]int64{}
+		for _, z := range zs {
+			deadline[z.Member.(string)] = int64(z.Score)
+		}
+		for field, rec := range recs {
+			tok, e, err := parse(field, []byte(rec))
+			if err != nil {
+				add([]byte(rec), "in flight (malformed record)")
+				continue
+			}
+			dl, has := deadline[field]
+			if !has {
+				add(e.Payload, "in flight without a deadline")
+				bad("lease record %s has no deadline: never requeued", field)
+				continue
+			}
+			add(e.Payload, "in flight")
+			liveShadows[LeaseKey(queue, tok)] = true
+			if sh := shadows[field]; !sh.exists && dl >= q.now {
+				bad("lease %s has no shadow key before its deadline", field)
+			} else if sh.exists && sh.expiresAt != dl {
+				bad("shadow key of %s expires at %d, deadline %d", field, sh.expiresAt, dl)
+			}
+		}
+		for field := range deadline {
+			if _, ok := recs[field]; !ok {
+				bad("deadline of %s without a lease record", field)
+			}
+		}
+	}
+	leases(q.held, q.due, q.heldShadows, func(token string, rec []byte) (string, envelope, error) {
+		e, err := parseEnvelope(rec)
+		return token, e, err
+	})
+	leases(q.leases, q.deadlines, q.shadows, func(_ string, rec []byte) (string, envelope, error) {
+		tok, envb, ok := splitLeaseRecord(rec)
 		e, err := parseEnvelope(envb)
-		if !ok || err != nil {
-			add([]byte(rec), "in flight (malformed record)")
-			continue
+		if !ok && err == nil {
+			err = errors.New("no token")
 		}
-		dl, has := deadline[id]
-		if !has {
-			add(e.Payload, "in flight without a deadline")
-			bad("lease record %s has no deadline: never requeued", id)
-			continue
-		}
-		add(e.Payload, "in flight")
-		sk := LeaseKey(queue, tok)
-		liveShadows[sk] = true
-		if sh := q.shadows[id]; !sh.exists && dl >= q.now {
-			bad("lease %s has no shadow key before its deadline", id)
-		} else if sh.exists && sh.expiresAt != dl {
-			bad("shadow key of %s expires at %d, deadline %d", id, sh.expiresAt, dl)
-		}
-	}
-	for id := range deadline {
-		if _, ok := q.leases[id]; !ok {
-			bad("deadline of %s without a lease record", id)
-		}
-	}
+		return tok, e, err
+	})
 	for _, sk := range q.shadowKeys {
 		if !liveShadows[sk] {
 			bad("shadow key %s without a lease", sk)
@@ -253,11 +268,11 @@ func (e *aclEnv) dead(payload string) string {
 func (e *aclEnv) malformedLease(rec string) *Lease {
 	e.t.Helper()
 	k := KeysFor(e.queue)
-	id := fmt.Sprintf("bad%d", len(e.payloads))
-	e.must(e.adminDB.HSet(e.ctx(), k.Leases, id, rec).Err())
-	e.must(e.adminDB.ZAdd(e.ctx(), k.Deadlines, redis.Z{Score: float64(time.Now().Add(time.Hour).UnixMilli()), Member: id}).Err())
+	token := fmt.Sprintf("%016x", 0xbad0+len(e.payloads))
+	e.must(e.adminDB.HSet(e.ctx(), k.Held, token, rec).Err())
+	e.must(e.adminDB.ZAdd(e.ctx(), k.Due, redis.Z{Score: float64(time.Now().Add(time.Hour).UnixMilli()), Member: token}).Err())
 	e.payloads = append(e.payloads, rec)
-	l, err := e.user.LeaseOf(e.queue, id, "0123456789abcdef")
+	l, err := e.user.LeaseOf(e.queue, "bad", token)
 	e.must(err)
 	return l
 }
@@ -479,14 +494,25 @@ var aclOps = []aclOp{
 	}},
 	{"daemon", "sweep malformed record", func(e *aclEnv) error {
 		k := KeysFor(e.queue)
-		e.must(e.adminDB.HSet(e.ctx(), k.Leases, "bad1", "not a lease record").Err())
-		e.must(e.adminDB.ZAdd(e.ctx(), k.Deadlines, redis.Z{Score: 1, Member: "bad1"}).Err())
+		e.must(e.adminDB.HSet(e.ctx(), k.Held, "0000000000000bad", "not a lease record").Err())
+		e.must(e.adminDB.ZAdd(e.ctx(), k.Due, redis.Z{Score: 1, Member: "0000000000000bad"}).Err())
 		e.payloads = append(e.payloads, "not a lease record")
 		r, err := e.user.Sweep(e.ctx(), e.queue, nil)
 		if err != nil {
 			return err
 		}
 		return want(r.Malformed == 1, "sweep: %+v", r)
+	}},
+	{"daemon", "sweep format-1 leases", func(e *aclEnv) error {
+		// left by an older version: one to requeue, one on its last delivery
+		format1Lease(e.t, e.adminDB, e.queue, "00000000000000f1", envelope{ID: "old-1", Attempts: 1, Payload: []byte("m1")}, 1)
+		format1Lease(e.t, e.adminDB, e.queue, "00000000000000f2", envelope{ID: "old-2", Attempts: 1, Max: 1, Payload: []byte("m2")}, 2)
+		e.payloads = append(e.payloads, "m1", "m2")
+		r, err := e.user.Sweep(e.ctx(), e.queue, nil)
+		if err != nil {
+			return err
+		}
+		return want(r.Requeued == 1 && r.DeadLettered == 1, "sweep: %+v", r)
 	}},
 	{"daemon", "sweep pulls in far due times", func(e *aclEnv) error {
 		// (A foreign deadline would also leave ackd's shadow key at its
@@ -734,7 +760,7 @@ type aclVariant struct {
 }
 
 // queueKeys are the key patterns of one queue, one per key.
-var queueKeys = []string{"ready", "claim", "leases", "deadlines", "delayed", "dead", "deadmsgs", "paused", "counts", "lease:*"}
+var queueKeys = []string{"ready", "claim", "held", "due", "leases", "deadlines", "delayed", "dead", "deadmsgs", "paused", "counts", "lease:*"}
 
 // leaveOneOut lists u's rules with each grant removed in turn; where u has
 // every key of every queue (~ackd:{*}:*), also with each single key of a

@@ -358,10 +358,10 @@ func TestConsumeLostLease(t *testing.T) {
 	b.push(t, q, "x", nil)
 	l := <-started
 	// Another consumer's view: the lease ran out and was requeued.
-	if err := b.rdb.HDel(ctx, KeysFor(q).Leases, l.ID).Err(); err != nil {
+	if err := b.rdb.HDel(ctx, KeysFor(q).Held, l.Token).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.rdb.ZRem(ctx, KeysFor(q).Deadlines, l.ID).Err(); err != nil {
+	if err := b.rdb.ZRem(ctx, KeysFor(q).Due, l.Token).Err(); err != nil {
 		t.Fatal(err)
 	}
 	select {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -402,11 +403,11 @@ func placesOf(t *testing.T, rdb *redis.Client, queue string) map[string]int {
 	ctx := t.Context()
 	k := KeysFor(queue)
 	var claim, ready *redis.StringSliceCmd
-	var leases, delayed, dead *redis.StringSliceCmd
+	var held, delayed, dead *redis.StringSliceCmd
 	_, err := rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		claim = p.LRange(ctx, k.Claim, 0, -1)
 		ready = p.LRange(ctx, k.Ready, 0, -1)
-		leases = p.HKeys(ctx, k.Leases)
+		held = p.HVals(ctx, k.Held)
 		delayed = p.ZRange(ctx, k.Delayed, 0, -1)
 		dead = p.ZRange(ctx, k.Dead, 0, -1)
 		return nil
@@ -415,7 +416,7 @@ func placesOf(t *testing.T, rdb *redis.Client, queue string) map[string]int {
 		t.Fatalf("reading %s: %v", queue, err)
 	}
 	out := map[string]int{}
-	for _, el := range append(append(claim.Val(), ready.Val()...), delayed.Val()...) {
+	for _, el := range slices.Concat(claim.Val(), ready.Val(), delayed.Val(), held.Val()) {
 		e, err := parseEnvelope([]byte(el))
 		if err != nil {
 			t.Errorf("queue %s holds a malformed element %q: %v", queue, el, err)
@@ -423,7 +424,7 @@ func placesOf(t *testing.T, rdb *redis.Client, queue string) map[string]int {
 		}
 		out[e.ID]++
 	}
-	for _, id := range append(leases.Val(), dead.Val()...) {
+	for _, id := range dead.Val() {
 		out[id]++
 	}
 	return out
