@@ -102,7 +102,7 @@ func (c *Client) StatsMany(ctx context.Context, queues []string) (stats []Stats,
 
 func statsKeys(queue string) []string {
 	k := KeysFor(queue)
-	return []string{k.Ready, k.Claim, k.Deadlines, k.Delayed, k.Dead, k.Paused, k.Counts}
+	return []string{k.Ready, k.Claim, k.Due, k.Delayed, k.Dead, k.Paused, k.Counts, k.Deadlines}
 }
 
 // parseStats reads stats.lua's reply.
@@ -392,7 +392,7 @@ func (c *Client) Peek(ctx context.Context, queue string, state State, opts *Peek
 	p := Page{Next: o.Offset}
 	// A page filtered by reason may take several bounded scans.
 	for p.Next >= 0 && len(p.Messages) < o.Limit {
-		v, err := peekScript.Run(ctx, c.rdb, []string{k.Claim, k.Ready, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs},
+		v, err := peekScript.Run(ctx, c.rdb, []string{k.Claim, k.Ready, k.Held, k.Due, k.Delayed, k.Dead, k.DeadMsgs, k.Leases, k.Deadlines},
 			string(state), p.Next, o.Limit-len(p.Messages), peekHeader+o.Preview, o.Reason, max(o.Limit*deadScanFactor, MaxBatch)).Slice()
 		if err != nil {
 			return Page{}, fmt.Errorf("lease: peek %s of %s: %w", state, queue, convertErr(err))
@@ -431,6 +431,7 @@ func decodePeek(state State, id string, score int64, size int, prefix []byte, pr
 		m.Time = fromMS(score)
 	}
 	body := prefix
+	taken := 0 // added to the attempts the element holds: its lease's delivery
 	switch state {
 	case StateDead:
 		d := decodeDead(id, prefix)
@@ -448,12 +449,16 @@ func decodePeek(state State, id string, score int64, size int, prefix []byte, pr
 			m.MaxDeliveries = maxOf(e.Max)
 		}
 	case StateInFlight:
-		_, env, ok := splitLeaseRecord(prefix)
-		if !ok {
+		// a lease keyed by token holds the envelope as it was before the
+		// take; one of format 1 token "|" envelope, counting the delivery
+		if isEnvelope(prefix) {
+			taken = 1
+		} else if _, env, ok := splitLeaseRecord(prefix); ok {
+			body = env
+		} else {
 			m.Malformed, m.Preview = true, prefix
 			break
 		}
-		body = env
 		fallthrough
 	default:
 		if !isEnvelope(body) {
@@ -470,7 +475,7 @@ func decodePeek(state State, id string, score int64, size int, prefix []byte, pr
 			m.Malformed, m.Preview = true, body
 			break
 		}
-		m.ID, m.Attempts, m.MaxDeliveries = e.ID, e.Attempts, maxOf(e.Max)
+		m.ID, m.Attempts, m.MaxDeliveries = e.ID, e.Attempts+taken, maxOf(e.Max)
 		m.Size = size - (len(prefix) - len(e.Payload))
 		m.Preview = e.Payload
 		if state == StateReady {

@@ -402,6 +402,7 @@ func FuzzDecodePeek(f *testing.F) {
 	env := e.appendTo(nil)
 	f.Add("ready", env, 0, 3)
 	f.Add("inflight", append([]byte("0123456789abcdef|"), env...), 10, 0)
+	f.Add("inflight", env, 10, 0)
 	f.Add("delayed", env, 5, 100)
 	f.Add("dead", append([]byte("failed|1767225630000|"), env...), 0, 2)
 	f.Add("dead", []byte("malformed|1|\x00\x01"), 7, 1)

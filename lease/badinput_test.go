@@ -43,11 +43,12 @@ func TestBadInputWritesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	held := ls[1]
-	other, err := b.c.LeaseOf(q, held.ID, "0123456789abcdef")
+	// a token that holds no lease, and held's token with another id
+	unheld, err := b.c.LeaseOf(q, held.ID, "0123456789abcdef")
 	if err != nil {
 		t.Fatal(err)
 	}
-	unknown, err := b.c.LeaseOf(q, "no-such-id", held.Token)
+	otherID, err := b.c.LeaseOf(q, "no-such-id", held.Token)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,19 +141,23 @@ func TestBadInputWritesNothing(t *testing.T) {
 		call{"LeaseOf bad id", ErrInvalidArgument, func() error { _, err := b.c.LeaseOf(q, "", held.Token); return err }},
 		call{"LeaseOf bad token", ErrInvalidArgument, func() error { _, err := b.c.LeaseOf(q, held.ID, "xyz"); return err }},
 
-		// Unknown ids and wrong tokens are refused by the scripts, which
-		// then write nothing: a token that holds a lease of another
-		// message is stale, one that holds nothing is not held.
-		call{"Ack unknown id", ErrStale, func() error { return unknown.Ack(ctx) }},
-		call{"Nack unknown id", ErrStale, func() error { return unknown.Nack(ctx, 0) }},
-		call{"Nack delay unknown id", ErrStale, func() error { return unknown.Nack(ctx, time.Second) }},
-		call{"Extend unknown id", ErrStale, func() error { return unknown.Extend(ctx, time.Second) }},
-		call{"DeadLetter unknown id", ErrStale, func() error { return unknown.DeadLetter(ctx) }},
+		// Tokens that hold no lease, and a token given with another
+		// message's id, are refused by the scripts, which then write
+		// nothing.
+		call{"Ack unknown token", ErrNotHeld, func() error { return unheld.Ack(ctx) }},
+		call{"Nack unknown token", ErrNotHeld, func() error { return unheld.Nack(ctx, 0) }},
+		call{"Nack delay unknown token", ErrNotHeld, func() error { return unheld.Nack(ctx, time.Second) }},
+		call{"Extend unknown token", ErrNotHeld, func() error { return unheld.Extend(ctx, time.Second) }},
+		call{"DeadLetter unknown token", ErrNotHeld, func() error { return unheld.DeadLetter(ctx) }},
+		call{"Fail unknown token", ErrNotHeld, func() error { return unheld.Fail(ctx, errors.New("no")) }},
+		call{"Release unknown token", ErrNotHeld, func() error { return unheld.Release(ctx) }},
 		call{"Replay unknown id", ErrNotHeld, func() error { _, err := b.c.Replay(ctx, q, "no-such-id"); return err }},
-		call{"Ack wrong token", ErrNotHeld, func() error { return other.Ack(ctx) }},
-		call{"Nack wrong token", ErrNotHeld, func() error { return other.Nack(ctx, 0) }},
-		call{"Extend wrong token", ErrNotHeld, func() error { return other.Extend(ctx, time.Second) }},
-		call{"DeadLetter wrong token", ErrNotHeld, func() error { return other.DeadLetter(ctx) }},
+		call{"Ack another message's id", ErrStale, func() error { return otherID.Ack(ctx) }},
+		call{"Nack another message's id", ErrStale, func() error { return otherID.Nack(ctx, 0) }},
+		call{"Extend another message's id", ErrStale, func() error { return otherID.Extend(ctx, time.Second) }},
+		call{"DeadLetter another message's id", ErrStale, func() error { return otherID.DeadLetter(ctx) }},
+		call{"Fail another message's id", ErrStale, func() error { return otherID.Fail(ctx, errors.New("no")) }},
+		call{"Release another message's id", ErrStale, func() error { return otherID.Release(ctx) }},
 		call{"Sweep not due", nil, func() error {
 			r, err := b.c.Sweep(ctx, q, nil)
 			if err == nil && r.Requeued+r.DeadLettered+r.Malformed+r.Promoted+r.Reclaimed != 0 {

@@ -251,7 +251,7 @@ func (c *Client) ForEachQueue(ctx context.Context, fn func(ctx context.Context, 
 			_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 				for i, q := range valid {
 					k := KeysFor(q)
-					cmds[i] = p.Exists(ctx, k.Ready, k.Claim, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.Paused)
+					cmds[i] = p.Exists(ctx, k.Ready, k.Claim, k.Held, k.Due, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.Paused)
 				}
 				return nil
 			})

@@ -54,7 +54,8 @@ func callsInScripts(before, after map[string]int64) (n int64, by map[string]int6
 
 // TestRelease: released leases go back to the head of the ready list, in
 // the order given, with their attempts as before the take; a second
-// release, a stale token and a duplicate in one batch change nothing.
+// release, an earlier delivery's token, a token named with another
+// message's id and a duplicate in one batch change nothing.
 func TestRelease(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
@@ -109,9 +110,17 @@ func TestRelease(t *testing.T) {
 			t.Errorf("take %d after release: %s attempt %d, want %s attempt 1", i, l.ID, l.Attempt, ls[i].ID)
 		}
 	}
-	// A stale token, and a lease given twice in one batch.
+	// An earlier delivery's token, a token named with another message's
+	// id, and a lease given twice in one batch.
 	if err := ls[0].Release(ctx); !errors.Is(err, ErrNotHeld) {
-		t.Errorf("Release with a stale token: %v, want ErrNotHeld", err)
+		t.Errorf("Release with an earlier delivery's token: %v, want ErrNotHeld", err)
+	}
+	mixed, err := b.c.LeaseOf(q, again[2].ID, again[1].Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mixed.Release(ctx); !errors.Is(err, ErrStale) {
+		t.Errorf("Release of a token with another message's id: %v, want ErrStale", err)
 	}
 	if err := b.c.ReleaseBatch(ctx, []*Lease{again[0], again[0]}); !errors.Is(err, ErrNotHeld) {
 		t.Errorf("ReleaseBatch of one lease twice: %v, want ErrNotHeld for the second", err)

@@ -97,7 +97,7 @@ func TestTakeOversized(t *testing.T) {
 }
 
 // TestAbsurdDeadlines: infinite, huge and negative scores written into the
-// deadlines and delayed sets by someone else neither wedge Sweep and
+// due and delayed sets by someone else neither wedge Sweep and
 // Requeue nor overflow their replies. Far ones are pulled in to a week
 // from now; past ones are due now.
 func TestAbsurdDeadlines(t *testing.T) {
@@ -149,7 +149,7 @@ func TestAbsurdDeadlines(t *testing.T) {
 	// does not move them): an early expiry event finds the lease not due.
 	// So check places, not shadow keys.
 	qs := readQueue(t, b.rdb, q)
-	for _, z := range qs.deadlines {
+	for _, z := range qs.due {
 		if int64(z.Score) > now+week+60000 {
 			t.Errorf("deadline of %s still %v", z.Member, z.Score)
 		}
@@ -160,8 +160,8 @@ func TestAbsurdDeadlines(t *testing.T) {
 			t.Errorf("m%d is in %v", i, where)
 		}
 	}
-	if len(qs.ready) != 3 || len(qs.deadlines) != 3 || len(qs.leases) != 3 || len(qs.delayed) != 1 {
-		t.Errorf("ready %d, in flight %d/%d, delayed %d; want 3, 3, 1", len(qs.ready), len(qs.deadlines), len(qs.leases), len(qs.delayed))
+	if len(qs.ready) != 3 || len(qs.due) != 3 || len(qs.held) != 3 || len(qs.delayed) != 1 {
+		t.Errorf("ready %d, in flight %d/%d, delayed %d; want 3, 3, 1", len(qs.ready), len(qs.due), len(qs.held), len(qs.delayed))
 	}
 	// The leases still work.
 	for _, l := range held[:3] {

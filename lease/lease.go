@@ -172,8 +172,8 @@ func (l *Lease) Nack(ctx context.Context, delay time.Duration) error {
 	l.settled.Store(true)
 	k := KeysFor(l.Queue)
 	code, err := nackScript.Run(ctx, l.c.rdb,
-		[]string{k.Ready, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs, LeaseKey(l.Queue, l.Token)},
-		l.ID, l.Token, ms(delay), WakeChannel, l.Queue).Int64()
+		[]string{k.Ready, k.Held, k.Due, k.Delayed, k.Dead, k.DeadMsgs, LeaseKey(l.Queue, l.Token)},
+		l.arg(), ms(delay), WakeChannel, l.Queue).Int64()
 	if err != nil {
 		return fmt.Errorf("lease: nack %s/%s: %w", l.Queue, l.ID, convertErr(err))
 	}
@@ -213,8 +213,7 @@ func (l *Lease) DeadLetter(ctx context.Context) error {
 	l.settled.Store(true)
 	k := KeysFor(l.Queue)
 	code, err := deadletterScript.Run(ctx, l.c.rdb,
-		[]string{k.Leases, k.Deadlines, k.Dead, k.DeadMsgs, LeaseKey(l.Queue, l.Token)},
-		l.ID, l.Token).Int64()
+		[]string{k.Held, k.Due, k.Dead, k.DeadMsgs, LeaseKey(l.Queue, l.Token)}, l.arg()).Int64()
 	if err != nil {
 		return fmt.Errorf("lease: dead-letter %s/%s: %w", l.Queue, l.ID, convertErr(err))
 	}
@@ -222,8 +221,8 @@ func (l *Lease) DeadLetter(ctx context.Context) error {
 }
 
 // Release gives the lease back unfinished, as if this delivery never
-// happened: the message goes to the head of the ready list at once, its
-// attempt count as it was before this take. It does not count as a failed
+// happened: the message goes to the head of the ready list at once, as it
+// was before this take (its attempt count too). It does not count as a failed
 // attempt, so a consumer that stops (a deploy) never pushes a message
 // toward the dead set. Consume releases the leases of handlers that did
 // not finish within ConsumeOpts.StopTimeout.
@@ -260,11 +259,11 @@ func (c *Client) ReleaseBatch(ctx context.Context, leases []*Lease) error {
 	}
 	k := KeysFor(queue)
 	keys := make([]string, 0, 5+len(leases))
-	keys = append(keys, k.Ready, k.Leases, k.Deadlines, k.Dead, k.DeadMsgs)
-	args := make([]any, 0, 2*len(leases))
+	keys = append(keys, k.Ready, k.Held, k.Due, k.Dead, k.DeadMsgs)
+	args := make([]any, 0, len(leases))
 	for _, l := range leases {
 		keys = append(keys, LeaseKey(queue, l.Token))
-		args = append(args, l.ID, l.Token)
+		args = append(args, l.arg())
 	}
 	res, err := releaseScript.Run(ctx, c.rdb, keys, args...).Int64Slice()
 	if err != nil {
@@ -307,8 +306,8 @@ func (l *Lease) fail(ctx context.Context, reason, text string) error {
 	}
 	k := KeysFor(l.Queue)
 	code, err := failScript.Run(ctx, l.c.rdb,
-		[]string{k.Leases, k.Deadlines, k.Dead, k.DeadMsgs, k.DeadErrs, LeaseKey(l.Queue, l.Token)},
-		l.ID, l.Token, reason, text).Int64()
+		[]string{k.Held, k.Due, k.Dead, k.DeadMsgs, k.DeadErrs, LeaseKey(l.Queue, l.Token)},
+		l.arg(), reason, text).Int64()
 	if err != nil {
 		return fmt.Errorf("lease: fail %s/%s: %w", l.Queue, l.ID, convertErr(err))
 	}

@@ -289,10 +289,13 @@ func TestProtocolRedisCLI(t *testing.T) {
 	}
 	// Nack now: back at the tail with failures 1.
 	nackKeys := func(l *cliLease) []string {
-		return []string{c.key("ready"), c.key("leases"), c.key("deadlines"), c.key("delayed"), c.key("dead"),
+		return []string{c.key("ready"), c.key("held"), c.key("due"), c.key("delayed"), c.key("dead"),
 			c.key("deadmsgs"), c.key("lease:" + l.token)}
 	}
-	if out := c.evalsha("nack", nackKeys(l), l.id, l.token, "0", "ackd:wake", c.queue); out[0] != "1" {
+	if out := c.evalsha("nack", nackKeys(l), l.token+"|other-id", "0", "ackd:wake", c.queue); out[0] != "-1" {
+		t.Fatalf("nack naming another message = %q, want -1", out)
+	}
+	if out := c.evalsha("nack", nackKeys(l), l.token+"|"+l.id, "0", "ackd:wake", c.queue); out[0] != "1" {
 		t.Fatalf("nack = %q", out)
 	}
 	if got := c.lines("LRANGE", c.key("ready"), "0", "-1"); !slices.Equal(got, []string{"\xffackd1|id-1|1|10|5000|0|1|env|payload"}) {
@@ -303,8 +306,8 @@ func TestProtocolRedisCLI(t *testing.T) {
 	if l.id != "id-1" || l.attempt != 2 {
 		t.Fatalf("retake = %+v", l)
 	}
-	if out := c.evalsha("deadletter", []string{c.key("leases"), c.key("deadlines"), c.key("dead"), c.key("deadmsgs"), c.key("lease:" + l.token)},
-		l.id, l.token); out[0] != "1" {
+	if out := c.evalsha("deadletter", []string{c.key("held"), c.key("due"), c.key("dead"), c.key("deadmsgs"), c.key("lease:" + l.token)},
+		l.token); out[0] != "1" {
 		t.Fatalf("deadletter = %q", out)
 	}
 	rec := c.lines("HGET", c.key("deadmsgs"), "id-1")[0]
@@ -411,9 +414,9 @@ func TestProtocolFunctions(t *testing.T) {
 	if len(out) != 6 || out[0] != "1" || out[5] != "\xffackd1|"+id+"|0|10|0|0|0|hello" {
 		t.Fatalf("FCALL take = %q", out)
 	}
-	stats := c.lines("FCALL", ackd.Functions["stats"], "7", c.key("ready"), c.key("claim"), c.key("deadlines"),
-		c.key("delayed"), c.key("dead"), c.key("paused"), c.key("counts"), strconv.Itoa(headBytes))
-	if len(stats) != 13 {
+	stats := c.lines("FCALL", ackd.Functions["stats"], "8", c.key("ready"), c.key("claim"), c.key("due"),
+		c.key("delayed"), c.key("dead"), c.key("paused"), c.key("counts"), c.key("deadlines"), strconv.Itoa(headBytes))
+	if len(stats) != 13 || stats[2] != "1" {
 		t.Fatalf("FCALL stats = %q", stats)
 	}
 	if out := c.lines(append(append([]string{"FCALL", ackd.Functions["ack"], "4"}, c.ackKeys(token)...), token)...); out[0] != "1" {

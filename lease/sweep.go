@@ -63,9 +63,11 @@ const sweepTotals = 3
 
 // Sweep requeues every due lease of queue and promotes every due delayed
 // message, each bounded by opts.Limit, in one atomic script call. It is
-// idempotent: the deadlines ZSET decides, so any number of callers racing
-// on one queue (reapers, events, scans) requeue each lease once, and an
-// acked or extended lease is left alone. It is what the reaper calls.
+// idempotent: the lease deadlines (Keys.Due) decide, so any number of
+// callers racing on one queue (reapers, events, scans) requeue each lease
+// once, and an acked or extended lease is left alone. It is what the
+// reaper calls. Leases of format 1 (Keys.Leases, left by an older
+// version) are requeued too, within the same limit.
 func (c *Client) Sweep(ctx context.Context, queue string, opts *SweepOpts) (SweepResult, error) {
 	var r SweepResult
 	if err := ValidateQueue(queue); err != nil {
@@ -87,7 +89,7 @@ func (c *Client) Sweep(ctx context.Context, queue string, opts *SweepOpts) (Swee
 	}
 	k := KeysFor(queue)
 	reply, err := sweepScript.Run(ctx, c.rdb,
-		[]string{k.Ready, k.Leases, k.Deadlines, k.Dead, k.DeadMsgs, k.Delayed, k.Claim, k.Paused, k.Counts},
+		[]string{k.Ready, k.Held, k.Due, k.Dead, k.DeadMsgs, k.Delayed, k.Claim, k.Paused, k.Counts, k.Leases, k.Deadlines},
 		o.Limit, reclaim, headBytes).Slice()
 	if err != nil {
 		return r, fmt.Errorf("lease: sweep %s: %w", queue, convertErr(err))

@@ -54,10 +54,10 @@
 //
 // Any number of reapers, in one process or many, and ackd daemons may
 // watch the same Redis without electing a leader. Sweep is one atomic
-// script in which the deadlines ZSET decides: whichever sweep runs first
-// requeues a lease, every later one finds nothing to do. Each lease is
-// requeued exactly once; the cost of more reapers is duplicate script
-// calls that do nothing.
+// script in which the lease deadlines (the due ZSET) decide: whichever
+// sweep runs first requeues a lease, every later one finds nothing to do.
+// Each lease is requeued exactly once; the cost of more reapers is
+// duplicate script calls that do nothing.
 //
 // # What it reports
 //

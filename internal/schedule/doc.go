@@ -6,7 +6,7 @@
 // that event comes when Redis gets round to deleting the key: tens of
 // milliseconds late on an idle server, minutes late when many keys carry a
 // TTL (see the project's design notes). Yet the deadline of every lease sits
-// in its queue's deadlines ZSET, and lease.Sweep returns the earliest one.
+// in its queue's due ZSET, and lease.Sweep returns the earliest one.
 // So the reaper keeps one wake time per queue, the earliest it knows of, and
 // sweeps the queue then. The times come from two places:
 //

@@ -6,9 +6,10 @@
 --
 -- Formats (all fields are decimal integers unless said otherwise):
 --   envelope      "\255ackd1|" id "|" attempts "|" max "|" lease_ms "|" expiries "|" failures "|" payload
---   lease record  the envelope as it was taken, attempts not counting the
---                 delivery                                 (HASH held, field token)
---   format 1      token "|" envelope                       (HASH leases, field id)
+--   lease record  the envelope as it stood on the ready list  (HASH held, field token):
+--                 its attempts do not count the delivery (delivery = attempts + 1)
+--   format 1      token "|" envelope, attempts counting the delivery (HASH
+--                 leases, field id): only read, by sweep, stats and peek
 --   dead record   reason "|" at_ms "|" body                (HASH deadmsgs, field id)
 -- Anything on the ready list that does not start with "\255ackd1|" is a raw
 -- payload pushed by a plain producer.
@@ -130,6 +131,14 @@ local function first_score(key)
   return nil
 end
 
+-- first_deadline is the earliest lease deadline of both formats (due,
+-- format 1's deadlines), as first_score; nil if none is in flight.
+local function first_deadline(k_due, k_deadlines)
+  local d2, d1 = first_score(k_due), first_score(k_deadlines)
+  if d2 and d1 then return math.min(d2, d1) end
+  return d2 or d1
+end
+
 -- total is a running total of a counts hash (ackd:{q}:counts), kept within
 -- 0 and 10^15: 0 if the field is missing or not a number.
 local function total(key, field)
@@ -185,7 +194,12 @@ end
 -- head of the ready list, or to the dead set once it has used its deliveries.
 -- Returns 1 requeued, 2 dead-lettered (expired), 3 dead-lettered
 -- (malformed record), 0 nothing to do (no record).
-local function expire_one(k_ready, k_leases, k_deadlines, k_dead, k_deadmsgs, id, now)
+-- With by_token, id is the token of a lease in held and due (k_leases and
+-- k_deadlines), whose record is the envelope as it was before the take
+-- (the delivery is its attempts + 1); a record that does not parse is
+-- dead-lettered under the token. Else it is format 1: keyed by id, the
+-- record token "|" envelope with attempts counting the delivery.
+local function expire_one(k_ready, k_leases, k_deadlines, k_dead, k_deadmsgs, id, now, by_token)
   -- Read before writing, and write the new place before removing the old
   -- one: Redis does not roll a script back when a later call fails (a
   -- wrong-type key, a command ACL refuses).
@@ -194,16 +208,23 @@ local function expire_one(k_ready, k_leases, k_deadlines, k_dead, k_deadmsgs, id
     redis.call('ZREM', k_deadlines, id)
     return 0
   end
-  local _, envs = parse_rec(rec)
-  local m = envs and parse_env(envs)
+  local m
+  if by_token then
+    m = parse_env(rec)
+    if m then m.attempts = m.attempts + 1 end
+  else
+    local _, envs = parse_rec(rec)
+    m = envs and parse_env(envs)
+    if m and m.id ~= id then m = nil end
+  end
   local status = 1
-  if not m or m.id ~= id then
+  if not m then
     dead_letter(k_dead, k_deadmsgs, id, 'malformed', now, rec)
     status = 3
   else
     m.expiries = m.expiries + 1
     if m.max > 0 and m.attempts >= m.max then
-      dead_letter(k_dead, k_deadmsgs, id, 'expired', now, build_env(m))
+      dead_letter(k_dead, k_deadmsgs, m.id, 'expired', now, build_env(m))
       status = 2
     else
       redis.call('LPUSH', k_ready, build_env(m))
@@ -214,44 +235,55 @@ local function expire_one(k_ready, k_leases, k_deadlines, k_dead, k_deadmsgs, id
   return status
 end
 
--- expire_refused checks the commands expire_one runs after its first write.
-local function expire_refused(k_ready, k_leases, k_deadlines, k_dead, k_deadmsgs)
-  return refused('LPUSH', k_ready) or refused('HGET', k_leases) or refused('HDEL', k_leases) or
-    refused('ZREM', k_deadlines) or dead_refused(k_dead, k_deadmsgs)
+-- expire_refused checks the commands expire_one runs after its first
+-- write, for leases of both formats.
+local function expire_refused(k_ready, k_held, k_due, k_leases, k_deadlines, k_dead, k_deadmsgs)
+  return refused_any('LPUSH', k_ready, 'HGET', k_held, 'HDEL', k_held, 'ZREM', k_due,
+    'HGET', k_leases, 'HDEL', k_leases, 'ZREM', k_deadlines) or dead_refused(k_dead, k_deadmsgs)
+end
+
+-- lease_arg splits a lease argument, token or token "|" id (the caller
+-- wants the id checked too), into token and id (nil without).
+local function lease_arg(s)
+  local tok, id = string.match(s, '^([^|]*)|(.*)$')
+  if tok then return tok, id end
+  return s, nil
 end
 
 -- release_refused checks the commands release runs after its first write
 -- (put's, or dead_letter's for a malformed record).
-local function release_refused(k_leases, k_deadlines, k_shadow, k_dead, k_deadmsgs)
-  return refused('HDEL', k_leases) or refused('ZREM', k_deadlines) or refused('DEL', k_shadow) or
+local function release_refused(k_held, k_due, k_shadow, k_dead, k_deadmsgs)
+  return refused('HDEL', k_held) or refused('ZREM', k_due) or refused('DEL', k_shadow) or
     dead_refused(k_dead, k_deadmsgs)
 end
 
--- release ends the lease of id if token holds it: put(m) writes the
--- message to its new place and returns a status, then the lease record,
--- the shadow key and the deadline are removed, in that order. Returns
--- put's status, or 0 not held, -1 stale token (both change nothing), 3 the
--- record was malformed (it is a dead letter now). The new place is written
--- first because Redis does not roll a script back when a later command
--- fails (a key overwritten with another type): the message is then in its
--- new place, or still held. The deadline goes last, and a deadlines key of
--- the wrong type holds no deadline to remove: its error is ignored (ACL
--- refusals are asked about before the first write).
-local function release(k_leases, k_deadlines, k_shadow, k_dead, k_deadmsgs, id, token, now, put)
-  local rec = redis.call('HGET', k_leases, id)
+-- release ends the lease that token holds (of message id, if id is given):
+-- put(m) writes the message to its new place and returns a status, then
+-- the lease record, the shadow key and the deadline are removed, in that
+-- order. m is the record parsed, attempts counting this delivery. Returns
+-- put's status, or 0 not held, -1 the token holds a lease of another
+-- message (both change nothing), 3 the record was malformed (it is a dead
+-- letter now, under the token: its id is unknown). The new place is
+-- written first because Redis does not roll a script back when a later
+-- command fails (a key overwritten with another type): the message is
+-- then in its new place, or still held. The deadline goes last, and a due
+-- key of the wrong type holds no deadline to remove: its error is ignored
+-- (ACL refusals are asked about before the first write).
+local function release(k_held, k_due, k_shadow, k_dead, k_deadmsgs, token, id, now, put)
+  local rec = redis.call('HGET', k_held, token)
   if not rec then return 0 end
-  local tok, envs = parse_rec(rec)
-  if tok and tok ~= token then return -1 end
-  local m = envs and parse_env(envs)
+  local m = parse_env(rec)
+  if m and id and m.id ~= id then return -1 end
   local status = 3
-  if not tok or not m or m.id ~= id then
-    dead_letter(k_dead, k_deadmsgs, id, 'malformed', now, rec)
+  if not m then
+    dead_letter(k_dead, k_deadmsgs, token, 'malformed', now, rec)
   else
+    m.attempts = m.attempts + 1
     status = put(m)
   end
-  redis.call('HDEL', k_leases, id)
+  redis.call('HDEL', k_held, token)
   redis.call('DEL', k_shadow)
-  redis.pcall('ZREM', k_deadlines, id)
+  redis.pcall('ZREM', k_due, token)
   return status
 end
 

@@ -2,11 +2,13 @@
 -- prefix so that payloads stay in Redis. Writes nothing.
 -- KEYS[1] ackd:{q}:claim      LIST  (state ready: the claim list comes first)
 -- KEYS[2] ackd:{q}:ready      LIST
--- KEYS[3] ackd:{q}:leases     HASH  id -> lease record
--- KEYS[4] ackd:{q}:deadlines  ZSET
+-- KEYS[3] ackd:{q}:held       HASH  token -> lease record
+-- KEYS[4] ackd:{q}:due        ZSET
 -- KEYS[5] ackd:{q}:delayed    ZSET
 -- KEYS[6] ackd:{q}:dead       ZSET
 -- KEYS[7] ackd:{q}:deadmsgs   HASH  id -> dead record
+-- KEYS[8] ackd:{q}:leases     HASH  id -> format-1 lease record
+-- KEYS[9] ackd:{q}:deadlines  ZSET  (format 1)
 -- ARGV[1] state: ready, inflight, delayed or dead
 -- ARGV[2] offset, ARGV[3] count (at most this many elements returned)
 -- ARGV[4] prefix bytes of each element to return
@@ -14,6 +16,10 @@
 -- ARGV[6] dead only: how many dead letters to examine at most (>= count)
 -- returns {next offset or -1 at the end, then per element:
 --          id ('' on the ready list), score ms (0 on the ready list), length, prefix}
+-- State inflight lists the leases keyed by token by deadline, then those
+-- of format 1, one offset over both: the id of a lease keyed by token is
+-- its record's (the token if the record does not parse), the prefix the
+-- record's (format 1: token "|" envelope).
 local state, off, count, plen = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local out = {-1}
 local function add(id, score, el)
@@ -39,11 +45,26 @@ elseif state == 'delayed' then
   for i = 1, #r, 2 do add('', tonumber(r[i + 1]), r[i]) end
   if #r == 2 * count then out[1] = off + count end
 elseif state == 'inflight' then
-  local r = redis.call('ZRANGE', KEYS[4], off, off + count - 1, 'WITHSCORES')
-  for i = 1, #r, 2 do
-    add(r[i], tonumber(r[i + 1]), redis.call('HGET', KEYS[3], r[i]) or '')
+  local n2 = redis.call('ZCARD', KEYS[4])
+  local got = 0
+  if off < n2 then
+    local r = redis.call('ZRANGE', KEYS[4], off, off + count - 1, 'WITHSCORES')
+    for i = 1, #r, 2 do
+      local rec = redis.call('HGET', KEYS[3], r[i]) or ''
+      local id = string.sub(rec, 1, MARKLEN) == MARK and take_env(rec)
+      add(id or r[i], tonumber(r[i + 1]), rec)
+    end
+    got = #r / 2
   end
-  if #r == 2 * count then out[1] = off + count end
+  if got < count then
+    local from = math.max(off - n2, 0)
+    local r = redis.call('ZRANGE', KEYS[9], from, from + count - got - 1, 'WITHSCORES')
+    for i = 1, #r, 2 do
+      add(r[i], tonumber(r[i + 1]), redis.call('HGET', KEYS[8], r[i]) or '')
+    end
+    got = got + #r / 2
+  end
+  if got == count then out[1] = off + count end
 elseif state == 'dead' then
   local reason = ARGV[5]
   local want = reason .. '|'
