@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -27,8 +26,8 @@ import (
 //
 //   - next != nil: the take leased next, which is returned whatever err
 //     says. err is nil when l was acked, else what Ack would have
-//     returned for it: it wraps ErrStale or ErrNotHeld, and never
-//     ErrAckUnconfirmed.
+//     returned for it: it wraps ErrNotHeld (or ErrStale, for a lease from
+//     LeaseOf), and never ErrAckUnconfirmed.
 //   - next == nil and errors.Is(err, ErrAckUnconfirmed): the ack is not
 //     confirmed and l may still be held; err wraps the cause. Bad input
 //     (ErrInvalidArgument, ErrInvalidQueue) and ACL refusals
@@ -45,7 +44,7 @@ import (
 //     opts.Wait), ctx's error (cancelled or past its deadline during the
 //     wait), or the error of a take made while waiting (the ack is done
 //     all the same). If the ack failed too, err joins its error: errors.Is
-//     finds ErrStale or ErrNotHeld in it.
+//     finds ErrNotHeld (or ErrStale) in it.
 //
 // With opts.Wait > 0 and nothing ready, the ack is done at once and only
 // then does the call wait like Take (BLMOVE and the take script): an ack
@@ -192,7 +191,7 @@ func (c *Client) ackWaitRun(ctx context.Context, queue string, done []*Lease, n 
 		return r, nil, err
 	}
 	k := KeysFor(queue)
-	ackKeys, ackArgs := c.takeArgs(queue, k, 0, 0, done, false)
+	ackKeys, ackArgs, _ := c.takeArgs(queue, k, 0, 0, done, false)
 	var ack *redis.Cmd
 	est := c.estimate(queue)
 	ask := takeAsk(est, n)
@@ -201,7 +200,7 @@ func (c *Client) ackWaitRun(ctx context.Context, queue string, done []*Lease, n 
 		ack = takeScript.queue(ctx, c.rdb, p, ackKeys, ackArgs...)
 	})
 	res, _, aerr := takeScript.queuedReply(ctx, c.rdb, ack, &sent, ackKeys, ackArgs...)
-	a, aerr := c.takeReply(ctx, queue, res, aerr, sent, len(done), false)
+	a, aerr := c.takeReply(ctx, queue, res, aerr, sent, nil, len(done), false)
 	if aerr != nil {
 		if len(r.leases) > 0 {
 			// Only when both ran again (refused unrun) and the ack's run
@@ -236,10 +235,7 @@ func (c *Client) takeRest(ctx context.Context, queue string, r takeResult, n int
 	}
 	// A lease of the first run that ran out meanwhile was requeued and
 	// taken again: keep only the newer lease.
-	taken = slices.DeleteFunc(taken, func(l *Lease) bool {
-		return slices.ContainsFunc(more, func(m *Lease) bool { return m.ID == l.ID })
-	})
-	return append(taken, more...)
+	return append(dropSuperseded(taken, more), more...)
 }
 
 // joinErrs is err, with ackErr joined to it when there is one.

@@ -81,8 +81,8 @@ func TestAckAndTakeLoop(t *testing.T) {
 	}
 }
 
-// TestAckAndTakeAckFails: an ack that fails (the lease ran out and went
-// to another consumer: ErrStale; or it was acked already: ErrNotHeld)
+// TestAckAndTakeAckFails: an ack that fails (the lease ran out and its
+// message went to another consumer, or it was acked already: ErrNotHeld)
 // changes nothing of the message, and the take still leases the next
 // one, which is returned with the ack's error. With nothing to take the
 // error says both.
@@ -101,8 +101,8 @@ func TestAckAndTakeAckFails(t *testing.T) {
 	second := b.push(t, q, "second", nil)
 
 	next, err := old.AckAndTake(ctx, nil)
-	if next == nil || next.ID != second || !errors.Is(err, ErrStale) || errors.Is(err, ErrAckUnconfirmed) {
-		t.Fatalf("AckAndTake(stale) = %v, %v; want %s, ErrStale", next, err, second)
+	if next == nil || next.ID != second || !errors.Is(err, ErrNotHeld) || errors.Is(err, ErrAckUnconfirmed) {
+		t.Fatalf("AckAndTake(stale) = %v, %v; want %s, ErrNotHeld", next, err, second)
 	}
 	st := checkInvariants(t, b.rdb, q)
 	if st.Tokens[first] != cur.Token || st.Tokens[second] != next.Token || b.ackedCount(t, q) != 0 {
@@ -125,8 +125,8 @@ func TestAckAndTakeAckFails(t *testing.T) {
 	// Stale and nothing to take, with and without a wait.
 	for _, o := range []*TakeOpts{nil, {Wait: 20 * time.Millisecond}} {
 		none, err := old.AckAndTake(ctx, o)
-		if none != nil || !errors.Is(err, ErrStale) || !errors.Is(err, ErrNoMessage) || errors.Is(err, ErrAckUnconfirmed) {
-			t.Fatalf("AckAndTake(stale, %+v) on an empty queue = %v, %v; want ErrStale and ErrNoMessage", o, none, err)
+		if none != nil || !errors.Is(err, ErrNotHeld) || !errors.Is(err, ErrNoMessage) || errors.Is(err, ErrAckUnconfirmed) {
+			t.Fatalf("AckAndTake(stale, %+v) on an empty queue = %v, %v; want ErrNotHeld and ErrNoMessage", o, none, err)
 		}
 	}
 	st = checkInvariants(t, b.rdb, q)
@@ -529,8 +529,8 @@ func TestAckAndTakeReplicas(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	onReplica := func(id string) bool {
-		ok, err := rc.HExists(ctx, k.Leases, id).Result()
+	onReplica := func(l *Lease) bool {
+		ok, err := rc.HExists(ctx, k.Held, l.Token).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -541,8 +541,8 @@ func TestAckAndTakeReplicas(t *testing.T) {
 		t.Fatalf("AckAndTake = %v, %v", bl, err)
 	}
 	// WAIT returned: the replica has the ack and the new lease.
-	if onReplica(a.ID) || !onReplica(bl.ID) {
-		t.Fatalf("replica: %s in flight %v, %s in flight %v", a.ID, onReplica(a.ID), bl.ID, onReplica(bl.ID))
+	if onReplica(a) || !onReplica(bl) {
+		t.Fatalf("replica: %s in flight %v, %s in flight %v", a.ID, onReplica(a), bl.ID, onReplica(bl))
 	}
 	// Empty queue, with a wait (BLMOVE, then a take, as Take waits when
 	// writes wait for replicas): the ack is on the replica while the call
@@ -550,7 +550,7 @@ func TestAckAndTakeReplicas(t *testing.T) {
 	var next *Lease
 	wait := background(func() { next, err = bl.AckAndTake(ctx, &TakeOpts{Wait: time.Minute}) })
 	waitBlocked(t, rdb, 1)
-	if onReplica(bl.ID) {
+	if onReplica(bl) {
 		t.Fatalf("while AckAndTake waits, the replica still holds %s in flight", bl.ID)
 	}
 	if _, err := c.Push(ctx, q, []byte("c"), nil); err != nil {

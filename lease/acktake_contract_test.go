@@ -131,16 +131,21 @@ func TestAckTakeAckErrors(t *testing.T) {
 	if again.ID != stale.ID {
 		t.Fatalf("took %s after the release, want %s", again.ID, stale.ID)
 	}
+	// A lease rebuilt with another message's id and again's token.
+	forged, err := b.c.LeaseOf(q, good.ID, again.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
 	// Copies, so that the calls of Ack below start unsettled too.
-	done := []*Lease{copyLease(gone), copyLease(stale), good}
+	done := []*Lease{copyLease(gone), copyLease(stale), copyLease(forged), good}
 	taken, errs, err := b.c.ackTake(ctx, q, done, 2, 0)
 	if err != nil || len(taken) != 1 || string(taken[0].Payload) != "d" {
 		t.Fatalf("ackTake = %v, %v; want d taken", ids(taken), err)
 	}
-	if len(errs) != 3 || !errors.Is(errs[0], ErrNotHeld) || !errors.Is(errs[1], ErrStale) || errs[2] != nil {
-		t.Fatalf("ackTake errors %v; want not held, stale, nil", errs)
+	if len(errs) != 4 || !errors.Is(errs[0], ErrNotHeld) || !errors.Is(errs[1], ErrNotHeld) || !errors.Is(errs[2], ErrStale) || errs[3] != nil {
+		t.Fatalf("ackTake errors %v; want not held, not held, stale, nil", errs)
 	}
-	for i, l := range []*Lease{gone, stale} {
+	for i, l := range []*Lease{gone, stale, forged} {
 		if want := l.Ack(ctx); want == nil || errs[i].Error() != want.Error() {
 			t.Errorf("ackTake error %q, Ack's %q", errs[i], want)
 		}
@@ -152,7 +157,7 @@ func TestAckTakeAckErrors(t *testing.T) {
 }
 
 func copyLease(l *Lease) *Lease {
-	return &Lease{Queue: l.Queue, ID: l.ID, Token: l.Token, Payload: l.Payload, Attempt: l.Attempt, MaxDeliveries: l.MaxDeliveries, c: l.c}
+	return &Lease{Queue: l.Queue, ID: l.ID, Token: l.Token, Payload: l.Payload, Attempt: l.Attempt, MaxDeliveries: l.MaxDeliveries, byID: l.byID, c: l.c}
 }
 
 // TestAckTakePausedEmptyAndScriptFlush: a paused queue leases nothing but

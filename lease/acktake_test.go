@@ -77,8 +77,9 @@ func TestAckTake(t *testing.T) {
 }
 
 // TestAckTakeStale: an ack with a token of an earlier delivery fails with
-// ErrStale, as Ack does, and changes nothing of the current lease; the
-// take goes on.
+// ErrNotHeld, as Ack does, and changes nothing of the current lease; the
+// take goes on. A lease from LeaseOf whose token holds another message's
+// lease fails with ErrStale and changes nothing.
 func TestAckTakeStale(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
@@ -91,7 +92,7 @@ func TestAckTakeStale(t *testing.T) {
 	next := b.push(t, q, "y", nil)
 
 	ls, errs, err := b.c.ackTake(ctx, q, []*Lease{old}, 1, 0)
-	if err != nil || len(errs) != 1 || !errors.Is(errs[0], ErrStale) || errors.Is(errs[0], ErrNotHeld) {
+	if err != nil || len(errs) != 1 || !errors.Is(errs[0], ErrNotHeld) || errors.Is(errs[0], ErrStale) {
 		t.Fatalf("ackTake(stale) = %v, %v", errs, err)
 	}
 	if len(ls) != 1 || ls[0].ID != next {
@@ -109,9 +110,11 @@ func TestAckTakeStale(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	before := snapshot(t, b.rdb)
 	if _, errs, err := b.c.ackTake(ctx, q, []*Lease{forged}, 0, 0); err != nil || !errors.Is(errs[0], ErrStale) {
 		t.Fatalf("ackTake(id of one lease, token of another) = %v, %v", errs, err)
 	}
+	sameSnapshot(t, "ackTake(id of one lease, token of another)", before, snapshot(t, b.rdb))
 	if _, errs, err := b.c.ackTake(ctx, q, []*Lease{cur, ls[0]}, 0, 0); err != nil || errs[0] != nil || errs[1] != nil {
 		t.Fatalf("ackTake(current) = %v, %v", errs, err)
 	}
@@ -164,16 +167,16 @@ func TestAckTakeResent(t *testing.T) {
 	}
 	k := KeysFor(q)
 	tokens, rawIDs := b.c.newTokens(2)
-	keys := []string{k.Ready, k.Claim, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs, k.Paused, k.Counts,
+	keys := []string{k.Ready, k.Claim, k.Held, k.Due, k.Delayed, k.Dead, k.DeadMsgs, k.Paused, k.Counts,
 		LeaseKey(q, tokens[0]), LeaseKey(q, tokens[1]), LeaseKey(q, done.Token)}
-	args := []any{2, 0, 60000, 10, WakeChannel, q, MaxPayloadDefault, 1, 0, tokens[0], rawIDs[0], tokens[1], rawIDs[1], done.ID, done.Token}
+	args := []any{2, 0, 60000, 10, WakeChannel, q, MaxPayloadDefault, 1, 0, tokens[0], rawIDs[0], tokens[1], rawIDs[1], done.Token}
 	var runs [2]takeResult
 	for r := range runs {
 		res, err := takeScript.Run(ctx, b.c.rdb, keys, args...).Slice()
 		if err != nil {
 			t.Fatal(err)
 		}
-		runs[r], _, err = b.c.parseRun(q, res, 1)
+		runs[r], _, err = b.c.parseRun(q, res, tokens, 1)
 		if err != nil || len(runs[r].leases) != 2 {
 			t.Fatalf("run %d: %+v, %v", r, runs[r], err)
 		}
@@ -225,36 +228,41 @@ func TestAckTakeBadInput(t *testing.T) {
 }
 
 // TestAckWrongTypeCounts: a counts key of the wrong type (overwritten by
-// something else) fails an ack, alone or with a take, and changes
-// nothing: the lease is still held, and acks once the key is fixed.
+// something else) loses the count, never the ack: an ack alone or with a
+// take succeeds and leaves the key as it was; once the key is fixed, acks
+// count again.
 func TestAckWrongTypeCounts(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	ctx := t.Context()
 	const q = "ackwrongcounts"
 	k := KeysFor(q)
-	b.push(t, q, "x", nil)
-	b.push(t, q, "y", nil)
+	for _, p := range []string{"x", "y", "z"} {
+		b.push(t, q, p, nil)
+	}
 	l := b.take(t, q, nil)
 	if err := b.rdb.Set(ctx, k.Counts, "not mine", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.Ack(ctx); !errors.Is(err, ErrMalformed) {
-		t.Errorf("Ack with a wrong-type counts key = %v, want ErrMalformed", err)
+	if err := l.Ack(ctx); err != nil {
+		t.Errorf("Ack with a wrong-type counts key = %v, want nil", err)
 	}
-	l.settled.Store(false)
-	if ls, _, err := b.c.ackTake(ctx, q, []*Lease{l}, 1, 0); !errors.Is(err, ErrMalformed) {
-		t.Errorf("ackTake with a wrong-type counts key = %v, %v; want ErrMalformed", ids(ls), err)
+	l2 := b.take(t, q, nil)
+	ls, errs, err := b.c.ackTake(ctx, q, []*Lease{l2}, 1, 0)
+	if err != nil || len(ls) != 1 || errs[0] != nil {
+		t.Fatalf("ackTake with a wrong-type counts key = %v, %v, %v; want the ack and a lease", ids(ls), errs, err)
 	}
 	st := checkInvariants(t, b.rdb, q)
-	if st.Tokens[l.ID] != l.Token || len(st.Ready) != 1 {
-		t.Fatalf("after failed acks: in flight %v, ready %v; want %s still held, one ready", st.InFlight, st.Ready, l.ID)
+	if len(st.InFlight) != 1 || st.Tokens[ls[0].ID] != ls[0].Token || len(st.Ready) != 0 {
+		t.Fatalf("after acks with a wrong-type counts key: in flight %v, ready %v; want only %s", st.InFlight, st.Ready, ls[0].ID)
+	}
+	if v, err := b.rdb.Get(ctx, k.Counts).Result(); err != nil || v != "not mine" {
+		t.Errorf("counts key = %q, %v; want it untouched", v, err)
 	}
 	if err := b.rdb.Del(ctx, k.Counts).Err(); err != nil {
 		t.Fatal(err)
 	}
-	l.settled.Store(false)
-	if err := l.Ack(ctx); err != nil {
+	if err := ls[0].Ack(ctx); err != nil {
 		t.Fatalf("Ack once the key is fixed: %v", err)
 	}
 	if n := b.ackedCount(t, q); n != 1 {

@@ -144,8 +144,8 @@ func TestConsumeReportsAckErrors(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no ack error reported")
 	}
-	if r.l == nil || r.l.ID != id || !errors.Is(r.err, ErrStale) {
-		t.Fatalf("reported %v (lease %+v); want the lease of %s and ErrStale", r.err, r.l, id)
+	if r.l == nil || r.l.ID != id || !errors.Is(r.err, ErrNotHeld) {
+		t.Fatalf("reported %v (lease %+v); want the lease of %s and ErrNotHeld", r.err, r.l, id)
 	}
 	cs.stop(t)
 	l2 := <-took

@@ -12,7 +12,7 @@ import (
 const (
 	ReasonExpired   = "expired"   // its last lease ran out
 	ReasonFailed    = "failed"    // its last delivery was nacked, or a consumer called Fail
-	ReasonMalformed = "malformed" // not something ackd wrote, or a second copy of an id in flight
+	ReasonMalformed = "malformed" // not something ackd wrote
 	ReasonKilled    = "killed"    // a consumer called DeadLetter
 	ReasonPanic     = "panic"     // its handler panicked on its last allowed delivery
 	ReasonOversized = "oversized" // over the taking client's Config.MaxPayload

@@ -46,7 +46,8 @@
 //
 // One error covers both halves, and a lease the take made is never
 // dropped. When a lease comes back, err is nil or the ack's failure
-// (ErrStale, ErrNotHeld), as Ack would report it. When none comes back,
+// (ErrNotHeld, or ErrStale for a lease from LeaseOf), as Ack would
+// report it. When none comes back,
 // ErrAckUnconfirmed in err means the ack may not have happened (bad
 // input, ACL, a call lost in flight, ErrNotReplicated): ack again.
 // Otherwise the ack is done and err is why nothing was taken
@@ -103,10 +104,12 @@
 //
 // # Fencing
 //
-// Every delivery carries its own token. Once a lease has run out and the
-// message was delivered again, Ack, Nack, Extend and DeadLetter with the
-// old token fail with ErrStale and change nothing; the new holder's lease
-// is untouched. An ack after the deadline still succeeds while nobody has
+// Every delivery carries its own token, and in-flight leases are keyed by
+// it. Once a lease has run out and the message was delivered again, Ack,
+// Nack, Extend and DeadLetter with the old token fail with ErrNotHeld and
+// change nothing; the new holder's lease is untouched. A lease rebuilt
+// with LeaseOf also names its message: a token that holds a lease of
+// another message fails with ErrStale. An ack after the deadline still succeeds while nobody has
 // requeued the message: fewer duplicates, and still exactly one outcome.
 //
 // # Retries and dead letters
@@ -212,9 +215,11 @@
 //
 //	ackd:{q}:ready        LIST  envelopes and raw payloads, pushed right, taken left
 //	ackd:{q}:claim        LIST  elements a blocked consumer moved off ready; taken first
-//	ackd:{q}:leases       HASH  id -> "token|envelope" for each message in flight
-//	ackd:{q}:deadlines    ZSET  id scored by lease deadline (ms): the source of truth
-//	ackd:{q}:lease:<tok>  STRING shadow key whose TTL ends at the deadline (a trigger only)
+//	ackd:{q}:held         HASH  token -> the envelope as taken, for each lease in flight
+//	ackd:{q}:due          ZSET  token scored by lease deadline (ms): the source of truth
+//	ackd:{q}:lease:<tok>  STRING 1, expiring at the deadline (a trigger only)
+//	ackd:{q}:leases       HASH  format 1 (older versions): id -> "token|envelope"
+//	ackd:{q}:deadlines    ZSET  format 1: id scored by lease deadline (ms)
 //	ackd:{q}:delayed      ZSET  envelopes scored by the time they become ready
 //	ackd:{q}:dead         ZSET  dead-letter ids scored by when they died
 //	ackd:{q}:deadmsgs     HASH  id -> "reason|ms|envelope"

@@ -14,17 +14,19 @@ var (
 	ErrPayloadTooLarge = errors.New("lease: payload too large")
 	// ErrNoMessage: Take found no message within its wait.
 	ErrNoMessage = errors.New("lease: no message")
-	// ErrNotHeld: no lease of this message is in flight: it was acked,
-	// dead-lettered, or its lease ran out and it went back to the queue
-	// (it will be delivered again). Nothing changed. A client that resends
-	// an ack whose reply was lost (go-redis retries by default) gets this
-	// too, although its first ack succeeded: delivery is at least once,
-	// and an ErrNotHeld ack never means the message was lost.
+	// ErrNotHeld: the lease's token holds no lease: it was acked, released,
+	// dead-lettered, or its lease ran out and the message went back to the
+	// queue (it will be, or has been, delivered again, under another
+	// token: a later delivery's holder is untouched). Nothing changed. A
+	// client that resends an ack whose reply was lost (go-redis retries by
+	// default) gets this too, although its first ack succeeded: delivery
+	// is at least once, and an ErrNotHeld ack never means the message was
+	// lost.
 	ErrNotHeld = errors.New("lease: not held")
-	// ErrStale: the token belongs to an earlier delivery; the message has
-	// been delivered again and another consumer holds it now. Nothing
-	// changed; the current holder's lease is untouched.
-	ErrStale = errors.New("lease: stale token, message was redelivered")
+	// ErrStale: the token holds a lease of another message than the one
+	// named (a lease from LeaseOf whose id and token do not belong
+	// together). Nothing changed; that lease is untouched.
+	ErrStale = errors.New("lease: token holds a lease of another message")
 	// ErrMalformed: data found in Redis is not what ackd wrote (a foreign
 	// value, a wrong key type). Malformed messages are moved to the dead
 	// set with reason "malformed"; this error reports that it happened.

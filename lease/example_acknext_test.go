@@ -43,7 +43,7 @@ func ExampleLease_AckAndTake() {
 			if aerr := l.Ack(ctx); aerr != nil && !errors.Is(aerr, lease.ErrNotHeld) {
 				log.Print(aerr)
 			}
-		case errors.Is(err, lease.ErrStale), errors.Is(err, lease.ErrNotHeld):
+		case errors.Is(err, lease.ErrNotHeld):
 			// The lease ran out before the ack: the message is, or will
 			// be, delivered again. next, if any, is still ours.
 			log.Print(err)

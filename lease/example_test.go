@@ -79,8 +79,8 @@ func Example_nack() {
 		log.Fatal(err)
 	}
 	fmt.Printf("%s: attempt %d, same id: %v\n", again.Payload, again.Attempt, again.ID == l.ID)
-	// The first delivery's token is stale now.
-	fmt.Println(errors.Is(l.Ack(ctx), lease.ErrStale))
+	// The first delivery's token holds nothing now.
+	fmt.Println(errors.Is(l.Ack(ctx), lease.ErrNotHeld))
 	if err := again.Ack(ctx); err != nil {
 		log.Fatal(err)
 	}

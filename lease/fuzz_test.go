@@ -119,14 +119,14 @@ func FuzzDecodeDead(f *testing.F) {
 // any shape take.lua does not return.
 func FuzzParseTakeReply(f *testing.F) {
 	f.Add(encodeReply([]any{int64(0), int64(-1), int64(0)}))
-	f.Add(encodeReply([]any{int64(1), int64(-1), int64(0), "id", "0123456789abcdef", int64(1), int64(5), int64(0), "p"}))
+	f.Add(encodeReply([]any{int64(1), int64(-1), int64(0), int64(5), "\xffackd1|id|0|0|0|0|0|p"}))
 	for _, bad := range parseTakeReplyBad {
 		f.Add(encodeReply(bad))
 	}
 	c := &Client{}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		res := decodeReply(b)
-		ls, _, _, err := c.parseTakeReply("q", res)
+		ls, _, _, err := c.parseTakeReply("q", res, fuzzTokens)
 		if err != nil {
 			if !errors.Is(err, ErrMalformed) {
 				t.Fatalf("parseTakeReply(%v): %v does not wrap ErrMalformed", res, err)
@@ -142,9 +142,13 @@ func FuzzParseTakeReply(f *testing.F) {
 	})
 }
 
-// wellFormedTakeReply is the spec of take.lua's reply shape.
+// fuzzTokens are the slots' tokens of the replies FuzzParseTakeReply makes.
+var fuzzTokens = []string{"0123456789abcdef", "fedcba9876543210", "00000000000000ff"}
+
+// wellFormedTakeReply is the spec of take.lua's reply shape for
+// fuzzTokens' slots.
 func wellFormedTakeReply(res []any) bool {
-	if len(res) < 3 || (len(res)-3)%6 != 0 {
+	if len(res) < 3 || (len(res)-3)%2 != 0 {
 		return false
 	}
 	for i := range 3 {
@@ -152,21 +156,19 @@ func wellFormedTakeReply(res []any) bool {
 			return false
 		}
 	}
-	if res[0].(int64) != int64((len(res)-3)/6) {
+	if res[0].(int64) != int64((len(res)-3)/2) || res[0].(int64) > int64(len(fuzzTokens)) {
 		return false
 	}
-	for i := 3; i < len(res); i += 6 {
-		for j, v := range res[i : i+6] {
-			switch j {
-			case 0, 1, 5:
-				if _, ok := v.(string); !ok {
-					return false
-				}
-			default:
-				if _, ok := v.(int64); !ok {
-					return false
-				}
-			}
+	for i := 3; i < len(res); i += 2 {
+		if _, ok := res[i].(int64); !ok {
+			return false
+		}
+		rec, ok := res[i+1].(string)
+		if !ok {
+			return false
+		}
+		if _, err := parseEnvelope([]byte(rec)); err != nil {
+			return false
 		}
 	}
 	return true

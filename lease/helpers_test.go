@@ -198,9 +198,10 @@ type state struct {
 	Ready     []string         // ids on the claim list then the ready list, head first
 	Raw       [][]byte         // raw payloads (no envelope) on claim and ready
 	Broken    [][]byte         // elements that claim to be envelopes but are not
-	InFlight  map[string]int64 // id -> deadline ms
+	InFlight  map[string]int64 // id -> deadline ms, leases of both formats
 	Tokens    map[string]string
-	Delayed   map[string]int64 // id -> due ms
+	Held      map[string]string // token -> id of each lease of format 2 (keyed by token)
+	Delayed   map[string]int64  // id -> due ms
 	Dead      map[string]DeadLetter
 	readyEnvs map[string]envelope
 }
@@ -218,12 +219,16 @@ func (s state) env(t *testing.T, id string) envelope {
 // the key layout:
 //   - every message id is in exactly one of: the claim or ready list, in
 //     flight, the delayed set (a dead letter may share an id with a live
-//     message only when it is a malformed second copy);
-//   - the leases HASH and the deadlines ZSET hold the same ids; each lease
-//     record is "token|envelope" with the envelope's id equal to the field;
-//   - each live lease's shadow key holds the id and expires exactly at the
-//     ZSET deadline, or is gone because that deadline has passed; there is
-//     no shadow key without its lease;
+//     message only when it is a malformed second copy; two leases in
+//     flight may share an id: two copies of a message);
+//   - the held HASH and the due ZSET hold the same tokens, each record an
+//     envelope; its shadow key holds 1 and expires exactly at the ZSET
+//     deadline, or is gone because that deadline has passed;
+//   - format 1 (written by older versions): the leases HASH and the
+//     deadlines ZSET hold the same ids; each lease record is
+//     "token|envelope" with the envelope's id equal to the field; its
+//     shadow key holds the id, with the same expiry rule;
+//   - there is no shadow key without its lease;
 //   - the dead ZSET and the deadmsgs HASH hold the same ids, and every dead
 //     record parses.
 func checkInvariants(t *testing.T, rdb *redis.Client, queue string) state {
@@ -233,6 +238,7 @@ func checkInvariants(t *testing.T, rdb *redis.Client, queue string) state {
 	s := state{
 		InFlight:  map[string]int64{},
 		Tokens:    map[string]string{},
+		Held:      map[string]string{},
 		Delayed:   map[string]int64{},
 		Dead:      map[string]DeadLetter{},
 		readyEnvs: map[string]envelope{},
@@ -240,7 +246,7 @@ func checkInvariants(t *testing.T, rdb *redis.Client, queue string) state {
 	where := map[string]string{}
 	place := func(id, p string) {
 		t.Helper()
-		if prev, ok := where[id]; ok {
+		if prev, ok := where[id]; ok && !(prev == "in flight" && p == prev) {
 			t.Errorf("invariant: message %s is both %s and %s", id, prev, p)
 		}
 		where[id] = p
@@ -262,12 +268,59 @@ func checkInvariants(t *testing.T, rdb *redis.Client, queue string) state {
 		s.readyEnvs[e.ID] = e
 	}
 
-	recs := snap.leases
 	now := snap.now
+	// checkShadow checks the shadow key of the lease of token, deadline dl,
+	// read as sh: it holds value.
+	checkShadow := func(what, token, value string, dl int64, sh shadowKey, ok bool) {
+		t.Helper()
+		sk := LeaseKey(queue, token)
+		switch {
+		case !ok:
+			t.Fatalf("the snapshot script did not read the shadow key of %s", what)
+		case sh.key != sk:
+			t.Errorf("invariant: the snapshot script read shadow key %s for %s, want %s", sh.key, what, sk)
+		case !sh.exists:
+			if dl >= now {
+				t.Errorf("invariant: shadow key %s of %s is gone before its deadline %d (now %d)", sk, what, dl, now)
+			}
+		default:
+			if sh.value != value {
+				t.Errorf("invariant: shadow key %s holds %q, want %s", sk, sh.value, value)
+			}
+			if sh.expiresAt != dl {
+				t.Errorf("invariant: shadow key %s expires at %d, want the ZSET deadline %d", sk, sh.expiresAt, dl)
+			}
+		}
+	}
+	for _, z := range snap.due {
+		token := z.Member.(string)
+		dl := int64(z.Score)
+		rec, ok := snap.held[token]
+		if !ok {
+			t.Errorf("invariant: %s is in %s but not in %s", token, k.Due, k.Held)
+			continue
+		}
+		e, err := parseEnvelope([]byte(rec))
+		if err != nil || !validToken(token) {
+			t.Errorf("invariant: lease record of token %q: %q: %v", token, rec, err)
+			continue
+		}
+		place(e.ID, "in flight")
+		s.InFlight[e.ID] = dl
+		s.Tokens[e.ID] = token
+		s.Held[token] = e.ID
+		sh, ok := snap.heldShadows[token]
+		checkShadow(token, token, "1", dl, sh, ok)
+	}
+	for token := range snap.held {
+		if !slices.ContainsFunc(snap.due, func(z redis.Z) bool { return z.Member == token }) {
+			t.Errorf("invariant: %s is in %s but not in %s", token, k.Held, k.Due)
+		}
+	}
+	recs := snap.leases
 	for _, z := range snap.deadlines {
 		id := z.Member.(string)
 		dl := int64(z.Score)
-		s.InFlight[id] = dl
 		rec, ok := recs[id]
 		if !ok {
 			t.Errorf("invariant: %s is in %s but not in %s", id, k.Deadlines, k.Leases)
@@ -284,35 +337,22 @@ func checkInvariants(t *testing.T, rdb *redis.Client, queue string) state {
 			continue
 		}
 		place(id, "in flight")
+		s.InFlight[id] = dl
 		s.Tokens[id] = token
-		sk := LeaseKey(queue, token)
 		sh, ok := snap.shadows[id]
-		switch {
-		case !ok:
-			t.Fatalf("the snapshot script did not read the shadow key of %s", id)
-		case sh.key != sk:
-			t.Errorf("invariant: the snapshot script read shadow key %s for %s, want %s", sh.key, id, sk)
-		case !sh.exists:
-			if dl >= now {
-				t.Errorf("invariant: shadow key %s of %s is gone before its deadline %d (now %d)", sk, id, dl, now)
-			}
-		default:
-			if sh.value != id {
-				t.Errorf("invariant: shadow key %s holds %q, want %s", sk, sh.value, id)
-			}
-			if sh.expiresAt != dl {
-				t.Errorf("invariant: shadow key %s expires at %d, want the ZSET deadline %d", sk, sh.expiresAt, dl)
-			}
-		}
+		checkShadow(id, token, id, dl, sh, ok)
 	}
 	for id := range recs {
-		if _, ok := s.InFlight[id]; !ok {
+		if !slices.ContainsFunc(snap.deadlines, func(z redis.Z) bool { return z.Member == id }) {
 			t.Errorf("invariant: %s is in %s but not in %s", id, k.Leases, k.Deadlines)
 		}
 	}
 	live := map[string]bool{}
-	for _, tok := range s.Tokens {
-		live[LeaseKey(queue, tok)] = true
+	for token := range snap.held {
+		live[LeaseKey(queue, token)] = true
+	}
+	for _, sh := range snap.shadows {
+		live[sh.key] = true
 	}
 	for _, sk := range snap.shadowKeys {
 		if !live[sk] {
@@ -358,9 +398,12 @@ func checkInvariants(t *testing.T, rdb *redis.Client, queue string) state {
 type queueSnapshot struct {
 	now                int64 // Redis's clock, ms
 	claim, ready       []string
-	leases             map[string]string
+	held               map[string]string // token -> lease record
+	due                []redis.Z
+	heldShadows        map[string]shadowKey // by token, for each lease record of held
+	leases             map[string]string    // format 1
 	deadlines, delayed []redis.Z
-	shadows            map[string]shadowKey // by message id, for each lease record
+	shadows            map[string]shadowKey // by message id, for each lease record of format 1
 	shadowKeys         []string             // every key that looks like a shadow key of the queue
 	deadIDs            []string
 	deadRecs           map[string]string
@@ -379,28 +422,34 @@ type shadowKey struct {
 // cannot expire between reading TIME and reading its shadow key. Inside a
 // script Redis checks expiry against the script's start, which TIME (read
 // first) cannot precede: a shadow key found gone expired before now.
-// KEYS: claim, ready, leases, deadlines, delayed, dead, deadmsgs.
+// KEYS: claim, ready, leases, deadlines, delayed, dead, deadmsgs, held, due.
 // ARGV[1] shadow key prefix, ARGV[2] the KEYS pattern of shadow keys.
 var readQueueScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function shadow(out, field, token)
+  local key = ARGV[1] .. token
+  local v = redis.call('GET', key)
+  out[#out + 1] = field
+  out[#out + 1] = key
+  out[#out + 1] = v or ''
+  out[#out + 1] = v and 1 or 0
+  out[#out + 1] = redis.call('PEXPIRETIME', key)
+end
 local leases = redis.call('HGETALL', KEYS[3])
 local shadows = {}
 for i = 1, #leases, 2 do
-  local token = string.match(leases[i + 1], '^([^|]*)|') or ''
-  local key = ARGV[1] .. token
-  local v = redis.call('GET', key)
-  shadows[#shadows + 1] = leases[i]
-  shadows[#shadows + 1] = key
-  shadows[#shadows + 1] = v or ''
-  shadows[#shadows + 1] = v and 1 or 0
-  shadows[#shadows + 1] = redis.call('PEXPIRETIME', key)
+  shadow(shadows, leases[i], string.match(leases[i + 1], '^([^|]*)|') or '')
 end
+local held = redis.call('HGETALL', KEYS[8])
+local heldShadows = {}
+for i = 1, #held, 2 do shadow(heldShadows, held[i], held[i]) end
 return {now,
   redis.call('LRANGE', KEYS[1], 0, -1), redis.call('LRANGE', KEYS[2], 0, -1), leases,
   redis.call('ZRANGE', KEYS[4], 0, -1, 'WITHSCORES'), shadows, redis.call('KEYS', ARGV[2]),
   redis.call('ZRANGE', KEYS[5], 0, -1, 'WITHSCORES'),
-  redis.call('ZRANGE', KEYS[6], 0, -1), redis.call('HGETALL', KEYS[7])}
+  redis.call('ZRANGE', KEYS[6], 0, -1), redis.call('HGETALL', KEYS[7]),
+  held, redis.call('ZRANGE', KEYS[9], 0, -1, 'WITHSCORES'), heldShadows}
 `)
 
 // readQueue runs readQueueScript on queue.
@@ -408,9 +457,9 @@ func readQueue(t *testing.T, rdb redis.Scripter, queue string) queueSnapshot {
 	t.Helper()
 	k := KeysFor(queue)
 	v, err := readQueueScript.Run(t.Context(), rdb,
-		[]string{k.Claim, k.Ready, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs},
+		[]string{k.Claim, k.Ready, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs, k.Held, k.Due},
 		LeaseKey(queue, ""), LeaseKey(queue, "*")).Slice()
-	if err != nil || len(v) != 10 {
+	if err != nil || len(v) != 13 {
 		t.Fatalf("reading queue %s: %d values, %v", queue, len(v), err)
 	}
 	strs := func(x any) []string {
@@ -440,17 +489,21 @@ func readQueue(t *testing.T, rdb redis.Scripter, queue string) queueSnapshot {
 		}
 		return out
 	}
-	snap := queueSnapshot{
-		now: v[0].(int64), claim: strs(v[1]), ready: strs(v[2]), leases: hash(v[3]), deadlines: zset(v[4]),
-		shadows: map[string]shadowKey{}, shadowKeys: strs(v[6]), delayed: zset(v[7]), deadIDs: strs(v[8]), deadRecs: hash(v[9]),
-	}
-	sh := v[5].([]any)
-	for i := 0; i+4 < len(sh); i += 5 {
-		snap.shadows[sh[i].(string)] = shadowKey{
-			key: sh[i+1].(string), value: sh[i+2].(string), exists: sh[i+3].(int64) == 1, expiresAt: sh[i+4].(int64),
+	shadows := func(x any) map[string]shadowKey {
+		sh := x.([]any)
+		m := map[string]shadowKey{}
+		for i := 0; i+4 < len(sh); i += 5 {
+			m[sh[i].(string)] = shadowKey{
+				key: sh[i+1].(string), value: sh[i+2].(string), exists: sh[i+3].(int64) == 1, expiresAt: sh[i+4].(int64),
+			}
 		}
+		return m
 	}
-	return snap
+	return queueSnapshot{
+		now: v[0].(int64), claim: strs(v[1]), ready: strs(v[2]), leases: hash(v[3]), deadlines: zset(v[4]),
+		shadows: shadows(v[5]), shadowKeys: strs(v[6]), delayed: zset(v[7]), deadIDs: strs(v[8]), deadRecs: hash(v[9]),
+		held: hash(v[10]), due: zset(v[11]), heldShadows: shadows(v[12]),
+	}
 }
 
 // ids returns the ids of leases.

@@ -10,8 +10,10 @@ import (
 
 // Lease is one delivery of one message. Its methods end the lease (Ack,
 // Nack, DeadLetter) or keep it (Extend). Every method carries the lease's
-// token: once the message has been delivered again, they fail with
-// ErrStale and change nothing.
+// token, which names this delivery alone: once the lease has ended (acked,
+// run out and requeued, released, dead-lettered), they fail with
+// ErrNotHeld and change nothing, even when the message has been delivered
+// again and another consumer holds it now.
 type Lease struct {
 	Queue   string
 	ID      string // the message's id, the same on every delivery
@@ -31,6 +33,9 @@ type Lease struct {
 	// sent is when the take that made this lease was sent (monotonic):
 	// its deadline was set no earlier. Zero for LeaseOf.
 	sent time.Time
+	// byID is set by LeaseOf: the scripts check that the token's lease is
+	// of ID (the caller's parts may not match).
+	byID bool
 	c    *Client
 }
 
@@ -38,7 +43,9 @@ type Lease struct {
 func (l *Lease) Deadline() time.Time { return fromMS(l.deadline.Load()) }
 
 // LeaseOf rebuilds a lease handle from its parts, for a consumer that
-// keeps (queue, id, token) elsewhere, such as another process.
+// keeps (queue, id, token) elsewhere, such as another process. Its methods
+// also check that the token's lease is of message id: when it is another
+// message's, they fail with ErrStale and change nothing.
 func (c *Client) LeaseOf(queue, id, token string) (*Lease, error) {
 	if err := ValidateQueue(queue); err != nil {
 		return nil, err
@@ -49,7 +56,16 @@ func (c *Client) LeaseOf(queue, id, token string) (*Lease, error) {
 	if !validToken(token) {
 		return nil, fmt.Errorf("%w: token %q", ErrInvalidArgument, token)
 	}
-	return &Lease{Queue: queue, ID: id, Token: token, c: c}, nil
+	return &Lease{Queue: queue, ID: id, Token: token, byID: true, c: c}, nil
+}
+
+// arg names the lease to a script: its token, or token "|" id when the
+// message's id is to be checked too (a lease from LeaseOf).
+func (l *Lease) arg() string {
+	if l.byID {
+		return l.Token + "|" + l.ID
+	}
+	return l.Token
 }
 
 func (l *Lease) check() error {
@@ -76,8 +92,7 @@ func (l *Lease) statusErr(op string, code int64) error {
 //
 // An ack after the deadline still succeeds while no one has requeued the
 // message (with ackd running, a few milliseconds); after that it fails with
-// ErrNotHeld or ErrStale and the message will be, or has been, delivered
-// again.
+// ErrNotHeld and the message will be, or has been, delivered again.
 func (l *Lease) Ack(ctx context.Context) error {
 	if err := l.check(); err != nil {
 		return err
@@ -86,8 +101,8 @@ func (l *Lease) Ack(ctx context.Context) error {
 }
 
 // AckBatch acks leases of one queue in one script call. The result joins
-// one error per lease that could not be acked (errors.Is finds ErrStale
-// and ErrNotHeld in it); the others are acked.
+// one error per lease that could not be acked (errors.Is finds ErrNotHeld,
+// and for leases from LeaseOf ErrStale, in it); the others are acked.
 func (c *Client) AckBatch(ctx context.Context, leases []*Lease) error {
 	if len(leases) == 0 {
 		return nil
@@ -104,11 +119,11 @@ func (c *Client) AckBatch(ctx context.Context, leases []*Lease) error {
 	}
 	k := KeysFor(queue)
 	keys := make([]string, 0, 3+len(leases))
-	keys = append(keys, k.Leases, k.Deadlines, k.Counts)
-	args := make([]any, 0, 2*len(leases))
+	keys = append(keys, k.Held, k.Due, k.Counts)
+	args := make([]any, 0, len(leases))
 	for _, l := range leases {
 		keys = append(keys, LeaseKey(queue, l.Token))
-		args = append(args, l.ID, l.Token)
+		args = append(args, l.arg())
 		l.settled.Store(true)
 	}
 	res, err := ackScript.Run(ctx, c.rdb, keys, args...).Int64Slice()
@@ -139,15 +154,6 @@ func sameQueue(op, queue string, leases []*Lease) error {
 		}
 	}
 	return nil
-}
-
-// arg names the lease to the scripts: its token, or token "|" id for a
-// lease made by LeaseOf, whose message the scripts then check too.
-func (l *Lease) arg() string {
-	if l.sent.IsZero() {
-		return l.Token + "|" + l.ID
-	}
-	return l.Token
 }
 
 // Nack gives the message back because processing failed. With delay zero
@@ -186,8 +192,8 @@ func (l *Lease) Extend(ctx context.Context, d time.Duration) error {
 	}
 	k := KeysFor(l.Queue)
 	v, err := extendScript.Run(ctx, l.c.rdb,
-		[]string{k.Leases, k.Deadlines, LeaseKey(l.Queue, l.Token)},
-		l.ID, l.Token, ms(d), WakeChannel, l.Queue).Int64()
+		[]string{k.Held, k.Due, LeaseKey(l.Queue, l.Token)},
+		l.arg(), ms(d), WakeChannel, l.Queue).Int64()
 	if err != nil {
 		return fmt.Errorf("lease: extend %s/%s: %w", l.Queue, l.ID, convertErr(err))
 	}

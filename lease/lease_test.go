@@ -288,7 +288,7 @@ func TestExtend(t *testing.T) {
 	if after < t0+60000 || after > t1+60000 || after <= before {
 		t.Fatalf("deadline %d -> %d, want within [%d, %d]", before, after, t0+60000, t1+60000)
 	}
-	score, err := b.rdb.ZScore(ctx, KeysFor(q).Deadlines, l.ID).Result()
+	score, err := b.rdb.ZScore(ctx, KeysFor(q).Due, l.Token).Result()
 	if err != nil || int64(score) != after {
 		t.Errorf("ZSET score %v (%v), want %d", score, err, after)
 	}
@@ -598,8 +598,8 @@ func TestRequeue(t *testing.T) {
 	if again.ID != second || again.Attempt != 2 {
 		t.Fatalf("retake = %s attempt %d", again.ID, again.Attempt)
 	}
-	if err := short.Ack(ctx); !errors.Is(err, ErrStale) {
-		t.Errorf("old lease Ack = %v, want ErrStale", err)
+	if err := short.Ack(ctx); !errors.Is(err, ErrNotHeld) {
+		t.Errorf("old lease Ack = %v, want ErrNotHeld", err)
 	}
 	if err := again.Ack(ctx); err != nil {
 		t.Errorf("new lease Ack: %v", err)
@@ -913,14 +913,18 @@ func TestFencingStaleToken(t *testing.T) {
 		"Extend":     func() error { return old.Extend(ctx, time.Hour) },
 		"DeadLetter": func() error { return old.DeadLetter(ctx) },
 	} {
-		if err := f(); !errors.Is(err, ErrStale) {
-			t.Errorf("%s with a stale token = %v, want ErrStale", name, err)
+		if err := f(); !errors.Is(err, ErrNotHeld) {
+			t.Errorf("%s with a stale token = %v, want ErrNotHeld", name, err)
 		}
 		sameSnapshot(t, name+" with a stale token", before, snapshot(t, b.rdb))
 	}
 	// A batch with one stale and one current lease acks the current one.
-	if err := b.c.AckBatch(ctx, []*Lease{old, cur}); !errors.Is(err, ErrStale) || errors.Is(err, ErrNotHeld) {
-		t.Fatalf("AckBatch(stale, current) = %v, want only ErrStale", err)
+	err := b.c.AckBatch(ctx, []*Lease{old, cur})
+	if !errors.Is(err, ErrNotHeld) || errors.Is(err, ErrStale) || strings.Count(err.Error(), "not held") != 1 {
+		t.Fatalf("AckBatch(stale, current) = %v, want ErrNotHeld for the stale one only", err)
+	}
+	if n := b.ackedCount(t, q); n != 1 {
+		t.Errorf("counts acked = %d, want 1", n)
 	}
 	if err := cur.Ack(ctx); !errors.Is(err, ErrNotHeld) {
 		t.Errorf("current lease after its batch ack = %v, want ErrNotHeld", err)
@@ -941,7 +945,7 @@ func TestFencingCurrentHolderAcks(t *testing.T) {
 	old := b.take(t, q, &TakeOpts{LeaseFor: 2 * time.Millisecond})
 	b.expire(t, old, requeued)
 	cur := b.take(t, q, nil)
-	if err := old.Ack(ctx); !errors.Is(err, ErrStale) {
+	if err := old.Ack(ctx); !errors.Is(err, ErrNotHeld) {
 		t.Fatalf("stale Ack = %v", err)
 	}
 	if err := cur.Extend(ctx, time.Minute); err != nil {

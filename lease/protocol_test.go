@@ -164,13 +164,17 @@ func newToken(t *testing.T) string {
 	return hex.EncodeToString(b[:])
 }
 
+// takeKeys are take.lua's keys for one lease of token.
+func (c *cli) takeKeys(token string) []string {
+	return []string{c.key("ready"), c.key("claim"), c.key("held"), c.key("due"), c.key("delayed"),
+		c.key("dead"), c.key("deadmsgs"), c.key("paused"), c.key("counts"), c.key("lease:" + token)}
+}
+
 // take runs take.lua for one lease, with a fresh token and id.
 func (c *cli) take(leaseMS, defaultMax int) (*cliLease, []string) {
 	c.t.Helper()
 	token, id := newToken(c.t), "cli-"+newToken(c.t)
-	out := c.evalsha("take",
-		[]string{c.key("ready"), c.key("claim"), c.key("leases"), c.key("deadlines"), c.key("delayed"),
-			c.key("dead"), c.key("deadmsgs"), c.key("paused"), c.key("counts"), c.key("lease:" + token)},
+	out := c.evalsha("take", c.takeKeys(token),
 		"1", "0", strconv.Itoa(leaseMS), strconv.Itoa(defaultMax), "ackd:wake", c.queue, "1048576", "0", "0", token, id)
 	if len(out) < 4 {
 		c.t.Fatalf("take: %q", out)
@@ -178,18 +182,35 @@ func (c *cli) take(leaseMS, defaultMax int) (*cliLease, []string) {
 	if out[0] == "0" {
 		return nil, out
 	}
-	if out[0] != "1" || out[1] != "-1" || len(out) != 10 {
+	if out[0] != "1" || out[1] != "-1" || len(out) != 6 {
 		c.t.Fatalf("take: %q", out)
 	}
-	l := &cliLease{id: out[4], token: out[5], payload: out[9]}
-	var err1, err2, err3 error
-	l.attempt, err1 = strconv.Atoi(out[6])
-	l.deadline, err2 = strconv.ParseInt(out[7], 10, 64)
-	l.max, err3 = strconv.Atoi(out[8])
-	if err1 != nil || err2 != nil || err3 != nil || l.token != token {
-		c.t.Fatalf("take: %q", out)
+	return c.leaseOf(token, out[4], out[5]), out
+}
+
+// leaseOf reads the lease of token from its deadline and record (the
+// envelope as it was taken: its attempt is the record's attempts + 1).
+func (c *cli) leaseOf(token, deadline, rec string) *cliLease {
+	c.t.Helper()
+	f := strings.SplitN(rec, "|", 8)
+	if len(f) != 8 || f[0] != "\xffackd1" {
+		c.t.Fatalf("lease record %q", rec)
 	}
-	return l, out
+	l := &cliLease{id: f[1], token: token, payload: f[7]}
+	attempts, err1 := strconv.Atoi(f[2])
+	l.attempt = attempts + 1
+	var err2, err3 error
+	l.max, err2 = strconv.Atoi(f[3])
+	l.deadline, err3 = strconv.ParseInt(deadline, 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil {
+		c.t.Fatalf("lease %s: deadline %q, record %q", token, deadline, rec)
+	}
+	return l
+}
+
+// ackKeys are ack.lua's keys for the lease of token.
+func (c *cli) ackKeys(token string) []string {
+	return []string{c.key("held"), c.key("due"), c.key("counts"), c.key("lease:" + token)}
 }
 
 func (c *cli) now() int64 {
@@ -223,24 +244,33 @@ func TestProtocolRedisCLI(t *testing.T) {
 	if l.payload != "hello" || l.attempt != 1 || l.max != 10 || l.deadline < t0+30000 || !strings.HasPrefix(l.id, "cli-") {
 		t.Fatalf("take = %+v", l)
 	}
-	if got := c.lines("GET", c.key("lease:"+l.token)); got[0] != l.id {
-		t.Errorf("shadow key holds %q", got)
+	if got := c.lines("GET", c.key("lease:"+l.token)); got[0] != "1" {
+		t.Errorf("shadow key holds %q, want 1", got)
 	}
-	out := c.evalsha("extend", []string{c.key("leases"), c.key("deadlines"), c.key("lease:" + l.token)},
-		l.id, l.token, "60000", "ackd:wake", c.queue)
+	if got := c.lines("HGET", c.key("held"), l.token); got[0] != "\xffackd1|"+l.id+"|0|10|0|0|0|hello" {
+		t.Errorf("lease record %q", got)
+	}
+	extendKeys := []string{c.key("held"), c.key("due"), c.key("lease:" + l.token)}
+	out := c.evalsha("extend", extendKeys, l.token, "60000", "ackd:wake", c.queue)
 	if dl, err := strconv.ParseInt(out[0], 10, 64); err != nil || dl <= l.deadline {
 		t.Fatalf("extend = %q, want a later deadline than %d", out, l.deadline)
 	}
-	if out := c.evalsha("ack", []string{c.key("leases"), c.key("deadlines"), c.key("counts"), c.key("lease:" + l.token)}, l.id, "ffffffffffffffff"); out[0] != "-1" {
-		t.Errorf("ack with a wrong token = %q, want -1", out)
+	if out := c.evalsha("extend", extendKeys, l.token+"|other-id", "60000", "ackd:wake", c.queue); out[0] != "-1" {
+		t.Errorf("extend naming another message = %q, want -1", out)
 	}
-	if out := c.evalsha("ack", []string{c.key("leases"), c.key("deadlines"), c.key("counts"), c.key("lease:" + l.token)}, l.id, l.token); out[0] != "1" {
+	if out := c.evalsha("ack", c.ackKeys("ffffffffffffffff"), "ffffffffffffffff"); out[0] != "0" {
+		t.Errorf("ack with a token that holds nothing = %q, want 0", out)
+	}
+	if out := c.evalsha("ack", c.ackKeys(l.token), l.token+"|other-id"); out[0] != "-1" {
+		t.Errorf("ack naming another message = %q, want -1", out)
+	}
+	if out := c.evalsha("ack", c.ackKeys(l.token), l.token+"|"+l.id); out[0] != "1" {
 		t.Fatalf("ack = %q, want 1", out)
 	}
-	if out := c.evalsha("ack", []string{c.key("leases"), c.key("deadlines"), c.key("counts"), c.key("lease:" + l.token)}, l.id, l.token); out[0] != "0" {
+	if out := c.evalsha("ack", c.ackKeys(l.token), l.token); out[0] != "0" {
 		t.Errorf("second ack = %q, want 0", out)
 	}
-	for _, k := range []string{c.key("leases"), c.key("deadlines"), c.key("lease:" + l.token)} {
+	for _, k := range []string{c.key("held"), c.key("due"), c.key("lease:" + l.token)} {
 		if got := c.lines("EXISTS", k); got[0] != "0" {
 			t.Errorf("%s still exists after ack", k)
 		}
@@ -249,11 +279,13 @@ func TestProtocolRedisCLI(t *testing.T) {
 		t.Errorf("counts acked = %q after one ack, want 1", got)
 	}
 
-	// Take the envelope: its own lease of 5 s and max 10.
+	// Take the envelope: its own lease of 5 s and max 10; the record is
+	// the element as it was pushed.
 	t0 = c.now()
-	l, _ = c.take(30000, 3)
-	if l.id != "id-1" || l.payload != "env|payload" || l.attempt != 1 || l.max != 10 || l.deadline < t0+5000 || l.deadline > c.now()+5000 {
-		t.Fatalf("take envelope = %+v", l)
+	l, out = c.take(30000, 3)
+	if l.id != "id-1" || l.payload != "env|payload" || l.attempt != 1 || l.max != 10 || l.deadline < t0+5000 || l.deadline > c.now()+5000 ||
+		out[5] != "\xffackd1|id-1|0|10|5000|0|0|env|payload" {
+		t.Fatalf("take envelope = %+v, %q", l, out)
 	}
 	// Nack now: back at the tail with failures 1.
 	nackKeys := func(l *cliLease) []string {
@@ -307,7 +339,7 @@ func TestProtocolRedisCLI(t *testing.T) {
 	}
 	// NOSCRIPT: fall back to EVAL with the text.
 	c.run("SCRIPT", "FLUSH")
-	args := []string{"4", c.key("leases"), c.key("deadlines"), c.key("counts"), c.key("lease:" + l.token), l.id, l.token}
+	args := append(append([]string{"4"}, c.ackKeys(l.token)...), l.token)
 	if out := c.run(append([]string{"EVALSHA", c.sha["ack"]}, args...)...); !strings.HasPrefix(out, "NOSCRIPT") {
 		t.Fatalf("EVALSHA after SCRIPT FLUSH = %q, want NOSCRIPT", out)
 	}
@@ -316,7 +348,7 @@ func TestProtocolRedisCLI(t *testing.T) {
 	}
 
 	// Only the dead letter and the second message are left; ackd agrees.
-	for _, k := range []string{"claim", "leases", "deadlines", "delayed"} {
+	for _, k := range []string{"claim", "held", "due", "leases", "deadlines", "delayed"} {
 		if got := c.lines("EXISTS", c.key(k)); got[0] != "0" {
 			t.Errorf("%s still exists", c.key(k))
 		}
@@ -377,11 +409,9 @@ func TestProtocolFunctions(t *testing.T) {
 
 	c.lines("RPUSH", c.key("ready"), "hello")
 	token, id := newToken(t), "cli-"+newToken(t)
-	out := c.lines("FCALL", name+"_take", "10",
-		c.key("ready"), c.key("claim"), c.key("leases"), c.key("deadlines"), c.key("delayed"),
-		c.key("dead"), c.key("deadmsgs"), c.key("paused"), c.key("counts"), c.key("lease:"+token),
-		"1", "0", "30000", "10", "ackd:wake", c.queue, "1048576", "0", "0", token, id)
-	if len(out) != 10 || out[0] != "1" || out[4] != id || out[5] != token || out[9] != "hello" {
+	out := c.lines(append(append([]string{"FCALL", name + "_take", "10"}, c.takeKeys(token)...),
+		"1", "0", "30000", "10", "ackd:wake", c.queue, "1048576", "0", "0", token, id)...)
+	if len(out) != 6 || out[0] != "1" || out[5] != "\xffackd1|"+id+"|0|10|0|0|0|hello" {
 		t.Fatalf("FCALL take = %q", out)
 	}
 	stats := c.lines("FCALL", ackd.Functions["stats"], "8", c.key("ready"), c.key("claim"), c.key("due"),
@@ -389,7 +419,7 @@ func TestProtocolFunctions(t *testing.T) {
 	if len(stats) != 13 || stats[2] != "1" {
 		t.Fatalf("FCALL stats = %q", stats)
 	}
-	if out := c.lines("FCALL", ackd.Functions["ack"], "4", c.key("leases"), c.key("deadlines"), c.key("counts"), c.key("lease:"+token), id, token); out[0] != "1" {
+	if out := c.lines(append(append([]string{"FCALL", ackd.Functions["ack"], "4"}, c.ackKeys(token)...), token)...); out[0] != "1" {
 		t.Fatalf("FCALL ack = %q, want 1", out)
 	}
 	st := checkInvariants(t, srv.Client(t), c.queue)

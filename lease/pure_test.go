@@ -375,35 +375,36 @@ func TestSweepResultNext(t *testing.T) {
 func TestParseTakeReply(t *testing.T) {
 	t.Parallel()
 	c := &Client{}
+	tokens := []string{"0123456789abcdef", "fedcba9876543210", "00000000000000ff"}
 	ls, next, bad, err := c.parseTakeReply("q", []any{
 		int64(2), int64(-1), int64(1),
-		"id1", "0123456789abcdef", int64(1), int64(5000), int64(0), "p1",
-		"id2", "fedcba9876543210", int64(3), int64(6000), int64(7), "",
-	})
+		int64(5000), "\xffackd1|id1|0|0|0|0|0|p1",
+		int64(6000), "\xffackd1|id2|2|7|100|1|0|",
+	}, tokens)
 	if err != nil || len(ls) != 2 || !next.IsZero() || bad != 1 {
 		t.Fatalf("parseTakeReply = %v, %v, %d, %v", ls, next, bad, err)
 	}
-	if l := ls[0]; l.ID != "id1" || l.Token != "0123456789abcdef" || l.Attempt != 1 || l.Deadline().UnixMilli() != 5000 ||
+	if l := ls[0]; l.ID != "id1" || l.Token != tokens[0] || l.Attempt != 1 || l.Deadline().UnixMilli() != 5000 ||
 		l.MaxDeliveries != Unlimited || string(l.Payload) != "p1" || l.Queue != "q" {
 		t.Errorf("lease 0 = %+v", l)
 	}
-	if l := ls[1]; l.ID != "id2" || l.Attempt != 3 || l.MaxDeliveries != 7 || len(l.Payload) != 0 {
+	if l := ls[1]; l.ID != "id2" || l.Token != tokens[1] || l.Attempt != 3 || l.MaxDeliveries != 7 || len(l.Payload) != 0 {
 		t.Errorf("lease 1 = %+v", l)
 	}
-	_, next, _, err = c.parseTakeReply("q", []any{int64(0), int64(1234), int64(0)})
+	_, next, _, err = c.parseTakeReply("q", []any{int64(0), int64(1234), int64(0)}, nil)
 	if err != nil || next.UnixMilli() != 1234 {
 		t.Errorf("empty reply: next %v, %v", next, err)
 	}
 	for _, res := range parseTakeReplyBad {
-		if ls, _, _, err := c.parseTakeReply("q", res); !errors.Is(err, ErrMalformed) {
+		if ls, _, _, err := c.parseTakeReply("q", res, tokens); !errors.Is(err, ErrMalformed) {
 			t.Errorf("parseTakeReply(%v) = %v, %v; want ErrMalformed", res, ls, err)
 		}
 	}
 }
 
-// inverse3 is the inverse of 3 modulo 2^63: 6*inverse3 overflows int64 to 2,
-// so a header claiming that many leases once matched a reply of 5 fields.
-const inverse3 = 0x2aaaaaaaaaaaaaab
+// halfOverflow leases would be 3+2*halfOverflow fields, which overflows
+// int64 to 5: the count is compared with the reply's length, never doubled.
+const halfOverflow = 1<<63/2 + 1
 
 var parseTakeReplyBad = [][]any{
 	nil,
@@ -415,10 +416,14 @@ var parseTakeReplyBad = [][]any{
 	{int64(-1), int64(0), int64(0)},
 	{int64(1), int64(0), int64(0)},
 	{int64(0), int64(0), int64(0), "extra"},
-	{int64(1), int64(0), int64(0), "id", "tok", int64(1), int64(1), int64(1)},
-	{int64(1), int64(0), int64(0), "id", "tok", "1", int64(1), int64(1), "p"},
-	{int64(1), int64(0), int64(0), int64(1), "tok", int64(1), int64(1), int64(1), "p"},
-	{int64(1), int64(0), int64(0), "id", "tok", int64(1), int64(1), int64(1), []byte("p")},
-	{int64(inverse3), int64(0), int64(0), "a", "b"},
-	{int64(inverse3 + 1), int64(0), int64(0), "a", "b", "c", "d", "e", "f", "g", "h"},
+	{int64(1), int64(0), int64(0), int64(1)},
+	{int64(1), int64(0), int64(0), "1", "\xffackd1|id|0|0|0|0|0|p"},
+	{int64(1), int64(0), int64(0), int64(1), []byte("\xffackd1|id|0|0|0|0|0|p")},
+	{int64(1), int64(0), int64(0), int64(1), "not an envelope"},
+	{int64(1), int64(0), int64(0), int64(1), "\xffackd1|id|01|0|0|0|0|p"},
+	{int64(1), int64(0), int64(0), int64(1), "\xffackd1|bad id|0|0|0|0|0|p"},
+	// more leases than slots
+	{int64(4), int64(0), int64(0), int64(1), "\xffackd1|a|0|0|0|0|0|", int64(1), "\xffackd1|b|0|0|0|0|0|",
+		int64(1), "\xffackd1|c|0|0|0|0|0|", int64(1), "\xffackd1|d|0|0|0|0|0|"},
+	{int64(halfOverflow), int64(0), int64(0), int64(1), "\xffackd1|a|0|0|0|0|0|"},
 }

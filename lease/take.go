@@ -180,16 +180,7 @@ func (c *Client) takeOnce(ctx context.Context, queue string, k Keys, n int, leas
 			}
 			return nil, time.Time{}, false, err
 		}
-		if len(ls) > 0 {
-			// A lease of the first calls that ran out was requeued and
-			// taken again: keep only the newer lease.
-			again := make(map[string]bool, len(r.leases))
-			for _, l := range r.leases {
-				again[l.ID] = true
-			}
-			ls = slices.DeleteFunc(ls, func(l *Lease) bool { return again[l.ID] })
-		}
-		ls = append(ls, r.leases...)
+		ls = append(dropSuperseded(ls, r.leases), r.leases...)
 		if len(r.leases) < ask || r.remaining == 0 || len(ls) == n {
 			note(est, r, ask)
 			return ls, r.nextDelayed, r.paused, nil
@@ -244,6 +235,19 @@ func (c *Client) estimate(queue string) *atomic.Int64 {
 	return v.(*atomic.Int64)
 }
 
+// dropSuperseded is ls without the leases that ran out while they were
+// taken, were requeued and are in newer, taken again: a lease of the same
+// message with a later attempt. (Two leases of one id and the same attempt
+// are two copies of a message, both held.)
+func dropSuperseded(ls, newer []*Lease) []*Lease {
+	if len(ls) == 0 {
+		return ls
+	}
+	return slices.DeleteFunc(ls, func(l *Lease) bool {
+		return slices.ContainsFunc(newer, func(m *Lease) bool { return m.ID == l.ID && m.Attempt > l.Attempt })
+	})
+}
+
 // takeResult is one run of take.lua.
 type takeResult struct {
 	leases      []*Lease
@@ -260,10 +264,10 @@ type takeResult struct {
 // up to n messages; with report, a run that fills every slot also says how
 // many remain.
 func (c *Client) runTake(ctx context.Context, queue string, k Keys, n int, leaseFor time.Duration, acks []*Lease, report bool) (takeResult, error) {
-	keys, args := c.takeArgs(queue, k, n, leaseFor, acks, report)
+	keys, args, tokens := c.takeArgs(queue, k, n, leaseFor, acks, report)
 	sent := time.Now()
 	res, err := takeScript.Run(ctx, c.rdb, keys, args...).Slice()
-	return c.takeReply(ctx, queue, res, err, sent, len(acks), report)
+	return c.takeReply(ctx, queue, res, err, sent, tokens, len(acks), report)
 }
 
 // blockAndTake sends BLMOVE ready -> claim (waiting up to block) and a
@@ -279,7 +283,7 @@ func (c *Client) runTake(ctx context.Context, queue string, k Keys, n int, lease
 // before, if not nil, queues commands ahead of BLMOVE in the same pipeline
 // (AckAndTake's ack), which Redis runs before BLMOVE blocks.
 func (c *Client) blockAndTake(ctx context.Context, queue string, k Keys, n int, leaseFor, block time.Duration, report bool, before func(redis.Pipeliner)) (takeResult, error) {
-	keys, args := c.takeArgs(queue, k, n, leaseFor, nil, report)
+	keys, args, tokens := c.takeArgs(queue, k, n, leaseFor, nil, report)
 	pipe := c.rdb.blocking.Pipeline()
 	if before != nil {
 		before(pipe)
@@ -291,7 +295,7 @@ func (c *Client) blockAndTake(ctx context.Context, queue string, k Keys, n int, 
 	// Run again if refused unrun, with the same tokens: should the first
 	// run have happened after all, this one answers with its leases.
 	res, rerun, err := takeScript.queuedReply(ctx, c.rdb, run, &sent, keys, args...)
-	r, err := c.takeReply(ctx, queue, res, err, sent, 0, report)
+	r, err := c.takeReply(ctx, queue, res, err, sent, tokens, 0, report)
 	if !rerun && err == nil && len(r.leases) == 0 {
 		// A wait Redis refused (ACL) would otherwise return at once, every
 		// time: report it, as the two-step wait does.
@@ -307,16 +311,17 @@ func (c *Client) blockAndTake(ctx context.Context, queue string, k Keys, n int, 
 func blockSeconds(d time.Duration) string { return strconv.FormatFloat(d.Seconds(), 'f', 3, 64) }
 
 // takeArgs builds take.lua's keys and arguments, with fresh tokens and ids
-// for n slots.
-func (c *Client) takeArgs(queue string, k Keys, n int, leaseFor time.Duration, acks []*Lease, report bool) (keys []string, args []any) {
+// for n slots; tokens are the slots' tokens, which the reply's leases fill
+// in order.
+func (c *Client) takeArgs(queue string, k Keys, n int, leaseFor time.Duration, acks []*Lease, report bool) (keys []string, args []any, tokens []string) {
 	tokens, ids := c.newTokens(n)
 	keys = make([]string, 0, 9+n+len(acks))
-	keys = append(keys, k.Ready, k.Claim, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs, k.Paused, k.Counts)
+	keys = append(keys, k.Ready, k.Claim, k.Held, k.Due, k.Delayed, k.Dead, k.DeadMsgs, k.Paused, k.Counts)
 	rep := 0
 	if report {
 		rep = 1
 	}
-	args = make([]any, 0, 9+2*n+2*len(acks))
+	args = make([]any, 0, 9+2*n+len(acks))
 	args = append(args, n, ms(leaseFor), ms(c.cfg.LeaseFor), max(c.cfg.MaxDeliveries, 0), WakeChannel, queue, c.cfg.MaxPayload, len(acks), rep)
 	for i := range n {
 		keys = append(keys, LeaseKey(queue, tokens[i]))
@@ -324,17 +329,18 @@ func (c *Client) takeArgs(queue string, k Keys, n int, leaseFor time.Duration, a
 	}
 	for _, l := range acks {
 		keys = append(keys, LeaseKey(queue, l.Token))
-		args = append(args, l.ID, l.Token)
+		args = append(args, l.arg())
 	}
-	return keys, args
+	return keys, args, tokens
 }
 
-// takeReply decodes the reply (or error) of a take.lua run sent at sent.
-func (c *Client) takeReply(ctx context.Context, queue string, res []any, err error, sent time.Time, acks int, report bool) (takeResult, error) {
+// takeReply decodes the reply (or error) of a take.lua run sent at sent
+// with the slots' tokens.
+func (c *Client) takeReply(ctx context.Context, queue string, res []any, err error, sent time.Time, tokens []string, acks int, report bool) (takeResult, error) {
 	if err != nil {
 		return takeResult{}, fmt.Errorf("lease: take from %s: %w", queue, convertErr(err))
 	}
-	r, bad, err := c.parseRun(queue, res, acks)
+	r, bad, err := c.parseRun(queue, res, tokens, acks)
 	if err != nil {
 		return takeResult{}, fmt.Errorf("lease: take from %s: %w", queue, err)
 	}
@@ -350,10 +356,10 @@ func (c *Client) takeReply(ctx context.Context, queue string, res []any, err err
 	return r, nil
 }
 
-// parseRun decodes take.lua's reply for a run that acked a leases: a header
-// of four integers (count, next delayed, malformed, remaining), a ack
-// statuses, then the leases.
-func (c *Client) parseRun(queue string, res []any, a int) (r takeResult, bad int, err error) {
+// parseRun decodes take.lua's reply for a run with the slots' tokens that
+// acked a leases: a header of four integers (count, next delayed,
+// malformed, remaining), a ack statuses, then the leases.
+func (c *Client) parseRun(queue string, res []any, tokens []string, a int) (r takeResult, bad int, err error) {
 	if len(res) < 4+a {
 		return r, 0, fmt.Errorf("%w: take reply has %d fields", ErrMalformed, len(res))
 	}
@@ -371,13 +377,17 @@ func (c *Client) parseRun(queue string, res []any, a int) (r takeResult, bad int
 		r.acks[i] = st
 	}
 	body := append(res[:3:3], res[4+a:]...)
-	r.leases, r.nextDelayed, bad, err = c.parseTakeReply(queue, body)
+	r.leases, r.nextDelayed, bad, err = c.parseTakeReply(queue, body, tokens)
 	r.paused = err == nil && body[1] == int64(-2)
 	return r, bad, err
 }
 
-// parseTakeReply decodes take.lua's reply.
-func (c *Client) parseTakeReply(queue string, res []any) (ls []*Lease, nextDelayed time.Time, bad int, err error) {
+// parseTakeReply decodes take.lua's reply: a header of three integers
+// (count, next delayed, malformed), then per lease its deadline and its
+// record, the envelope as it was taken. The i-th lease is tokens[i]'s; its
+// id, attempt (the record's attempts + 1), maximum and payload (a slice of
+// the record) come from the record.
+func (c *Client) parseTakeReply(queue string, res []any, tokens []string) (ls []*Lease, nextDelayed time.Time, bad int, err error) {
 	if len(res) < 3 {
 		return nil, time.Time{}, 0, fmt.Errorf("%w: take reply has %d fields", ErrMalformed, len(res))
 	}
@@ -385,26 +395,26 @@ func (c *Client) parseTakeReply(queue string, res []any) (ls []*Lease, nextDelay
 	next, ok2 := res[1].(int64)
 	nbad, ok3 := res[2].(int64)
 	// Compare without multiplying count: a huge count would overflow
-	// 3+6*count into a matching length and then into make's capacity.
-	if !ok1 || !ok2 || !ok3 || (len(res)-3)%6 != 0 || count != int64((len(res)-3)/6) {
-		return nil, time.Time{}, 0, fmt.Errorf("%w: take reply header %v", ErrMalformed, res[:3])
+	// 3+2*count into a matching length and then into make's capacity.
+	if !ok1 || !ok2 || !ok3 || (len(res)-3)%2 != 0 || count != int64((len(res)-3)/2) || count > int64(len(tokens)) {
+		return nil, time.Time{}, 0, fmt.Errorf("%w: take reply header %v for %d slots", ErrMalformed, res[:3], len(tokens))
 	}
 	if next > 0 {
 		nextDelayed = fromMS(next)
 	}
 	ls = make([]*Lease, 0, count)
-	for i := 3; i < len(res); i += 6 {
-		id, ok1 := res[i].(string)
-		token, ok2 := res[i+1].(string)
-		attempt, ok3 := res[i+2].(int64)
-		dl, ok4 := res[i+3].(int64)
-		maxd, ok5 := res[i+4].(int64)
-		payload, ok6 := res[i+5].(string)
-		if !(ok1 && ok2 && ok3 && ok4 && ok5 && ok6) {
-			return nil, time.Time{}, 0, fmt.Errorf("%w: take reply lease %d", ErrMalformed, (i-3)/6)
+	for i := 3; i < len(res); i += 2 {
+		dl, ok1 := res[i].(int64)
+		rec, ok2 := res[i+1].(string)
+		if !ok1 || !ok2 {
+			return nil, time.Time{}, 0, fmt.Errorf("%w: take reply lease %d", ErrMalformed, (i-3)/2)
 		}
-		l := &Lease{Queue: queue, ID: id, Token: token, Attempt: int(attempt), MaxDeliveries: int(maxd), Payload: []byte(payload), c: c}
-		if maxd == 0 {
+		env, err := parseEnvelope([]byte(rec))
+		if err != nil {
+			return nil, time.Time{}, 0, fmt.Errorf("%w: take reply lease %d: record: %w", ErrMalformed, (i-3)/2, err)
+		}
+		l := &Lease{Queue: queue, ID: env.ID, Token: tokens[(i-3)/2], Attempt: env.Attempts + 1, MaxDeliveries: env.Max, Payload: env.Payload, c: c}
+		if env.Max == 0 {
 			l.MaxDeliveries = Unlimited
 		}
 		l.deadline.Store(dl)

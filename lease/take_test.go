@@ -270,8 +270,9 @@ func TestTakeManyMalformed(t *testing.T) {
 	checkInvariants(t, b.rdb, q)
 }
 
-// TestTakeDuplicateID: a second copy of a message whose id is in flight is
-// dead-lettered as malformed; the lease in flight is untouched.
+// TestTakeDuplicateID: leases are keyed by token, so a second copy of a
+// message whose id is in flight (pushed by someone else) is a second
+// lease: both are held under their own tokens, and each ack ends its own.
 func TestTakeDuplicateID(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
@@ -285,21 +286,25 @@ func TestTakeDuplicateID(t *testing.T) {
 	if err := b.rdb.RPush(ctx, k.Ready, dup).Err(); err != nil {
 		t.Fatal(err)
 	}
-	next := b.push(t, q, "next", nil)
 	l2 := b.take(t, q, nil)
-	if l2.ID != next {
-		t.Fatalf("Take = %+v, want %s", l2, next)
+	if l2.ID != id || string(l2.Payload) != "copy" || l2.Attempt != 1 || l2.Token == l.Token {
+		t.Fatalf("Take = %+v, want the copy of %s under a token of its own", l2, id)
 	}
 	st := checkInvariants(t, b.rdb, q)
-	d, ok := st.Dead[id]
-	if !ok || d.Reason != ReasonMalformed || string(d.Payload) != "copy" {
-		t.Fatalf("dead = %+v", st.Dead)
-	}
-	if _, ok := st.InFlight[id]; !ok {
-		t.Fatalf("original lease gone: %+v", st.InFlight)
+	if len(st.Dead) != 0 || len(st.Held) != 2 || st.Held[l.Token] != id || st.Held[l2.Token] != id {
+		t.Fatalf("dead %v, held %v; want two leases of %s", st.Dead, st.Held, id)
 	}
 	if err := l.Ack(ctx); err != nil {
 		t.Fatalf("Ack of the original: %v", err)
+	}
+	if st := checkInvariants(t, b.rdb, q); len(st.Held) != 1 || st.Held[l2.Token] != id {
+		t.Fatalf("after the original's ack: held %v, want the copy's lease", st.Held)
+	}
+	if err := l2.Ack(ctx); err != nil {
+		t.Fatalf("Ack of the copy: %v", err)
+	}
+	if n := b.ackedCount(t, q); n != 2 {
+		t.Errorf("counts acked = %d, want 2", n)
 	}
 }
 
@@ -333,7 +338,7 @@ func TestWrongTypeKey(t *testing.T) {
 	k2 := KeysFor(q2)
 	b.push(t, q2, "x", nil)
 	l := b.take(t, q2, nil)
-	if err := b.rdb.Set(ctx, k2.Leases, "not a hash", 0).Err(); err != nil {
+	if err := b.rdb.Set(ctx, k2.Held, "not a hash", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
 	for name, f := range map[string]func() error{
@@ -343,7 +348,7 @@ func TestWrongTypeKey(t *testing.T) {
 		"DeadLetter": func() error { return l.DeadLetter(ctx) },
 	} {
 		if err := f(); !errors.Is(err, ErrMalformed) {
-			t.Errorf("%s with a wrong-type leases key = %v, want ErrMalformed", name, err)
+			t.Errorf("%s with a wrong-type held key = %v, want ErrMalformed", name, err)
 		}
 	}
 	if err := b.rdb.Set(ctx, k2.Dead, "not a zset", 0).Err(); err != nil {
@@ -363,7 +368,7 @@ func TestWrongTypeKey(t *testing.T) {
 // corruptLease overwrites the lease record of l with rec.
 func (b *testBundle) corruptLease(t *testing.T, l *Lease, rec string) {
 	t.Helper()
-	if err := b.rdb.HSet(t.Context(), KeysFor(l.Queue).Leases, l.ID, rec).Err(); err != nil {
+	if err := b.rdb.HSet(t.Context(), KeysFor(l.Queue).Held, l.Token, rec).Err(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -389,34 +394,36 @@ func TestCorruptLeaseRecord(t *testing.T) {
 		}
 	}
 
-	// Nack: the record has the holder's token but a broken envelope.
+	// A record that does not parse is dead-lettered under the token (the
+	// message's id is unknown then), its body the record.
+
+	// Nack: a broken envelope.
 	b.push(t, q, "n", nil)
 	l := b.take(t, q, nil)
-	b.corruptLease(t, l, l.Token+"|\xffackd1|garbage")
+	b.corruptLease(t, l, "\xffackd1|garbage")
 	if err := l.Nack(ctx, 0); !errors.Is(err, ErrMalformed) {
 		t.Fatalf("Nack on a corrupt record = %v, want ErrMalformed", err)
 	}
-	checkDead(l.ID, l.Token+"|\xffackd1|garbage")
+	checkDead(l.Token, "\xffackd1|garbage")
 
-	// DeadLetter: no token at all.
+	// DeadLetter: no envelope at all.
 	b.push(t, q, "d", nil)
 	l = b.take(t, q, nil)
 	b.corruptLease(t, l, "garbage")
 	if err := l.DeadLetter(ctx); !errors.Is(err, ErrMalformed) {
 		t.Fatalf("DeadLetter on a corrupt record = %v, want ErrMalformed", err)
 	}
-	checkDead(l.ID, "garbage")
+	checkDead(l.Token, "garbage")
 
-	// Sweep: an envelope with another id.
+	// Sweep: an envelope cut short.
 	b.push(t, q, "r", nil)
 	l = b.take(t, q, &TakeOpts{LeaseFor: 2 * time.Millisecond})
-	other := (&envelope{ID: "other", Attempts: 1}).appendTo(nil)
-	b.corruptLease(t, l, l.Token+"|"+string(other))
+	b.corruptLease(t, l, "\xffackd1|"+l.ID+"|1")
 	b.waitDue(t, l.Deadline().UnixMilli())
 	if r, err := b.c.Sweep(ctx, q, nil); err != nil || r.Malformed != 1 || r.Requeued+r.DeadLettered != 0 {
 		t.Fatalf("Sweep on a corrupt record = %+v, %v; want 1 malformed", r, err)
 	}
-	checkDead(l.ID, "")
+	checkDead(l.Token, "")
 
 	// Sweep counts it as Malformed.
 	b.push(t, q, "s", nil)
@@ -427,22 +434,25 @@ func TestCorruptLeaseRecord(t *testing.T) {
 	if err != nil || r.Malformed != 1 || r.Requeued != 0 || len(r.Lags) != 1 {
 		t.Fatalf("Sweep = %+v, %v; want 1 malformed", r, err)
 	}
-	checkDead(l.ID, "|")
+	checkDead(l.Token, "|")
 
-	// Ack of a corrupt record with another token: stale, nothing changes.
+	// A lease from LeaseOf names its message: a corrupt record is of no
+	// message, so the ack is refused and nothing changes. The token alone
+	// is proof enough: the ack of the lease itself ends it unread.
 	b.push(t, q, "a", nil)
 	l = b.take(t, q, nil)
-	b.corruptLease(t, l, "ffffffffffffffff|junk")
-	before := snapshot(t, b.rdb)
-	if err := l.Ack(ctx); !errors.Is(err, ErrStale) {
-		t.Fatalf("Ack = %v, want ErrStale", err)
-	}
-	sameSnapshot(t, "Ack of a corrupt record", before, snapshot(t, b.rdb))
-	if err := b.rdb.HSet(ctx, KeysFor(q).Leases, l.ID, l.Token+"|"+string((&envelope{ID: l.ID, Attempts: 1}).appendTo(nil))).Err(); err != nil {
+	b.corruptLease(t, l, "junk")
+	h, err := b.c.LeaseOf(q, l.ID, l.Token)
+	if err != nil {
 		t.Fatal(err)
 	}
+	before := snapshot(t, b.rdb)
+	if err := h.Ack(ctx); !errors.Is(err, ErrStale) {
+		t.Fatalf("Ack via LeaseOf = %v, want ErrStale", err)
+	}
+	sameSnapshot(t, "Ack via LeaseOf of a corrupt record", before, snapshot(t, b.rdb))
 	if err := l.Ack(ctx); err != nil {
-		t.Fatalf("Ack after repair: %v", err)
+		t.Fatalf("Ack of a corrupt record by its token: %v", err)
 	}
 
 	dl, err := b.c.DeadLetters(ctx, q, 0, 10)
@@ -535,7 +545,7 @@ func TestTakeResent(t *testing.T) {
 		}
 	}
 	tokens, ids := b.c.newTokens(3)
-	keys := []string{k.Ready, k.Claim, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs, k.Paused, k.Counts}
+	keys := []string{k.Ready, k.Claim, k.Held, k.Due, k.Delayed, k.Dead, k.DeadMsgs, k.Paused, k.Counts}
 	args := []any{3, 0, 60000, 10, WakeChannel, q, MaxPayloadDefault, 0, 0}
 	for i := range 3 {
 		keys = append(keys, LeaseKey(q, tokens[i]))
@@ -547,7 +557,7 @@ func TestTakeResent(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		run, bad, err := b.c.parseRun(q, res, 0)
+		run, bad, err := b.c.parseRun(q, res, tokens, 0)
 		ls := run.leases
 		if err != nil || bad != 0 || len(ls) != 3 {
 			t.Fatalf("run %d: take = %d leases, %d malformed, %v", r, len(ls), bad, err)
@@ -593,7 +603,7 @@ func TestTakeBadArguments(t *testing.T) {
 		{4, "1e3"}, {4, " 10"}, {4, "010"}, {4, "-1"}, {7, "x"}, {7, "nan"},
 	} {
 		tokens, ids := b.c.newTokens(2)
-		keys := []string{k.Ready, k.Claim, k.Leases, k.Deadlines, k.Delayed, k.Dead, k.DeadMsgs, k.Paused, k.Counts,
+		keys := []string{k.Ready, k.Claim, k.Held, k.Due, k.Delayed, k.Dead, k.DeadMsgs, k.Paused, k.Counts,
 			LeaseKey(q, tokens[0]), LeaseKey(q, tokens[1])}
 		args := []any{2, 0, 60000, 10, WakeChannel, q, MaxPayloadDefault, 0, 0, tokens[0], ids[0], tokens[1], ids[1]}
 		args[bad.at-1] = bad.val
@@ -723,7 +733,7 @@ func TestTakeWrongTypeKeepsMessages(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	ctx := t.Context()
-	for _, which := range []string{"leases", "dead", "deadmsgs"} {
+	for _, which := range []string{"held", "dead", "deadmsgs"} {
 		q := "wrongtypetake." + which
 		k := KeysFor(q)
 		good1 := b.push(t, q, "good1", nil)
@@ -731,7 +741,7 @@ func TestTakeWrongTypeKeepsMessages(t *testing.T) {
 			t.Fatal(err)
 		}
 		good2 := b.push(t, q, "good2", nil)
-		key := map[string]string{"leases": k.Leases, "dead": k.Dead, "deadmsgs": k.DeadMsgs}[which]
+		key := map[string]string{"held": k.Held, "dead": k.Dead, "deadmsgs": k.DeadMsgs}[which]
 		if err := b.rdb.Set(ctx, key, "not mine", 0).Err(); err != nil {
 			t.Fatal(err)
 		}
@@ -744,7 +754,7 @@ func TestTakeWrongTypeKeepsMessages(t *testing.T) {
 		}
 		st := checkInvariants(t, b.rdb, q)
 		held := slices.Sorted(maps.Keys(st.InFlight))
-		if which == "leases" {
+		if which == "held" {
 			if len(held) != 0 || !slices.Equal(st.Ready, []string{good1, good2}) || len(st.Broken) != 1 {
 				t.Errorf("%s: in flight %v, ready %v, broken %d; want none, [good1 good2], 1", which, held, st.Ready, len(st.Broken))
 			}

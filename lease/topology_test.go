@@ -416,6 +416,7 @@ func placesOf(t *testing.T, rdb *redis.Client, queue string) map[string]int {
 		t.Fatalf("reading %s: %v", queue, err)
 	}
 	out := map[string]int{}
+	// lease records are envelopes too
 	for _, el := range slices.Concat(claim.Val(), ready.Val(), delayed.Val(), held.Val()) {
 		e, err := parseEnvelope([]byte(el))
 		if err != nil {

@@ -6,8 +6,8 @@
 --
 -- Formats (all fields are decimal integers unless said otherwise):
 --   envelope      "\255ackd1|" id "|" attempts "|" max "|" lease_ms "|" expiries "|" failures "|" payload
---   lease record  the envelope as it stood on the ready list  (HASH held, field token):
---                 its attempts do not count the delivery (delivery = attempts + 1)
+--   lease record  the envelope as it was taken, attempts not counting the
+--                 delivery                                 (HASH held, field token)
 --   format 1      token "|" envelope, attempts counting the delivery (HASH
 --                 leases, field id): only read, by sweep, stats and peek
 --   dead record   reason "|" at_ms "|" body                (HASH deadmsgs, field id)
@@ -50,16 +50,15 @@ local function parse_env(s)
            expiries = e, failures = f, payload = string.sub(s, pos) }
 end
 
--- take_env reads what take needs of an envelope (the caller has checked
--- its mark), accepting exactly what parse_env accepts, for a fraction of
--- the cost: every library call and every number printed costs about as
--- much as a cheap Redis command. Returns id, attempts and max as numbers,
--- lease_ms as a string, the position of the attempts field, of the max
--- field and of the payload; nil when malformed. The fields after attempts
--- stay as they are: take copies them from the element, not printed again.
+-- take_env checks an envelope for take (the caller has checked its mark),
+-- accepting exactly what parse_env accepts, for a fraction of the cost:
+-- every library call and every number converted or printed costs about as
+-- much as a cheap Redis command. Returns the id, lease_ms as a string and
+-- the position of the payload; nil when malformed. The element itself is
+-- the lease record: nothing of it is copied or printed again.
 local function take_env(s)
-  local id, pa, a, pm, m, l, e, f, pp = string.match(s,
-    '^([%w%-%.]+)|()(%d+)|()(%d+)|(%d+)|(%d+)|(%d+)|()', MARKLEN + 1)
+  local id, a, m, l, e, f, pp = string.match(s,
+    '^([%w%-%.]+)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|()', MARKLEN + 1)
   if not id or #id > 64 then return nil end
   -- canonical decimals of at most 14 digits (see num): a digit string of
   -- two or more that sorts below "1" has a leading zero
@@ -68,8 +67,7 @@ local function take_env(s)
     (#e > 1 and e < '1') or (#f > 1 and f < '1') then
     return nil
   end
-  -- (arithmetic converts a string without a library call)
-  return id, a + 0, m + 0, l, pa, pm, pp
+  return id, l, pp
 end
 
 -- build_env prints m as an envelope, after prefix if one is given (a lease
@@ -290,68 +288,77 @@ local function release(k_held, k_due, k_shadow, k_dead, k_deadmsgs, token, id, n
 end
 
 -- ack_refused checks the commands ack_leases runs after its first write
--- (HINCRBY).
-local function ack_refused(k_deadlines, k_counts, k_shadow)
-  return refused_any('HDEL', k_counts, 'ZREM', k_deadlines, 'DEL', k_shadow)
+-- (the first HDEL): for one lease, those after it; for more, HGET and HDEL
+-- too (a lease named with its id is read after another was ended).
+local function ack_refused(k_held, k_due, k_counts, k_shadow, a)
+  return refused_any('DEL', k_shadow, 'ZREM', k_due, 'HINCRBY', k_counts,
+    a > 1 and 'HDEL' or nil, k_held, a > 1 and 'HGET' or nil, k_held)
 end
 
--- ack_leases ends the leases given by ARGV[b + 2j] (id) and ARGV[b + 1 + 2j]
--- (token), shadow keys KEYS[sk + j], j = 1..a, for good, and writes one
--- status per lease to out[o + j]: 1 acked, 0 not held, -1 stale token. It
--- adds the number acked to the field "acked" of k_counts. One lease (the
--- common case) is read and ended without a table.
--- The lease record is the one proof of a token: the shadow key does not
--- name the message (an id passed with another lease's token must not end
--- that lease), and data written by others may outlive a lease.
-local function ack_leases(k_leases, k_deadlines, k_counts, b, sk, a, out, o)
-  -- the leases to end are ids[i1 .. i1 + n - 1], their shadow keys
-  -- shadows[s1 .. s1 + n - 1]: for one lease, in ARGV and KEYS themselves
-  local ids, i1, shadows, s1, n = ARGV, b + 2, KEYS, sk + 1, 0
-  local rec1, recs, acked
-  if a == 1 then
-    rec1 = redis.call('HGET', k_leases, ARGV[b + 2])
-  else
-    ids, i1, shadows, s1, acked = {}, 1, {}, 1, {}
-    for j = 1, a do ids[j] = ARGV[b + 2 * j] end
-    recs = redis.call('HMGET', k_leases, unpack(ids))
-  end
+-- other_message is true when arg, a lease argument of the form token "|" id
+-- (a token is 16 bytes), names another message than rec, the lease record
+-- its token holds: the record's id is the bytes after MARK up to "|".
+-- Only strings of the id's size are made, never of the payload's.
+local function other_message(rec, arg)
+  return string.sub(rec, 1, MARKLEN + #arg - 16) ~= MARK .. string.sub(arg, 18) .. '|'
+end
+
+-- ack_leases ends the leases given by ARGV[b + j] (token, or token "|" id
+-- to have the lease's message checked too), shadow keys KEYS[sk + j], j =
+-- 1..a, for good, and writes one status per lease to out[o + j]: 1 acked,
+-- 0 not held (the token holds no lease), -1 the token holds a lease of
+-- another message (nothing changed). It adds the number acked to the field
+-- "acked" of k_counts. One lease (the common case) is ended without a
+-- table.
+-- Leases are keyed by their token, which only the taker knows: HDEL of the
+-- token's field is the proof, without reading the record. The shadow key
+-- is no proof: data written by others may outlive a lease.
+local function ack_leases(k_held, k_due, k_counts, b, sk, a, out, o)
+  -- the tokens acked and their shadow keys: for one lease t1 and s1, for
+  -- more toks[1..n] and shadows[1..n]; seen marks a token acked by this
+  -- call, so that the same lease twice counts once
+  local t1, s1, toks, shadows, seen, n = nil, nil, nil, nil, nil, 0
+  if a > 1 then toks, shadows, seen = {}, {}, {} end
   for j = 1, a do
-    local id, token, rec = ARGV[b + 2 * j], ARGV[b + 1 + 2 * j], rec1
-    if recs then rec = recs[j] end
-    local st = 0
-    if rec then
-      st = -1
-      -- the record starts with token "|" (a string of the token's length
-      -- that equals it is the token's own: Lua makes no new one)
-      if string.sub(rec, 1, #token) == token and string.byte(rec, #token + 1) == 124 then
-        st = 1
-        if not acked then
-          n = 1
-        elseif not acked[id] then -- the same lease twice counts once
-          acked[id] = true
-          n = n + 1
-          ids[n], shadows[n] = id, KEYS[sk + j] -- n <= j: ids[j..] are read already
+    local arg = ARGV[b + j]
+    local token, st = arg, 1
+    if #arg ~= 16 then
+      token = string.sub(arg, 1, 16)
+      local rec = redis.call('HGET', k_held, token)
+      if not rec then
+        st = 0
+      elseif other_message(rec, arg) then
+        st = -1
+      end
+    end
+    if st == 1 then
+      if redis.call('HDEL', k_held, token) == 1 then
+        n = n + 1
+        if seen then
+          seen[token] = true
+          toks[n], shadows[n] = token, KEYS[sk + j]
+        else
+          t1, s1 = token, KEYS[sk + j]
         end
+      elseif not (seen and seen[token]) then
+        st = 0
       end
     end
     out[o + j] = st
   end
-  if n > 0 then
-    -- the count first: a counts key of the wrong type then fails the
-    -- script before it has changed anything
-    redis.call('HINCRBY', k_counts, 'acked', n == 1 and '1' or n)
-    -- the deadlines last, and a deadlines key of the wrong type (written
-    -- by someone else) holds no deadline to remove: its error is ignored,
-    -- so the ack that has happened reports success (ACL refusals were
-    -- asked first). unpack is a library call: one lease goes without.
-    if n == 1 then
-      redis.call('HDEL', k_leases, ids[i1])
-      redis.call('DEL', shadows[s1])
-      redis.pcall('ZREM', k_deadlines, ids[i1])
-    else
-      redis.call('HDEL', k_leases, unpack(ids, i1, i1 + n - 1))
-      redis.call('DEL', unpack(shadows, s1, s1 + n - 1))
-      redis.pcall('ZREM', k_deadlines, unpack(ids, i1, i1 + n - 1))
-    end
+  if n == 0 then return end
+  -- the shadow keys, then the deadlines. A due key of the wrong type
+  -- (written by someone else) holds no deadline to remove, and a counts
+  -- key of the wrong type loses the count: their errors are ignored, so
+  -- that the acks that have happened report success (ACL refusals were
+  -- asked first). unpack is a library call: one lease goes without.
+  if t1 then
+    redis.call('DEL', s1)
+    redis.pcall('ZREM', k_due, t1)
+    redis.pcall('HINCRBY', k_counts, 'acked', '1')
+  else
+    redis.call('DEL', unpack(shadows, 1, n))
+    redis.pcall('ZREM', k_due, unpack(toks, 1, n))
+    redis.pcall('HINCRBY', k_counts, 'acked', n == 1 and '1' or n)
   end
 end

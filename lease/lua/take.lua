@@ -1,8 +1,8 @@
 -- take.lua: ack up to a leases, then lease up to n messages of one queue.
 -- KEYS[1] ackd:{q}:ready      LIST  envelopes or raw payloads, taken from the left
 -- KEYS[2] ackd:{q}:claim      LIST  elements a blocked consumer moved off ready (BLMOVE); taken first
--- KEYS[3] ackd:{q}:leases     HASH  id -> lease record
--- KEYS[4] ackd:{q}:deadlines  ZSET  id scored by lease deadline (ms)
+-- KEYS[3] ackd:{q}:held       HASH  token -> lease record
+-- KEYS[4] ackd:{q}:due        ZSET  token scored by lease deadline (ms)
 -- KEYS[5] ackd:{q}:delayed    ZSET  envelope scored by due time (ms)
 -- KEYS[6] ackd:{q}:dead       ZSET  id scored by time dead-lettered (ms)
 -- KEYS[7] ackd:{q}:deadmsgs   HASH  id -> dead record
@@ -22,14 +22,18 @@
 -- ARGV[9] 1 to report how many remain on the ready list when all n slots
 --         were filled, else 0
 -- ARGV[8+2i] token_i, ARGV[9+2i] id_i (the id a raw payload in slot i gets)
--- ARGV[8+2n+2j] ack id_j, ARGV[9+2n+2j] ack token_j
+-- ARGV[9+2n+j] the j-th lease to ack: its token, or token "|" id
+-- Leases fill slots 1..count in order: the i-th lease returned is token_i's.
 -- A resent call (same tokens) returns what the first run leased.
 -- A paused queue leases nothing and moves nothing (acks still happen):
 -- next_delayed_ms is then -2.
 -- returns {count, next_delayed_ms or -1 or -2, malformed or oversized,
 --          remaining (ARGV[9] = 1 and count = n: the ready list's length; else 0),
---          then a ack statuses (1 acked, 0 not held, -1 stale token),
---          then per lease: id, token, attempt, deadline_ms, max, payload}
+--          then a ack statuses (1 acked, 0 not held, -1 another message),
+--          then per lease: deadline_ms, record}
+-- The lease record is the envelope as it was taken (attempts not counting
+-- this delivery): an envelope popped is stored and returned as it is, a
+-- raw payload as the envelope MARK id_i "|0|" ARGV[4] "|0|0|0|" payload.
 -- KEYS and ARGV are globals: a local copy of each saves a table lookup at
 -- each of the thirty-odd uses of a run.
 local KEYS, ARGV = KEYS, ARGV
@@ -48,13 +52,13 @@ local maxp = tonumber(ARGV[7])
 local a = ARGV[8] == '0' and 0 or tonumber(ARGV[8])
 -- (x >= 0 is false for NaN too, which strtod reads from "nan")
 if not (n and a and defmax and maxp and maxp >= 0 and override and override >= 0 and deflease and
-    deflease >= 0 and #KEYS == 9 + n + a and #ARGV == 9 + 2 * n + 2 * a) then
-  return redis.error_reply('ERR take: want 9+n+a keys and 9+2n+2a arguments, ARGV[2], ARGV[3] and ARGV[7] numbers >= 0, ARGV[4] a canonical decimal (see docs/PROTOCOL.md)')
+    deflease >= 0 and #KEYS == 9 + n + a and #ARGV == 9 + 2 * n + a) then
+  return redis.error_reply('ERR take: want 9+n+a keys and 9+2n+a arguments, ARGV[2], ARGV[3] and ARGV[7] numbers >= 0, ARGV[4] a canonical decimal (see docs/PROTOCOL.md)')
 end
 -- The reply: the header, then the acks' statuses and the leases. The nils
 -- size the table for one ack and one lease at once: each time a table
 -- outgrows its size Lua allocates and rehashes it.
-local out = {0, -1, 0, 0, nil, nil, nil, nil, nil, nil, nil}
+local out = {0, -1, 0, 0, nil, nil, nil}
 
 -- Reads first: nothing below needs asking about before the first write.
 -- One EXISTS answers the common case: no resent call, not paused, nothing
@@ -86,38 +90,34 @@ if take then
 end
 
 -- Redis has checked every declared key before the script ran, so each
--- command is asked about once, for any key. The acks' HINCRBY is the first
--- write; without acks, promote's RPUSH or LMPOP is. (HMGET runs before
--- any write.)
-local denied = (a > 0 and ack_refused(KEYS[4], KEYS[9], KEYS[10 + n])) or
+-- command is asked about once, for any key. The acks' first HDEL is the
+-- first write; without acks, promote's RPUSH or LMPOP is. LPUSH puts back
+-- what was popped and not placed. (HGET and ZRANGE run before any write.)
+local denied = (a > 0 and ack_refused(KEYS[3], KEYS[4], KEYS[9], KEYS[10 + n], a)) or
   (take and (refused_any('HSETNX', KEYS[3], 'SET', KEYS[10], 'ZADD', KEYS[4], 'PUBLISH', ARGV[5],
-      'HEXISTS', KEYS[7], 'HLEN', KEYS[7], 'HSET', KEYS[7], ARGV[9] == '1' and 'LLEN' or nil, KEYS[1]) or
+      'HEXISTS', KEYS[7], 'HLEN', KEYS[7], 'HSET', KEYS[7], 'LPUSH', KEYS[1]) or
+    (ARGV[9] == '1' and refused('LLEN', KEYS[1])) or
     ((a > 0 or delayed) and refused('LMPOP', '1', KEYS[1], 'LEFT')) or
     (delayed and (refused('ZREM', KEYS[5]) or
       (a > 0 and (refused('RPUSH', KEYS[1]) or refused('ZRANGEBYSCORE', KEYS[5]))))))) or
-  (resent and a > 0 and (refused('GET', KEYS[10]) or refused('HGET', KEYS[3]) or refused('ZSCORE', KEYS[4])))
+  (resent and a > 0 and refused_any('HGET', KEYS[3], 'ZSCORE', KEYS[4]))
 if denied then return denied end
 
-if a > 0 then ack_leases(KEYS[3], KEYS[4], KEYS[9], 8 + 2 * n, 9 + n, a, out, 4) end
+if a > 0 then ack_leases(KEYS[3], KEYS[4], KEYS[9], 9 + 2 * n, 9 + n, a, out, 4) end
 -- o is the last slot of out used: leases go after the header and the acks
 local o = 4 + a
 
 if resent then
+  -- the leases of slots 1, 2, ... as long as their tokens hold one
   local j = 0
   for i = 1, n do
-    local id = redis.call('GET', KEYS[9 + i])
-    if not id then break end
-    local rec = redis.call('HGET', KEYS[3], id)
-    local dl = redis.call('ZSCORE', KEYS[4], id)
-    local tok, envs = nil, nil
-    if rec then tok, envs = parse_rec(rec) end
-    local m = envs and parse_env(envs)
-    if m and dl and tok == ARGV[8 + 2 * i] then
-      j = j + 1
-      out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6] =
-        m.id, tok, m.attempts, tonumber(dl), m.max, m.payload
-      o = o + 6
-    end
+    local token = ARGV[8 + 2 * i]
+    local rec = redis.call('HGET', KEYS[3], token)
+    local dl = rec and redis.call('ZSCORE', KEYS[4], token)
+    if not dl then break end
+    j = j + 1
+    out[o + 1], out[o + 2] = tonumber(dl), rec
+    o = o + 2
   end
   out[1] = j
   return out
@@ -133,9 +133,9 @@ if delayed then promote(KEYS[5], KEYS[1], now, 100) end
 
 -- earliest is the earliest new deadline, es the same printed
 local earliest, es = nil, nil
--- ZADD's arguments for the leases made: score, member of the first, then
+-- ZADD's arguments for the leases made: score, token of the first, then
 -- of the others in zadd (a table only for a second lease)
-local z1, z1id, zadd = nil, nil, nil
+local z1, z1tok, zadd = nil, nil, nil
 local j, bad = 0, 0
 local dry = false
 -- failed is the error that stops the run, from: the list it popped from,
@@ -158,27 +158,23 @@ while j < n and bad < 100 and not dry do
   for x = 1, #elems do
     local e = elems[x]
     local token, rawid = ARGV[8 + 2 * (j + 1)], ARGV[9 + 2 * (j + 1)]
-    local id, attempts, max, lms, rec, payload
+    local id, lms, rec
     local env = string.sub(e, 1, MARKLEN) == MARK
     -- Size first: an element far over the limit is never parsed or copied
     -- but into its dead record.
     local over = #e > maxp and (not env or #e > maxp + ENV_HEAD)
     if env and not over then
-      local pa, pm, pp
-      id, attempts, max, lms, pa, pm, pp = take_env(e)
+      local pp
+      id, lms, pp = take_env(e)
       if id then
         over = #e - pp + 1 > maxp
-        attempts = attempts + 1
-        -- the record: the element with attempts + 1, behind the token.
-        -- Lua hashes every byte of every string it makes: of the payload's
-        -- size, only the payload and the record.
-        payload = string.sub(e, pp)
-        rec = token .. '|' .. string.sub(e, 1, pa - 1) .. string.format('%d', attempts) .. '|' ..
-          string.sub(e, pm, pp - 1) .. payload
+        -- the record is the element itself: Lua hashes every byte of
+        -- every string it makes, and makes none here
+        rec = e
       end
     elseif not env and not over then
-      id, attempts, max, payload = rawid, 1, defmax, e
-      rec = token .. '|' .. MARK .. rawid .. '|1|' .. ARGV[4] .. '|0|0|0|' .. e
+      id = rawid
+      rec = MARK .. rawid .. '|0|' .. ARGV[4] .. '|0|0|0|' .. e
     end
     -- a message that cannot be leased goes to the dead set under did
     local set, did, reason = nil, nil, nil
@@ -190,20 +186,17 @@ while j < n and bad < 100 and not dry do
       bad = bad + 1
       did, reason = rawid .. '.m' .. bad, 'malformed'
     else
-      set = redis.pcall('HSETNX', KEYS[3], id, rec)
-      if type(set) == 'table' then
-        failed = set
-      elseif set == 0 then
-        -- an id already in flight: a second copy pushed by someone else
-        bad = bad + 1
-        did, reason = id, 'malformed'
-      end
+      set = redis.pcall('HSETNX', KEYS[3], token, rec)
+      if type(set) == 'table' then failed = set end
     end
     if reason then
       local ok, err = pcall(dead_letter, KEYS[6], KEYS[7], did, reason, now, e)
       if not ok then failed = err end
     end
-    if failed then
+    -- HSETNX 0: the token holds a lease already, made by a first run of
+    -- this call (resent) whose first lease has ended since. The element
+    -- goes back with the rest, and the call returns what it leased.
+    if failed or set == 0 then
       fx = x
       break
     end
@@ -217,34 +210,35 @@ while j < n and bad < 100 and not dry do
       local deadline = now + ms
       local ds = string.format('%d', deadline)
       if not z1 then
-        z1, z1id = ds, id
+        z1, z1tok = ds, token
       elseif zadd then
         zadd[#zadd + 1] = ds
-        zadd[#zadd + 1] = id
+        zadd[#zadd + 1] = token
       else
-        zadd = {z1, z1id, ds, id}
+        zadd = {z1, z1tok, ds, token}
       end
-      redis.call('SET', KEYS[9 + j], id, 'PXAT', ds)
+      -- the shadow key holds 1, an integer Redis shares: no allocation
+      redis.call('SET', KEYS[9 + j], '1', 'PXAT', ds)
       if earliest == nil or deadline < earliest then earliest, es = deadline, ds end
-      out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6] =
-        id, token, attempts, deadline, max, payload
-      o = o + 6
+      out[o + 1], out[o + 2] = deadline, rec
+      o = o + 2
     end
   end
-  if failed then break end
+  if fx then break end
 end
 -- A queue key of the wrong type (written by something else) fails the
 -- first call on it, which may come after LMPOP: the popped elements not
 -- placed yet (elems[fx..]) go back at the head of their list, in order,
 -- the leases made get their deadlines, and the call fails. (HSETNX and
--- dead_letter write nothing when they fail so.)
-if failed and fx then
+-- dead_letter write nothing when they fail so.) After HSETNX 0 the same,
+-- without the failure.
+if fx then
   for y = #elems, fx, -1 do redis.call('LPUSH', from, elems[y]) end
 end
 if zadd then
   redis.call('ZADD', KEYS[4], unpack(zadd))
 elseif z1 then
-  redis.call('ZADD', KEYS[4], z1, z1id)
+  redis.call('ZADD', KEYS[4], z1, z1tok)
 end
 if failed then return redis.error_reply(type(failed) == 'table' and failed.err or tostring(failed)) end
 out[1] = j
