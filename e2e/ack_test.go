@@ -179,7 +179,7 @@ func TestAckStormAtDeadline(t *testing.T) {
 	// message is back on the ready list (once, expired once), every acked
 	// one is nowhere, nothing is in flight.
 	redistest.WaitFor(t, 10*time.Second, throttle(10*time.Millisecond, func() bool {
-		return e.rdb.ZCard(ctx, lease.KeysFor(e.queue).Deadlines).Val() == 0
+		return e.rdb.ZCard(ctx, lease.KeysFor(e.queue).Due).Val() == 0
 	}), "no lease in flight after the storm")
 	ready, err := e.rdb.LRange(ctx, lease.KeysFor(e.queue).Ready, 0, -1).Result()
 	if err != nil {

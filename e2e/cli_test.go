@@ -48,7 +48,7 @@ func tryReadPlaces(t *testing.T, rdb *redis.Client, queue string) (places, error
 		ready = p.LRange(ctx, k.Ready, 0, -1)
 		dead = p.ZRange(ctx, k.Dead, 0, -1)
 		deadMsgs = p.HKeys(ctx, k.DeadMsgs)
-		leases = p.HLen(ctx, k.Leases)
+		leases = p.HLen(ctx, k.Held)
 		delayed = p.ZCard(ctx, k.Delayed)
 		return nil
 	})

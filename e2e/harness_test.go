@@ -635,11 +635,11 @@ func (e *env) overdue() (n int64, oldest time.Duration, ok bool) {
 	}
 	k := lease.KeysFor(e.queue)
 	cutoff := strconv.FormatInt(now.UnixMilli()-1, 10)
-	n, err = e.rdb.ZCount(ctx, k.Deadlines, "-inf", cutoff).Result()
+	n, err = e.rdb.ZCount(ctx, k.Due, "-inf", cutoff).Result()
 	if err != nil {
 		return 0, 0, false
 	}
-	first, err := e.rdb.ZRangeWithScores(ctx, k.Deadlines, 0, 0).Result()
+	first, err := e.rdb.ZRangeWithScores(ctx, k.Due, 0, 0).Result()
 	if err != nil {
 		return 0, 0, false
 	}

@@ -117,27 +117,29 @@ func checkInvariants(t *testing.T, e *env, exp expect) summary {
 			where[env.Payload] = append(where[env.Payload], loc)
 		}
 	}
-	recs, err := rdb.HGetAll(ctx, k.Leases).Result()
+	// leases keyed by token: the record is the envelope as it was taken
+	// (the delivery is its attempts + 1)
+	recs, err := rdb.HGetAll(ctx, k.Held).Result()
 	must(err)
-	deadlines, err := rdb.ZRangeWithScores(ctx, k.Deadlines, 0, -1).Result()
+	deadlines, err := rdb.ZRangeWithScores(ctx, k.Due, 0, -1).Result()
 	must(err)
 	deadlineOf := map[string]int64{}
 	for _, z := range deadlines {
-		id := z.Member.(string)
-		deadlineOf[id] = int64(z.Score)
-		if _, ok := recs[id]; !ok {
-			fail("deadline without a lease record: id %s, deadline %d ms ago", id, nowMS-int64(z.Score))
+		token := z.Member.(string)
+		deadlineOf[token] = int64(z.Score)
+		if _, ok := recs[token]; !ok {
+			fail("deadline without a lease record: token %s, deadline %d ms ago", token, nowMS-int64(z.Score))
 		}
 	}
-	for id, rec := range recs {
-		token, env, ok := journal.ParseLeaseRecord(rec)
+	for token, rec := range recs {
+		env, ok := journal.ParseElement(rec)
 		if !ok {
-			fail("malformed lease record %s: %q", id, rec)
+			fail("malformed lease record %s: %q", token, rec)
 			continue
 		}
-		loc := fmt.Sprintf("in flight (attempt %d, token %s, no deadline)", env.Attempts, token)
-		if d, ok := deadlineOf[id]; ok {
-			loc = fmt.Sprintf("in flight (attempt %d, token %s, deadline %+d ms from now)", env.Attempts, token, d-nowMS)
+		loc := fmt.Sprintf("in flight (attempt %d, token %s, no deadline)", env.Attempts+1, token)
+		if d, ok := deadlineOf[token]; ok {
+			loc = fmt.Sprintf("in flight (attempt %d, token %s, deadline %+d ms from now)", env.Attempts+1, token, d-nowMS)
 		}
 		where[env.Payload] = append(where[env.Payload], loc)
 		idInRedis[env.Payload] = env.ID
@@ -640,8 +642,8 @@ func checkLedger(t *testing.T, lc *lease.Client, rdb redis.UniversalClient, queu
 			ready = p.LRange(ctx, k.Ready, 0, -1)
 			claim = p.LRange(ctx, k.Claim, 0, -1)
 			delayed = p.ZRange(ctx, k.Delayed, 0, -1)
-			recs = p.HGetAll(ctx, k.Leases)
-			deadlines = p.ZRange(ctx, k.Deadlines, 0, -1)
+			recs = p.HGetAll(ctx, k.Held)
+			deadlines = p.ZRange(ctx, k.Due, 0, -1)
 			return nil
 		})
 		if err != nil {
@@ -657,23 +659,23 @@ func checkLedger(t *testing.T, lc *lease.Client, rdb redis.UniversalClient, queu
 			}
 		}
 		inFlight := map[string]bool{}
-		for id, rec := range recs.Val() {
-			_, env, ok := journal.ParseLeaseRecord(rec)
+		for token, rec := range recs.Val() {
+			env, ok := journal.ParseElement(rec)
 			if !ok {
-				problems = append(problems, fmt.Sprintf("%s: malformed lease record %s: %q", q, id, rec))
+				problems = append(problems, fmt.Sprintf("%s: malformed lease record %s: %q", q, token, rec))
 				continue
 			}
-			inFlight[id] = true
-			where[env.Payload] = append(where[env.Payload], fmt.Sprintf("%s in flight (attempt %d)", q, env.Attempts))
+			inFlight[token] = true
+			where[env.Payload] = append(where[env.Payload], fmt.Sprintf("%s in flight (attempt %d)", q, env.Attempts+1))
 		}
-		for _, id := range deadlines.Val() {
-			if !inFlight[id] {
-				problems = append(problems, fmt.Sprintf("%s: deadline without a lease record: %s", q, id))
+		for _, token := range deadlines.Val() {
+			if !inFlight[token] {
+				problems = append(problems, fmt.Sprintf("%s: deadline without a lease record: %s", q, token))
 			}
-			delete(inFlight, id)
+			delete(inFlight, token)
 		}
-		for id := range inFlight {
-			problems = append(problems, fmt.Sprintf("%s: lease record without a deadline: %s", q, id))
+		for token := range inFlight {
+			problems = append(problems, fmt.Sprintf("%s: lease record without a deadline: %s", q, token))
 		}
 		for off := 0; ; off += lease.MaxBatch {
 			dls, err := lc.DeadLetters(ctx, q, off, lease.MaxBatch)
