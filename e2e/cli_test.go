@@ -42,13 +42,14 @@ func tryReadPlaces(t *testing.T, rdb *redis.Client, queue string) (places, error
 	ctx := t.Context()
 	k := lease.KeysFor(queue)
 	var claim, ready, dead, deadMsgs *redis.StringSliceCmd
-	var leases, delayed *redis.IntCmd
+	var held, leases, delayed *redis.IntCmd
 	_, err := rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		claim = p.LRange(ctx, k.Claim, 0, -1)
 		ready = p.LRange(ctx, k.Ready, 0, -1)
 		dead = p.ZRange(ctx, k.Dead, 0, -1)
 		deadMsgs = p.HKeys(ctx, k.DeadMsgs)
-		leases = p.HLen(ctx, k.Held)
+		held = p.HLen(ctx, k.Held)
+		leases = p.HLen(ctx, k.Leases) // format 1
 		delayed = p.ZCard(ctx, k.Delayed)
 		return nil
 	})
@@ -65,7 +66,7 @@ func tryReadPlaces(t *testing.T, rdb *redis.Client, queue string) (places, error
 		pl.ready = append(pl.ready, id)
 	}
 	pl.dead, pl.deadMsgs = dead.Val(), deadMsgs.Val()
-	pl.inFlight, pl.delayed = int(leases.Val()), int(delayed.Val())
+	pl.inFlight, pl.delayed = int(held.Val()+leases.Val()), int(delayed.Val())
 	return pl, nil
 }
 

@@ -270,8 +270,8 @@ func TestShadowKeysEvicted(t *testing.T) {
 
 	// Every held lease is intact, and its holder acks it.
 	for _, l := range leases {
-		rec, err := e.rdb.HGet(ctx, lease.KeysFor(e.queue).Leases, l.ID).Result()
-		if err != nil || !strings.HasPrefix(rec, l.Token+"|") {
+		rec, err := e.rdb.HGet(ctx, lease.KeysFor(e.queue).Held, l.Token).Result()
+		if env, ok := journal.ParseElement(rec); err != nil || !ok || env.ID != l.ID {
 			t.Errorf("lease of %s (deadline in %v) lost its record after its shadow key was evicted: %q, %v",
 				l.Payload, time.Until(l.Deadline()).Round(time.Millisecond), rec, err)
 			continue

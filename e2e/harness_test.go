@@ -635,16 +635,20 @@ func (e *env) overdue() (n int64, oldest time.Duration, ok bool) {
 	}
 	k := lease.KeysFor(e.queue)
 	cutoff := strconv.FormatInt(now.UnixMilli()-1, 10)
-	n, err = e.rdb.ZCount(ctx, k.Due, "-inf", cutoff).Result()
-	if err != nil {
-		return 0, 0, false
-	}
-	first, err := e.rdb.ZRangeWithScores(ctx, k.Due, 0, 0).Result()
-	if err != nil {
-		return 0, 0, false
-	}
-	if len(first) == 1 {
-		oldest = time.Duration(now.UnixMilli()-int64(first[0].Score)) * time.Millisecond
+	// leases of both formats (Deadlines: format 1)
+	for _, key := range []string{k.Due, k.Deadlines} {
+		m, err := e.rdb.ZCount(ctx, key, "-inf", cutoff).Result()
+		if err != nil {
+			return 0, 0, false
+		}
+		n += m
+		first, err := e.rdb.ZRangeWithScores(ctx, key, 0, 0).Result()
+		if err != nil {
+			return 0, 0, false
+		}
+		if len(first) == 1 {
+			oldest = max(oldest, time.Duration(now.UnixMilli()-int64(first[0].Score))*time.Millisecond)
+		}
 	}
 	return n, oldest, true
 }

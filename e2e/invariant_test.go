@@ -117,29 +117,33 @@ func checkInvariants(t *testing.T, e *env, exp expect) summary {
 			where[env.Payload] = append(where[env.Payload], loc)
 		}
 	}
-	// leases keyed by token: the record is the envelope as it was taken
-	// (the delivery is its attempts + 1)
-	recs, err := rdb.HGetAll(ctx, k.Held).Result()
-	must(err)
-	deadlines, err := rdb.ZRangeWithScores(ctx, k.Due, 0, -1).Result()
-	must(err)
+	// leases of both formats: held and due by token, leases and
+	// deadlines (format 1) by id
 	deadlineOf := map[string]int64{}
-	for _, z := range deadlines {
-		token := z.Member.(string)
-		deadlineOf[token] = int64(z.Score)
-		if _, ok := recs[token]; !ok {
-			fail("deadline without a lease record: token %s, deadline %d ms ago", token, nowMS-int64(z.Score))
+	var recs [2]map[string]string
+	for i, pair := range [][2]string{{k.Held, k.Due}, {k.Leases, k.Deadlines}} {
+		var err error
+		recs[i], err = rdb.HGetAll(ctx, pair[0]).Result()
+		must(err)
+		deadlines, err := rdb.ZRangeWithScores(ctx, pair[1], 0, -1).Result()
+		must(err)
+		for _, z := range deadlines {
+			name := z.Member.(string)
+			deadlineOf[name] = int64(z.Score)
+			if _, ok := recs[i][name]; !ok {
+				fail("deadline without a lease record: %s, deadline %d ms ago", name, nowMS-int64(z.Score))
+			}
 		}
 	}
-	for token, rec := range recs {
-		env, ok := journal.ParseElement(rec)
-		if !ok {
-			fail("malformed lease record %s: %q", token, rec)
+	for _, f := range journal.Flights(recs[0], recs[1]) {
+		if !f.OK {
+			fail("malformed lease record %s: %q", f.Name, f.Rec)
 			continue
 		}
-		loc := fmt.Sprintf("in flight (attempt %d, token %s, no deadline)", env.Attempts+1, token)
-		if d, ok := deadlineOf[token]; ok {
-			loc = fmt.Sprintf("in flight (attempt %d, token %s, deadline %+d ms from now)", env.Attempts+1, token, d-nowMS)
+		env := f.Env
+		loc := fmt.Sprintf("in flight (attempt %d, token %s, no deadline)", env.Attempts, f.Token)
+		if d, ok := deadlineOf[f.Name]; ok {
+			loc = fmt.Sprintf("in flight (attempt %d, token %s, deadline %+d ms from now)", env.Attempts, f.Token, d-nowMS)
 		}
 		where[env.Payload] = append(where[env.Payload], loc)
 		idInRedis[env.Payload] = env.ID
@@ -636,14 +640,16 @@ func checkLedger(t *testing.T, lc *lease.Client, rdb redis.UniversalClient, queu
 	for _, q := range queues {
 		k := lease.KeysFor(q)
 		var ready, claim, delayed *redis.StringSliceCmd
-		var deadlines *redis.StringSliceCmd
-		var recs *redis.MapStringStringCmd
+		var deadlines, due *redis.StringSliceCmd
+		var recs, held *redis.MapStringStringCmd
 		_, err := rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 			ready = p.LRange(ctx, k.Ready, 0, -1)
 			claim = p.LRange(ctx, k.Claim, 0, -1)
 			delayed = p.ZRange(ctx, k.Delayed, 0, -1)
-			recs = p.HGetAll(ctx, k.Held)
-			deadlines = p.ZRange(ctx, k.Due, 0, -1)
+			held = p.HGetAll(ctx, k.Held)
+			due = p.ZRange(ctx, k.Due, 0, -1)
+			recs = p.HGetAll(ctx, k.Leases)
+			deadlines = p.ZRange(ctx, k.Deadlines, 0, -1)
 			return nil
 		})
 		if err != nil {
@@ -659,23 +665,22 @@ func checkLedger(t *testing.T, lc *lease.Client, rdb redis.UniversalClient, queu
 			}
 		}
 		inFlight := map[string]bool{}
-		for token, rec := range recs.Val() {
-			env, ok := journal.ParseElement(rec)
-			if !ok {
-				problems = append(problems, fmt.Sprintf("%s: malformed lease record %s: %q", q, token, rec))
+		for _, f := range journal.Flights(held.Val(), recs.Val()) {
+			if !f.OK {
+				problems = append(problems, fmt.Sprintf("%s: malformed lease record %s: %q", q, f.Name, f.Rec))
 				continue
 			}
-			inFlight[token] = true
-			where[env.Payload] = append(where[env.Payload], fmt.Sprintf("%s in flight (attempt %d)", q, env.Attempts+1))
+			inFlight[f.Name] = true
+			where[f.Env.Payload] = append(where[f.Env.Payload], fmt.Sprintf("%s in flight (attempt %d)", q, f.Env.Attempts))
 		}
-		for _, token := range deadlines.Val() {
-			if !inFlight[token] {
-				problems = append(problems, fmt.Sprintf("%s: deadline without a lease record: %s", q, token))
+		for _, id := range append(due.Val(), deadlines.Val()...) {
+			if !inFlight[id] {
+				problems = append(problems, fmt.Sprintf("%s: deadline without a lease record: %s", q, id))
 			}
-			delete(inFlight, token)
+			delete(inFlight, id)
 		}
-		for token := range inFlight {
-			problems = append(problems, fmt.Sprintf("%s: lease record without a deadline: %s", q, token))
+		for id := range inFlight {
+			problems = append(problems, fmt.Sprintf("%s: lease record without a deadline: %s", q, id))
 		}
 		for off := 0; ; off += lease.MaxBatch {
 			dls, err := lc.DeadLetters(ctx, q, off, lease.MaxBatch)

@@ -83,62 +83,53 @@ func place(t *testing.T, rdb redis.Scripter, queue string) placement {
 			}
 		}
 	}
-	// the leases of both formats: name is the field (format 2 a token,
-	// format 1 an id), env the envelope in its record
-	type flight struct {
-		name, tok, rec string
-		env            []byte
-		ok             bool
-		deadlines      map[string]int64
-		sh             shadowKey
-	}
-	scores := func(zs []redis.Z) map[string]int64 {
-		m := map[string]int64{}
-		for _, z := range zs {
-			m[z.Member.(string)] = int64(z.Score)
-		}
-		return m
-	}
-	due, deadlines := scores(q.due), scores(q.deadlines)
-	var flights []flight
-	for tok, rec := range q.held {
-		flights = append(flights, flight{tok, tok, rec, []byte(rec), true, due, q.heldShadows[tok]})
-	}
-	for id, rec := range q.leases {
-		tok, envb, ok := splitLeaseRecord([]byte(rec))
-		flights = append(flights, flight{id, tok, rec, envb, ok, deadlines, q.shadows[id]})
-	}
 	liveShadows := map[string]bool{}
-	for _, f := range flights {
-		e, err := parseEnvelope(f.env)
-		if !f.ok || err != nil {
-			add([]byte(f.rec), "in flight (malformed record)")
-			continue
+	// leases files the leases of one format: records by field, deadlines
+	// by member, shadow keys by field; parse reads the token and envelope
+	// of a record and its field.
+	leases := func(recs map[string]string, zs []redis.Z, shadows map[string]shadowKey, parse func(field string, rec []byte) (string, envelope, error)) {
+		deadline := map[string]int64{}
+		for _, z := range zs {
+			deadline[z.Member.(string)] = int64(z.Score)
 		}
-		dl, has := f.deadlines[f.name]
-		if !has {
-			add(e.Payload, "in flight without a deadline")
-			bad("lease record %s has no deadline: never requeued", f.name)
-			continue
+		for field, rec := range recs {
+			tok, e, err := parse(field, []byte(rec))
+			if err != nil {
+				add([]byte(rec), "in flight (malformed record)")
+				continue
+			}
+			dl, has := deadline[field]
+			if !has {
+				add(e.Payload, "in flight without a deadline")
+				bad("lease record %s has no deadline: never requeued", field)
+				continue
+			}
+			add(e.Payload, "in flight")
+			liveShadows[LeaseKey(queue, tok)] = true
+			if sh := shadows[field]; !sh.exists && dl >= q.now {
+				bad("lease %s has no shadow key before its deadline", field)
+			} else if sh.exists && sh.expiresAt != dl {
+				bad("shadow key of %s expires at %d, deadline %d", field, sh.expiresAt, dl)
+			}
 		}
-		add(e.Payload, "in flight")
-		liveShadows[LeaseKey(queue, f.tok)] = true
-		if !f.sh.exists && dl >= q.now {
-			bad("lease %s has no shadow key before its deadline", f.name)
-		} else if f.sh.exists && f.sh.expiresAt != dl {
-			bad("shadow key of %s expires at %d, deadline %d", f.name, f.sh.expiresAt, dl)
+		for field := range deadline {
+			if _, ok := recs[field]; !ok {
+				bad("deadline of %s without a lease record", field)
+			}
 		}
 	}
-	for name := range due {
-		if _, ok := q.held[name]; !ok {
-			bad("deadline of %s without a lease record", name)
+	leases(q.held, q.due, q.heldShadows, func(token string, rec []byte) (string, envelope, error) {
+		e, err := parseEnvelope(rec)
+		return token, e, err
+	})
+	leases(q.leases, q.deadlines, q.shadows, func(_ string, rec []byte) (string, envelope, error) {
+		tok, envb, ok := splitLeaseRecord(rec)
+		e, err := parseEnvelope(envb)
+		if !ok && err == nil {
+			err = errors.New("no token")
 		}
-	}
-	for name := range deadlines {
-		if _, ok := q.leases[name]; !ok {
-			bad("deadline of %s without a lease record", name)
-		}
-	}
+		return tok, e, err
+	})
 	for _, sk := range q.shadowKeys {
 		if !liveShadows[sk] {
 			bad("shadow key %s without a lease", sk)
@@ -277,11 +268,11 @@ func (e *aclEnv) dead(payload string) string {
 func (e *aclEnv) malformedLease(rec string) *Lease {
 	e.t.Helper()
 	k := KeysFor(e.queue)
-	token := fmt.Sprintf("%016x", len(e.payloads))
+	token := fmt.Sprintf("%016x", 0xbad0+len(e.payloads))
 	e.must(e.adminDB.HSet(e.ctx(), k.Held, token, rec).Err())
 	e.must(e.adminDB.ZAdd(e.ctx(), k.Due, redis.Z{Score: float64(time.Now().Add(time.Hour).UnixMilli()), Member: token}).Err())
 	e.payloads = append(e.payloads, rec)
-	l, err := e.user.LeaseOf(e.queue, fmt.Sprintf("bad%d", len(e.payloads)), token)
+	l, err := e.user.LeaseOf(e.queue, "bad", token)
 	e.must(err)
 	// the token alone: the lease's id is unknown
 	l.byID = false
@@ -506,8 +497,8 @@ var aclOps = []aclOp{
 	}},
 	{"daemon", "sweep malformed record", func(e *aclEnv) error {
 		k := KeysFor(e.queue)
-		e.must(e.adminDB.HSet(e.ctx(), k.Held, "00000000000000b1", "not a lease record").Err())
-		e.must(e.adminDB.ZAdd(e.ctx(), k.Due, redis.Z{Score: 1, Member: "00000000000000b1"}).Err())
+		e.must(e.adminDB.HSet(e.ctx(), k.Held, "0000000000000bad", "not a lease record").Err())
+		e.must(e.adminDB.ZAdd(e.ctx(), k.Due, redis.Z{Score: 1, Member: "0000000000000bad"}).Err())
 		e.payloads = append(e.payloads, "not a lease record")
 		r, err := e.user.Sweep(e.ctx(), e.queue, nil)
 		if err != nil {

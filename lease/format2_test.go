@@ -7,8 +7,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // Tests of the layout of leases in flight (format 2, docs/PROTOCOL.md
@@ -83,29 +81,6 @@ func TestTakeLayout(t *testing.T) {
 	}
 }
 
-// requeueByHand ends l's lease the way a release does, behind the
-// client's back: its record back to the head of the ready list, then the
-// lease removed. The message is delivered again under a new token.
-func (b *testBundle) requeueByHand(t *testing.T, l *Lease) {
-	t.Helper()
-	ctx := t.Context()
-	k := KeysFor(l.Queue)
-	rec, err := b.rdb.HGet(ctx, k.Held, l.Token).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = b.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.LPush(ctx, k.Ready, rec)
-		p.HDel(ctx, k.Held, l.Token)
-		p.ZRem(ctx, k.Due, l.Token)
-		p.Del(ctx, LeaseKey(l.Queue, l.Token))
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestAckFencesWithoutReadingRecord: ack ends a lease by deleting its
 // token's field, without reading the record (no HGET), and that still
 // fences: after the message was delivered again, the earlier delivery's
@@ -118,7 +93,9 @@ func TestAckFencesWithoutReadingRecord(t *testing.T) {
 	const q = "fenceunread"
 	id := b.push(t, q, "x", nil)
 	old := b.take(t, q, nil)
-	b.requeueByHand(t, old)
+	if err := old.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
 	cur := b.take(t, q, nil)
 	if cur.ID != id || cur.Token == old.Token {
 		t.Fatalf("second delivery = %+v", cur)

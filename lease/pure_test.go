@@ -103,6 +103,8 @@ func TestKeysFor(t *testing.T) {
 	want := Keys{
 		Ready:     "ackd:{q}:ready",
 		Claim:     "ackd:{q}:claim",
+		Held:      "ackd:{q}:held",
+		Due:       "ackd:{q}:due",
 		Leases:    "ackd:{q}:leases",
 		Deadlines: "ackd:{q}:deadlines",
 		Delayed:   "ackd:{q}:delayed",

@@ -467,7 +467,10 @@ func TestCorruptLeaseRecord(t *testing.T) {
 }
 
 // TestMalformedDeadIDCollision: dead-lettering an id that is already in
-// the dead set keeps both records.
+// the dead set keeps both records. Three copies of one id are leased
+// together (leases are keyed by token) and dead-lettered one after the
+// other: killed, killed, and a record that does not parse (filed under
+// its token).
 func TestMalformedDeadIDCollision(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
@@ -476,16 +479,24 @@ func TestMalformedDeadIDCollision(t *testing.T) {
 	k := KeysFor(q)
 
 	id := b.push(t, q, "x", nil)
-	l := b.take(t, q, nil)
 	for range 2 {
 		dup := (&envelope{ID: id, Payload: []byte("copy")}).appendTo(nil)
 		if err := b.rdb.RPush(ctx, k.Ready, dup).Err(); err != nil {
 			t.Fatal(err)
 		}
-		b.noMessage(t, q)
 	}
-	if err := l.DeadLetter(ctx); err != nil {
-		t.Fatal(err)
+	ls, err := b.c.TakeBatch(ctx, q, 3, nil)
+	if err != nil || len(ls) != 3 || ls[0].ID != id || ls[1].ID != id || ls[2].ID != id {
+		t.Fatalf("TakeBatch = %v, %v; want three leases of %s", ids(ls), err, id)
+	}
+	for _, l := range ls[:2] {
+		if err := l.DeadLetter(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.corruptLease(t, ls[2], "\xffackd1|"+id)
+	if err := ls[2].DeadLetter(ctx); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("DeadLetter of a corrupt record = %v, want ErrMalformed", err)
 	}
 	st := checkInvariants(t, b.rdb, q)
 	if len(st.Dead) != 3 {
@@ -495,7 +506,7 @@ func TestMalformedDeadIDCollision(t *testing.T) {
 	for _, d := range st.Dead {
 		reasons[d.Reason]++
 	}
-	if reasons[ReasonMalformed] != 2 || reasons[ReasonKilled] != 1 {
+	if reasons[ReasonMalformed] != 1 || reasons[ReasonKilled] != 2 {
 		t.Errorf("reasons = %v", reasons)
 	}
 }

@@ -225,7 +225,7 @@ func buildAckd(count int) func(*bench, *lease.Client) tputImpl {
 			},
 			backlog: listBacklog(b, k.Ready),
 			check: func(ctx context.Context) error {
-				n, err := b.ctl.HLen(ctx, k.Leases).Result()
+				n, err := b.ctl.HLen(ctx, k.Held).Result()
 				if err == nil && n != 0 {
 					err = fmt.Errorf("%d leases still held after the run", n)
 				}

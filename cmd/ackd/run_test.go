@@ -521,7 +521,7 @@ func TestExpiredBeforeStart(t *testing.T) {
 func dueAll(t *testing.T, rdb *redis.Client, queues []string, now time.Time) bool {
 	t.Helper()
 	for _, q := range queues {
-		zs, err := rdb.ZRangeWithScores(t.Context(), lease.KeysFor(q).Deadlines, 0, -1).Result()
+		zs, err := rdb.ZRangeWithScores(t.Context(), lease.KeysFor(q).Due, 0, -1).Result()
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -31,6 +31,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -269,15 +270,23 @@ func (c *consumer) worker(ctx context.Context) {
 	}
 }
 
-// staleAck waits until l's message has been delivered again (its lease
-// record holds another token), then acks with the old lease.
+// staleAck waits until l's message has been delivered again (another
+// token holds a lease of it), then acks with the old lease.
 func (c *consumer) staleAck(ctx context.Context, l *lease.Lease, h journal.Handling) {
 	c.printf("took %s %s attempt=%d\n", l.ID, l.Token, l.Attempt)
-	key := lease.KeysFor(l.Queue).Leases
+	key := lease.KeysFor(l.Queue).Held
 	deadline := time.Now().Add(time.Minute)
+	redelivered := func() bool {
+		held, err := c.rdb.HGetAll(ctx, key).Result()
+		if err != nil {
+			return false
+		}
+		return slices.ContainsFunc(journal.Flights(held, nil), func(f journal.Flight) bool {
+			return f.Token != l.Token && f.Env.ID == l.ID
+		})
+	}
 	for {
-		rec, err := c.rdb.HGet(ctx, key, l.ID).Result()
-		if err == nil && !strings.HasPrefix(rec, l.Token+"|") {
+		if redelivered() {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -6,8 +6,8 @@
 --
 -- Formats (all fields are decimal integers unless said otherwise):
 --   envelope      "\255ackd1|" id "|" attempts "|" max "|" lease_ms "|" expiries "|" failures "|" payload
---   lease record  the envelope as it was taken, attempts not counting the
---                 delivery                                 (HASH held, field token)
+--   lease record  the envelope as it stood on the ready list  (HASH held, field token):
+--                 its attempts do not count the delivery (delivery = attempts + 1)
 --   format 1      token "|" envelope, attempts counting the delivery (HASH
 --                 leases, field id): only read, by sweep, stats and peek
 --   dead record   reason "|" at_ms "|" body                (HASH deadmsgs, field id)

@@ -124,7 +124,8 @@ func ParseElement(s string) (e Envelope, ok bool) {
 	return Envelope{ID: f[0], Attempts: n[0], Max: n[1], Expiries: n[3], Failures: n[4], Payload: f[6]}, true
 }
 
-// ParseLeaseRecord decodes "token|envelope", a field of ackd:{q}:leases.
+// ParseLeaseRecord decodes "token|envelope", a field of ackd:{q}:leases
+// (format 1, written by older versions).
 func ParseLeaseRecord(s string) (token string, e Envelope, ok bool) {
 	token, env, found := strings.Cut(s, "|")
 	if !found {
@@ -134,24 +135,49 @@ func ParseLeaseRecord(s string) (token string, e Envelope, ok bool) {
 	return token, e, ok
 }
 
+// Flight is one lease in flight, of either format.
+type Flight struct {
+	Name  string // its field: the token (format 2) or the message id (format 1)
+	Token string
+	Rec   string   // the record as found
+	Env   Envelope // the envelope in it; Attempts counts this delivery
+	OK    bool     // the record parsed
+}
+
+// Flights lists the leases of held (token -> the envelope as taken,
+// format 2) and of leases (id -> "token|envelope", format 1).
+func Flights(held, leases map[string]string) []Flight {
+	var out []Flight
+	for tok, rec := range held {
+		e, ok := ParseElement(rec)
+		e.Attempts++ // the record's attempts do not count this delivery
+		out = append(out, Flight{Name: tok, Token: tok, Rec: rec, Env: e, OK: ok})
+	}
+	for id, rec := range leases {
+		tok, e, ok := ParseLeaseRecord(rec)
+		out = append(out, Flight{Name: id, Token: tok, Rec: rec, Env: e, OK: ok})
+	}
+	return out
+}
+
 // Counters reads the expiries and failures of l's message from its lease
-// record. ok is false if the record no longer belongs to l.
+// record. ok is false if l's token holds no lease any more.
 func Counters(ctx context.Context, rdb redis.Cmdable, l *lease.Lease) (expiries, failures int, ok bool) {
-	key := lease.KeysFor(l.Queue).Leases
+	key := lease.KeysFor(l.Queue).Held
 	deadline := time.Now().Add(retryWindow)
 	backoff := 10 * time.Millisecond
-	rec, err := rdb.HGet(ctx, key, l.ID).Result()
+	rec, err := rdb.HGet(ctx, key, l.Token).Result()
 	for err != nil && !errors.Is(err, redis.Nil) && ctx.Err() == nil && time.Now().Before(deadline) {
 		// Redis is unreachable (restarting): the answer is still there.
 		wait(ctx, backoff)
 		backoff = min(2*backoff, 200*time.Millisecond)
-		rec, err = rdb.HGet(ctx, key, l.ID).Result()
+		rec, err = rdb.HGet(ctx, key, l.Token).Result()
 	}
 	if err != nil {
 		return -1, -1, false
 	}
-	token, e, parsed := ParseLeaseRecord(rec)
-	if !parsed || token != l.Token {
+	e, parsed := ParseElement(rec)
+	if !parsed {
 		return -1, -1, false
 	}
 	return e.Expiries, e.Failures, true
