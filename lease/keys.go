@@ -66,7 +66,7 @@ func KeysFor(queue string) Keys {
 }
 
 // LeaseKey is the shadow key of one lease: a string whose TTL ends at the
-// lease deadline. Its expiry is only a trigger; the Deadlines ZSET decides.
+// lease deadline. Its expiry is only a trigger; the Due ZSET decides.
 func LeaseKey(queue, token string) string {
 	return keyPrefix + queue + leaseInfix + token
 }

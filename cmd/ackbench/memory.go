@@ -113,7 +113,7 @@ func (b *bench) memory(ctx context.Context) error {
 	k := lease.KeysFor("q")
 	var parts []string
 	var keyed int64
-	for _, key := range []string{k.Leases, k.Deadlines} {
+	for _, key := range []string{k.Held, k.Due} {
 		u, err := b.ctl.MemoryUsage(ctx, key, 0).Result()
 		if err != nil {
 			return fmt.Errorf("MEMORY USAGE %s: %w", key, err)
@@ -126,8 +126,7 @@ func (b *bench) memory(ctx context.Context) error {
 		row{"ackd ready (PushBatch, nothing in flight)", float64(ready-base) / float64(n), "envelope: id and counters + payload"},
 		row{"ackd in flight (TakeBatch, never acked)", float64(inflight-base) / float64(n), strings.Join(parts, "; ")})
 
-	// The same leases rewritten in two other layouts, to measure what a
-	// change of the stored format would save before building it.
+	// The same leases rewritten in the layout of format 1, to compare.
 	sims, err := b.layouts(ctx, "q", n)
 	if err != nil {
 		return err
@@ -142,7 +141,7 @@ func (b *bench) memory(ctx context.Context) error {
 	s.WriteString("## 4. Memory per message\n\n")
 	fmt.Fprintf(&s, "INFO memory used_memory after filling, minus used_memory of the empty server, divided by %s messages of 100 B. "+
 		"In flight means taken and never acked (ackd leases of 1 h; Streams entries read by one consumer and left pending). "+
-		"The ackd breakdown uses MEMORY USAGE ... SAMPLES 0 on the leases hash and the deadlines set; the rest is mostly the "+
+		"The ackd breakdown uses MEMORY USAGE ... SAMPLES 0 on the held hash and the due set; the rest is mostly the "+
 		"shadow keys (one string key with a TTL per lease).\n\n", fmtNum(float64(n)))
 	var trows [][]string
 	for _, r := range rows {
@@ -163,14 +162,12 @@ type simRow struct {
 }
 
 // layouts reads the n leases of queue (taken, never acked), then writes
-// the same messages, deadlines and tokens in two other layouts on an empty
-// server and measures each as the in-flight row is measured:
-//   - the lease record without the id the hash field already holds;
-//   - leases and deadlines keyed by token, the record being the envelope
-//     alone, and the shadow key holding 1 instead of the id (Redis shares
-//     small integers, so the value costs nothing).
+// the same messages, deadlines and tokens in the layout of format 1 on an
+// empty server (leases keyed by message id, the record "token|envelope",
+// the shadow key holding the id) and measures it as the in-flight row is
+// measured: what keying leases by token saved.
 //
-// Nothing of ackd reads these layouts: they size a format change.
+// Nothing of ackd reads this layout any more but sweep, stats and peek.
 func (b *bench) layouts(ctx context.Context, queue string, n int) ([]simRow, error) {
 	k := lease.KeysFor(queue)
 	type held struct {
@@ -178,65 +175,49 @@ func (b *bench) layouts(ctx context.Context, queue string, n int) ([]simRow, err
 		deadline       float64
 	}
 	var ls []held
-	recs, err := b.ctl.HGetAll(ctx, k.Leases).Result()
+	recs, err := b.ctl.HGetAll(ctx, k.Held).Result()
 	if err != nil {
 		return nil, err
 	}
-	dls, err := b.ctl.ZRangeWithScores(ctx, k.Deadlines, 0, -1).Result()
+	dls, err := b.ctl.ZRangeWithScores(ctx, k.Due, 0, -1).Result()
 	if err != nil {
 		return nil, err
 	}
+	mark := "\xffackd1|"
 	for _, z := range dls {
-		id := z.Member.(string)
-		tok, env, ok := strings.Cut(recs[id], "|")
+		tok := z.Member.(string)
+		id, _, ok := strings.Cut(strings.TrimPrefix(recs[tok], mark), "|")
 		if !ok {
-			return nil, fmt.Errorf("lease record of %s: no token", id)
+			return nil, fmt.Errorf("lease record of %s: no envelope", tok)
 		}
-		ls = append(ls, held{id: id, token: tok, env: env, deadline: z.Score})
+		ls = append(ls, held{id: id, token: tok, env: recs[tok], deadline: z.Score})
 	}
 	if len(ls) != n {
 		return nil, fmt.Errorf("layouts: %d leases with deadlines, want %d", len(ls), n)
 	}
-	mark := "\xffackd1|"
-	write := func(add func(p redis.Pipeliner, l held)) (float64, error) {
-		base, err := b.emptyMemory(ctx)
-		if err != nil {
-			return 0, err
-		}
-		for i := 0; i < len(ls); i += fillChunk {
-			_, err := b.ctl.Pipelined(ctx, func(p redis.Pipeliner) error {
-				for _, l := range ls[i:min(i+fillChunk, len(ls))] {
-					add(p, l)
-				}
-				return nil
-			})
-			if err != nil {
-				return 0, err
-			}
-		}
-		used, err := b.usedMemory(ctx)
-		return float64(used-base) / float64(n), err
-	}
-	noID, err := write(func(p redis.Pipeliner, l held) {
-		rest := strings.TrimPrefix(l.env, mark+l.id+"|")
-		p.HSet(ctx, k.Leases, l.id, l.token+"|"+"\xffackd2|"+rest)
-		p.ZAdd(ctx, k.Deadlines, redis.Z{Score: l.deadline, Member: l.id})
-		p.Do(ctx, "SET", lease.LeaseKey(queue, l.token), l.id, "PXAT", int64(l.deadline))
-	})
+	base, err := b.emptyMemory(ctx)
 	if err != nil {
 		return nil, err
 	}
-	byToken, err := write(func(p redis.Pipeliner, l held) {
-		p.HSet(ctx, k.Leases, l.token, l.env)
-		p.ZAdd(ctx, k.Deadlines, redis.Z{Score: l.deadline, Member: l.token})
-		p.Do(ctx, "SET", lease.LeaseKey(queue, l.token), 1, "PXAT", int64(l.deadline))
-	})
+	for i := 0; i < len(ls); i += fillChunk {
+		_, err := b.ctl.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, l := range ls[i:min(i+fillChunk, len(ls))] {
+				p.HSet(ctx, k.Leases, l.id, l.token+"|"+l.env)
+				p.ZAdd(ctx, k.Deadlines, redis.Z{Score: l.deadline, Member: l.id})
+				p.Do(ctx, "SET", lease.LeaseKey(queue, l.token), l.id, "PXAT", int64(l.deadline))
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	used, err := b.usedMemory(ctx)
 	if err != nil {
 		return nil, err
 	}
 	return []simRow{
-		{name: "layout sketch: lease record without the repeated id", bytes: noID, note: "same leases rewritten; not a format ackd writes"},
-		{name: "layout sketch: leases and deadlines keyed by token, shadow key holding 1", bytes: byToken, note: "same leases rewritten; not a format ackd writes"},
+		{name: "format 1: the same leases keyed by message id", bytes: float64(used-base) / float64(n), note: "same leases rewritten as versions before this one stored them"},
 	}, nil
 }
 

@@ -47,11 +47,11 @@ local deflease = tonumber(ARGV[3])
 -- copied into raw payloads' records as it is: a canonical decimal of at
 -- most 14 digits (see num in lib.lua)
 local dm = ARGV[4]
-local defmax = #dm <= 14 and (dm == '0' or string.find(dm, '^[1-9]%d*$')) and dm + 0
+local dmok = #dm <= 14 and (dm == '0' or string.find(dm, '^[1-9]%d*$'))
 local maxp = tonumber(ARGV[7])
 local a = ARGV[8] == '0' and 0 or tonumber(ARGV[8])
 -- (x >= 0 is false for NaN too, which strtod reads from "nan")
-if not (n and a and defmax and maxp and maxp >= 0 and override and override >= 0 and deflease and
+if not (n and a and dmok and maxp and maxp >= 0 and override and override >= 0 and deflease and
     deflease >= 0 and #KEYS == 9 + n + a and #ARGV == 9 + 2 * n + a) then
   return redis.error_reply('ERR take: want 9+n+a keys and 9+2n+a arguments, ARGV[2], ARGV[3] and ARGV[7] numbers >= 0, ARGV[4] a canonical decimal (see docs/PROTOCOL.md)')
 end
