@@ -22,15 +22,14 @@ func format1Lease(t *testing.T, rdb *redis.Client, queue, token string, e envelo
 	t.Helper()
 	ctx := t.Context()
 	k := KeysFor(queue)
-	rec := token + "|" + string(e.appendTo(nil))
-	if err := rdb.HSet(ctx, k.Leases, e.ID, rec).Err(); err != nil {
-		t.Fatal(err)
-	}
-	if err := rdb.ZAdd(ctx, k.Deadlines, redis.Z{Score: float64(deadline), Member: e.ID}).Err(); err != nil {
-		t.Fatal(err)
-	}
-	if err := rdb.Do(ctx, "SET", LeaseKey(queue, token), e.ID, "PXAT", deadline).Err(); err != nil {
-		t.Fatal(err)
+	cmds, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, k.Leases, e.ID, token+"|"+string(e.appendTo(nil)))
+		p.ZAdd(ctx, k.Deadlines, redis.Z{Score: float64(deadline), Member: e.ID})
+		p.Do(ctx, "SET", LeaseKey(queue, token), e.ID, "PXAT", deadline)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("writing format-1 lease %s: %v (%v)", e.ID, err, cmds)
 	}
 }
 
