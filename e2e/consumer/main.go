@@ -117,9 +117,39 @@ func run(o options) error {
 	if o.consume {
 		return c.consume(ctx)
 	}
+	if o.staleAck {
+		return c.staleAcks(ctx)
+	}
 	var wg sync.WaitGroup
 	for range o.workers {
 		wg.Go(func() { c.worker(ctx) })
+	}
+	wg.Wait()
+	fmt.Println("bye")
+	return nil
+}
+
+// staleAcks takes one message per worker in calls that follow each other,
+// before any lease can run out (a worker that started late would take a
+// message another had let expire), then has each worker wait for its
+// message's redelivery and ack with the old lease.
+func (c *consumer) staleAcks(ctx context.Context) error {
+	sctx := context.WithoutCancel(ctx)
+	var ls []*lease.Lease
+	for len(ls) < c.o.workers {
+		got, err := c.lc.TakeBatch(ctx, c.o.queue, c.o.workers-len(ls), &lease.TakeOpts{Wait: time.Second, LeaseFor: c.o.leaseFor})
+		if errors.Is(err, lease.ErrNoMessage) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("take: %w", err)
+		}
+		ls = append(ls, got...)
+	}
+	var wg sync.WaitGroup
+	for _, l := range ls {
+		h := journal.NewHandling(sctx, c.rdb, l)
+		wg.Go(func() { c.staleAck(sctx, l, h) })
 	}
 	wg.Wait()
 	fmt.Println("bye")
@@ -238,9 +268,6 @@ func (c *consumer) worker(ctx context.Context) {
 		switch {
 		case c.o.stall:
 			<-ctx.Done()
-			return
-		case c.o.staleAck:
-			c.staleAck(sctx, l, h)
 			return
 		case c.o.abandonEvery > 0 && n%c.o.abandonEvery == 0:
 			continue
