@@ -50,7 +50,8 @@ local function parse_env(s)
            expiries = e, failures = f, payload = string.sub(s, pos) }
 end
 
--- take_env checks an envelope for take (the caller has checked its mark),
+-- take_env checks an envelope for take, and finds the id of a lease record
+-- for release and peek (the caller has checked its mark),
 -- accepting exactly what parse_env accepts, for a fraction of the cost:
 -- every library call and every number converted or printed costs about as
 -- much as a cheap Redis command. Returns the id, lease_ms as a string and
@@ -243,11 +244,12 @@ local function expire_refused(k_ready, k_held, k_due, k_leases, k_deadlines, k_d
 end
 
 -- lease_arg splits a lease argument, token or token "|" id (the caller
--- wants the id checked too), into token and id (nil without).
+-- wants the id checked too), into token and id (nil without). A token is
+-- exactly 16 bytes: a longer argument is read as token "|" id, as
+-- ack_leases and extend read it.
 local function lease_arg(s)
-  local tok, id = string.match(s, '^([^|]*)|(.*)$')
-  if tok then return tok, id end
-  return s, nil
+  if #s == 16 then return s, nil end
+  return string.sub(s, 1, 16), string.sub(s, 18)
 end
 
 -- release_refused checks the commands release runs after its first write
