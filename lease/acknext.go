@@ -233,9 +233,8 @@ func (c *Client) takeRest(ctx context.Context, queue string, r takeResult, n int
 	if err != nil {
 		return taken
 	}
-	// A lease of the first run that ran out meanwhile was requeued and
-	// taken again: keep only the newer lease.
-	return append(dropSuperseded(taken, more), more...)
+	// every lease made is handed over (see takeOnce)
+	return append(taken, more...)
 }
 
 // joinErrs is err, with ackErr joined to it when there is one.

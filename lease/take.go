@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -180,8 +179,16 @@ func (c *Client) takeOnce(ctx context.Context, queue string, k Keys, n int, leas
 			}
 			return nil, time.Time{}, false, err
 		}
-		ls = append(dropSuperseded(ls, r.leases), r.leases...)
-		if len(r.leases) < ask || r.remaining == 0 || len(ls) == n {
+		// Every lease a run made is handed over, even one of an id an
+		// earlier run returned too: two copies of a message are two
+		// leases, and a lease of the first run that ran out before a
+		// later run took its message again holds nothing (its ack
+		// reports ErrNotHeld), which the client cannot tell apart from a
+		// copy without asking Redis.
+		ls = append(ls, r.leases...)
+		// (remaining is -1 when the run was not asked to report: it then
+		// had a slot for everything left to take)
+		if len(r.leases) < ask || r.remaining <= 0 || len(ls) >= n {
 			note(est, r, ask)
 			return ls, r.nextDelayed, r.paused, nil
 		}
@@ -233,19 +240,6 @@ func (c *Client) estimate(queue string) *atomic.Int64 {
 	est.Store(MaxBatch)
 	v, _ := c.found.LoadOrStore(queue, est)
 	return v.(*atomic.Int64)
-}
-
-// dropSuperseded is ls without the leases that ran out while they were
-// taken, were requeued and are in newer, taken again: a lease of the same
-// message with a later attempt. (Two leases of one id and the same attempt
-// are two copies of a message, both held.)
-func dropSuperseded(ls, newer []*Lease) []*Lease {
-	if len(ls) == 0 {
-		return ls
-	}
-	return slices.DeleteFunc(ls, func(l *Lease) bool {
-		return slices.ContainsFunc(newer, func(m *Lease) bool { return m.ID == l.ID && m.Attempt > l.Attempt })
-	})
 }
 
 // takeResult is one run of take.lua.

@@ -324,26 +324,29 @@ local function ack_leases(k_held, k_due, k_counts, b, sk, a, out, o)
   for j = 1, a do
     local arg = ARGV[b + j]
     local token, st = arg, 1
-    if #arg ~= 16 then
-      token = string.sub(arg, 1, 16)
-      local rec = redis.call('HGET', k_held, token)
-      if not rec then
-        st = 0
-      elseif other_message(rec, arg) then
-        st = -1
-      end
-    end
-    if st == 1 then
-      if redis.call('HDEL', k_held, token) == 1 then
-        n = n + 1
-        if seen then
-          seen[token] = true
-          toks[n], shadows[n] = token, KEYS[sk + j]
-        else
-          t1, s1 = token, KEYS[sk + j]
+    if #arg ~= 16 then token = string.sub(arg, 1, 16) end
+    -- a lease this call acked already reports 1 again, however named
+    if not (seen and seen[token]) then
+      if #arg ~= 16 then
+        local rec = redis.call('HGET', k_held, token)
+        if not rec then
+          st = 0
+        elseif other_message(rec, arg) then
+          st = -1
         end
-      elseif not (seen and seen[token]) then
-        st = 0
+      end
+      if st == 1 then
+        if redis.call('HDEL', k_held, token) == 1 then
+          n = n + 1
+          if seen then
+            seen[token] = true
+            toks[n], shadows[n] = token, KEYS[sk + j]
+          else
+            t1, s1 = token, KEYS[sk + j]
+          end
+        else
+          st = 0
+        end
       end
     end
     out[o + j] = st
