@@ -8,13 +8,11 @@
 -- another message (only with an id; nothing changed).
 -- A lease whose deadline has passed but that nobody has requeued yet is
 -- still held, and can be extended.
-local arg = ARGV[1]
-local token = arg
-if #arg ~= 16 then
-  token = string.sub(arg, 1, 16)
+local token, id = lease_arg(ARGV[1])
+if id then
   local rec = redis.call('HGET', KEYS[1], token)
   if not rec then return 0 end
-  if other_message(rec, arg) then return -1 end
+  if other_message(rec, id) then return -1 end
 elseif redis.call('HEXISTS', KEYS[1], token) == 0 then
   return 0
 end

@@ -71,11 +71,10 @@ local function take_env(s)
   return id, l, pp
 end
 
--- build_env prints m as an envelope, after prefix if one is given (a lease
--- record's "token|"), in one concatenation: Lua hashes every byte of every
--- string it makes, so each extra payload-sized string costs.
-local function build_env(m, prefix)
-  return (prefix or '') .. MARK .. m.id .. '|' .. m.attempts .. '|' .. m.max .. '|' .. m.lease .. '|' ..
+-- build_env prints m as an envelope in one concatenation: Lua hashes every
+-- byte of every string it makes, so each extra payload-sized string costs.
+local function build_env(m)
+  return MARK .. m.id .. '|' .. m.attempts .. '|' .. m.max .. '|' .. m.lease .. '|' ..
     m.expiries .. '|' .. m.failures .. '|' .. m.payload
 end
 
@@ -245,8 +244,8 @@ end
 
 -- lease_arg splits a lease argument, token or token "|" id (the caller
 -- wants the id checked too), into token and id (nil without). A token is
--- exactly 16 bytes: a longer argument is read as token "|" id, as
--- ack_leases and extend read it.
+-- exactly 16 bytes: a longer argument is read as token "|" id. Every
+-- script that names leases reads its arguments with it.
 local function lease_arg(s)
   if #s == 16 then return s, nil end
   return string.sub(s, 1, 16), string.sub(s, 18)
@@ -297,12 +296,11 @@ local function ack_refused(k_held, k_due, k_counts, k_shadow, a)
     a > 1 and 'HDEL' or nil, k_held, a > 1 and 'HGET' or nil, k_held)
 end
 
--- other_message is true when arg, a lease argument of the form token "|" id
--- (a token is 16 bytes), names another message than rec, the lease record
--- its token holds: the record's id is the bytes after MARK up to "|".
--- Only strings of the id's size are made, never of the payload's.
-local function other_message(rec, arg)
-  return string.sub(rec, 1, MARKLEN + #arg - 16) ~= MARK .. string.sub(arg, 18) .. '|'
+-- other_message is true when rec, the lease record a token holds, is not
+-- of message id: the record's id is the bytes after MARK up to "|". Only
+-- strings of the id's size are made, never of the payload's.
+local function other_message(rec, id)
+  return string.sub(rec, 1, MARKLEN + #id + 1) ~= MARK .. id .. '|'
 end
 
 -- ack_leases ends the leases given by ARGV[b + j] (token, or token "|" id
@@ -322,16 +320,15 @@ local function ack_leases(k_held, k_due, k_counts, b, sk, a, out, o)
   local t1, s1, toks, shadows, seen, n = nil, nil, nil, nil, nil, 0
   if a > 1 then toks, shadows, seen = {}, {}, {} end
   for j = 1, a do
-    local arg = ARGV[b + j]
-    local token, st = arg, 1
-    if #arg ~= 16 then token = string.sub(arg, 1, 16) end
+    local token, id = lease_arg(ARGV[b + j])
+    local st = 1
     -- a lease this call acked already reports 1 again, however named
     if not (seen and seen[token]) then
-      if #arg ~= 16 then
+      if id then
         local rec = redis.call('HGET', k_held, token)
         if not rec then
           st = 0
-        elseif other_message(rec, arg) then
+        elseif other_message(rec, id) then
           st = -1
         end
       end
