@@ -17,14 +17,7 @@ func TestTakeBatchKeepsTwoCopiesOfAnID(t *testing.T) {
 	b := setup(t, nil)
 	ctx := t.Context()
 	const q = "copies"
-	k := KeysFor(q)
-	// an empty take notes the queue as empty: the next asks for 1 slot
-	b.noMessage(t, q)
-	fresh := (&envelope{ID: "dup", Attempts: 0, Payload: []byte("a")}).appendTo(nil)
-	nacked := (&envelope{ID: "dup", Attempts: 2, Failures: 2, Payload: []byte("b")}).appendTo(nil)
-	if err := b.rdb.RPush(ctx, k.Ready, fresh, nacked).Err(); err != nil {
-		t.Fatal(err)
-	}
+	pushCopies(t, b, q)
 	var ls []*Lease
 	var err error
 	func() {
@@ -38,13 +31,7 @@ func TestTakeBatchKeepsTwoCopiesOfAnID(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	held, err := b.rdb.HLen(ctx, k.Held).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(ls) != int(held) {
-		t.Errorf("TakeBatch returned %d leases (%v), but %d are held in Redis: a lease was dropped by the client", len(ls), ids(ls), held)
-	}
+	allHanded(t, b, q, "TakeBatch", ls)
 }
 
 // TestAckAndTakeBatchKeepsTwoCopiesOfAnID: the same through
@@ -55,24 +42,38 @@ func TestAckAndTakeBatchKeepsTwoCopiesOfAnID(t *testing.T) {
 	b := setup(t, nil)
 	ctx := t.Context()
 	const q = "copies2"
-	k := KeysFor(q)
 	b.push(t, q, "first", nil)
 	done := b.take(t, q, nil)
-	b.noMessage(t, q)
-	fresh := (&envelope{ID: "dup", Attempts: 0, Payload: []byte("a")}).appendTo(nil)
-	nacked := (&envelope{ID: "dup", Attempts: 2, Failures: 2, Payload: []byte("b")}).appendTo(nil)
-	if err := b.rdb.RPush(ctx, k.Ready, fresh, nacked).Err(); err != nil {
-		t.Fatal(err)
-	}
+	pushCopies(t, b, q)
 	ls, err := b.c.AckAndTakeBatch(ctx, q, []*Lease{done}, 2, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	held, err := b.rdb.HLen(ctx, k.Held).Result()
+	allHanded(t, b, q, "AckAndTakeBatch", ls)
+}
+
+// pushCopies notes q as empty with an empty take, so that the next take
+// asks for one slot and needs a second run for more, then pushes two
+// copies of id "dup": a fresh one and one nacked twice.
+func pushCopies(t *testing.T, b *testBundle, q string) {
+	t.Helper()
+	b.noMessage(t, q)
+	fresh := (&envelope{ID: "dup", Attempts: 0, Payload: []byte("a")}).appendTo(nil)
+	nacked := (&envelope{ID: "dup", Attempts: 2, Failures: 2, Payload: []byte("b")}).appendTo(nil)
+	if err := b.rdb.RPush(t.Context(), KeysFor(q).Ready, fresh, nacked).Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// allHanded fails the test unless op handed over as many leases, ls, as
+// q has held in Redis.
+func allHanded(t *testing.T, b *testBundle, q, op string, ls []*Lease) {
+	t.Helper()
+	held, err := b.rdb.HLen(t.Context(), KeysFor(q).Held).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(ls) != int(held) {
-		t.Errorf("AckAndTakeBatch returned %d leases (%v), but %d are held in Redis: a lease was dropped by the client", len(ls), ids(ls), held)
+		t.Errorf("%s returned %d leases (%v), but %d are held in Redis: a lease was dropped by the client", op, len(ls), ids(ls), held)
 	}
 }
