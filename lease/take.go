@@ -49,7 +49,11 @@ func (c *Client) Take(ctx context.Context, queue string, opts *TakeOpts) (*Lease
 // an empty result with a nil error means none came. Usually one script
 // call: each call sends a token, an id and a key per message it may lease,
 // so a call asks for about twice what the queue held at its last take, and
-// TakeBatch calls again when that filled up and more are ready.
+// TakeBatch calls again when that filled up and more are ready. Every
+// lease a call makes is returned: two leases of one id are two copies of
+// a message a producer pushed twice, or, with a lease shorter than the
+// time between two of those calls, a lease that ran out and was taken
+// again, whose Ack then reports ErrNotHeld.
 func (c *Client) TakeBatch(ctx context.Context, queue string, n int, opts *TakeOpts) ([]*Lease, error) {
 	if err := ValidateQueue(queue); err != nil {
 		return nil, err
