@@ -21,7 +21,7 @@ func TestTinyRun(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "report.md")
 	var stderr bytes.Buffer
 	args := []string{"-quick", "-n", "1000", "-consumers", "1,8", "-only", "concurrent,throughput,latency,memory",
-		"-variants", "list,streams,streams-batch,ackd,ackd-ackandtake,ackd-batch,ackd-consume", "-o", out}
+		"-variants", strings.Join(concKeys, ","), "-o", out}
 	if err := run(ctx, args, os.Stdout, &stderr); err != nil {
 		t.Fatalf("ackbench %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
 	}
