@@ -1,6 +1,7 @@
 package lease
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"strconv"
@@ -1034,6 +1035,72 @@ func TestWakeChannel(t *testing.T) {
 	if got, want := next(), "delayed|"+itoaMS(time.UnixMilli(due))+"|"+q; got != want {
 		t.Errorf("wake after nack = %q, want %q", got, want)
 	}
+}
+
+// TestWakeOnEarliestTake covers each way a take decides whether its
+// earliest new deadline comes before every deadline in the set: leases of
+// the client's default length, of the take's, and of the message's own,
+// shorter and longer than the default, with a deadline already in the set
+// before, between or after them. A take that must not wake is followed by
+// one that must, whose message has to be the next one on the channel.
+func TestWakeOnEarliestTake(t *testing.T) {
+	t.Parallel()
+	b := setup(t, &Config{LeaseFor: 2 * time.Hour})
+	ctx := t.Context()
+
+	ps := b.rdb.Subscribe(ctx, WakeChannel)
+	defer ps.Close()
+	if _, err := ps.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expectWake := func(q string, l *Lease) {
+		t.Helper()
+		// bounded, so that a wake that never comes fails the test
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		m, err := ps.ReceiveMessage(rctx)
+		if err != nil {
+			t.Fatalf("no wake for the lease of %s with deadline %s: %v", q, itoaMS(l.Deadline()), err)
+		}
+		if want := "lease|" + itoaMS(l.Deadline()) + "|" + q; m.Payload != want {
+			t.Fatalf("wake = %q, want %q", m.Payload, want)
+		}
+	}
+	// take leases one message pushed with its own lease (0: none) for
+	// LeaseFor (0: no override).
+	take := func(q string, own, leaseFor time.Duration) *Lease {
+		t.Helper()
+		b.push(t, q, "m", &PushOpts{LeaseFor: own})
+		return b.take(t, q, &TakeOpts{LeaseFor: leaseFor})
+	}
+
+	// The default length: the first lease wakes, a second of the same
+	// length does not, a shorter one by the take does.
+	q := "wake-default"
+	expectWake(q, take(q, 0, 0))
+	take(q, 0, 0)
+	expectWake(q, take(q, 0, time.Hour))
+
+	// A message's own lease shorter than the default, with the set's
+	// earliest deadline between the two: it wakes.
+	q = "wake-own-shorter"
+	expectWake(q, take(q, 0, time.Hour))
+	expectWake(q, take(q, time.Minute, 0))
+	// ... and not when the set's earliest comes before it.
+	take(q, 30*time.Minute, 0)
+	expectWake(q, take(q, 0, time.Second))
+
+	// A message's own lease longer than the default, with the set's
+	// earliest deadline between the two: no wake. With none in the set
+	// at or before it: a wake.
+	q = "wake-own-longer"
+	expectWake(q, take(q, 0, 150*time.Minute))
+	take(q, 3*time.Hour, 0)
+	expectWake(q, take(q, 0, time.Minute))
+	q = "wake-own-longer-first"
+	expectWake(q, take(q, 3*time.Hour, 0))
+	take(q, 4*time.Hour, 0)
+	expectWake(q, take(q, 0, time.Minute))
 }
 
 func itoaMS(t time.Time) string { return strconv.FormatInt(t.UnixMilli(), 10) }
