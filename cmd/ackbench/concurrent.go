@@ -12,7 +12,7 @@ import (
 )
 
 // concKeys are the systems of the concurrent section, in table order.
-var concKeys = []string{"list", "streams", "streams-batch", "ackd", "ackd-ackandtake", "ackd-batch", "ackd-consume", "ackd-floor", "ackd-floor2"}
+var concKeys = []string{"list", "streams", "streams-batch", "ackd", "ackd-ackandtake", "ackd-batch", "ackd-consume", "ackd-floor", "ackd-floor2", "ackd-floor3"}
 
 const (
 	concRounds = 2
@@ -229,9 +229,10 @@ func (b *bench) concurrent(ctx context.Context) error {
 		"Consumers: BLPOP (no ack); XREADGROUP BLOCK COUNT 1 or 100 + XACK; ackd `Take` + `Ack`; `AckAndTake` with a wait (each call "+
 		"acks the message the call before took and takes the next in one round trip; a consumer that holds none takes with `Take`); "+
 		"`TakeBatch(100)` + `AckBatch`; "+
-		"`Consume` with Workers = C and a handler that returns at once (Consume acks it); and two floors, the least a pair of "+
-		"scripts can do to lease and ack a message, with no checks at all: one on ackd's layout (record in a hash, deadline in a "+
-		"ZSET, shadow key), one with the record in the ZSET member and no hash (see cmd/ackbench/floor.go). msgs/s is from the start of the "+
+		"`Consume` with Workers = C and a handler that returns at once (Consume acks it); and three floors, the least a take and an ack "+
+		"can do to lease and ack a message, with no checks at all: one on ackd's layout (record in a hash, deadline in a "+
+		"ZSET, shadow key), one with the record in the ZSET member and no hash, and one on ackd's layout whose ack is a MULTI/EXEC of HDEL, ZREM and DEL "+
+		"in place of a script (see cmd/ackbench/floor.go). msgs/s is from the start of the "+
 		"producers to the last ack (for Consume: the last handler's return). A system whose producers have not pushed "+
 		"their share of a round within %v stop there; the consumers take what was pushed and the figures are over those "+
 		"messages (marked † after msgs/s). Redis CPU (INFO cpu, user + sys), Redis commands "+

@@ -22,6 +22,9 @@ import (
 //   - floor2_take and floor2_ack keep no hash: the due set's member is the
 //     token followed by the element, so a take writes two places and an
 //     ack, which sends the record back, deletes two.
+//   - floor_take with an ack that is no script at all: HDEL, ZREM and DEL
+//     of the lease in one MULTI/EXEC, the cheapest atomic ack Redis has
+//     (ackd's rule of one script per state change set aside).
 //
 // No checks (ACL, types, sizes, fencing by message id, resent calls), no
 // envelope, no counts, no wake, the deadline from the client's clock:
@@ -59,17 +62,19 @@ redis.register_function('floor2_ack', function(KEYS, ARGV)
 end)
 `
 
-// buildFloor measures floor_take and floor_ack; buildFloor2 floor2_take
-// and floor2_ack (see floorLib).
-func buildFloor(b *bench, _ *lease.Client) tputImpl { return floorImpl(b, false) }
+// buildFloor measures floor_take and floor_ack, buildFloor2 floor2_take
+// and floor2_ack, buildFloor3 floor_take and the MULTI ack (see floorLib).
+func buildFloor(b *bench, _ *lease.Client) tputImpl { return floorImpl(b, false, false) }
 
-func buildFloor2(b *bench, _ *lease.Client) tputImpl { return floorImpl(b, true) }
+func buildFloor2(b *bench, _ *lease.Client) tputImpl { return floorImpl(b, true, false) }
+
+func buildFloor3(b *bench, _ *lease.Client) tputImpl { return floorImpl(b, false, true) }
 
 // floorImpl waits as ackd's Take does with a pipelining client: after a
 // take found the queue empty, the next take is BLMOVE onto the claim list
 // and the take in one pipeline, so an idle consumer costs one round trip
 // per wait.
-func floorImpl(b *bench, noHash bool) tputImpl {
+func floorImpl(b *bench, noHash, multiAck bool) tputImpl {
 	k := lease.KeysFor("q")
 	takeFn, ackFn := "floor_take", "floor_ack"
 	if noHash {
@@ -124,6 +129,15 @@ func floorImpl(b *bench, noHash bool) tputImpl {
 			}
 			if got != nil {
 				got(head(elem))
+			}
+			if multiAck {
+				_, err := b.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+					p.HDel(ctx, k.Held, tok)
+					p.ZRem(ctx, k.Due, tok)
+					p.Del(ctx, lease.LeaseKey("q", tok))
+					return nil
+				})
+				return 1, err
 			}
 			if noHash {
 				return 1, b.rdb.FCall(ctx, ackFn, []string{k.Due, lease.LeaseKey("q", tok)}, tok+elem).Err()

@@ -75,7 +75,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.ackdBin, "ackd", "", "ackd binary for the redelivery and idle sections (default: go build ./cmd/ackd)")
 	fs.StringVar(&o.out, "o", "", "write the report to this file instead of standard output")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of ackbench itself (the client side) to this file")
-	variants := fs.String("variants", "", "throughput and concurrent: only these systems, comma-separated keys (list, reliable, streams, ackd, ackd-ackandtake, ackd-consume, streams-batch, ackd-batch, ackd-daemon, ackd-floor, ackd-floor2), for investigations")
+	variants := fs.String("variants", "", "throughput and concurrent: only these systems, comma-separated keys (list, reliable, streams, ackd, ackd-ackandtake, ackd-consume, streams-batch, ackd-batch, ackd-daemon, ackd-floor, ackd-floor2, ackd-floor3), for investigations")
 	prefetch := fs.String("prefetch", "", "throughput and concurrent: ConsumeOpts.Prefetch values, comma-separated (negative: off); each adds a Consume variant ackd-consume-pN beside ackd-consume (the default)")
 	if err := fs.Parse(args); err != nil {
 		return o, err

@@ -72,6 +72,7 @@ var tputVariants = []tputVariant{
 	{key: "ackd-batch", name: "ackd batched (TakeBatch 100 + AckBatch)", mode: "batch", batch: tputBatch, build: buildAckd(tputBatch)},
 	{key: "ackd-floor", name: "floor: least scripts on ackd's layout", mode: "single", batch: 1, build: buildFloor},
 	{key: "ackd-floor2", name: "floor: least scripts, record in the due set", mode: "single", batch: 1, build: buildFloor2},
+	{key: "ackd-floor3", name: "floor: least take script, ack by MULTI", mode: "single", batch: 1, build: buildFloor3},
 	{key: "ackd-daemon", name: "ackd Take+Ack, daemon running", mode: "single", batch: 1, build: buildAckd(1), daemon: true},
 }
 
@@ -651,7 +652,7 @@ func (b *bench) throughput(ctx context.Context) error {
 		"\"msgs/take\" is the mean number of messages a successful take returned. Every round starts from FLUSHALL. "+
 		"Streams entries stay in the stream after XACK (until trimmed or deleted); ackd and the lists delete on ack/pop. "+
 		"\"daemon running\" runs the real ackd against the server meanwhile (subscribed to the wake channel and keyspace "+
-		"events, as deployed). The two floors are described in section 1.\n\n",
+		"events, as deployed). The three floors are described in section 1.\n\n",
 		fmtNum(float64(tputMessages(b.opt.n, 100))), fmtNum(float64(tputMessages(b.opt.n, 10<<10))), rounds)
 	s.WriteString("Ratios compare msgs/s (higher is better) and Redis CPU per message (lower is better) within one table, " +
 		"so within one run against one server. ×Streams compares like with like: single with Streams single, batched " +
