@@ -33,6 +33,18 @@ func TestTinyRun(t *testing.T) {
 
 	conc := section(t, report, "## 1. ")
 	tables := subsections(conc)
+	// the last subsection is where Redis's time goes at 8 consumers: a
+	// total row for each system it lists
+	if n := len(tables); n > 0 && strings.HasPrefix(tables[n-1], "Where Redis's time goes") {
+		for _, k := range []string{"streams", "ackd", "ackd-batch", "ackd-consume", "ackd-floor"} {
+			if !strings.Contains(tables[n-1], "| "+variantByKey(k).name+" | **Redis CPU total** |") {
+				t.Errorf("concurrent breakdown: no total for %s:\n%s", k, tables[n-1])
+			}
+		}
+		tables = tables[:n-1]
+	} else {
+		t.Errorf("concurrent section: no breakdown of Redis's time last:\n%s", conc)
+	}
 	if len(tables) != 4 {
 		t.Fatalf("concurrent section: %d tables, want 4 (2 payloads × 2 consumer counts):\n%s", len(tables), conc)
 	}

@@ -721,7 +721,8 @@ func (b *bench) throughput(ctx context.Context) error {
 			s.WriteString("\n")
 		}
 	}
-	s.WriteString(b.tputBreakdown(all))
+	s.WriteString(tputBreakdown(all, "### Where Redis's time goes (100 B payload)", []int{1, 8},
+		[]string{"streams", "ackd", "ackd-ackandtake", "ackd-daemon", "ackd-consume", "streams-batch", "ackd-batch"}))
 	b.sections = append(b.sections, s.String())
 	b.tputTargets(all, sizes, consumerCounts)
 	return nil
@@ -802,16 +803,17 @@ func (b *bench) tputTargets(all map[string]tputResult, sizes, consumerCounts []i
 }
 
 // tputBreakdown shows where Redis spends its time per message, from INFO
-// commandstats, for the single and batched variants at 100 B.
-func (b *bench) tputBreakdown(all map[string]tputResult) string {
+// commandstats, for the systems keys at 100 B with each number of
+// consumers, under the heading title.
+func tputBreakdown(all map[string]tputResult, title string, consumers []int, keys []string) string {
 	var s strings.Builder
-	s.WriteString("### Where Redis's time goes (100 B payload)\n\n")
+	s.WriteString(title + "\n\n")
 	s.WriteString("Per message, from the INFO commandstats delta of each run. `usec` of FCALL (EVALSHA where functions are refused) includes the commands the script " +
 		"calls, which are also listed on their own (marked *in script*). \"Outside commands\" is Redis CPU minus the time inside " +
 		"top-level commands: reading, parsing and replying, the event loop and the system calls of each round trip.\n\n")
-	for _, c := range []int{1, 8} {
+	for _, c := range consumers {
 		var rows [][]string
-		for _, key := range []string{"streams", "ackd", "ackd-ackandtake", "ackd-daemon", "ackd-consume", "streams-batch", "ackd-batch"} {
+		for _, key := range keys {
 			r, ok := all[fmt.Sprintf("%s/%d/%d", key, 100, c)]
 			if !ok {
 				continue
@@ -819,7 +821,7 @@ func (b *bench) tputBreakdown(all map[string]tputResult) string {
 			fn := float64(r.n)
 			names := make([]string, 0, len(r.delta.cmds))
 			for k := range r.delta.cmds {
-				if k != "info" && k != "flushall" {
+				if k != "info" && k != "flushall" && k != "xinfo|groups" { // ackbench's own
 					names = append(names, k)
 				}
 			}
