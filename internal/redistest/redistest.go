@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -399,7 +400,9 @@ func (s *Server) cleanup(t testing.TB) {
 
 // WaitFor polls cond every ~2 ms until it returns true, and fails the test if
 // it has not by the time timeout has passed. msgAndArgs, if given, describe
-// the condition: a format string and its arguments.
+// the condition: a format string and its arguments, formatted when the test
+// fails, so that a pointer shows what cond saw last (a *string is printed
+// as the string it points to).
 func WaitFor(t testing.TB, timeout time.Duration, cond func() bool, msgAndArgs ...any) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
@@ -425,7 +428,13 @@ func describe(msgAndArgs []any) string {
 		return ""
 	}
 	if format, ok := msgAndArgs[0].(string); ok {
-		return ": " + fmt.Sprintf(format, msgAndArgs[1:]...)
+		args := slices.Clone(msgAndArgs[1:])
+		for i, a := range args {
+			if p, ok := a.(*string); ok && p != nil {
+				args[i] = *p
+			}
+		}
+		return ": " + fmt.Sprintf(format, args...)
 	}
 	return ": " + fmt.Sprint(msgAndArgs...)
 }

@@ -7,7 +7,9 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -317,6 +319,20 @@ func TestWaitFor(t *testing.T) {
 	})
 	if !ft.fatal || !strings.Contains(ft.msg, "never true") {
 		t.Fatalf("WaitFor on a false condition: fatal = %v, msg = %q", ft.fatal, ft.msg)
+	}
+
+	// A *string argument shows what the condition saw last.
+	ft = runFake(func(tb testing.TB) {
+		var last string
+		i := 0
+		WaitFor(tb, 20*time.Millisecond, func() bool {
+			i++
+			last = "look " + strconv.Itoa(i)
+			return false
+		}, "never (last: %s)", &last)
+	})
+	if !ft.fatal || !regexp.MustCompile(`never \(last: look [0-9]+\)$`).MatchString(ft.msg) {
+		t.Fatalf("WaitFor with a *string argument: fatal = %v, msg = %q", ft.fatal, ft.msg)
 	}
 }
 
