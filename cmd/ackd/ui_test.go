@@ -406,10 +406,17 @@ func TestUIRates(t *testing.T) {
 		} `json:"queues"`
 		SparkInterval float64 `json:"spark_interval_seconds"`
 	}
-	_, body := in.get(t, "/ui/api/overview")
-	if err := json.Unmarshal([]byte(body), &ov); err != nil || len(ov.Queues) != 1 {
-		t.Fatalf("overview: %v\n%s", err, body)
-	}
+	// The overview lists the queues the reaper has swept, which it may not
+	// have done yet: wait for the queue's row.
+	var body string
+	redistest.WaitFor(t, waitTimeout, func() bool {
+		ov.Queues = nil
+		_, body = in.get(t, "/ui/api/overview")
+		if err := json.Unmarshal([]byte(body), &ov); err != nil || len(ov.Queues) > 1 {
+			t.Fatalf("overview: %v\n%s", err, body)
+		}
+		return len(ov.Queues) == 1
+	}, "the overview to list %s (last: %s)", q, &body)
 	row := ov.Queues[0]
 	var sparkPushed int64
 	for _, n := range row.Spark.Pushed {
