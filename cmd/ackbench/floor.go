@@ -112,13 +112,7 @@ func floorImpl(b *bench, noHash, multiAck bool) tputImpl {
 		},
 		push:    listPush(b, k.Ready),
 		backlog: listBacklog(b, k.Ready),
-		check: func(ctx context.Context) error {
-			held, err := b.ctl.ZCard(ctx, k.Due).Result()
-			if err == nil && held != 0 {
-				err = fmt.Errorf("%d leases still held after the run", held)
-			}
-			return err
-		},
+		check:   noneHeld(func(ctx context.Context) (int64, error) { return b.ctl.ZCard(ctx, k.Due).Result() }),
 		consume: func(ctx context.Context, _ int, got func([]byte)) (int, error) {
 			elem, tok, err := take(ctx)
 			if errors.Is(err, redis.Nil) {

@@ -227,13 +227,7 @@ func buildAckd(count int) func(*bench, *lease.Client) tputImpl {
 				return err
 			},
 			backlog: listBacklog(b, k.Ready),
-			check: func(ctx context.Context) error {
-				n, err := b.ctl.HLen(ctx, k.Held).Result()
-				if err == nil && n != 0 {
-					err = fmt.Errorf("%d leases still held after the run", n)
-				}
-				return err
-			},
+			check:   noneHeld(func(ctx context.Context) (int64, error) { return b.ctl.HLen(ctx, k.Held).Result() }),
 			consume: func(ctx context.Context, _ int, got func([]byte)) (int, error) {
 				if count == 1 {
 					l, err := lc.Take(ctx, "q", opts)
@@ -260,6 +254,18 @@ func buildAckd(count int) func(*bench, *lease.Client) tputImpl {
 				return len(ls), lc.AckBatch(ctx, ls)
 			},
 		}
+	}
+}
+
+// noneHeld is a check that held, which counts the leases in flight, finds
+// none.
+func noneHeld(held func(context.Context) (int64, error)) func(context.Context) error {
+	return func(ctx context.Context) error {
+		n, err := held(ctx)
+		if err == nil && n != 0 {
+			err = fmt.Errorf("%d leases still held after the run", n)
+		}
+		return err
 	}
 }
 
