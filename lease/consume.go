@@ -33,6 +33,10 @@ const (
 	BackoffMaxDefault  = 5 * time.Minute
 	StopTimeoutDefault = 10 * time.Second
 	PrefetchDefault    = 8
+	// PrefetchGrowMax is how far the prefetch buffer of a Consume that
+	// leaves ConsumeOpts.Prefetch unset may grow while the queue holds
+	// more than its takes bring.
+	PrefetchGrowMax = 64
 )
 
 // ConsumeOpts configure Consume. A nil *ConsumeOpts means all defaults.
@@ -44,12 +48,21 @@ type ConsumeOpts struct {
 	// message at once, without a round trip, and the loop refills the
 	// buffer once half of it is gone, in one script run that also carries
 	// the acks waiting, so a busy consumer runs fewer, bigger takes.
-	// Defaults to PrefetchDefault (8) whatever Workers is; a negative
-	// value turns it off (Consume holds no more leases than it has
-	// workers); more than MaxBatch is an error. A process holds at most
-	// Workers + Prefetch leases: with several processes on a queue of a
-	// few messages and slow handlers, turn it down or off, so that a busy
-	// process does not sit on messages an idle one could run.
+	//
+	// Left at zero, the buffer adapts to the queue, whatever Workers is.
+	// It starts at PrefetchDefault (8) and doubles, up to PrefetchGrowMax
+	// (64), after each take that filled every slot while more messages
+	// were waiting, so a consumer that falls behind a busy queue catches
+	// up in bigger takes. It halves, back toward 8, after each take that
+	// found fewer than it asked for, and goes back to 8 when buffered
+	// leases wait too long (below). A value set is the buffer's fixed
+	// size; a negative value turns it off (Consume holds no more leases
+	// than it has workers); more than MaxBatch is an error. A process
+	// holds at most Workers + the buffer's size in leases, and the buffer
+	// grows past 8 only while the queue has a backlog: with several
+	// processes on a queue of a few messages and slow handlers, turn it
+	// down or off, so that a busy process does not sit on messages an
+	// idle one could run.
 	//
 	// A buffered lease runs while it waits, and its attempt counts. One
 	// that has waited a third of its lease (when its first extension
@@ -90,6 +103,12 @@ type ConsumeOpts struct {
 
 	// idleWait, if set, replaces idleWait (tests).
 	idleWait time.Duration
+	// prefetchMax, when not 0, is how far the buffer may grow from
+	// Prefetch (set when Prefetch is left unset).
+	prefetchMax int
+	// prefetchSized, if set, is told each new size of an adapting buffer,
+	// from the run loop (tests).
+	prefetchSized func(int)
 	// now, if set, replaces time.Now for the age of buffered leases
 	// (tests).
 	now func() time.Time
@@ -186,7 +205,7 @@ func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts *Con
 	}
 	switch {
 	case o.Prefetch == 0:
-		o.Prefetch = PrefetchDefault
+		o.Prefetch, o.prefetchMax = PrefetchDefault, PrefetchGrowMax
 	case o.Prefetch < 0:
 		o.Prefetch = 0
 	case o.Prefetch > MaxBatch:

@@ -14,7 +14,8 @@ import (
 //
 //   - a take: ackTake of the acks waiting (the handlers that returned nil)
 //     and of as many new messages as there are free workers plus room in
-//     the prefetch buffer (ConsumeOpts.Prefetch), in one round trip. With
+//     the prefetch buffer (ConsumeOpts.Prefetch; left unset, its size
+//     adapts to the queue), in one round trip. With
 //     every worker busy, a take refills the buffer once half of it is
 //     gone, or carries acks that have waited ackDelay; a worker that
 //     finishes takes the next lease from the buffer, without a round
@@ -65,6 +66,9 @@ type loopTake struct {
 	ackErrs []error
 	err     error
 	synced  bool // asked: sync the clock first; answered: synced
+	// remaining is what the take said was left on the ready list after
+	// it filled every slot (0 when it did not, -1 when not asked).
+	remaining int64
 	// What the take said of the queue, for the wait that may follow.
 	paused      bool
 	nextDelayed time.Time
@@ -89,9 +93,6 @@ func (r *consumeRun) run(ctx context.Context) error {
 
 	leaseLen := cmp.Or(r.o.LeaseFor, r.c.cfg.LeaseFor)
 	ackDelay := min(ackDelayMax, leaseLen/10)
-	// A refill waits until half the buffer is free, so that it carries
-	// that many acks and messages in one run.
-	refillAt := max(r.o.Prefetch/2, 1)
 
 	var (
 		free      = r.o.Workers
@@ -118,8 +119,11 @@ func (r *consumeRun) run(ctx context.Context) error {
 		waitPrev loopTake
 
 		// The prefetch buffer: leases taken ahead of a free worker, in
-		// the order taken. Whenever a worker is free, it is empty.
+		// the order taken. Whenever a worker is free, it is empty. It
+		// holds up to pf: Prefetch, or, when it adapts (prefetchMax),
+		// between Prefetch and prefetchMax (see took).
 		buf       []buffered
+		pf        = r.o.Prefetch
 		dry       bool        // the last take found fewer than it asked for
 		slowUntil time.Time   // no prefetch until then (r.o.now's clock)
 		ageTimer  *time.Timer // fires when the first buffered lease comes of age
@@ -141,12 +145,18 @@ func (r *consumeRun) run(ctx context.Context) error {
 		ageC = nil
 	}
 	defer stopAge()
+	setPF := func(n int) {
+		if n != pf && r.o.prefetchSized != nil {
+			r.o.prefetchSized(n)
+		}
+		pf = n
+	}
 	// room is how many more leases the buffer may take.
 	room := func() int {
-		if r.o.Prefetch == 0 || r.o.now().Before(slowUntil) {
+		if pf == 0 || r.o.now().Before(slowUntil) {
 			return 0
 		}
-		return max(r.o.Prefetch-len(buf), 0)
+		return max(pf-len(buf), 0)
 	}
 	// dropBuffer releases what the buffer holds, if keep is nil, or the
 	// leases keep does not keep.
@@ -220,6 +230,16 @@ func (r *consumeRun) run(ctx context.Context) error {
 			dropBuffer("prefetched leases of a paused queue", nil)
 		}
 		dry = len(res.taken) < res.asked
+		if r.o.prefetchMax > 0 && res.asked > 0 {
+			// An adapting buffer grows while takes leave messages
+			// waiting, and shrinks while they find fewer than asked.
+			switch {
+			case dry:
+				setPF(max(pf/2, r.o.Prefetch))
+			case res.remaining > 0:
+				setPF(min(2*pf, r.o.prefetchMax))
+			}
+		}
 		if dry && !res.paused && r.c.rdb.pipelineBlock > 0 {
 			waitNext, waitPrev = true, loopTake{nextDelayed: res.nextDelayed}
 		}
@@ -242,8 +262,10 @@ func (r *consumeRun) run(ctx context.Context) error {
 				res.synced = r.syncClock(ctx)
 			}
 			var t takeResult
-			t, res.ackErrs, res.err = r.c.ackTakeRun(bg, r.queue, res.done, res.asked, r.o.LeaseFor)
-			res.taken, res.paused, res.nextDelayed = t.leases, t.paused, t.nextDelayed
+			// An adapting buffer needs to know whether a take that
+			// filled every slot left more waiting.
+			t, res.ackErrs, res.err = r.c.ackTakeReport(bg, r.queue, res.done, res.asked, r.o.LeaseFor, r.o.prefetchMax > 0)
+			res.taken, res.paused, res.nextDelayed, res.remaining = t.leases, t.paused, t.nextDelayed, t.remaining
 			takeDone <- res
 		}
 	}()
@@ -260,13 +282,14 @@ func (r *consumeRun) run(ctx context.Context) error {
 		if !stopping && !taking && !idling && pause == nil {
 			// A take fills the free workers and the buffer; with every
 			// worker busy, it refills the buffer once half of it is
-			// gone (unless the last take found the queue dry), or
+			// gone (unless the last take found the queue dry), so that
+			// the run carries that many acks and messages, or it
 			// carries acks that have waited long enough.
 			n := 0
 			switch rm := room(); {
 			case free > 0:
 				n = free + rm
-			case rm > 0 && (rm >= refillAt && !dry || overdue):
+			case rm > 0 && (rm >= max(pf/2, 1) && !dry || overdue):
 				n = rm
 			}
 			sync := time.Since(lastSync) > time.Minute
@@ -368,8 +391,10 @@ func (r *consumeRun) run(ctx context.Context) error {
 			})
 			if n > 0 {
 				// The handlers are too slow for a buffer to help:
-				// prefetch nothing for a lease length.
+				// prefetch nothing for a lease length, and start again
+				// from the smallest buffer.
 				slowUntil = now.Add(r.leaseLen(first))
+				setPF(r.o.Prefetch)
 			}
 		case <-cancelled:
 			stopping, cancelled = true, nil

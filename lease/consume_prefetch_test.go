@@ -3,6 +3,7 @@ package lease
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -169,4 +170,156 @@ func waitReady(t *testing.T, b *testBundle, queue string, n int64) {
 		got, err := b.rdb.LLen(t.Context(), KeysFor(queue).Ready).Result()
 		return err == nil && got == n
 	}, fmt.Sprintf("ready list of %d", n))
+}
+
+// adaptRun is a Consume with one worker, whose handlers wait for gate to
+// close, on a queue of n messages, with the prefetch buffer adapting
+// (Prefetch left unset): sizes gets each new size of the buffer.
+type adaptRun struct {
+	gate    chan struct{}
+	sizes   chan int
+	handled atomic.Int64
+	all     chan struct{} // closed when n messages were handled
+}
+
+func startAdapt(t *testing.T, b *testBundle, q string, n int, opts ConsumeOpts) *adaptRun {
+	t.Helper()
+	payloads := make([][]byte, n)
+	for i := range payloads {
+		payloads[i] = []byte("m" + strconv.Itoa(i))
+	}
+	if _, err := b.c.PushBatch(t.Context(), q, payloads, nil); err != nil {
+		t.Fatal(err)
+	}
+	a := &adaptRun{gate: make(chan struct{}), sizes: make(chan int, 1000), all: make(chan struct{})}
+	opts.Workers, opts.LeaseFor = 1, time.Hour
+	opts.prefetchSized = func(k int) { a.sizes <- k }
+	startConsume(t, b.c, q, func(context.Context, *Lease) error {
+		<-a.gate
+		if a.handled.Add(1) == int64(n) {
+			close(a.all)
+		}
+		return nil
+	}, &opts)
+	return a
+}
+
+// nextSize is the buffer's next new size.
+func (a *adaptRun) nextSize(t *testing.T) int {
+	t.Helper()
+	select {
+	case k := <-a.sizes:
+		if k < PrefetchDefault || k > PrefetchGrowMax {
+			t.Fatalf("prefetch buffer of %d, want %d to %d", k, PrefetchDefault, PrefetchGrowMax)
+		}
+		return k
+	case <-time.After(30 * time.Second):
+		t.Fatal("the prefetch buffer does not change size")
+		return 0
+	}
+}
+
+// growToMax checks that the buffer of a, its one worker busy, doubles
+// from 8 to 64 while the queue holds more, and that Consume then holds 65
+// leases: one running, 64 buffered.
+func (a *adaptRun) growToMax(t *testing.T, b *testBundle, q string) {
+	t.Helper()
+	for _, want := range []int{16, 32, 64} {
+		if got := a.nextSize(t); got != want {
+			t.Fatalf("prefetch buffer grew to %d, want %d", got, want)
+		}
+	}
+	held := KeysFor(q).Held
+	var n int64
+	redistest.WaitFor(t, 30*time.Second, func() bool {
+		var err error
+		n, err = b.rdb.HLen(t.Context(), held).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n == 1+PrefetchGrowMax
+	}, "Consume to hold %d leases (last: %d)", 1+PrefetchGrowMax, &n)
+}
+
+// TestConsumePrefetchAdapts: with Prefetch left unset, the buffer of a
+// consumer behind a busy queue doubles up to PrefetchGrowMax, never past
+// it, and halves back to PrefetchDefault once takes find the queue dry.
+func TestConsumePrefetchAdapts(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	const q = "prefetchadapt"
+	a := startAdapt(t, b, q, 300, ConsumeOpts{idleWait: 10 * time.Millisecond})
+	a.growToMax(t, b, q)
+
+	close(a.gate)
+	select {
+	case <-a.all:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%d of 300 handled", a.handled.Load())
+	}
+	// Takes that find the queue dry halve the buffer, back to 8 (a take
+	// that filled every slot with more waiting may double it between).
+	for a.nextSize(t) != PrefetchDefault {
+	}
+	redistest.WaitFor(t, 30*time.Second, func() bool {
+		st := checkInvariants(t, b.rdb, q)
+		return len(st.InFlight) == 0 && len(st.Ready) == 0
+	}, "every message acked")
+}
+
+// TestConsumePrefetchAdaptResets: buffered leases released for waiting a
+// third of their lease (the handlers are too slow for a buffer) take an
+// adapting buffer back to PrefetchDefault at once.
+func TestConsumePrefetchAdaptResets(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	const q = "prefetchreset"
+	var skew atomic.Int64
+	check := make(chan time.Time)
+	a := startAdapt(t, b, q, 100, ConsumeOpts{
+		now:         func() time.Time { return time.Now().Add(time.Duration(skew.Load())) },
+		bufferCheck: check,
+	})
+	a.growToMax(t, b, q)
+
+	skew.Store(int64(time.Hour / 3))
+	sendCheck(t, check)
+	if got := a.nextSize(t); got != PrefetchDefault {
+		t.Fatalf("after buffered leases aged out: buffer of %d, want %d", got, PrefetchDefault)
+	}
+	st := checkInvariants(t, b.rdb, q)
+	if len(st.InFlight) != 1 || len(st.Ready) != 99 {
+		t.Fatalf("after buffered leases aged out: %d in flight, %d ready; want 1 and 99", len(st.InFlight), len(st.Ready))
+	}
+	close(a.gate)
+}
+
+// TestConsumePrefetchSetIsFixed: a Prefetch that is set is the buffer's
+// size: it neither grows nor shrinks.
+func TestConsumePrefetchSetIsFixed(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	const q = "prefetchfixed"
+	a := startAdapt(t, b, q, 50, ConsumeOpts{Prefetch: PrefetchDefault, idleWait: 10 * time.Millisecond})
+	held := KeysFor(q).Held
+	var n int64
+	redistest.WaitFor(t, 30*time.Second, func() bool {
+		var err error
+		n, err = b.rdb.HLen(t.Context(), held).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n == 1+PrefetchDefault
+	}, "Consume to hold %d leases (last: %d)", 1+PrefetchDefault, &n)
+	close(a.gate)
+	select {
+	case <-a.all:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%d of 50 handled", a.handled.Load())
+	}
+	select {
+	case k := <-a.sizes:
+		t.Fatalf("a Prefetch set changed size to %d", k)
+	default:
+	}
 }
