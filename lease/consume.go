@@ -52,8 +52,9 @@ type ConsumeOpts struct {
 	// Left at zero, the buffer adapts to the queue, whatever Workers is.
 	// It starts at PrefetchDefault (8) and doubles, up to PrefetchGrowMax
 	// (64), after each take that filled every slot while more messages
-	// were waiting, so a consumer that falls behind a busy queue catches
-	// up in bigger takes. It halves, back toward 8, after each take that
+	// were waiting and workers sat idle until it came back, so a consumer
+	// whose handlers outrun its round trips catches up with a busy queue
+	// in bigger takes. It halves, back toward 8, after each take that
 	// found fewer than it asked for, and goes back to 8 when buffered
 	// leases wait too long (below). A value set is the buffer's fixed
 	// size; a negative value turns it off (Consume holds no more leases
@@ -106,8 +107,8 @@ type ConsumeOpts struct {
 	// prefetchMax, when not 0, is how far the buffer may grow from
 	// Prefetch (set when Prefetch is left unset).
 	prefetchMax int
-	// prefetchSized, if set, is told each new size of an adapting buffer,
-	// from the run loop (tests).
+	// prefetchSized, if set, is told an adapting buffer's size after each
+	// take and each reset, from the run loop (tests).
 	prefetchSized func(int)
 	// now, if set, replaces time.Now for the age of buffered leases
 	// (tests).

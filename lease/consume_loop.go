@@ -145,11 +145,12 @@ func (r *consumeRun) run(ctx context.Context) error {
 		ageC = nil
 	}
 	defer stopAge()
-	setPF := func(n int) {
-		if n != pf && r.o.prefetchSized != nil {
-			r.o.prefetchSized(n)
+	// sized tells the tests the adapting buffer's size after each take
+	// and reset.
+	sized := func() {
+		if r.o.prefetchMax > 0 && r.o.prefetchSized != nil {
+			r.o.prefetchSized(pf)
 		}
-		pf = n
 	}
 	// room is how many more leases the buffer may take.
 	room := func() int {
@@ -209,6 +210,9 @@ func (r *consumeRun) run(ctx context.Context) error {
 			return
 		}
 		retry = 0
+		// Workers idle when a take comes back waited for it: the buffer
+		// did not hide the round trip.
+		starved := free > 0
 		k := min(free, len(res.taken))
 		for _, l := range res.taken[:k] {
 			r.start(base, bg, l)
@@ -231,14 +235,8 @@ func (r *consumeRun) run(ctx context.Context) error {
 		}
 		dry = len(res.taken) < res.asked
 		if r.o.prefetchMax > 0 && res.asked > 0 {
-			// An adapting buffer grows while takes leave messages
-			// waiting, and shrinks while they find fewer than asked.
-			switch {
-			case dry:
-				setPF(max(pf/2, r.o.Prefetch))
-			case res.remaining > 0:
-				setPF(min(2*pf, r.o.prefetchMax))
-			}
+			pf = adaptPrefetch(pf, r.o.Prefetch, r.o.prefetchMax, dry, starved, res.remaining)
+			sized()
 		}
 		if dry && !res.paused && r.c.rdb.pipelineBlock > 0 {
 			waitNext, waitPrev = true, loopTake{nextDelayed: res.nextDelayed}
@@ -394,7 +392,8 @@ func (r *consumeRun) run(ctx context.Context) error {
 				// prefetch nothing for a lease length, and start again
 				// from the smallest buffer.
 				slowUntil = now.Add(r.leaseLen(first))
-				setPF(r.o.Prefetch)
+				pf = r.o.Prefetch
+				sized()
 			}
 		case <-cancelled:
 			stopping, cancelled = true, nil
@@ -410,6 +409,22 @@ func (r *consumeRun) run(ctx context.Context) error {
 			r.abandon(bg, cancelAll)
 		}
 	}
+}
+
+// adaptPrefetch is the size of an adapting prefetch buffer of size pf
+// (from base to most) after a take. It doubles while takes leave messages
+// waiting (remaining, the ready list's length after a take that filled
+// every slot) and workers wait for the takes (starved): handlers slower
+// than a round trip gain nothing from a bigger buffer. It halves while
+// takes find fewer than they asked for (dry).
+func adaptPrefetch(pf, base, most int, dry, starved bool, remaining int64) int {
+	switch {
+	case dry:
+		return max(pf/2, base)
+	case remaining > 0 && starved:
+		return min(2*pf, most)
+	}
+	return pf
 }
 
 // buffered is a lease taken ahead of a free worker (ConsumeOpts.Prefetch).

@@ -172,9 +172,34 @@ func waitReady(t *testing.T, b *testBundle, queue string, n int64) {
 	}, fmt.Sprintf("ready list of %d", n))
 }
 
-// adaptRun is a Consume with one worker, whose handlers wait for gate to
-// close, on a queue of n messages, with the prefetch buffer adapting
-// (Prefetch left unset): sizes gets each new size of the buffer.
+// TestAdaptPrefetch: the rule of an adapting prefetch buffer.
+func TestAdaptPrefetch(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		pf           int
+		dry, starved bool
+		remaining    int64
+		want         int
+	}{
+		{8, false, true, 1, 16},     // more waiting, workers waited: double
+		{32, false, true, 500, 64},  // ... up to the most
+		{64, false, true, 500, 64},  // ... never past it
+		{16, false, false, 500, 16}, // workers busy: the buffer hides the round trip
+		{16, false, true, 0, 16},    // nothing left waiting
+		{16, false, true, -1, 16},   // not reported
+		{64, true, true, 0, 32},     // dry: halve
+		{8, true, false, 0, 8},      // ... never below the base
+	} {
+		if got := adaptPrefetch(c.pf, PrefetchDefault, PrefetchGrowMax, c.dry, c.starved, c.remaining); got != c.want {
+			t.Errorf("adaptPrefetch(%d, dry %v, starved %v, remaining %d) = %d, want %d", c.pf, c.dry, c.starved, c.remaining, got, c.want)
+		}
+	}
+}
+
+// adaptRun is a Consume with one worker on a queue of n messages, with
+// the prefetch buffer adapting (Prefetch left unset), whose handlers wait
+// for gate to close. sizes gets the buffer's size after each take and
+// each reset.
 type adaptRun struct {
 	gate    chan struct{}
 	sizes   chan int
@@ -191,7 +216,7 @@ func startAdapt(t *testing.T, b *testBundle, q string, n int, opts ConsumeOpts) 
 	if _, err := b.c.PushBatch(t.Context(), q, payloads, nil); err != nil {
 		t.Fatal(err)
 	}
-	a := &adaptRun{gate: make(chan struct{}), sizes: make(chan int, 1000), all: make(chan struct{})}
+	a := &adaptRun{gate: make(chan struct{}), sizes: make(chan int, 10000), all: make(chan struct{})}
 	opts.Workers, opts.LeaseFor = 1, time.Hour
 	opts.prefetchSized = func(k int) { a.sizes <- k }
 	startConsume(t, b.c, q, func(context.Context, *Lease) error {
@@ -204,7 +229,7 @@ func startAdapt(t *testing.T, b *testBundle, q string, n int, opts ConsumeOpts) 
 	return a
 }
 
-// nextSize is the buffer's next new size.
+// nextSize is the buffer's size after the next take or reset.
 func (a *adaptRun) nextSize(t *testing.T) int {
 	t.Helper()
 	select {
@@ -214,51 +239,58 @@ func (a *adaptRun) nextSize(t *testing.T) int {
 		}
 		return k
 	case <-time.After(30 * time.Second):
-		t.Fatal("the prefetch buffer does not change size")
+		t.Fatal("no take changes the prefetch buffer")
 		return 0
 	}
 }
 
-// growToMax checks that the buffer of a, its one worker busy, doubles
-// from 8 to 64 while the queue holds more, and that Consume then holds 65
-// leases: one running, 64 buffered.
-func (a *adaptRun) growToMax(t *testing.T, b *testBundle, q string) {
+// started checks the first two takes of a: the first comes back to an
+// idle worker (Consume's start) with more waiting, and doubles the buffer;
+// the second fills it while the worker is busy, and leaves it so. Nothing
+// is taken after it until the gate opens: Consume holds 17 leases, one
+// running and 16 buffered.
+func (a *adaptRun) started(t *testing.T, b *testBundle, q string) {
 	t.Helper()
-	for _, want := range []int{16, 32, 64} {
+	for i, want := range []int{2 * PrefetchDefault, 2 * PrefetchDefault} {
 		if got := a.nextSize(t); got != want {
-			t.Fatalf("prefetch buffer grew to %d, want %d", got, want)
+			t.Fatalf("prefetch buffer of %d after take %d, want %d", got, i+1, want)
 		}
 	}
-	held := KeysFor(q).Held
-	var n int64
-	redistest.WaitFor(t, 30*time.Second, func() bool {
-		var err error
-		n, err = b.rdb.HLen(t.Context(), held).Result()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return n == 1+PrefetchGrowMax
-	}, "Consume to hold %d leases (last: %d)", 1+PrefetchGrowMax, &n)
+	if n, err := b.rdb.HLen(t.Context(), KeysFor(q).Held).Result(); err != nil || n != 1+2*PrefetchDefault {
+		t.Fatalf("Consume holds %d leases (%v), want %d", n, err, 1+2*PrefetchDefault)
+	}
+	select {
+	case k := <-a.sizes:
+		t.Fatalf("a take with the worker busy and the buffer full: buffer of %d", k)
+	default:
+	}
 }
 
-// TestConsumePrefetchAdapts: with Prefetch left unset, the buffer of a
-// consumer behind a busy queue doubles up to PrefetchGrowMax, never past
-// it, and halves back to PrefetchDefault once takes find the queue dry.
+// handledAll waits until every message of a was handled.
+func (a *adaptRun) handledAll(t *testing.T, n int) {
+	t.Helper()
+	select {
+	case <-a.all:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%d of %d handled", a.handled.Load(), n)
+	}
+}
+
+// TestConsumePrefetchAdapts: with Prefetch left unset, the buffer doubles
+// after a take that its idle workers waited for while more messages were
+// waiting, not after one that came back to busy workers, never grows past
+// PrefetchGrowMax, and comes back to PrefetchDefault once takes find the
+// queue dry.
 func TestConsumePrefetchAdapts(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	const q = "prefetchadapt"
 	a := startAdapt(t, b, q, 300, ConsumeOpts{idleWait: 10 * time.Millisecond})
-	a.growToMax(t, b, q)
+	a.started(t, b, q)
 
 	close(a.gate)
-	select {
-	case <-a.all:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("%d of 300 handled", a.handled.Load())
-	}
-	// Takes that find the queue dry halve the buffer, back to 8 (a take
-	// that filled every slot with more waiting may double it between).
+	a.handledAll(t, 300)
+	// nextSize checks each size is within bounds
 	for a.nextSize(t) != PrefetchDefault {
 	}
 	redistest.WaitFor(t, 30*time.Second, func() bool {
@@ -280,13 +312,14 @@ func TestConsumePrefetchAdaptResets(t *testing.T) {
 		now:         func() time.Time { return time.Now().Add(time.Duration(skew.Load())) },
 		bufferCheck: check,
 	})
-	a.growToMax(t, b, q)
+	a.started(t, b, q)
 
 	skew.Store(int64(time.Hour / 3))
 	sendCheck(t, check)
-	if got := a.nextSize(t); got != PrefetchDefault {
-		t.Fatalf("after buffered leases aged out: buffer of %d, want %d", got, PrefetchDefault)
+	if k := a.nextSize(t); k != PrefetchDefault {
+		t.Fatalf("after buffered leases aged out: buffer of %d, want %d", k, PrefetchDefault)
 	}
+	// one running, the 16 buffered back on the queue
 	st := checkInvariants(t, b.rdb, q)
 	if len(st.InFlight) != 1 || len(st.Ready) != 99 {
 		t.Fatalf("after buffered leases aged out: %d in flight, %d ready; want 1 and 99", len(st.InFlight), len(st.Ready))
@@ -300,7 +333,7 @@ func TestConsumePrefetchSetIsFixed(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	const q = "prefetchfixed"
-	a := startAdapt(t, b, q, 50, ConsumeOpts{Prefetch: PrefetchDefault, idleWait: 10 * time.Millisecond})
+	a := startAdapt(t, b, q, 300, ConsumeOpts{Prefetch: PrefetchDefault, idleWait: 10 * time.Millisecond})
 	held := KeysFor(q).Held
 	var n int64
 	redistest.WaitFor(t, 30*time.Second, func() bool {
@@ -312,11 +345,7 @@ func TestConsumePrefetchSetIsFixed(t *testing.T) {
 		return n == 1+PrefetchDefault
 	}, "Consume to hold %d leases (last: %d)", 1+PrefetchDefault, &n)
 	close(a.gate)
-	select {
-	case <-a.all:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("%d of 50 handled", a.handled.Load())
-	}
+	a.handledAll(t, 300)
 	select {
 	case k := <-a.sizes:
 		t.Fatalf("a Prefetch set changed size to %d", k)

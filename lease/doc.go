@@ -63,8 +63,9 @@
 // within 5ms; an ack that had not reached Redis
 // when the process died means the message is delivered again. It
 // prefetches: up to ConsumeOpts.Prefetch leases (by default 8, doubling
-// up to 64 while the queue has a backlog and halving back once takes find
-// it dry; negative turns it off) wait beyond the busy workers, so that a
+// up to 64 while the queue has a backlog and the workers outrun the
+// takes, halving back once takes find it dry; negative turns it off) wait
+// beyond the busy workers, so that a
 // worker that finishes starts the next message without a round trip and
 // one script run takes and acks several messages. A buffered message is released
 // (back to the head of the queue, not counted) if it waits a third of its
