@@ -51,19 +51,19 @@ type ConsumeOpts struct {
 	//
 	// Left at zero, the buffer adapts to the queue, whatever Workers is.
 	// It starts at PrefetchDefault (8) and doubles, up to PrefetchGrowMax
-	// (64), after each take that filled every slot while more messages
-	// were waiting and workers sat idle until it came back, so a consumer
-	// whose handlers outrun its round trips catches up with a busy queue
-	// in bigger takes. It halves, back toward 8, after each take that
-	// found fewer than it asked for, and goes back to 8 when buffered
-	// leases wait too long (below). A value set is the buffer's fixed
+	// (64), after each take for the buffer that filled every slot while
+	// more messages were waiting and workers sat idle until it came back,
+	// so a consumer whose handlers outrun its round trips catches up with
+	// a busy queue in bigger takes. It halves, back toward 8, after each
+	// take or wait for messages that found fewer than it asked for, and
+	// goes back to 8 when buffered leases wait too long (below), not
+	// growing while prefetch is off. A value set is the buffer's fixed
 	// size; a negative value turns it off (Consume holds no more leases
 	// than it has workers); more than MaxBatch is an error. A process
-	// holds at most Workers + the buffer's size in leases, and the buffer
-	// grows past 8 only while the queue has a backlog: with several
-	// processes on a queue of a few messages and slow handlers, turn it
-	// down or off, so that a busy process does not sit on messages an
-	// idle one could run.
+	// holds at most Workers + the buffer's size in leases (8, or up to 64
+	// just after a backlog): with several processes on a queue of a few
+	// messages and slow handlers, turn it down or off, so that a busy
+	// process does not sit on messages an idle one could run.
 	//
 	// A buffered lease runs while it waits, and its attempt counts. One
 	// that has waited a third of its lease (when its first extension

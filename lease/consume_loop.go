@@ -66,6 +66,9 @@ type loopTake struct {
 	ackErrs []error
 	err     error
 	synced  bool // asked: sync the clock first; answered: synced
+	// room is how many of asked were for the prefetch buffer, not for
+	// free workers.
+	room int
 	// remaining is what the take said was left on the ready list after
 	// it filled every slot (0 when it did not, -1 when not asked).
 	remaining int64
@@ -210,9 +213,9 @@ func (r *consumeRun) run(ctx context.Context) error {
 			return
 		}
 		retry = 0
-		// Workers idle when a take comes back waited for it: the buffer
-		// did not hide the round trip.
-		starved := free > 0
+		// Workers idle when a take that asked for buffer room comes
+		// back waited for it: the buffer did not hide the round trip.
+		starved := free > 0 && res.room > 0
 		k := min(free, len(res.taken))
 		for _, l := range res.taken[:k] {
 			r.start(base, bg, l)
@@ -233,9 +236,16 @@ func (r *consumeRun) run(ctx context.Context) error {
 			// taken before.
 			dropBuffer("prefetched leases of a paused queue", nil)
 		}
-		dry = len(res.taken) < res.asked
+		// Dry: the take found fewer than asked, and did not say more
+		// were waiting (a take that asked fewer than asked, as the
+		// client's estimate of the queue suggested, may have left some).
+		dry = len(res.taken) < res.asked && res.remaining <= 0
 		if r.o.prefetchMax > 0 && res.asked > 0 {
-			pf = adaptPrefetch(pf, r.o.Prefetch, r.o.prefetchMax, dry, starved, res.remaining)
+			// Not while prefetch is off for slow handlers: the buffer
+			// starts again from Prefetch when that is over.
+			if !r.o.now().Before(slowUntil) {
+				pf = adaptPrefetch(pf, r.o.Prefetch, r.o.prefetchMax, dry, starved, res.remaining)
+			}
 			sized()
 		}
 		if dry && !res.paused && r.c.rdb.pipelineBlock > 0 {
@@ -299,7 +309,8 @@ func (r *consumeRun) run(ctx context.Context) error {
 				done := cut(&pending, MaxBatch)
 				stopAckDue()
 				taking = true
-				takeReq <- loopTake{done: done, asked: min(n, MaxBatch), synced: sync}
+				asked := min(n, MaxBatch)
+				takeReq <- loopTake{done: done, asked: asked, room: max(asked-free, 0), synced: sync}
 			}
 		}
 		if len(pending) > 0 && !flushing {
@@ -414,9 +425,10 @@ func (r *consumeRun) run(ctx context.Context) error {
 // adaptPrefetch is the size of an adapting prefetch buffer of size pf
 // (from base to most) after a take. It doubles while takes leave messages
 // waiting (remaining, the ready list's length after a take that filled
-// every slot) and workers wait for the takes (starved): handlers slower
-// than a round trip gain nothing from a bigger buffer. It halves while
-// takes find fewer than they asked for (dry).
+// every slot) and idle workers wait for takes that asked for buffer room
+// (starved): handlers slower than a round trip gain nothing from a bigger
+// buffer. It halves while takes (and waits) find fewer than they asked
+// for (dry).
 func adaptPrefetch(pf, base, most int, dry, starved bool, remaining int64) int {
 	switch {
 	case dry:

@@ -198,8 +198,8 @@ func TestAdaptPrefetch(t *testing.T) {
 
 // adaptRun is a Consume with one worker on a queue of n messages, with
 // the prefetch buffer adapting (Prefetch left unset), whose handlers wait
-// for gate to close. sizes gets the buffer's size after each take and
-// each reset.
+// for gate: a send lets one return, closing it all. sizes gets the
+// buffer's size after each take, each wait for messages and each reset.
 type adaptRun struct {
 	gate    chan struct{}
 	sizes   chan int
@@ -290,8 +290,15 @@ func TestConsumePrefetchAdapts(t *testing.T) {
 
 	close(a.gate)
 	a.handledAll(t, 300)
-	// nextSize checks each size is within bounds
+	// The queue is empty from now on: takes and waits find it dry, and
+	// halve the buffer back to 8, where it stays. (nextSize checks that
+	// each size is within bounds.)
 	for a.nextSize(t) != PrefetchDefault {
+	}
+	for range 3 {
+		if k := a.nextSize(t); k != PrefetchDefault {
+			t.Fatalf("the queue empty: buffer of %d, want %d", k, PrefetchDefault)
+		}
 	}
 	redistest.WaitFor(t, 30*time.Second, func() bool {
 		st := checkInvariants(t, b.rdb, q)
@@ -301,7 +308,9 @@ func TestConsumePrefetchAdapts(t *testing.T) {
 
 // TestConsumePrefetchAdaptResets: buffered leases released for waiting a
 // third of their lease (the handlers are too slow for a buffer) take an
-// adapting buffer back to PrefetchDefault at once.
+// adapting buffer back to PrefetchDefault at once, and it does not grow
+// while prefetch is off, though each take then comes back to an idle
+// worker with more messages waiting.
 func TestConsumePrefetchAdaptResets(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
@@ -324,6 +333,40 @@ func TestConsumePrefetchAdaptResets(t *testing.T) {
 	if len(st.InFlight) != 1 || len(st.Ready) != 99 {
 		t.Fatalf("after buffered leases aged out: %d in flight, %d ready; want 1 and 99", len(st.InFlight), len(st.Ready))
 	}
+	// One handler returns at a time: each time the worker is free, one
+	// take of one message, no more.
+	for i := range 3 {
+		a.gate <- struct{}{}
+		if k := a.nextSize(t); k != PrefetchDefault {
+			t.Fatalf("take %d with prefetch off: buffer of %d, want %d", i+1, k, PrefetchDefault)
+		}
+	}
+	if n, err := b.rdb.HLen(t.Context(), KeysFor(q).Held).Result(); err != nil || n != 1 {
+		t.Fatalf("with prefetch off: %d leases held (%v), want 1", n, err)
+	}
+	close(a.gate)
+}
+
+// TestConsumePrefetchPastAnEstimate: a take that asks fewer than Consume
+// wants, because the client last saw the queue nearly empty, and leaves
+// more waiting, is not a dry take: the buffer grows as after any other.
+func TestConsumePrefetchPastAnEstimate(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := t.Context()
+	const q = "prefetchestimate"
+	for i := range 3 {
+		b.push(t, q, "early"+strconv.Itoa(i), nil)
+	}
+	ls, err := b.c.TakeBatch(ctx, q, 5, nil)
+	if err != nil || len(ls) != 3 {
+		t.Fatalf("TakeBatch: %d, %v", len(ls), err)
+	}
+	if err := b.c.AckBatch(ctx, ls); err != nil {
+		t.Fatal(err)
+	}
+	a := startAdapt(t, b, q, 300, ConsumeOpts{})
+	a.started(t, b, q)
 	close(a.gate)
 }
 
