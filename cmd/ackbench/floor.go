@@ -62,20 +62,26 @@ redis.register_function('floor2_ack', function(KEYS, ARGV)
 end)
 `
 
-// buildFloor measures floor_take and floor_ack, buildFloor2 floor2_take
-// and floor2_ack, buildFloor3 floor_take and the MULTI ack (see floorLib).
-func buildFloor(b *bench, _ *lease.Client) tputImpl { return floorImpl(b, false, false) }
+// floorKind is one of the floors of floorLib.
+type floorKind int
 
-func buildFloor2(b *bench, _ *lease.Client) tputImpl { return floorImpl(b, true, false) }
+const (
+	floorHash     floorKind = iota // floor_take and floor_ack: ackd's layout
+	floorNoHash                    // floor2_take and floor2_ack: the record in the due set
+	floorMultiAck                  // floor_take and the MULTI ack
+)
 
-func buildFloor3(b *bench, _ *lease.Client) tputImpl { return floorImpl(b, false, true) }
+// buildFloor measures the floor of kind. It waits as ackd's Take does
+// with a pipelining client: after a take found the queue empty, the next
+// take is BLMOVE onto the claim list and the take in one pipeline, so an
+// idle consumer costs one round trip per wait.
+func buildFloor(kind floorKind) func(*bench, *lease.Client) tputImpl {
+	return func(b *bench, _ *lease.Client) tputImpl { return floorImpl(b, kind) }
+}
 
-// floorImpl waits as ackd's Take does with a pipelining client: after a
-// take found the queue empty, the next take is BLMOVE onto the claim list
-// and the take in one pipeline, so an idle consumer costs one round trip
-// per wait.
-func floorImpl(b *bench, noHash, multiAck bool) tputImpl {
+func floorImpl(b *bench, kind floorKind) tputImpl {
 	k := lease.KeysFor("q")
+	noHash := kind == floorNoHash
 	takeFn, ackFn := "floor_take", "floor_ack"
 	if noHash {
 		takeFn, ackFn = "floor2_take", "floor2_ack"
@@ -124,7 +130,8 @@ func floorImpl(b *bench, noHash, multiAck bool) tputImpl {
 			if got != nil {
 				got(head(elem))
 			}
-			if multiAck {
+			switch kind {
+			case floorMultiAck:
 				_, err := b.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 					p.HDel(ctx, k.Held, tok)
 					p.ZRem(ctx, k.Due, tok)
@@ -132,8 +139,7 @@ func floorImpl(b *bench, noHash, multiAck bool) tputImpl {
 					return nil
 				})
 				return 1, err
-			}
-			if noHash {
+			case floorNoHash:
 				return 1, b.rdb.FCall(ctx, ackFn, []string{k.Due, lease.LeaseKey("q", tok)}, tok+elem).Err()
 			}
 			return 1, b.rdb.FCall(ctx, ackFn, []string{k.Held, k.Due, lease.LeaseKey("q", tok)}, tok).Err()

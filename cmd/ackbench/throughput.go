@@ -70,9 +70,9 @@ var tputVariants = []tputVariant{
 	{key: "ackd-consume", name: "ackd Consume (Workers = consumers)", mode: "consume", batch: 1, build: buildConsume(0)},
 	{key: "streams-batch", name: "Streams batched (COUNT 100, XACK 100)", mode: "batch", batch: tputBatch, build: buildStreams(tputBatch)},
 	{key: "ackd-batch", name: "ackd batched (TakeBatch 100 + AckBatch)", mode: "batch", batch: tputBatch, build: buildAckd(tputBatch)},
-	{key: "ackd-floor", name: "floor: least scripts on ackd's layout", mode: "single", batch: 1, build: buildFloor},
-	{key: "ackd-floor2", name: "floor: least scripts, record in the due set", mode: "single", batch: 1, build: buildFloor2},
-	{key: "ackd-floor3", name: "floor: least take script, ack by MULTI", mode: "single", batch: 1, build: buildFloor3},
+	{key: "ackd-floor", name: "floor: least scripts on ackd's layout", mode: "single", batch: 1, build: buildFloor(floorHash)},
+	{key: "ackd-floor2", name: "floor: least scripts, record in the due set", mode: "single", batch: 1, build: buildFloor(floorNoHash)},
+	{key: "ackd-floor3", name: "floor: least take script, ack by MULTI", mode: "single", batch: 1, build: buildFloor(floorMultiAck)},
 	{key: "ackd-daemon", name: "ackd Take+Ack, daemon running", mode: "single", batch: 1, build: buildAckd(1), daemon: true},
 }
 
