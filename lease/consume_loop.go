@@ -155,9 +155,11 @@ func (r *consumeRun) run(ctx context.Context) error {
 			r.o.prefetchSized(pf)
 		}
 	}
+	// slow is true while prefetch is off for handlers too slow for it.
+	slow := func() bool { return r.o.now().Before(slowUntil) }
 	// room is how many more leases the buffer may take.
 	room := func() int {
-		if pf == 0 || r.o.now().Before(slowUntil) {
+		if pf == 0 || slow() {
 			return 0
 		}
 		return max(pf-len(buf), 0)
@@ -243,7 +245,7 @@ func (r *consumeRun) run(ctx context.Context) error {
 		if r.o.prefetchMax > 0 && res.asked > 0 {
 			// Not while prefetch is off for slow handlers: the buffer
 			// starts again from Prefetch when that is over.
-			if !r.o.now().Before(slowUntil) {
+			if !slow() {
 				pf = adaptPrefetch(pf, r.o.Prefetch, r.o.prefetchMax, dry, starved, res.remaining)
 			}
 			sized()
