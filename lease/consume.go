@@ -176,9 +176,10 @@ func DefaultBackoff(attempt int) time.Duration {
 // ran out and the message went to another consumer), the handler's ctx is
 // cancelled and the message is left to its new holder.
 //
-// On cancel, Consume stops taking at once (a take under way when ctx is
-// cancelled, the wait for messages included, has its leases released
-// untouched, and so has the prefetch buffer), lets running handlers
+// On cancel, Consume at once stops taking and starts no more handlers (a
+// take under way when ctx is cancelled, the wait for messages included,
+// has its leases released untouched, and so has the prefetch buffer, even
+// when a handler returns in the same instant), lets running handlers
 // finish and settle for up to ConsumeOpts.StopTimeout, then cancels their
 // contexts, releases every lease whose handler has not returned (to the
 // head of the queue, not counted as an attempt), sends every ack still

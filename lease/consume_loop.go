@@ -178,6 +178,32 @@ func (r *consumeRun) run(ctx context.Context) error {
 		r.release(bg, gone, what)
 		return len(gone)
 	}
+	// stop begins the stop: no take, no new handler; buffered leases go
+	// back at once; handlers have StopTimeout to finish.
+	var stopTimer *time.Timer
+	defer func() {
+		if stopTimer != nil {
+			stopTimer.Stop()
+		}
+	}()
+	stop := func() {
+		stopping, cancelled = true, nil
+		pause = nil
+		// Buffered leases were never started: they go back at once.
+		dropBuffer("prefetched leases on stop", nil)
+		stopAge()
+		stopTimer = time.NewTimer(r.o.StopTimeout)
+		stopBy = stopTimer.C
+	}
+	// stopped begins the stop if ctx is done and the loop has not seen it
+	// yet. The select picks at random among ready cases: a handler's
+	// return, or a take's, that comes with or after the cancellation must
+	// not start what is buffered or taken.
+	stopped := func() {
+		if !stopping && ctx.Err() != nil {
+			stop()
+		}
+	}
 	// startWait starts an idle wait for messages, after a take (prev) that
 	// found the queue dry. With acks, the acks waiting (up to a batch) go
 	// ahead of it, in its pipeline, unless the queue was paused (the wait
@@ -351,6 +377,7 @@ func (r *consumeRun) run(ctx context.Context) error {
 		}
 		select {
 		case ev := <-r.events:
+			stopped()
 			if !r.jobs[ev.j] {
 				// Abandoned on stop: its lease was released, its slot
 				// is no one's now.
@@ -370,6 +397,7 @@ func (r *consumeRun) run(ctx context.Context) error {
 				free++
 			}
 		case res := <-takeDone:
+			stopped()
 			taking = false
 			if res.synced {
 				lastSync = time.Now()
@@ -377,6 +405,7 @@ func (r *consumeRun) run(ctx context.Context) error {
 			r.ackResults(res.done, res.ackErrs, res.err)
 			took(res)
 		case res := <-idleDone:
+			stopped()
 			idling = false
 			r.ackResults(res.done, res.ackErrs, res.err)
 			took(res)
@@ -409,14 +438,7 @@ func (r *consumeRun) run(ctx context.Context) error {
 				sized()
 			}
 		case <-cancelled:
-			stopping, cancelled = true, nil
-			pause = nil
-			// Buffered leases were never started: they go back at once.
-			dropBuffer("prefetched leases on stop", nil)
-			stopAge()
-			t := time.NewTimer(r.o.StopTimeout)
-			defer t.Stop()
-			stopBy = t.C
+			stop()
 		case <-stopBy:
 			stopBy = nil
 			r.abandon(bg, cancelAll)
