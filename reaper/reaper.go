@@ -104,6 +104,9 @@ type Reaper struct {
 
 	countsMu sync.Mutex
 	counts   map[string]*queueCounts
+	// scanSwept: the queues the scan under way has swept. Scans run one
+	// at a time, and the scanner calls SweepFunc and ScanFunc in turn.
+	scanSwept map[string]bool
 }
 
 // queueCounts is what the last sweep of a queue found.
@@ -125,10 +128,11 @@ func New(rdb redis.UniversalClient, cfg *Config) (*Reaper, error) {
 		return nil, err
 	}
 	r := &Reaper{
-		rdb:    rdb,
-		cfg:    c,
-		log:    c.Logger.With("component", "reaper"),
-		counts: map[string]*queueCounts{},
+		rdb:       rdb,
+		cfg:       c,
+		log:       c.Logger.With("component", "reaper"),
+		counts:    map[string]*queueCounts{},
+		scanSwept: map[string]bool{},
 	}
 	r.health = health{log: r.log, name: c.RedisName, user: cmp.Or(c.RedisUser, "default")}
 	if len(c.Queues) > 0 {
@@ -149,7 +153,7 @@ func New(rdb redis.UniversalClient, cfg *Config) (*Reaper, error) {
 		Logger:      clog,
 	})
 	r.scan, err = fallback.NewScanner(r.lc, &fallback.Config{
-		SweepFunc: func(ctx context.Context, queue string) error { return r.sched.Sweep(ctx, queue, TriggerScan) },
+		SweepFunc: r.scanSweep,
 		Interval:  c.ScanInterval,
 		Queues:    c.Queues,
 		ScanFunc:  r.scanned,
@@ -387,6 +391,10 @@ func (r *Reaper) logSwept(ctx context.Context, queue, trigger string, t lease.Sw
 
 // scanned is the Scanner's ScanFunc, called after each scan.
 func (r *Reaper) scanned(queues int, took time.Duration, err error) {
+	// The scan swept every queue of the registry; one it did not sweep
+	// has left the registry (an operator forgot it). A failed scan, or
+	// one of Config.Queues, drops nothing.
+	r.dropUnswept(err == nil && r.watched == nil)
 	if err != nil && r.partsCtx.Err() != nil {
 		return // cut short by the shutdown
 	}
@@ -397,11 +405,6 @@ func (r *Reaper) scanned(queues int, took time.Duration, err error) {
 	}
 	r.log.Debug("scan done", "num_queues", queues, "took", took.String())
 	r.health.ok()
-	if r.watched == nil {
-		// The scan swept every queue of the registry; one it did not
-		// sweep has left the registry (an operator forgot it).
-		r.dropUnswept(time.Now().Add(-took))
-	}
 	r.checkEvents(r.partsCtx)
 }
 
@@ -428,15 +431,31 @@ func (r *Reaper) setCounts(queue, trigger string, s lease.Stats) {
 	}
 }
 
-// dropUnswept drops the counts of queues not swept since start.
-func (r *Reaper) dropUnswept(start time.Time) {
+// scanSweep is the Scanner's SweepFunc: it sweeps queue as any trigger
+// does, and notes that this scan swept it.
+func (r *Reaper) scanSweep(ctx context.Context, queue string) error {
+	err := r.sched.Sweep(ctx, queue, TriggerScan)
+	if err == nil {
+		r.countsMu.Lock()
+		r.scanSwept[queue] = true
+		r.countsMu.Unlock()
+	}
+	return err
+}
+
+// dropUnswept drops, if drop, the counts of queues the scan that just
+// ended did not sweep, and starts the next scan's list. It goes by the
+// queues the scan swept, not by times: a sweep that ran just before the
+// scan reported is as recent as the scan, however late it reports.
+func (r *Reaper) dropUnswept(drop bool) {
 	r.countsMu.Lock()
 	defer r.countsMu.Unlock()
-	for q, c := range r.counts {
-		if c.at.Before(start) {
+	for q := range r.counts {
+		if drop && !r.scanSwept[q] {
 			delete(r.counts, q)
 		}
 	}
+	clear(r.scanSwept)
 }
 
 // Queues returns the counts of every queue the Reaper has swept, by

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -326,6 +327,58 @@ func TestQueues(t *testing.T) {
 		s, _ := counts(rp, "a")
 		return s.Ready == 1 && s.InFlight == 0 && s.Delayed == 0 && s.Dead == 0
 	}, "a counted again")
+}
+
+// lateObserver reports each scan only once the scan has been over for
+// longer than it took, as a busy process may.
+type lateObserver struct {
+	*observer
+	reported atomic.Int32
+}
+
+func (o *lateObserver) Scanned(queues int, took time.Duration, err error) {
+	time.Sleep(took + 20*time.Millisecond) // the late report, not a wait for something
+	o.observer.Scanned(queues, took, err)
+	o.reported.Add(1)
+}
+
+// TestQueuesReportedLate: a queue a scan swept stays listed, however late
+// the scan reports its end. (The scan once dropped every queue swept
+// earlier than its report time minus its length.)
+func TestQueuesReportedLate(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	lc := newLeaseClient(t, rdb)
+	ctx := t.Context()
+	if _, err := lc.Push(ctx, "late", []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	obs := &lateObserver{observer: newObserver()}
+	rp, err := reaper.New(rdb, &reaper.Config{ScanInterval: time.Hour, Observer: obs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- rp.Run(runCtx) }()
+	// The start's scan, and the one after the listener subscribed; no
+	// other comes within the hour.
+	redistest.WaitFor(t, waitLong, func() bool { return obs.reported.Load() >= 2 }, "two scans reported")
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run = %v", err)
+		}
+	case <-time.After(waitLong):
+		t.Fatalf("Run did not return within %v", waitLong)
+	}
+	// Run has returned: the scans' reports are over.
+	qs := rp.Queues()
+	if len(qs) != 1 || qs[0].Queue != "late" || qs[0].Stats.Ready != 1 {
+		t.Fatalf("Queues() = %+v, want late with 1 ready", qs)
+	}
 }
 
 // TestOutage: the reaper notices Redis gone and back within its injected

@@ -1,6 +1,7 @@
 package reaper_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -36,11 +37,12 @@ func TestEventsAfterClusterFailover(t *testing.T) {
 		return replica.Client(t).ConfigGet(t.Context(), "notify-keyspace-events").Val()["notify-keyspace-events"]
 	}
 	c.Failover(t, replica)
+	// The new master's subscription, and the scan it starts, may set the
+	// flags before the listener counts the switch: wait for both.
+	var last string
 	redistest.WaitFor(t, waitLong, func() bool {
-		f := flags()
-		return strings.Contains(f, "E") && strings.Contains(f, "x")
-	}, "events set on the promoted node (now %q)", flags())
-	if n := rp.Stats().Listener.Switches; n < 1 {
-		t.Errorf("Stats().Listener.Switches = %d, want at least 1", n)
-	}
+		f, switches := flags(), rp.Stats().Listener.Switches
+		last = fmt.Sprintf("flags %q, Stats().Listener.Switches %d", f, switches)
+		return strings.Contains(f, "E") && strings.Contains(f, "x") && switches >= 1
+	}, "events set on the promoted node and the switch counted (last: %s)", &last)
 }
