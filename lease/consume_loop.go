@@ -314,6 +314,7 @@ func (r *consumeRun) run(ctx context.Context) error {
 		}
 	}()
 	for {
+		stopped() // no take once ctx is done, seen or not
 		overdue := len(pending) > 0 && time.Since(oldest) >= ackDelay
 		if !stopping && !taking && !idling && pause == nil {
 			// A take fills the free workers and the buffer; with every

@@ -323,7 +323,7 @@ func TestConsumeStopLetsHandlersFinish(t *testing.T) {
 		}
 		<-ctx.Done()
 		return ctx.Err()
-	}, &ConsumeOpts{Workers: 4, StopTimeout: 300 * time.Millisecond})
+	}, &ConsumeOpts{Workers: 4, StopTimeout: 2 * time.Second})
 	ids := map[string]string{}
 	for _, p := range []string{"fast1", "fast2", "slow1", "slow2"} {
 		ids[p] = b.push(t, q, p, nil)

@@ -278,9 +278,9 @@ func TestConsumeAutoExtend(t *testing.T) {
 	// Extends come every leaseFor/3: the lease survives a heartbeat held
 	// up for 2/3 of it, which a loaded 2-core machine running the race
 	// detector needs (60 ms was lost about one run in eight, 150 ms under
-	// a load of 20).
-	const leaseFor = 500 * time.Millisecond
-	const runFor = 1200 * time.Millisecond
+	// a load of 20; 900 ms leaves 600 ms).
+	const leaseFor = 900 * time.Millisecond
+	const runFor = 2 * time.Second
 
 	var calls atomic.Int32
 	var moves atomic.Int32

@@ -601,7 +601,7 @@ func TestRefused(t *testing.T) {
 func TestBlockingClientKeepsPoolFree(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
-	main := redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: 2, PoolTimeout: 200 * time.Millisecond})
+	main := redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: 2, PoolTimeout: 2 * time.Second})
 	blocking := redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: 20})
 	t.Cleanup(func() { _ = main.Close(); _ = blocking.Close() })
 	c, err := New(main, &Config{BlockingClient: blocking})
@@ -613,7 +613,10 @@ func TestBlockingClientKeepsPoolFree(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range waiters {
 		wg.Go(func() {
-			l, err := c.Take(ctx, fmt.Sprintf("idle%d", i), &TakeOpts{Wait: 3 * time.Second})
+			// Far longer than the loop below: a take that held a main
+			// pool connection would hold it past the loop's bound. The
+			// pushes after the loop wake them.
+			l, err := c.Take(ctx, fmt.Sprintf("idle%d", i), &TakeOpts{Wait: 30 * time.Second})
 			if err == nil {
 				_ = l.Ack(ctx)
 			} else if !errors.Is(err, ErrNoMessage) {
@@ -634,7 +637,7 @@ func TestBlockingClientKeepsPoolFree(t *testing.T) {
 		if err := l.Ack(ctx); err != nil {
 			t.Fatalf("ack %d: %v", i, err)
 		}
-		if d := time.Since(began); d > time.Second {
+		if d := time.Since(began); d > 5*time.Second {
 			t.Fatalf("push, take and ack took %v with %d takes blocked", d, waiters)
 		}
 	}

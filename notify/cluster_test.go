@@ -83,7 +83,11 @@ func TestCluster(t *testing.T) {
 		leases = append(leases, ls)
 	}
 	for _, ls := range leases {
-		redistest.WaitFor(t, waitLong, func() bool { return rec.hasExpired(expiry{ls.Queue, ls.Token}) }, "expiry of %s", ls.Queue)
+		// The wake and the expiry come on different connections (the
+		// wake subscription, the master's): either may come first.
+		redistest.WaitFor(t, waitLong, func() bool {
+			return rec.hasExpired(expiry{ls.Queue, ls.Token}) && len(rec.wakesOf(ls.Queue)) >= 1
+		}, "expiry and wake of %s", ls.Queue)
 		if got := len(rec.wakesOf(ls.Queue)); got != 1 {
 			t.Fatalf("%d wake messages for %s, want 1", got, ls.Queue)
 		}

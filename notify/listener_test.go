@@ -263,7 +263,7 @@ func TestServerRestart(t *testing.T) {
 // Health-check pings on a silent subscription neither break nor replace it.
 func TestPing(t *testing.T) {
 	t.Parallel()
-	b := setup(t, func(c *Config) { c.PingInterval = 10 * time.Millisecond })
+	b := setup(t, func(c *Config) { c.PingInterval = 100 * time.Millisecond })
 	redistest.WaitFor(t, waitLong, func() bool { return b.l.Stats().Pings >= 5 }, "5 pings")
 	l := b.take(t, "pinged", 20*time.Millisecond)
 	b.waitExpired(t, l)

@@ -61,7 +61,7 @@ func TestHealthzUnderIdleFlood(t *testing.T) {
 	}
 	wg.Wait()
 
-	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	var worst time.Duration
 	for range 5 {
 		start := time.Now()

@@ -307,13 +307,20 @@ func TestExpiredLeaseComesBack(t *testing.T) {
 	in.waitReady(t)
 	lc := newLeaseClient(t, srv)
 
-	scans := in.metric(t, "ackd_scans_total")
+	// The two start-up scans (at start, and after subscribing) end
+	// before the lease is taken; with a 1h interval, only a resubscription
+	// starts another.
+	redistest.WaitFor(t, waitTimeout, func() bool { return in.metric(t, "ackd_scans_total") >= 2 }, "the start-up scans")
+	reconnects := in.metric(t, "ackd_subscription_reconnects_total")
 	id := expireOne(t, lc, "jobs", 100*time.Millisecond)
 	waitBack(t, lc, "jobs", 1)
 	retake(t, lc, "jobs", id)
 
-	redistest.WaitFor(t, waitTimeout, func() bool { return in.metric(t, "ackd_requeues_total") == 1 }, "ackd_requeues_total 1")
-	if in.metric(t, "ackd_scans_total") == scans { // else a late start-up scan may have been first
+	// The requeue is counted before its lag is observed: wait for both.
+	redistest.WaitFor(t, waitTimeout, func() bool {
+		return in.metric(t, "ackd_requeues_total") == 1 && in.metric(t, "ackd_redelivery_lag_seconds_count") == 1
+	}, "ackd_requeues_total 1 and one redelivery lag")
+	if in.metric(t, "ackd_subscription_reconnects_total") == reconnects { // else a catch-up scan may have been first
 		if n := in.metric(t, "ackd_requeues_total", "trigger=scan"); n != 0 {
 			t.Errorf("requeued by a scan: %v; want the timer or the event", n)
 		}
@@ -382,7 +389,10 @@ func TestEventsObserved(t *testing.T) {
 	id := expireOne(t, lc, "jobs", 50*time.Millisecond)
 	waitBack(t, lc, "jobs", 1)
 	retake(t, lc, "jobs", id)
-	redistest.WaitFor(t, waitTimeout, func() bool { return in.metric(t, "ackd_keyspace_events_enabled") == 1 }, "events observed on")
+	// The state is set before the line is logged: wait for both.
+	redistest.WaitFor(t, waitTimeout, func() bool {
+		return in.metric(t, "ackd_keyspace_events_enabled") == 1 && len(in.log.find("keyspace events are on: an expired event arrived")) > 0
+	}, "events observed on, and logged")
 	want := eventsReport{State: "on", Source: "observed", Checked: true, Enabled: true}
 	if _, r := in.readyz(t); r.Events != want {
 		t.Errorf("/readyz events = %+v, want %+v", r.Events, want)
@@ -440,7 +450,9 @@ func TestConfiguresEvents(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t, "--notify-keyspace-events", "K$")
 	in := startAckd(t, srv, nil)
-	redistest.WaitFor(t, waitTimeout, func() bool { return in.metric(t, "ackd_keyspace_events_enabled") == 1 }, "events enabled")
+	redistest.WaitFor(t, waitTimeout, func() bool {
+		return in.metric(t, "ackd_keyspace_events_enabled") == 1 && len(in.log.find("set notify-keyspace-events")) > 0
+	}, "events enabled, and logged")
 	flags := redistest.RedisCLI(t, srv.Addr(), "CONFIG", "GET", "notify-keyspace-events")
 	for _, f := range "K$Exe" {
 		if !strings.ContainsRune(flags, f) {
@@ -510,8 +522,10 @@ func TestExpiredBeforeStart(t *testing.T) {
 		waitBack(t, lc, q, 1)
 		retake(t, lc, q, ids[i])
 	}
-	redistest.WaitFor(t, waitTimeout, func() bool { return in.metric(t, "ackd_requeues_total", "trigger=scan") == 3 },
-		"3 requeued by the start-up scan")
+	// Each sweep is counted before it is logged: wait for both.
+	redistest.WaitFor(t, waitTimeout, func() bool {
+		return in.metric(t, "ackd_requeues_total", "trigger=scan") == 3 && len(in.log.find("requeued expired leases")) >= 3
+	}, "3 requeued by the start-up scan, and logged")
 	if n := len(in.log.find("requeued expired leases")); n != 3 {
 		t.Errorf("%d Info lines for the scan's requeues, want 3 (one per queue)", n)
 	}
