@@ -342,11 +342,27 @@ func (l *Listener) runNodes(ctx context.Context, forEach forEachNode) {
 		default:
 			fails = 0
 			changed := false
+			for addr := range current {
+				if _, ok := nodes[addr]; !ok {
+					changed = true
+				}
+			}
+			for addr := range nodes {
+				if _, ok := current[addr]; !ok {
+					changed = true
+				}
+			}
+			// Counted before any subscription moves: whoever sees the
+			// new master's subscription, or what it starts (a scan),
+			// sees the switch counted.
+			if changed && !first {
+				l.switches.Add(1)
+				l.log.InfoContext(ctx, "masters changed", "masters", len(current))
+			}
 			for addr, c := range current {
 				if _, ok := nodes[addr]; ok {
 					continue
 				}
-				changed = true
 				nctx, cancel := context.WithCancel(ctx)
 				nodes[addr] = cancel
 				s := &subscription{name: addr, want: 2, open: func(ctx context.Context) (*redis.PubSub, error) {
@@ -365,13 +381,10 @@ func (l *Listener) runNodes(ctx context.Context, forEach forEachNode) {
 					l.log.InfoContext(ctx, "no longer a master, unsubscribing", "node", addr)
 					cancel()
 					delete(nodes, addr)
-					changed = true
 				}
 			}
 			l.known.Store(true)
 			if changed && !first {
-				l.switches.Add(1)
-				l.log.InfoContext(ctx, "masters changed", "masters", len(nodes))
 				if f := l.cfg.TopologyFunc; f != nil {
 					f(ctx)
 				}
