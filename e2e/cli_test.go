@@ -142,7 +142,9 @@ func TestCLIReplayInterrupted(t *testing.T) {
 		deadline := ls[len(ls)-1].Deadline()
 		redistest.WaitFor(t, 5*time.Second, func() bool {
 			now, err := e.rdb.Time(ctx).Result()
-			return err == nil && now.After(deadline)
+			// Sweep counts whole milliseconds: a lease is due once Redis's
+			// millisecond is past its deadline's.
+			return err == nil && now.UnixMilli() > deadline.UnixMilli()
 		}, "the leases to be due")
 		if r, err := lc.Sweep(ctx, e.queue, &lease.SweepOpts{Limit: lease.MaxBatch}); err != nil || r.DeadLettered != lease.MaxBatch {
 			t.Fatalf("Sweep = %+v, %v", r, err)
@@ -173,15 +175,35 @@ func TestCLIReplayInterrupted(t *testing.T) {
 		}
 	}()
 	// Once the first batch is reported, let three snapshots see messages
-	// moving, then Ctrl-C.
+	// moving, or half of them replayed (snapshots, race-built, may be far
+	// slower than the replay on a loaded host), then hold the replay
+	// with CLIENT PAUSE WRITE so that Ctrl-C surely comes before its end:
+	// snapshots, read-only, still run. The batch under way finishes when
+	// writes resume.
 	redistest.WaitFor(t, 30*time.Second, func() bool {
 		return strings.Contains(p.stderr.String(), "replaying: ") || p.exited()
 	}, "the replay to start")
 	started := snapshots.Load()
-	redistest.WaitFor(t, 30*time.Second, func() bool { return snapshots.Load() >= started+3 || p.exited() },
-		"three snapshots while it runs")
-	if err := p.signal(syscall.SIGINT, 30*time.Second); err != nil {
+	ready := lease.KeysFor(e.queue).Ready
+	redistest.WaitFor(t, 30*time.Second, func() bool {
+		return snapshots.Load() >= started+3 || e.rdb.LLen(ctx, ready).Val() >= n/2 || p.exited()
+	}, "three snapshots while it runs")
+	if err := e.rdb.Do(ctx, "CLIENT", "PAUSE", 60000, "WRITE").Err(); err != nil {
 		t.Fatal(err)
+	}
+	paused := snapshots.Load()
+	redistest.WaitFor(t, 30*time.Second, func() bool { return snapshots.Load() >= paused+1 || p.exited() },
+		"a snapshot while the replay is held")
+	if err := p.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.rdb.Do(ctx, "CLIENT", "UNPAUSE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the replay did not stop within 30 s of Ctrl-C")
 	}
 	<-checked
 	if t.Failed() {
@@ -189,29 +211,29 @@ func TestCLIReplayInterrupted(t *testing.T) {
 	}
 	// Snapshots taken while it was running found nothing wrong; now the
 	// final state.
-	ready := readPlaces(t, e.rdb, e.queue).check(t, all)
+	replayed := readPlaces(t, e.rdb, e.queue).check(t, all)
 	code := p.state.ExitCode()
 	stdout, stderr := p.stdout.String(), p.stderr.String()
-	t.Logf("%d snapshots while running (%d after the first batch); interrupted after %d of %d; stderr %q", snapshots.Load(), snapshots.Load()-started, ready, n, stderr)
+	t.Logf("%d snapshots while running (%d after the first batch); interrupted after %d of %d; stderr %q", snapshots.Load(), snapshots.Load()-started, replayed, n, stderr)
 	m := regexp.MustCompile(`^replayed (\d+) dead letters of e2e\n$`).FindStringSubmatch(stdout)
 	if m == nil {
 		t.Fatalf("stdout %q", stdout)
 	}
 	reported, _ := strconv.Atoi(m[1])
-	if reported != ready {
-		t.Errorf("reported %d replayed, %d are on the queue", reported, ready)
+	if reported != replayed {
+		t.Errorf("reported %d replayed, %d are on the queue", reported, replayed)
 	}
-	if ready == n {
+	if replayed == n {
 		t.Fatalf("the replay finished before Ctrl-C reached it (exit %d); nothing was interrupted", code)
 	}
-	if code != 1 || !strings.Contains(stderr, fmt.Sprintf("ackd: interrupted after %d replayed; the others are still dead letters", ready)) {
+	if code != 1 || !strings.Contains(stderr, fmt.Sprintf("ackd: interrupted after %d replayed; the others are still dead letters", replayed)) {
 		t.Errorf("exit %d, stderr %q", code, stderr)
 	}
 	// The rest can still be replayed, exactly.
-	if got, err := lc.ReplayAll(ctx, e.queue, nil); err != nil || got != n-ready {
-		t.Fatalf("ReplayAll of the rest = %d, %v; want %d", got, err, n-ready)
+	if got, err := lc.ReplayAll(ctx, e.queue, nil); err != nil || got != n-replayed {
+		t.Fatalf("ReplayAll of the rest = %d, %v; want %d", got, err, n-replayed)
 	}
 	if got := readPlaces(t, e.rdb, e.queue).check(t, all); got != n {
-		t.Fatalf("%d ready at the end, want %d", got, n)
+		t.Fatalf("%d replayed at the end, want %d", got, n)
 	}
 }

@@ -80,8 +80,12 @@ func TestConsumeStoppedMidWork(t *testing.T) {
 	if interrupted == 0 {
 		t.Error("no SIGTERM interrupted a handler: the scenario did not exercise the release")
 	}
-	if len(crashed) != kills {
-		t.Errorf("%d consumers crashed, want the %d SIGKILLed", len(crashed), kills)
+	// A consumer whose handlers were all on quick messages may finish its
+	// stop between the SIGTERM and the SIGKILL (a stalled test process
+	// gives it time): it exits 0, not crashed. All three doing so would
+	// leave the SIGKILLs untested.
+	if len(crashed) == 0 || len(crashed) > kills {
+		t.Errorf("%d consumers crashed, want 1 to the %d SIGKILLed", len(crashed), kills)
 	}
 	if s.Duplicates > 0 && s.Expiries == 0 {
 		t.Errorf("%d messages handled twice with no lease run out", s.Duplicates)

@@ -155,7 +155,11 @@ func TestTakeReplyLost(t *testing.T) {
 			t.Fatal(err)
 		}
 		proxy.arm(marker)
-		l, err := lc.Take(ctx, e.queue, &lease.TakeOpts{LeaseFor: 300 * time.Millisecond})
+		// Leases far longer than the steps between a take and its ack,
+		// which a loaded host may stall for a few hundred ms: a lease that
+		// runs out here is an orphan of the resent take. It still runs out
+		// well within the drain below.
+		l, err := lc.Take(ctx, e.queue, &lease.TakeOpts{LeaseFor: 5 * time.Second})
 		if proxy.cuts.Load() != 1 {
 			t.Fatalf("the proxy cut %d replies, want 1", proxy.cuts.Load())
 		}
@@ -176,7 +180,7 @@ func TestTakeReplyLost(t *testing.T) {
 			}
 		}
 
-		f := startConsumers(t, e.srv, e.queue, 1, "-lease", "300ms", "-workers", "4")
+		f := startConsumers(t, e.srv, e.queue, 1, "-lease", "5s", "-workers", "4")
 		var st lease.Stats
 		redistest.WaitFor(t, drainTimeout, throttle(20*time.Millisecond, func() bool {
 			st, _ = e.stats()

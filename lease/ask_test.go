@@ -16,7 +16,10 @@ import (
 func TestClusterAskFollowedWithReplicas(t *testing.T) {
 	t.Parallel()
 	cl := redistest.StartCluster(t, nil)
-	c, _ := clusterClient(t, cl, &Config{Replicas: 1, ReplicaTimeout: 500 * time.Millisecond, RetryWindow: 300 * time.Millisecond})
+	// The migration is held until the calls below are done: a call that
+	// waited for it instead of following ASK would fail after the retry
+	// window, however long. 2 s, and 2 s for WAIT, survive a loaded host.
+	c, _ := clusterClient(t, cl, &Config{Replicas: 1, ReplicaTimeout: 2 * time.Second, RetryWindow: 2 * time.Second})
 	ctx := t.Context()
 	const q = "asked"
 	for _, p := range []string{"0", "1", "2"} {
