@@ -460,7 +460,8 @@ func (r *consumeRun) leaseLen(l *Lease) time.Duration {
 // monotonic clock: a wall clock that is off changes nothing. The lease's
 // length is ConsumeOpts.LeaseFor, or else what the deadline Redis returned
 // means by Redis's clock (see syncClock). With a handler
-// timeout, it extends no further than a third of a lease past it.
+// timeout, it extends no further than a third of a lease past it. It stops
+// once the handler ended the lease itself.
 func (r *consumeRun) heartbeat(bg context.Context, j *job, handlerEnd time.Time, d time.Duration) {
 	defer close(j.beatDone)
 	l := j.l
@@ -484,6 +485,12 @@ func (r *consumeRun) heartbeat(bg context.Context, j *job, handlerEnd time.Time,
 			return
 		case <-t.C:
 		}
+		if l.settled.Load() {
+			// The handler ended the lease itself (Ack, Nack, ...):
+			// nothing to extend, and its work goes on.
+			<-j.beatStop
+			return
+		}
 		ext := d
 		if !handlerEnd.IsZero() {
 			left := time.Until(handlerEnd)
@@ -502,6 +509,12 @@ func (r *consumeRun) heartbeat(bg context.Context, j *job, handlerEnd time.Time,
 		case err == nil:
 			last, lastAt = ext, sent
 		case errors.Is(err, ErrNotHeld) || errors.Is(err, ErrStale):
+			if l.settled.Load() {
+				// The handler's own Ack (or Nack, ...) ran first: it
+				// marks the lease settled before it is sent. Not lost.
+				<-j.beatStop
+				return
+			}
 			j.lost.Store(&err)
 			j.cancel(fmt.Errorf("lease lost: %w", err))
 			<-j.beatStop

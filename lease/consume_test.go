@@ -3,6 +3,7 @@ package lease
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -376,6 +377,72 @@ func TestConsumeLostLease(t *testing.T) {
 	e := errs.list()
 	if len(e) != 1 || !errors.Is(e[0], ErrNotHeld) {
 		t.Errorf("errors: %v", e)
+	}
+}
+
+// TestConsumeSettledByHandler: a handler that ends its lease itself (Ack,
+// Nack, Release) and goes on working is left alone: its heartbeat stops
+// instead of finding the lease gone, so the handler's ctx is not cancelled
+// and nothing reports a lost lease.
+func TestConsumeSettledByHandler(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		settle func(context.Context, *Lease) error
+		ready  int // on the queue afterwards
+	}{
+		{"ack", func(ctx context.Context, l *Lease) error { return l.Ack(ctx) }, 0},
+		{"nack", func(ctx context.Context, l *Lease) error { return l.Nack(ctx, time.Hour) }, 0},
+		{"release", func(ctx context.Context, l *Lease) error { return l.Release(ctx) }, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, nil)
+			q := "selfsettled" + tc.name
+			// Heartbeats are due every 100 ms: the work after the settle
+			// spans several, which found the lease gone and cancelled
+			// the handler before.
+			const leaseFor = 300 * time.Millisecond
+			var errs errorLog
+			var calls atomic.Int32
+			result := make(chan error, 1)
+			cs := startConsume(t, b.c, q, func(ctx context.Context, l *Lease) error {
+				if calls.Add(1) > 1 {
+					// The released message, delivered again: hold it
+					// until the stop, which releases it.
+					<-ctx.Done()
+					return ctx.Err()
+				}
+				if err := tc.settle(ctx, l); err != nil {
+					result <- err
+					return err
+				}
+				select {
+				case <-ctx.Done():
+					result <- fmt.Errorf("handler ctx cancelled after it settled: %w", context.Cause(ctx))
+				case <-time.After(2 * leaseFor): // the work after the settle
+					result <- nil
+				}
+				return nil
+			}, &ConsumeOpts{LeaseFor: leaseFor, StopTimeout: 100 * time.Millisecond, ErrorFunc: errs.add})
+			b.push(t, q, "x", nil)
+			select {
+			case err := <-result:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("the handler did not finish")
+			}
+			cs.stop(t)
+			if e := errs.list(); len(e) != 0 {
+				t.Errorf("errors: %v", e)
+			}
+			st := checkInvariants(t, b.rdb, q)
+			if len(st.InFlight) != 0 || len(st.Ready) != tc.ready {
+				t.Errorf("after the run: in flight %v, ready %v; want none, %d", st.InFlight, st.Ready, tc.ready)
+			}
+		})
 	}
 }
 
