@@ -187,3 +187,35 @@ func TestClusterFailoverFollowed(t *testing.T) {
 	}
 	redistest.WaitFor(t, waitLong, l.Subscribed, "Subscribed() after the failover")
 }
+
+// TestSentinelPollOlderThanSwitch: a poll of the Sentinels that began
+// before a switch was announced (it waited for a slow Sentinel after the
+// others had named the old master) does not move the subscription back to
+// the demoted master; a poll that began after the switch counts.
+func TestSentinelPollOlderThanSwitch(t *testing.T) {
+	t.Parallel()
+	// Nothing here dials: the watch only records names and counts.
+	l := NewListener(redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}), nil)
+	w := &masterWatch{l: l, fo: &redis.FailoverOptions{MasterName: "m"}, s: &subscription{name: "redis"}}
+	ctx := t.Context()
+	w.named(ctx, "10.0.0.1:6379", "sentinel")
+
+	gen := w.generation() // a poll begins; the Sentinels it asks name .1
+	w.named(ctx, "10.0.0.2:6379", SwitchChannel)
+	w.polled(ctx, "10.0.0.1:6379", gen) // its answer comes after the switch
+	if m := w.master; m != "10.0.0.2:6379" {
+		t.Errorf("master after a poll older than the switch: %s, want 10.0.0.2:6379", m)
+	}
+	if n := l.switches.Load(); n != 1 {
+		t.Errorf("%d switches, want 1", n)
+	}
+
+	gen = w.generation()
+	w.polled(ctx, "10.0.0.3:6379", gen) // a switch the poll found first
+	if m := w.master; m != "10.0.0.3:6379" {
+		t.Errorf("master after a newer poll: %s, want 10.0.0.3:6379", m)
+	}
+	if n := l.switches.Load(); n != 2 {
+		t.Errorf("%d switches, want 2", n)
+	}
+}

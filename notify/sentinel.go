@@ -44,6 +44,7 @@ type masterWatch struct {
 
 	mu       sync.Mutex
 	master   string        // "" until first named
+	gen      uint64        // counts the changes of master
 	nodeAddr string        // address of nodeC
 	nodeC    *redis.Client // a client of master, for the subscription
 }
@@ -120,6 +121,10 @@ func (w *masterWatch) follow(ctx context.Context) {
 	}
 	fails := 0
 	for sleep(ctx, w.l.cfg.TopologyInterval) {
+		// A poll asks the Sentinels one after the other, each for up to
+		// replyMax: a switch announced meanwhile is newer than answers
+		// given before it.
+		gen := w.generation()
 		addr, err := w.ask(ctx)
 		switch {
 		case err != nil:
@@ -129,7 +134,7 @@ func (w *masterWatch) follow(ctx context.Context) {
 			}
 		case addr != "":
 			fails = 0
-			w.named(ctx, addr, "sentinel")
+			w.polled(ctx, addr, gen)
 		}
 	}
 }
@@ -210,12 +215,43 @@ func (w *masterWatch) listen(ctx context.Context, c *redis.SentinelClient) {
 	}
 }
 
+// generation counts the changes of master so far.
+func (w *masterWatch) generation() uint64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.gen
+}
+
 // named records that the Sentinels name addr as master; if it was another
 // node before, the subscription moves there.
 func (w *masterWatch) named(ctx context.Context, addr, source string) {
+	w.set(ctx, addr, source, func() bool { return true })
+}
+
+// polled records a poll's answer, addr, from a poll that began at
+// generation gen. If the master changed since (a switch was announced
+// while the poll waited for a slow Sentinel), the answer may predate the
+// switch and is dropped: the next poll asks again.
+func (w *masterWatch) polled(ctx context.Context, addr string, gen uint64) {
+	w.set(ctx, addr, "sentinel", func() bool { return w.gen == gen })
+}
+
+// set makes addr the master if current (called under w.mu) allows it.
+func (w *masterWatch) set(ctx context.Context, addr, source string, current func() bool) {
 	w.mu.Lock()
 	before := w.master
-	w.master = addr
+	if !current() {
+		w.mu.Unlock()
+		if before != addr {
+			w.l.log.DebugContext(ctx, "dropped a Sentinel poll older than the last switch", "master_name", w.fo.MasterName,
+				"polled", addr, "master", before)
+		}
+		return
+	}
+	if before != addr {
+		w.master = addr
+		w.gen++
+	}
 	w.mu.Unlock()
 	if before == "" || before == addr {
 		return
