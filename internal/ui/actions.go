@@ -145,8 +145,10 @@ func (h *Handler) action(w http.ResponseWriter, r *http.Request) {
 	// address applies, before the token is even compared.
 	bearer := r.Header.Get("Authorization") != "" && h.cfg.Token != ""
 	addr := clientAddr(r)
+	settle := func(bool) {}
 	if bearer {
-		if wait := h.logins.blocked(addr); wait > 0 {
+		var wait time.Duration
+		if wait, settle = h.logins.try(addr); wait > 0 {
 			h.log.Warn("ui: action refused: too many wrong tokens", "path", r.URL.Path, "remote", r.RemoteAddr)
 			w.Header().Set("Retry-After", retryAfter(wait))
 			h.fail(w, r, http.StatusTooManyRequests, "Too many wrong tokens",
@@ -155,10 +157,8 @@ func (h *Handler) action(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	who := h.authorize(r)
+	settle(who != "")
 	if who == "" {
-		if bearer {
-			h.logins.failed(addr)
-		}
 		h.log.Warn("ui: action refused", "path", r.URL.Path, "remote", r.RemoteAddr, "read_only", h.cfg.Token == "")
 		text := "Log in with ackd's UI token to act on queues."
 		if h.cfg.Token == "" {
@@ -275,15 +275,17 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 	}
 	next := h.next(r.PostForm.Get("next"))
 	addr := clientAddr(r)
-	if wait := h.logins.blocked(addr); wait > 0 {
+	wait, settle := h.logins.try(addr)
+	if wait > 0 {
 		h.log.Warn("ui: login refused: too many wrong tokens", "remote", r.RemoteAddr)
 		w.Header().Set("Retry-After", retryAfter(wait))
 		h.render(w, http.StatusTooManyRequests, "login", loginData{base: h.base(r, "Log in"), Next: next,
 			Error: "Too many wrong tokens from your address: try again in " + dur(wait.Round(time.Second)) + "."})
 		return
 	}
-	if !sameOrigin(r) || !equal(r.PostForm.Get("token"), h.cfg.Token) {
-		h.logins.failed(addr)
+	ok := sameOrigin(r) && equal(r.PostForm.Get("token"), h.cfg.Token)
+	settle(ok)
+	if !ok {
 		h.log.Warn("ui: login refused", "remote", r.RemoteAddr)
 		h.render(w, http.StatusForbidden, "login", loginData{base: h.base(r, "Log in"), Next: next, Error: "That token is not ackd's UI token."})
 		return

@@ -4,6 +4,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -61,30 +62,47 @@ func (l *loginLimiter) recent(addr string, now time.Time) []time.Time {
 	return f
 }
 
-// blocked reports how long addr must wait before its next login; 0 if it
-// may try now.
-func (l *loginLimiter) blocked(addr string) time.Duration {
+// try asks whether addr may try a token now. If not, it returns how long
+// addr must wait. If so, it counts the attempt as a failure at once, so
+// that attempts running at the same time count against the limit too
+// (checking and counting in two steps let a burst of them all compare
+// their tokens), and returns settle: settle(true), for a right token,
+// takes the count back.
+func (l *loginLimiter) try(addr string) (wait time.Duration, settle func(ok bool)) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.nowFunc()
-	f := l.recent(addr, now)
-	if len(f) < l.max {
-		return 0
+	if f := l.recent(addr, now); len(f) >= l.max {
+		return f[len(f)-l.max].Add(l.window).Sub(now), nil
 	}
-	return f[len(f)-l.max].Add(l.window).Sub(now)
+	counted := l.addLocked(addr, now)
+	return 0, func(ok bool) {
+		if !ok || !counted {
+			return
+		}
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		f := l.failures[addr]
+		if k := slices.Index(f, now); k >= 0 {
+			f = slices.Delete(f, k, k+1)
+		}
+		if len(f) == 0 {
+			delete(l.failures, addr)
+		} else {
+			l.failures[addr] = f
+		}
+	}
 }
 
-// failed counts a wrong token from addr.
-func (l *loginLimiter) failed(addr string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := l.nowFunc()
+// addLocked counts a failure of addr at now, unless the limiter is full
+// of addresses failing right now; the caller holds mu.
+func (l *loginLimiter) addLocked(addr string, now time.Time) bool {
 	if _, ok := l.failures[addr]; !ok && len(l.failures) >= maxLoginClients {
 		for a := range l.failures {
 			l.recent(a, now)
 		}
 		if len(l.failures) >= maxLoginClients {
-			return // full of addresses failing right now: count no more
+			return false // full of addresses failing right now: count no more
 		}
 	}
 	f := append(l.recent(addr, now), now)
@@ -92,6 +110,7 @@ func (l *loginLimiter) failed(addr string) {
 		f = f[len(f)-l.max:]
 	}
 	l.failures[addr] = f
+	return true
 }
 
 // retryAfter is a Retry-After value: whole seconds, at least 1.

@@ -132,23 +132,51 @@ func TestLoginLimiter(t *testing.T) {
 	now := time.Unix(4_000_000, 0)
 	l := newLoginLimiter(3, time.Minute)
 	l.nowFunc = func() time.Time { return now }
-	for i := range 3 {
-		if d := l.blocked("1.2.3.4"); d != 0 {
-			t.Fatalf("blocked after %d failures: %v", i, d)
+	blocked := func(addr string) time.Duration {
+		wait, settle := l.try(addr)
+		if wait == 0 {
+			settle(true) // a right token: not counted
 		}
-		l.failed("1.2.3.4")
+		return wait
+	}
+	for i := range 3 {
+		wait, settle := l.try("1.2.3.4")
+		if wait != 0 {
+			t.Fatalf("blocked after %d failures: %v", i, wait)
+		}
+		settle(false)
 		now = now.Add(10 * time.Second)
 	}
 	// Failures at 0, 10 and 20 s; now is 30 s: the first ages out at 60 s.
-	if d := l.blocked("1.2.3.4"); d != 30*time.Second {
+	if d := blocked("1.2.3.4"); d != 30*time.Second {
 		t.Errorf("blocked for %v after 3 failures, want 30s", d)
 	}
-	if d := l.blocked("5.6.7.8"); d != 0 {
+	if d := blocked("5.6.7.8"); d != 0 {
 		t.Errorf("another address blocked for %v", d)
 	}
 	now = now.Add(30 * time.Second)
-	if d := l.blocked("1.2.3.4"); d != 0 {
+	if d := blocked("1.2.3.4"); d != 0 {
 		t.Errorf("still blocked for %v once the first failure is a minute old", d)
+	}
+
+	// Attempts under way count at once: of a burst, only as many as the
+	// limit get their tokens compared.
+	var settles []func(bool)
+	for i := range 5 {
+		wait, settle := l.try("9.9.9.9")
+		if (wait == 0) != (i < 3) {
+			t.Fatalf("attempt %d of a burst: wait %v", i, wait)
+		}
+		if settle != nil {
+			settles = append(settles, settle)
+		}
+	}
+	// Right tokens take their count back.
+	for _, settle := range settles {
+		settle(true)
+	}
+	if d := blocked("9.9.9.9"); d != 0 {
+		t.Errorf("blocked for %v after right tokens", d)
 	}
 	if got := retryAfter(1500 * time.Millisecond); got != "2" {
 		t.Errorf("retryAfter(1.5s) = %q, want 2", got)
