@@ -131,7 +131,7 @@ func (c *Client) ackAndTake(ctx context.Context, queue string, done []*Lease, n 
 		// not paused: ack and wait in one round trip. (A queue paused
 		// since, or noted 1 by a take that found it paused, has one
 		// message moved onto the claim list, which takes drain first.)
-		r, ackErrs, err = c.ackWaitRun(ctx, queue, done, n, o.LeaseFor, c.blockFor(o.Wait, time.Time{}))
+		r, ackErrs, err = c.ackWaitRun(ctx, queue, done, n, o.LeaseFor, c.blockFor(o.Wait, time.Time{}, 0))
 	} else {
 		// With a wait to come and the queue about empty at the last look,
 		// have the take say what it leaves (one LLEN), so that the next

@@ -86,8 +86,14 @@ func (c *Client) TakeBatch(ctx context.Context, queue string, n int, opts *TakeO
 	// a pipelining blocking take goes straight to the wait.
 	var block time.Duration
 	if o.Wait > 0 && c.rdb.pipelineBlock > 0 && c.estimate(queue).Load() == 0 {
-		block = c.blockFor(o.Wait, time.Time{})
+		block = c.blockFor(o.Wait, time.Time{}, 0)
 	}
+	// A wait for a delayed message ends when it is due by this machine's
+	// clock. If that is ahead of Redis's, the take still finds it not due
+	// (the same nextDelayed again): early, the shortest wait for it, then
+	// doubles, so that the skew does not make a loop of 1 ms waits.
+	var early time.Duration
+	var waitedFor time.Time // the nextDelayed the last wait was bounded by
 	for {
 		var ls []*Lease
 		var nextDelayed time.Time
@@ -117,9 +123,21 @@ func (c *Client) TakeBatch(ctx context.Context, queue string, n int, opts *TakeO
 			}
 			continue
 		}
-		block = c.blockFor(wait, nextDelayed)
+		switch {
+		case nextDelayed.IsZero() || !nextDelayed.Equal(waitedFor):
+			early = 0
+		case !c.now().Before(nextDelayed):
+			early = min(max(2*early, 2*time.Millisecond), maxEarly)
+		}
+		waitedFor = nextDelayed
+		block = c.blockFor(wait, nextDelayed, early)
 	}
 }
+
+// maxEarly bounds the shortest wait for a delayed message that this
+// machine's clock says is due and Redis's does not (see Take's loop): the
+// daemon's promotion of the message, a push, wakes the wait before that.
+const maxEarly = 100 * time.Millisecond
 
 // waitAndTake waits up to block (bounded by blockFor) for a message on
 // queue's ready list, then leases up to n messages (see takeOnce). With a
@@ -144,14 +162,14 @@ func (c *Client) waitAndTake(ctx context.Context, queue string, k Keys, n int, l
 // blockFor bounds one BLMOVE of a wait of up to wait: blockChunk (and,
 // pipelined, half the blocking client's read timeout), and no later than
 // just after nextDelayed, when a delayed message becomes due (Redis time
-// is at ms resolution).
-func (c *Client) blockFor(wait time.Duration, nextDelayed time.Time) time.Duration {
+// is at ms resolution), but no earlier than early.
+func (c *Client) blockFor(wait time.Duration, nextDelayed time.Time, early time.Duration) time.Duration {
 	wait = min(wait, blockChunk)
 	if c.rdb.pipelineBlock > 0 {
 		wait = min(wait, c.rdb.pipelineBlock)
 	}
 	if !nextDelayed.IsZero() {
-		wait = min(wait, max(time.Until(nextDelayed)+time.Millisecond, time.Millisecond))
+		wait = min(wait, max(nextDelayed.Sub(c.now())+time.Millisecond, early, time.Millisecond))
 	}
 	// BLMOVE's timeout is in seconds with ms resolution, and 0 would mean
 	// forever.

@@ -119,6 +119,49 @@ func TestTakeBlockingDelayed(t *testing.T) {
 	checkInvariants(t, b.rdb, q)
 }
 
+// TestTakeDelayedClockAhead: with this machine's clock ahead of Redis's,
+// a Take waiting for a delayed message finds it due by its own clock long
+// before Redis does. It must not spin through 1 ms waits meanwhile, and
+// still takes the message once Redis finds it due.
+func TestTakeDelayedClockAhead(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	const q = "clockahead"
+	const skew, delay = time.Second, 1300 * time.Millisecond
+	b.c.now = func() time.Time { return time.Now().Add(skew) }
+	id := b.push(t, q, "later", &PushOpts{Delay: delay})
+	// A busy server: Redis times blocked commands out when its event
+	// loop wakes, which on an idle server is only every 100 ms (hz 10).
+	busy, idle := context.WithCancel(t.Context())
+	pinged := make(chan struct{})
+	go func() {
+		defer close(pinged)
+		for busy.Err() == nil {
+			_ = b.rdb.Ping(busy).Err()
+		}
+	}()
+	defer func() { idle(); <-pinged }()
+	before := commandStats(t, b.rdb)
+	began := time.Now()
+	l, err := b.c.Take(t.Context(), q, &TakeOpts{Wait: 10 * time.Second})
+	if err != nil || l == nil || l.ID != id {
+		t.Fatalf("Take = %+v, %v", l, err)
+	}
+	took := time.Since(began)
+	after := commandStats(t, b.rdb)
+	waits := after["blmove"] - before["blmove"]
+	t.Logf("taken after %v, %d waits", took, waits)
+	// A second of 1 ms waits on a busy server is hundreds, even on a
+	// loaded machine; backing off is a dozen.
+	if waits > 50 {
+		t.Errorf("%d waits for one delayed message", waits)
+	}
+	if took < delay-50*time.Millisecond {
+		t.Errorf("taken after %v, before its delay of %v", took, delay)
+	}
+	checkInvariants(t, b.rdb, q)
+}
+
 func TestTakeCancelled(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
