@@ -262,7 +262,7 @@ type consumeRun struct {
 	o     ConsumeOpts
 	log   *limitedLog // nil when ErrorFunc is set
 
-	offset atomic.Int64 // Redis clock minus the local clock, ns
+	clock atomic.Pointer[redisClock] // the last syncClock; nil before
 
 	// jobs are the jobs running or settling; only the run loop uses it.
 	jobs map[*job]bool
@@ -311,31 +311,43 @@ var (
 // this long after StopTimeout (plus the release).
 const idleWait = 250 * time.Millisecond
 
-// syncClock measures the offset between Redis's clock and ours, once a
-// minute, so that Consume can read a deadline Redis returned. Of three
-// TIME calls it keeps the one with the shortest round trip (the first may
-// include a dial). It reports whether it could; until then the offset is
-// zero (the local clock).
+// redisClock is a reading of Redis's clock, and when it was true by the
+// local monotonic clock: Redis's clock later is at plus the time since,
+// whatever the local wall clock does meanwhile (a step of NTP, say).
+type redisClock struct {
+	redis time.Time // Redis's clock at at
+	at    time.Time // a local reading with its monotonic part
+}
+
+// syncClock reads Redis's clock, once a minute, so that Consume can read a
+// deadline Redis returned. Of three TIME calls it keeps the one with the
+// shortest round trip (the first may include a dial), taking Redis's
+// reading as made halfway through it. It reports whether it could; until
+// then Consume takes the local wall clock for Redis's.
 func (r *consumeRun) syncClock(ctx context.Context) bool {
-	best := time.Duration(-1)
+	var best *redisClock
+	var bestRTT time.Duration
 	for range 3 {
 		t0 := time.Now()
 		tm, err := r.c.rdb.Time(ctx).Result()
 		if err != nil {
 			return false // the take that follows reports the outage
 		}
-		rtt := time.Since(t0)
-		if best < 0 || rtt < best {
-			best = rtt
-			r.offset.Store(int64(tm.Sub(r.c.now().Add(-rtt / 2))))
+		t1 := time.Now()
+		if rtt := t1.Sub(t0); best == nil || rtt < bestRTT {
+			best, bestRTT = &redisClock{redis: tm.Add(rtt / 2), at: t1}, rtt
 		}
 	}
+	r.clock.Store(best)
 	return true
 }
 
 // redisNow estimates Redis's clock.
 func (r *consumeRun) redisNow() time.Time {
-	return r.c.now().Add(time.Duration(r.offset.Load()))
+	if c := r.clock.Load(); c != nil {
+		return c.redis.Add(time.Since(c.at))
+	}
+	return r.c.now()
 }
 
 func (r *consumeRun) start(base, bg context.Context, l *Lease) {

@@ -358,14 +358,19 @@ func waitStats(t *testing.T, b *testBundle, queue string, want Stats, what strin
 // TestConsumeClockSkew: the heartbeat keeps a lease alive whatever the
 // local clock says, because it measures against Redis's deadline and
 // clock. The lease length is the message's own, so Consume must learn it
-// from Redis.
+// from Redis. The local wall clock is off by an hour from the start, or
+// steps by an hour after Consume read Redis's clock (as NTP may step it).
 func TestConsumeClockSkew(t *testing.T) {
 	t.Parallel()
-	for _, skew := range []time.Duration{time.Hour, -time.Hour} {
-		t.Run(fmt.Sprint(skew), func(t *testing.T) {
+	for _, tc := range []struct {
+		skew, step time.Duration
+	}{{time.Hour, 0}, {-time.Hour, 0}, {0, time.Hour}, {0, -time.Hour}} {
+		t.Run(fmt.Sprintf("skew %v step %v", tc.skew, tc.step), func(t *testing.T) {
 			t.Parallel()
 			b := setup(t, nil)
-			b.c.now = func() time.Time { return time.Now().Add(skew) }
+			var off atomic.Int64
+			off.Store(int64(tc.skew))
+			b.c.now = func() time.Time { return time.Now().Add(time.Duration(off.Load())) }
 			const q = "skew"
 			// A third of this lease is the slack each heartbeat has on
 			// a loaded machine.
@@ -402,6 +407,12 @@ func TestConsumeClockSkew(t *testing.T) {
 				done <- ctx.Err()
 				return ctx.Err()
 			}, &ConsumeOpts{ErrorFunc: errs.add})
+			if tc.step != 0 {
+				// Consume reads Redis's clock (three TIME calls) before
+				// its first take; then the local clock steps.
+				redistest.WaitFor(t, 10*time.Second, func() bool { return commandStats(t, b.rdb)["time"] >= 3 }, "Consume to read Redis's clock")
+				off.Add(int64(tc.step))
+			}
 
 			sw := startSweeper(t, b, q)
 			b.push(t, q, "x", &PushOpts{LeaseFor: leaseFor})
@@ -417,7 +428,7 @@ func TestConsumeClockSkew(t *testing.T) {
 			b.waitIdle(t, q)
 			cs.stop(t)
 			if requeued != 0 {
-				t.Errorf("lease ran out %d times with the local clock off by %v", requeued, skew)
+				t.Errorf("lease ran out %d times with the local clock off by %v", requeued, tc.skew+tc.step)
 			}
 			if e := errs.list(); len(e) != 0 {
 				t.Errorf("errors: %v", e)
