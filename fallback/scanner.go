@@ -149,12 +149,13 @@ func (s *Scanner) scan(ctx context.Context) (queues int, err error) {
 	start := time.Now()
 	defer func() {
 		took := time.Since(start)
-		s.scans.Add(1)
 		if err != nil && ctx.Err() == nil {
 			s.errs.Add(1)
 		}
 		s.last.Store(time.Now().UnixNano())
 		s.lastDur.Store(int64(took))
+		// Last: a reader that sees the count sees the rest of this scan.
+		s.scans.Add(1)
 		if s.cfg.ScanFunc != nil {
 			s.cfg.ScanFunc(queues, took, err)
 		}

@@ -108,15 +108,12 @@ func eventsReportOf(ev reaper.EventsStatus, observe bool) eventsReport {
 func (d *daemon) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), readyPingTimeout)
 	defer cancel()
-	rd := readiness{Stopping: d.stopping.Load()}
+	var rd readiness
 	c := d.conn.Load()
 	if c == nil {
 		// Not connected yet: say why (redisconn's errors hold no secret).
 		rd.RedisError = *d.connectErr.Load()
 	} else {
-		ev := c.rp.Events()
-		rd.Subscribed = c.rp.Subscribed()
-		rd.Events = eventsReportOf(ev, d.observeEvents)
 		err := c.rdb.Ping(ctx).Err()
 		if err == nil {
 			err = clusterCoverage(ctx, c.rdb)
@@ -128,7 +125,12 @@ func (d *daemon) readyz(w http.ResponseWriter, r *http.Request) {
 		} else {
 			rd.Redis = true
 		}
+		// Read after the PING, which may take up to readyPingTimeout:
+		// what the answer says is as of its end.
+		rd.Subscribed = c.rp.Subscribed()
+		rd.Events = eventsReportOf(c.rp.Events(), d.observeEvents)
 	}
+	rd.Stopping = d.stopping.Load()
 	rd.Ready = rd.Redis && rd.Subscribed && !rd.Stopping
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
