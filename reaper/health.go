@@ -44,29 +44,32 @@ type health struct {
 	name string
 	user string // the ACL user ackd logs in as, for the auth-failure line
 
-	mu    sync.Mutex
-	down  bool
-	since time.Time
+	mu      sync.Mutex
+	down    bool
+	since   time.Time
+	changed time.Time // when the call that last changed down was sent
 
 	checkMu  sync.Mutex // one events check at a time, so a change is made and logged once
 	eventsMu sync.Mutex
 	events   EventsStatus
 }
 
-// failed records a failed Redis call; the first one of an outage is
-// logged. Error replies (WRONGTYPE from a hostile key, NOPERM, ...) are
-// not an outage: Redis answered, and the caller logs them. LOADING is
-// one, and so is a refused login (NOAUTH, WRONGPASS): ackd cannot work.
-func (h *health) failed(err error) {
+// failed records a failed Redis call, sent at sent; the first one of an
+// outage is logged. Error replies (WRONGTYPE from a hostile key, NOPERM,
+// ...) are not an outage: Redis answered, and the caller logs them.
+// LOADING is one, and so is a refused login (NOAUTH, WRONGPASS): ackd
+// cannot work. A call sent before the one that last changed the state
+// says nothing newer (see ok).
+func (h *health) failed(err error, sent time.Time) {
 	if !isOutage(err) {
 		return
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.down {
+	if h.down || sent.Before(h.changed) {
 		return
 	}
-	h.down, h.since = true, time.Now()
+	h.down, h.since, h.changed = true, time.Now(), sent
 	if redis.IsAuthError(err) {
 		// The reply names no password; the user is named so that an
 		// operator knows which credentials to fix.
@@ -91,15 +94,18 @@ func isOutage(err error) bool {
 	return !isReplyError(err)
 }
 
-// ok records a successful Redis call; the first one after an outage is
-// logged.
-func (h *health) ok() {
+// ok records a successful Redis call, sent at sent; the first one after
+// an outage is logged. Calls end out of order: a sweep that Redis answered
+// before an outage may report after the monitor's failed PING, which it
+// must not undo (nor a stale failure a recovery), so a call sent before
+// the one that last changed the state is ignored.
+func (h *health) ok(sent time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if !h.down {
+	if !h.down || sent.Before(h.changed) {
 		return
 	}
-	h.down = false
+	h.down, h.changed = false, sent
 	h.log.Info("redis recovered", h.redisAttr(), "outage", time.Since(h.since).Round(time.Millisecond).String())
 }
 
@@ -136,6 +142,7 @@ func (r *Reaper) monitor(ctx context.Context) error {
 		case <-t.C:
 		}
 		pctx, cancel := context.WithTimeout(ctx, checkTimeout)
+		sent := time.Now()
 		err := r.rdb.Ping(pctx).Err()
 		cancel()
 		if errors.Is(err, context.DeadlineExceeded) {
@@ -146,9 +153,9 @@ func (r *Reaper) monitor(ctx context.Context) error {
 			return nil
 		case err != nil:
 			r.log.Debug("redis check failed", "error", err)
-			r.health.failed(err)
+			r.health.failed(err, sent)
 		default:
-			r.health.ok()
+			r.health.ok(sent)
 		}
 		if r.health.isDown() {
 			t.Reset(r.cfg.OutageCheckInterval)
@@ -170,6 +177,7 @@ func (r *Reaper) checkEvents(ctx context.Context) {
 	cctx, cancel := context.WithTimeout(ctx, eventsCheckTimeout)
 	defer cancel()
 	var st notify.EventsState
+	sent := time.Now()
 	if r.cfg.Sentinel != nil {
 		st = notify.EnsureEventsSentinel(cctx, r.rdb, r.cfg.Sentinel, r.cfg.ConfigureEvents)
 	} else {
@@ -179,10 +187,10 @@ func (r *Reaper) checkEvents(ctx context.Context) {
 		return
 	}
 	if isOutage(st.Err) {
-		h.failed(st.Err) // Redis did not answer: the events state is unchanged
+		h.failed(st.Err, sent) // Redis did not answer: the events state is unchanged
 		return
 	}
-	h.ok()
+	h.ok(sent)
 	now := EventsStatus{Checked: true, Enabled: st.Enabled, Flags: st.Flags, ReplicasEnabled: st.ReplicasEnabled, Replicas: st.Replicas}
 	if st.Err != nil {
 		now.Error = st.Err.Error()

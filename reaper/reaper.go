@@ -301,20 +301,21 @@ func (r *Reaper) sweep(ctx context.Context, queue, trigger string) (time.Time, e
 	}
 	opts := &lease.SweepOpts{Limit: r.cfg.SweepLimit, Reclaim: true}
 	var total, last lease.SweepResult
-	var next time.Time
+	var next, sent time.Time
 	for calls := 1; ; calls++ {
+		sent = time.Now()
 		res, err := r.lc.Sweep(r.sweepCtx, queue, opts)
 		if errors.Is(err, lease.ErrNotReplicated) {
 			// Redis answered and made the change; whether a failover
 			// keeps it is unknown. Sweep again soon: it is idempotent.
 			// Not an error to the scheduler, which would log each one.
 			r.notReplicatedSweep(ctx, queue, trigger, err)
-			r.health.ok()
+			r.health.ok(sent)
 			return time.Now().Add(r.cfg.RetryDelay), nil
 		}
 		if err != nil {
 			r.cfg.Observer.SweepFailed(queue, trigger, err)
-			r.health.failed(err)
+			r.health.failed(err, sent)
 			r.logSwept(ctx, queue, trigger, total)
 			return time.Time{}, err
 		}
@@ -336,7 +337,7 @@ func (r *Reaper) sweep(ctx context.Context, queue, trigger string) (time.Time, e
 			break
 		}
 	}
-	r.health.ok()
+	r.health.ok(sent)
 	r.replicated(ctx)
 	r.setCounts(queue, trigger, last.Counts)
 	r.logSwept(ctx, queue, trigger, total)
@@ -399,12 +400,13 @@ func (r *Reaper) scanned(queues int, took time.Duration, err error) {
 		return // cut short by the shutdown
 	}
 	r.cfg.Observer.Scanned(queues, took, err)
+	began := time.Now().Add(-took) // no later than the scan's first call
 	if err != nil {
-		r.health.failed(err)
+		r.health.failed(err, began)
 		return
 	}
 	r.log.Debug("scan done", "num_queues", queues, "took", took.String())
-	r.health.ok()
+	r.health.ok(began)
 	r.checkEvents(r.partsCtx)
 }
 
