@@ -81,6 +81,7 @@ func (c *Client) startAckTake(ctx context.Context, queue string, done []*Lease, 
 // ackStatuses turns the ack statuses of a take run into one error (or
 // nil) per lease of done.
 func ackStatuses(done []*Lease, codes []int64) []error {
+	markEnded(done)
 	errs := make([]error, len(done))
 	for i, code := range codes {
 		if code != 1 {

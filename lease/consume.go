@@ -174,7 +174,9 @@ func DefaultBackoff(attempt int) time.Duration {
 // A handler that ends its lease itself (Ack, Nack, DeadLetter, Fail,
 // Release) is left alone. If the lease is lost while the handler runs (it
 // ran out and the message went to another consumer), the handler's ctx is
-// cancelled and the message is left to its new holder.
+// cancelled and the message is left to its new holder; a loss found by the
+// handler's own Ack (or Nack, ...) is that call's ErrNotHeld, not a report
+// to ErrorFunc.
 //
 // On cancel, Consume at once stops taking and starts no more handlers (a
 // take under way when ctx is cancelled, the wait for messages included,
@@ -497,9 +499,11 @@ func (r *consumeRun) heartbeat(bg context.Context, j *job, handlerEnd time.Time,
 			return
 		case <-t.C:
 		}
-		if l.settled.Load() {
-			// The handler ended the lease itself (Ack, Nack, ...):
-			// nothing to extend, and its work goes on.
+		if l.ended.Load() {
+			// The handler ended the lease itself (Ack, Nack, ...), and
+			// Redis answered: nothing to extend, and its work goes on.
+			// (A call that got no answer may have left the lease held:
+			// it is kept alive for the handler's next try.)
 			<-j.beatStop
 			return
 		}
@@ -523,7 +527,8 @@ func (r *consumeRun) heartbeat(bg context.Context, j *job, handlerEnd time.Time,
 		case errors.Is(err, ErrNotHeld) || errors.Is(err, ErrStale):
 			if l.settled.Load() {
 				// The handler's own Ack (or Nack, ...) ran first: it
-				// marks the lease settled before it is sent. Not lost.
+				// marks the lease settled before it is sent. Not lost;
+				// if it was, that call reports it to the handler.
 				<-j.beatStop
 				return
 			}

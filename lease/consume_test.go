@@ -446,6 +446,57 @@ func TestConsumeSettledByHandler(t *testing.T) {
 	}
 }
 
+// TestConsumeUnansweredSettleKeepsLease: a handler's Ack that got no
+// answer from Redis (here its context was already done, so nothing was
+// sent) may have left the lease held: the heartbeat keeps it alive, even
+// with a sweeper requeuing every lease that runs out, and the handler's
+// next Ack succeeds.
+func TestConsumeUnansweredSettleKeepsLease(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	const q = "unanswered"
+	const leaseFor = 600 * time.Millisecond
+	var errs errorLog
+	result := make(chan error, 1)
+	cs := startConsume(t, b.c, q, func(ctx context.Context, l *Lease) error {
+		done, cancel := context.WithCancel(ctx)
+		cancel()
+		if err := l.Ack(done); !errors.Is(err, context.Canceled) {
+			result <- fmt.Errorf("Ack with a done context: %v", err)
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			result <- fmt.Errorf("handler ctx cancelled: %w", context.Cause(ctx))
+			return nil
+		case <-time.After(3 * leaseFor): // work on, for several heartbeats
+		}
+		result <- l.Ack(ctx)
+		return nil
+	}, &ConsumeOpts{LeaseFor: leaseFor, ErrorFunc: errs.add})
+	sw := startSweeper(t, b, q)
+	b.push(t, q, "x", nil)
+	select {
+	case err := <-result:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the handler did not finish")
+	}
+	if n := sw.stop(); n != 0 {
+		t.Errorf("the lease ran out %d times", n)
+	}
+	cs.stop(t)
+	if e := errs.list(); len(e) != 0 {
+		t.Errorf("errors: %v", e)
+	}
+	st := checkInvariants(t, b.rdb, q)
+	if len(st.InFlight)+len(st.Ready) != 0 {
+		t.Errorf("after the run: in flight %v, ready %v", st.InFlight, st.Ready)
+	}
+}
+
 // TestConsumeCancelWaitsForHandlers: cancelling stops taking, lets running
 // handlers finish and settle, then Consume returns nil.
 func TestConsumeCancelWaitsForHandlers(t *testing.T) {
@@ -490,5 +541,44 @@ func TestConsumeCancelWaitsForHandlers(t *testing.T) {
 	}
 	if len(started) != 0 {
 		t.Errorf("a handler started after the cancel")
+	}
+}
+
+// TestRefusedReleaseLeavesLeaseToConsume: a ReleaseBatch refused before it
+// is sent (leases of two queues) does not mark its leases settled: Consume
+// still acks a lease whose handler returns nil after such a call.
+func TestRefusedReleaseLeavesLeaseToConsume(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	b.push(t, "relother", "y", nil)
+	other, err := b.c.Take(t.Context(), "relother", nil)
+	if err != nil || other == nil {
+		t.Fatalf("Take = %v, %v", other, err)
+	}
+	const q = "relrefused"
+	var errs errorLog
+	result := make(chan error, 1)
+	cs := startConsume(t, b.c, q, func(ctx context.Context, l *Lease) error {
+		err := b.c.ReleaseBatch(ctx, []*Lease{l, other})
+		if !errors.Is(err, ErrInvalidArgument) {
+			err = fmt.Errorf("ReleaseBatch of two queues: %v, want ErrInvalidArgument", err)
+		} else {
+			err = nil
+		}
+		result <- err
+		return nil
+	}, &ConsumeOpts{ErrorFunc: errs.add})
+	b.push(t, q, "x", nil)
+	if err := <-result; err != nil {
+		t.Fatal(err)
+	}
+	b.waitIdle(t, q)
+	cs.stop(t)
+	if e := errs.list(); len(e) != 0 {
+		t.Errorf("errors: %v", e)
+	}
+	st := checkInvariants(t, b.rdb, q)
+	if len(st.InFlight)+len(st.Ready) != 0 {
+		t.Errorf("after the run: in flight %v, ready %v; want it acked", st.InFlight, st.Ready)
 	}
 }

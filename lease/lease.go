@@ -28,8 +28,14 @@ type Lease struct {
 
 	deadline atomic.Int64 // ms since the epoch, by Redis's clock
 	// settled is set once one of the methods that end the lease was
-	// called: Consume then leaves the lease to the handler.
+	// called, before its script is sent: Consume then leaves the lease
+	// to the handler, and a heartbeat that finds it gone knows why.
 	settled atomic.Bool
+	// ended is set once Redis answered such a call: the lease is over
+	// (ended by it, or gone before), and a heartbeat stops. A call that
+	// got no answer (a timeout) leaves it unset: the lease may still be
+	// held, and the handler may try again.
+	ended atomic.Bool
 	// sent is when the take that made this lease was sent (monotonic):
 	// its deadline was set no earlier. Zero for LeaseOf.
 	sent time.Time
@@ -130,6 +136,7 @@ func (c *Client) AckBatch(ctx context.Context, leases []*Lease) error {
 	if err != nil {
 		return fmt.Errorf("lease: ack %d in %s: %w", len(leases), queue, convertErr(err))
 	}
+	markEnded(leases)
 	if len(res) != len(leases) {
 		return fmt.Errorf("lease: ack %d in %s: %w: %d statuses", len(leases), queue, ErrMalformed, len(res))
 	}
@@ -177,6 +184,7 @@ func (l *Lease) Nack(ctx context.Context, delay time.Duration) error {
 	if err != nil {
 		return fmt.Errorf("lease: nack %s/%s: %w", l.Queue, l.ID, convertErr(err))
 	}
+	l.ended.Store(true)
 	return l.statusErr("nack", code)
 }
 
@@ -217,6 +225,7 @@ func (l *Lease) DeadLetter(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("lease: dead-letter %s/%s: %w", l.Queue, l.ID, convertErr(err))
 	}
+	l.ended.Store(true)
 	return l.statusErr("dead-letter", code)
 }
 
@@ -255,7 +264,9 @@ func (c *Client) ReleaseBatch(ctx context.Context, leases []*Lease) error {
 		if l.Queue != queue {
 			return fmt.Errorf("%w: release batch mixes queues %s and %s", ErrInvalidArgument, queue, l.Queue)
 		}
-		l.settled.Store(true)
+	}
+	for _, l := range leases {
+		l.settled.Store(true) // only once the batch is valid: it is sent
 	}
 	k := KeysFor(queue)
 	keys := make([]string, 0, 5+len(leases))
@@ -269,6 +280,7 @@ func (c *Client) ReleaseBatch(ctx context.Context, leases []*Lease) error {
 	if err != nil {
 		return fmt.Errorf("lease: release %d in %s: %w", len(leases), queue, convertErr(err))
 	}
+	markEnded(leases)
 	if len(res) != len(leases) {
 		return fmt.Errorf("lease: release %d in %s: %w: %d statuses", len(leases), queue, ErrMalformed, len(res))
 	}
@@ -311,5 +323,13 @@ func (l *Lease) fail(ctx context.Context, reason, text string) error {
 	if err != nil {
 		return fmt.Errorf("lease: fail %s/%s: %w", l.Queue, l.ID, convertErr(err))
 	}
+	l.ended.Store(true)
 	return l.statusErr("fail", code)
+}
+
+// markEnded records that Redis answered a call ending ls.
+func markEnded(ls []*Lease) {
+	for _, l := range ls {
+		l.ended.Store(true)
+	}
 }
