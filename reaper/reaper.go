@@ -392,15 +392,17 @@ func (r *Reaper) logSwept(ctx context.Context, queue, trigger string, t lease.Sw
 
 // scanned is the Scanner's ScanFunc, called after each scan.
 func (r *Reaper) scanned(queues int, took time.Duration, err error) {
+	// First, before anything that may take time: no later than the
+	// scan's first call, unless this goroutine was held up in between.
+	began := time.Now().Add(-took)
 	// The scan swept every queue of the registry; one it did not sweep
 	// has left the registry (an operator forgot it). A failed scan, or
 	// one of Config.Queues, drops nothing.
-	r.dropUnswept(err == nil && r.watched == nil)
+	r.dropUnswept(err == nil && r.watched == nil, began)
 	if err != nil && r.partsCtx.Err() != nil {
 		return // cut short by the shutdown
 	}
 	r.cfg.Observer.Scanned(queues, took, err)
-	began := time.Now().Add(-took) // no later than the scan's first call
 	if err != nil {
 		r.health.failed(err, began)
 		return
@@ -445,15 +447,17 @@ func (r *Reaper) scanSweep(ctx context.Context, queue string) error {
 	return err
 }
 
-// dropUnswept drops, if drop, the counts of queues the scan that just
-// ended did not sweep, and starts the next scan's list. It goes by the
-// queues the scan swept, not by times: a sweep that ran just before the
-// scan reported is as recent as the scan, however late it reports.
-func (r *Reaper) dropUnswept(drop bool) {
+// dropUnswept drops, if drop, the counts of queues that the scan that
+// just ended did not sweep and that no other trigger swept since it began
+// (a queue registered after the scan read the registry), and starts the
+// next scan's list. It goes by the queues the scan swept, not by times
+// alone: a sweep that ran just before the scan reported is as recent as
+// the scan, however late it reports.
+func (r *Reaper) dropUnswept(drop bool, began time.Time) {
 	r.countsMu.Lock()
 	defer r.countsMu.Unlock()
-	for q := range r.counts {
-		if drop && !r.scanSwept[q] {
+	for q, c := range r.counts {
+		if drop && !r.scanSwept[q] && c.at.Before(began) {
 			delete(r.counts, q)
 		}
 	}
