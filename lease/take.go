@@ -124,11 +124,15 @@ func (c *Client) TakeBatch(ctx context.Context, queue string, n int, opts *TakeO
 			continue
 		}
 		switch {
-		case nextDelayed.IsZero() || !nextDelayed.Equal(waitedFor):
-			early = 0
-		case !c.now().Before(nextDelayed):
+		case nextDelayed.IsZero() || c.now().Before(nextDelayed):
+			early = 0 // the clocks agree so far
+		case nextDelayed.Equal(waitedFor):
+			// Waited for it, due here, not due by Redis: ahead.
 			early = min(max(2*early, 2*time.Millisecond), maxEarly)
 		}
+		// (Another message due here and not by Redis keeps early: with
+		// delayed messages coming one after the other, each would
+		// otherwise start from 1 ms again.)
 		waitedFor = nextDelayed
 		block = c.blockFor(wait, nextDelayed, early)
 	}
