@@ -264,7 +264,8 @@ type consumeRun struct {
 	o     ConsumeOpts
 	log   *limitedLog // nil when ErrorFunc is set
 
-	clock atomic.Pointer[redisClock] // the last syncClock; nil before
+	clock  atomic.Pointer[redisClock] // the last syncClock; nil before
+	resync atomic.Bool                // read Redis's clock again at the next take
 
 	// jobs are the jobs running or settling; only the run loop uses it.
 	jobs map[*job]bool
@@ -319,7 +320,14 @@ const idleWait = 250 * time.Millisecond
 type redisClock struct {
 	redis time.Time // Redis's clock at at
 	at    time.Time // a local reading with its monotonic part
+	wall  time.Time // the local wall clock (Client.now) at at
 }
+
+// clockDrift is how far the local wall clock may move from the monotonic
+// one after a reading of Redis's clock before Consume reads it again: the
+// monotonic clock stands still while the machine is suspended, and the
+// wall clock steps (NTP), and the reading cannot tell which happened.
+const clockDrift = time.Second
 
 // syncClock reads Redis's clock, once a minute, so that Consume can read a
 // deadline Redis returned. Of three TIME calls it keeps the one with the
@@ -337,17 +345,22 @@ func (r *consumeRun) syncClock(ctx context.Context) bool {
 		}
 		t1 := time.Now()
 		if rtt := t1.Sub(t0); best == nil || rtt < bestRTT {
-			best, bestRTT = &redisClock{redis: tm.Add(rtt / 2), at: t1}, rtt
+			best, bestRTT = &redisClock{redis: tm.Add(rtt / 2), at: t1, wall: r.c.now()}, rtt
 		}
 	}
 	r.clock.Store(best)
+	r.resync.Store(false)
 	return true
 }
 
 // redisNow estimates Redis's clock.
 func (r *consumeRun) redisNow() time.Time {
 	if c := r.clock.Load(); c != nil {
-		return c.redis.Add(time.Since(c.at))
+		since := time.Since(c.at)
+		if d := r.c.now().Sub(c.wall) - since; d > clockDrift || d < -clockDrift {
+			r.resync.Store(true)
+		}
+		return c.redis.Add(since)
 	}
 	return r.c.now()
 }

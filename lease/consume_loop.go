@@ -329,7 +329,7 @@ func (r *consumeRun) run(ctx context.Context) error {
 			case rm > 0 && (rm >= max(pf/2, 1) && !dry || overdue):
 				n = rm
 			}
-			sync := time.Since(lastSync) > time.Minute
+			sync := time.Since(lastSync) > time.Minute || r.resync.Load()
 			if n > 0 && free > 0 && waitNext && !sync {
 				// The queue was dry: wait for messages at once, the acks
 				// ahead of the wait in one round trip.
