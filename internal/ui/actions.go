@@ -145,19 +145,16 @@ func (h *Handler) action(w http.ResponseWriter, r *http.Request) {
 	// address applies, before the token is even compared.
 	bearer := r.Header.Get("Authorization") != "" && h.cfg.Token != ""
 	addr := clientAddr(r)
-	settle := func(bool) {}
-	if bearer {
-		var wait time.Duration
-		if wait, settle = h.logins.try(addr); wait > 0 {
-			h.log.Warn("ui: action refused: too many wrong tokens", "path", r.URL.Path, "remote", r.RemoteAddr)
-			w.Header().Set("Retry-After", retryAfter(wait))
-			h.fail(w, r, http.StatusTooManyRequests, "Too many wrong tokens",
-				"Too many wrong tokens from your address: try again in "+dur(wait.Round(time.Second))+".")
-			return
-		}
+	var who string
+	if !bearer {
+		who = h.authorize(r)
+	} else if wait, _ := h.logins.attempt(addr, func() bool { who = h.authorize(r); return who != "" }); wait > 0 {
+		h.log.Warn("ui: action refused: too many wrong tokens", "path", r.URL.Path, "remote", r.RemoteAddr)
+		w.Header().Set("Retry-After", retryAfter(wait))
+		h.fail(w, r, http.StatusTooManyRequests, "Too many wrong tokens",
+			"Too many wrong tokens from your address: try again in "+dur(wait.Round(time.Second))+".")
+		return
 	}
-	who := h.authorize(r)
-	settle(who != "")
 	if who == "" {
 		h.log.Warn("ui: action refused", "path", r.URL.Path, "remote", r.RemoteAddr, "read_only", h.cfg.Token == "")
 		text := "Log in with ackd's UI token to act on queues."
@@ -275,7 +272,9 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 	}
 	next := h.next(r.PostForm.Get("next"))
 	addr := clientAddr(r)
-	wait, settle := h.logins.try(addr)
+	wait, ok := h.logins.attempt(addr, func() bool {
+		return sameOrigin(r) && equal(r.PostForm.Get("token"), h.cfg.Token)
+	})
 	if wait > 0 {
 		h.log.Warn("ui: login refused: too many wrong tokens", "remote", r.RemoteAddr)
 		w.Header().Set("Retry-After", retryAfter(wait))
@@ -283,8 +282,6 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 			Error: "Too many wrong tokens from your address: try again in " + dur(wait.Round(time.Second)) + "."})
 		return
 	}
-	ok := sameOrigin(r) && equal(r.PostForm.Get("token"), h.cfg.Token)
-	settle(ok)
 	if !ok {
 		h.log.Warn("ui: login refused", "remote", r.RemoteAddr)
 		h.render(w, http.StatusForbidden, "login", loginData{base: h.base(r, "Log in"), Next: next, Error: "That token is not ackd's UI token."})

@@ -4,7 +4,6 @@ import (
 	"math"
 	"net"
 	"net/http"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -62,36 +61,23 @@ func (l *loginLimiter) recent(addr string, now time.Time) []time.Time {
 	return f
 }
 
-// try asks whether addr may try a token now. If not, it returns how long
-// addr must wait. If so, it counts the attempt as a failure at once, so
-// that attempts running at the same time count against the limit too
-// (checking and counting in two steps let a burst of them all compare
-// their tokens), and returns settle: settle(true), for a right token,
-// takes the count back.
-func (l *loginLimiter) try(addr string) (wait time.Duration, settle func(ok bool)) {
+// attempt compares a token from addr with check, unless addr must wait:
+// then it returns how long, and check is not called. Check, compare and
+// count are one step under the limiter's lock (a comparison is a few
+// microseconds), so that concurrent attempts from one address cannot all
+// pass the check before any is counted, and right tokens never wait on
+// each other.
+func (l *loginLimiter) attempt(addr string, check func() bool) (wait time.Duration, ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.nowFunc()
 	if f := l.recent(addr, now); len(f) >= l.max {
-		return f[len(f)-l.max].Add(l.window).Sub(now), nil
+		return f[len(f)-l.max].Add(l.window).Sub(now), false
 	}
-	counted := l.addLocked(addr, now)
-	return 0, func(ok bool) {
-		if !ok || !counted {
-			return
-		}
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		f := l.failures[addr]
-		if k := slices.Index(f, now); k >= 0 {
-			f = slices.Delete(f, k, k+1)
-		}
-		if len(f) == 0 {
-			delete(l.failures, addr)
-		} else {
-			l.failures[addr] = f
-		}
+	if ok = check(); !ok {
+		l.addLocked(addr, now)
 	}
+	return 0, ok
 }
 
 // addLocked counts a failure of addr at now, unless the limiter is full

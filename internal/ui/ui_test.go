@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/http/httptest"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -132,19 +134,16 @@ func TestLoginLimiter(t *testing.T) {
 	now := time.Unix(4_000_000, 0)
 	l := newLoginLimiter(3, time.Minute)
 	l.nowFunc = func() time.Time { return now }
+	right := func() bool { return true }
+	wrong := func() bool { return false }
 	blocked := func(addr string) time.Duration {
-		wait, settle := l.try(addr)
-		if wait == 0 {
-			settle(true) // a right token: not counted
-		}
+		wait, _ := l.attempt(addr, right)
 		return wait
 	}
 	for i := range 3 {
-		wait, settle := l.try("1.2.3.4")
-		if wait != 0 {
-			t.Fatalf("blocked after %d failures: %v", i, wait)
+		if wait, ok := l.attempt("1.2.3.4", wrong); wait != 0 || ok {
+			t.Fatalf("attempt after %d failures: wait %v, ok %v", i, wait, ok)
 		}
-		settle(false)
 		now = now.Add(10 * time.Second)
 	}
 	// Failures at 0, 10 and 20 s; now is 30 s: the first ages out at 60 s.
@@ -158,25 +157,25 @@ func TestLoginLimiter(t *testing.T) {
 	if d := blocked("1.2.3.4"); d != 0 {
 		t.Errorf("still blocked for %v once the first failure is a minute old", d)
 	}
+	// Right tokens do not count, however many.
+	for range 10 {
+		if wait, ok := l.attempt("9.9.9.9", right); wait != 0 || !ok {
+			t.Fatalf("a right token: wait %v, ok %v", wait, ok)
+		}
+	}
 
-	// Attempts under way count at once: of a burst, only as many as the
-	// limit get their tokens compared.
-	var settles []func(bool)
-	for i := range 5 {
-		wait, settle := l.try("9.9.9.9")
-		if (wait == 0) != (i < 3) {
-			t.Fatalf("attempt %d of a burst: wait %v", i, wait)
-		}
-		if settle != nil {
-			settles = append(settles, settle)
-		}
+	// A burst of concurrent wrong tokens: only as many as the limit are
+	// compared.
+	var compared atomic.Int32
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Go(func() {
+			l.attempt("6.6.6.6", func() bool { compared.Add(1); return false })
+		})
 	}
-	// Right tokens take their count back.
-	for _, settle := range settles {
-		settle(true)
-	}
-	if d := blocked("9.9.9.9"); d != 0 {
-		t.Errorf("blocked for %v after right tokens", d)
+	wg.Wait()
+	if n := compared.Load(); n != 3 {
+		t.Errorf("%d of a burst of 20 wrong tokens compared, want 3", n)
 	}
 	if got := retryAfter(1500 * time.Millisecond); got != "2" {
 		t.Errorf("retryAfter(1.5s) = %q, want 2", got)
