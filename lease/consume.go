@@ -110,6 +110,9 @@ type ConsumeOpts struct {
 	// prefetchSized, if set, is told an adapting buffer's size after each
 	// take and each reset, from the run loop (tests).
 	prefetchSized func(int)
+	// clockSynced, if set, is called after each reading of Redis's clock,
+	// from the take goroutine (tests).
+	clockSynced func()
 	// now, if set, replaces time.Now for the age of buffered leases
 	// (tests).
 	now func() time.Time
@@ -172,7 +175,9 @@ func DefaultBackoff(attempt int) time.Duration {
 //     to the dead set with reason "panic". It never stops the process.
 //
 // A handler that ends its lease itself (Ack, Nack, DeadLetter, Fail,
-// Release) is left alone. If the lease is lost while the handler runs (it
+// Release) is left alone; if Redis never answered that call (a timeout),
+// the lease may still be held: its heartbeat goes on while the handler
+// runs, and Consume releases it when the handler returns. If the lease is lost while the handler runs (it
 // ran out and the message went to another consumer), the handler's ctx is
 // cancelled and the message is left to its new holder; a loss found by the
 // handler's own Ack (or Nack, ...) is that call's ErrNotHeld, not a report
@@ -264,8 +269,7 @@ type consumeRun struct {
 	o     ConsumeOpts
 	log   *limitedLog // nil when ErrorFunc is set
 
-	clock  atomic.Pointer[redisClock] // the last syncClock; nil before
-	resync atomic.Bool                // read Redis's clock again at the next take
+	clock atomic.Pointer[redisClock] // the last syncClock; nil before
 
 	// jobs are the jobs running or settling; only the run loop uses it.
 	jobs map[*job]bool
@@ -320,7 +324,10 @@ const idleWait = 250 * time.Millisecond
 type redisClock struct {
 	redis time.Time // Redis's clock at at
 	at    time.Time // a local reading with its monotonic part
-	wall  time.Time // the local wall clock (Client.now) at at
+	wall  time.Time // the local wall clock (Client.now) at at, without its monotonic part
+	// stale: the local clocks parted since (see clockDrift): read Redis's
+	// clock again at the next take.
+	stale atomic.Bool
 }
 
 // clockDrift is how far the local wall clock may move from the monotonic
@@ -345,20 +352,31 @@ func (r *consumeRun) syncClock(ctx context.Context) bool {
 		}
 		t1 := time.Now()
 		if rtt := t1.Sub(t0); best == nil || rtt < bestRTT {
-			best, bestRTT = &redisClock{redis: tm.Add(rtt / 2), at: t1, wall: r.c.now()}, rtt
+			best, bestRTT = &redisClock{redis: tm.Add(rtt / 2), at: t1, wall: r.c.now().Round(0)}, rtt
 		}
 	}
 	r.clock.Store(best)
-	r.resync.Store(false)
+	if f := r.o.clockSynced; f != nil {
+		f()
+	}
 	return true
+}
+
+// clockStale reports whether the local clocks parted since the last
+// reading of Redis's clock.
+func (r *consumeRun) clockStale() bool {
+	c := r.clock.Load()
+	return c != nil && c.stale.Load()
 }
 
 // redisNow estimates Redis's clock.
 func (r *consumeRun) redisNow() time.Time {
 	if c := r.clock.Load(); c != nil {
 		since := time.Since(c.at)
-		if d := r.c.now().Sub(c.wall) - since; d > clockDrift || d < -clockDrift {
-			r.resync.Store(true)
+		// Round(0): the wall clock alone (Sub of two monotonic readings
+		// would use the monotonic clock).
+		if d := r.c.now().Round(0).Sub(c.wall) - since; d > clockDrift || d < -clockDrift {
+			c.stale.Store(true)
 		}
 		return c.redis.Add(since)
 	}
@@ -439,7 +457,9 @@ func (r *consumeRun) abandon(bg context.Context, cancelAll context.CancelCauseFu
 	var release []*Lease
 	for _, j := range gone {
 		j.stopHeartbeat()
-		if j.lost.Load() == nil && !j.l.settled.Load() {
+		// A lease the handler settled, if Redis answered, is over; one
+		// whose settle got no answer may still be held.
+		if j.lost.Load() == nil && !j.l.ended.Load() {
 			release = append(release, j.l)
 		}
 	}
@@ -567,7 +587,14 @@ func (r *consumeRun) settle(ctx context.Context, j *job, err error) (ack bool) {
 		r.report(l, err)
 	}
 	if l.settled.Load() {
-		return false // the handler ended the lease itself
+		// The handler ended the lease itself. If Redis never answered
+		// that call, the lease may still be held: release it, so that
+		// the message comes back now rather than when the lease runs
+		// out (a lease already gone makes this a no-op).
+		if !l.ended.Load() {
+			r.release(ctx, []*Lease{l}, "leases whose handler's own settle got no answer")
+		}
+		return false
 	}
 	var pe *PanicError
 	var ra *RetryAfterError

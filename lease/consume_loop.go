@@ -155,6 +155,9 @@ func (r *consumeRun) run(ctx context.Context) error {
 			r.o.prefetchSized(pf)
 		}
 	}
+	// syncDue: Redis's clock is to be read again before the next take, a
+	// minute after the last reading or once the local clocks parted.
+	syncDue := func() bool { return time.Since(lastSync) > time.Minute || r.clockStale() }
 	// slow is true while prefetch is off for handlers too slow for it.
 	slow := func() bool { return r.o.now().Before(slowUntil) }
 	// room is how many more leases the buffer may take.
@@ -279,7 +282,7 @@ func (r *consumeRun) run(ctx context.Context) error {
 		if dry && !res.paused && r.c.rdb.pipelineBlock > 0 {
 			waitNext, waitPrev = true, loopTake{nextDelayed: res.nextDelayed}
 		}
-		if free > 0 && dry {
+		if free > 0 && dry && !syncDue() {
 			// The acks waiting ride this wait once they have waited
 			// half of ackDelay; younger ones gather a little longer (a
 			// later wait or a flush carries them), so that a busy
@@ -329,7 +332,7 @@ func (r *consumeRun) run(ctx context.Context) error {
 			case rm > 0 && (rm >= max(pf/2, 1) && !dry || overdue):
 				n = rm
 			}
-			sync := time.Since(lastSync) > time.Minute || r.resync.Load()
+			sync := syncDue()
 			if n > 0 && free > 0 && waitNext && !sync {
 				// The queue was dry: wait for messages at once, the acks
 				// ahead of the wait in one round trip.

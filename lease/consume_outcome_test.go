@@ -377,7 +377,7 @@ func TestConsumeClockSkew(t *testing.T) {
 			const leaseFor = 900 * time.Millisecond
 
 			var errs errorLog
-			var moves atomic.Int32
+			var moves, syncs atomic.Int32
 			done := make(chan error, 1)
 			cs := startConsume(t, b.c, q, func(ctx context.Context, l *Lease) error {
 				start := time.Now()
@@ -406,11 +406,11 @@ func TestConsumeClockSkew(t *testing.T) {
 				}
 				done <- ctx.Err()
 				return ctx.Err()
-			}, &ConsumeOpts{ErrorFunc: errs.add})
+			}, &ConsumeOpts{ErrorFunc: errs.add, clockSynced: func() { syncs.Add(1) }})
 			if tc.step != 0 {
-				// Consume reads Redis's clock (three TIME calls) before
-				// its first take; then the local clock steps.
-				redistest.WaitFor(t, 10*time.Second, func() bool { return commandStats(t, b.rdb)["time"] >= 3 }, "Consume to read Redis's clock")
+				// Consume reads Redis's clock before its first take;
+				// then the local clock steps.
+				redistest.WaitFor(t, 10*time.Second, func() bool { return syncs.Load() >= 1 }, "Consume to read Redis's clock")
 				off.Add(int64(tc.step))
 			}
 
@@ -429,7 +429,7 @@ func TestConsumeClockSkew(t *testing.T) {
 			if tc.step != 0 {
 				// The wall clock left the monotonic one: Consume reads
 				// Redis's clock again at its next take.
-				redistest.WaitFor(t, 10*time.Second, func() bool { return commandStats(t, b.rdb)["time"] >= 6 }, "Consume to read Redis's clock again")
+				redistest.WaitFor(t, 10*time.Second, func() bool { return syncs.Load() >= 2 }, "Consume to read Redis's clock again")
 			}
 			cs.stop(t)
 			if requeued != 0 {

@@ -455,7 +455,9 @@ func TestConsumeUnansweredSettleKeepsLease(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	const q = "unanswered"
-	const leaseFor = 600 * time.Millisecond
+	// A third of it is each heartbeat's slack on a loaded machine (see
+	// TestConsumeAutoExtend).
+	const leaseFor = 900 * time.Millisecond
 	var errs errorLog
 	result := make(chan error, 1)
 	cs := startConsume(t, b.c, q, func(ctx context.Context, l *Lease) error {
@@ -580,5 +582,42 @@ func TestRefusedReleaseLeavesLeaseToConsume(t *testing.T) {
 	st := checkInvariants(t, b.rdb, q)
 	if len(st.InFlight)+len(st.Ready) != 0 {
 		t.Errorf("after the run: in flight %v, ready %v; want it acked", st.InFlight, st.Ready)
+	}
+}
+
+// TestConsumeReleasesUnansweredSettle: a handler whose own Ack got no
+// answer from Redis, and that returns, leaves a lease that may still be
+// held: Consume releases it, so the message comes back at once, not when
+// a long lease runs out, and uncounted.
+func TestConsumeReleasesUnansweredSettle(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	const q = "unansweredreturn"
+	var errs errorLog
+	var calls atomic.Int32
+	second := make(chan *Lease, 1)
+	cs := startConsume(t, b.c, q, func(ctx context.Context, l *Lease) error {
+		if calls.Add(1) == 1 {
+			done, cancel := context.WithCancel(ctx)
+			cancel()
+			_ = l.Ack(done) // sends nothing: no answer
+			return nil
+		}
+		second <- l
+		return nil
+	}, &ConsumeOpts{LeaseFor: time.Hour, ErrorFunc: errs.add})
+	id := b.push(t, q, "x", nil)
+	select {
+	case l := <-second:
+		if l.ID != id || l.Attempt != 1 {
+			t.Errorf("delivered again: %s attempt %d, want %s attempt 1", l.ID, l.Attempt, id)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the message did not come back: its lease was left to run out")
+	}
+	b.waitIdle(t, q)
+	cs.stop(t)
+	if e := errs.list(); len(e) != 0 {
+		t.Errorf("errors: %v", e)
 	}
 }
