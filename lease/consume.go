@@ -177,11 +177,11 @@ func DefaultBackoff(attempt int) time.Duration {
 // A handler that ends its lease itself (Ack, Nack, DeadLetter, Fail,
 // Release) is left alone; if Redis never answered that call (a timeout),
 // the lease may still be held: its heartbeat goes on while the handler
-// runs, and Consume releases it when the handler returns. If the lease is lost while the handler runs (it
-// ran out and the message went to another consumer), the handler's ctx is
-// cancelled and the message is left to its new holder; a loss found by the
-// handler's own Ack (or Nack, ...) is that call's ErrNotHeld, not a report
-// to ErrorFunc.
+// runs, and Consume releases it when the handler returns. If the lease is
+// lost while the handler runs (it ran out and the message went to another
+// consumer), the handler's ctx is cancelled and the message is left to its
+// new holder; a loss found by the handler's own Ack (or Nack, ...) is that
+// call's ErrNotHeld, not a report to ErrorFunc.
 //
 // On cancel, Consume at once stops taking and starts no more handlers (a
 // take under way when ctx is cancelled, the wait for messages included,
