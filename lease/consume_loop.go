@@ -181,15 +181,22 @@ func (r *consumeRun) run(ctx context.Context) error {
 		r.release(bg, gone, what)
 		return len(gone)
 	}
-	// stop begins the stop: no take, no new handler; buffered leases go
-	// back at once; handlers have StopTimeout to finish.
+	// stopped begins the stop if ctx is done and the loop has not seen it
+	// yet: no take, no new handler; buffered leases go back at once;
+	// handlers have StopTimeout to finish. The select picks at random
+	// among ready cases: a handler's return, or a take's, that comes with
+	// or after the cancellation must not start what is buffered or taken,
+	// so those cases call it too.
 	var stopTimer *time.Timer
 	defer func() {
 		if stopTimer != nil {
 			stopTimer.Stop()
 		}
 	}()
-	stop := func() {
+	stopped := func() {
+		if stopping || ctx.Err() == nil {
+			return
+		}
 		stopping, cancelled = true, nil
 		pause = nil
 		// Buffered leases were never started: they go back at once.
@@ -197,15 +204,6 @@ func (r *consumeRun) run(ctx context.Context) error {
 		stopAge()
 		stopTimer = time.NewTimer(r.o.StopTimeout)
 		stopBy = stopTimer.C
-	}
-	// stopped begins the stop if ctx is done and the loop has not seen it
-	// yet. The select picks at random among ready cases: a handler's
-	// return, or a take's, that comes with or after the cancellation must
-	// not start what is buffered or taken.
-	stopped := func() {
-		if !stopping && ctx.Err() != nil {
-			stop()
-		}
 	}
 	// startWait starts an idle wait for messages, after a take (prev) that
 	// found the queue dry. With acks, the acks waiting (up to a batch) go
@@ -442,7 +440,7 @@ func (r *consumeRun) run(ctx context.Context) error {
 				sized()
 			}
 		case <-cancelled:
-			stop()
+			stopped()
 		case <-stopBy:
 			stopBy = nil
 			r.abandon(bg, cancelAll)
