@@ -123,6 +123,34 @@ func (b *testBundle) waitIdle(t *testing.T, queue string) {
 	}, "queue %s idle", queue)
 }
 
+// stopClean stops cs, and fails on any error reported to errs, or unless
+// queue then holds no lease and ready messages.
+func (b *testBundle) stopClean(t *testing.T, cs *consumer, errs *errorLog, queue string, ready int) {
+	t.Helper()
+	cs.stop(t)
+	if e := errs.list(); len(e) != 0 {
+		t.Errorf("errors: %v", e)
+	}
+	st := checkInvariants(t, b.rdb, queue)
+	if len(st.InFlight) != 0 || len(st.Ready) != ready {
+		t.Errorf("after the run: in flight %v, ready %v; want none, %d", st.InFlight, st.Ready, ready)
+	}
+}
+
+// handlerResult waits for a handler's result, failing on an error or if
+// none comes within 30 s.
+func handlerResult(t *testing.T, result <-chan error) {
+	t.Helper()
+	select {
+	case err := <-result:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the handler did not finish")
+	}
+}
+
 func TestConsumeAcks(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
@@ -426,22 +454,8 @@ func TestConsumeSettledByHandler(t *testing.T) {
 				return nil
 			}, &ConsumeOpts{LeaseFor: leaseFor, StopTimeout: 100 * time.Millisecond, ErrorFunc: errs.add})
 			b.push(t, q, "x", nil)
-			select {
-			case err := <-result:
-				if err != nil {
-					t.Fatal(err)
-				}
-			case <-time.After(30 * time.Second):
-				t.Fatal("the handler did not finish")
-			}
-			cs.stop(t)
-			if e := errs.list(); len(e) != 0 {
-				t.Errorf("errors: %v", e)
-			}
-			st := checkInvariants(t, b.rdb, q)
-			if len(st.InFlight) != 0 || len(st.Ready) != tc.ready {
-				t.Errorf("after the run: in flight %v, ready %v; want none, %d", st.InFlight, st.Ready, tc.ready)
-			}
+			handlerResult(t, result)
+			b.stopClean(t, cs, &errs, q, tc.ready)
 		})
 	}
 }
@@ -478,25 +492,11 @@ func TestConsumeUnansweredSettleKeepsLease(t *testing.T) {
 	}, &ConsumeOpts{LeaseFor: leaseFor, ErrorFunc: errs.add})
 	sw := startSweeper(t, b, q)
 	b.push(t, q, "x", nil)
-	select {
-	case err := <-result:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the handler did not finish")
-	}
+	handlerResult(t, result)
 	if n := sw.stop(); n != 0 {
 		t.Errorf("the lease ran out %d times", n)
 	}
-	cs.stop(t)
-	if e := errs.list(); len(e) != 0 {
-		t.Errorf("errors: %v", e)
-	}
-	st := checkInvariants(t, b.rdb, q)
-	if len(st.InFlight)+len(st.Ready) != 0 {
-		t.Errorf("after the run: in flight %v, ready %v", st.InFlight, st.Ready)
-	}
+	b.stopClean(t, cs, &errs, q, 0)
 }
 
 // TestConsumeCancelWaitsForHandlers: cancelling stops taking, lets running
@@ -571,18 +571,9 @@ func TestRefusedReleaseLeavesLeaseToConsume(t *testing.T) {
 		return nil
 	}, &ConsumeOpts{ErrorFunc: errs.add})
 	b.push(t, q, "x", nil)
-	if err := <-result; err != nil {
-		t.Fatal(err)
-	}
-	b.waitIdle(t, q)
-	cs.stop(t)
-	if e := errs.list(); len(e) != 0 {
-		t.Errorf("errors: %v", e)
-	}
-	st := checkInvariants(t, b.rdb, q)
-	if len(st.InFlight)+len(st.Ready) != 0 {
-		t.Errorf("after the run: in flight %v, ready %v; want it acked", st.InFlight, st.Ready)
-	}
+	handlerResult(t, result)
+	b.waitIdle(t, q) // acked
+	b.stopClean(t, cs, &errs, q, 0)
 }
 
 // TestConsumeReleasesUnansweredSettle: a handler whose own Ack got no
@@ -616,8 +607,5 @@ func TestConsumeReleasesUnansweredSettle(t *testing.T) {
 		t.Fatal("the message did not come back: its lease was left to run out")
 	}
 	b.waitIdle(t, q)
-	cs.stop(t)
-	if e := errs.list(); len(e) != 0 {
-		t.Errorf("errors: %v", e)
-	}
+	b.stopClean(t, cs, &errs, q, 0)
 }
