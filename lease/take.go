@@ -14,7 +14,10 @@ import (
 // TakeOpts are per-take options. A nil *TakeOpts means all defaults.
 type TakeOpts struct {
 	// Wait is how long Take blocks for a message when the queue is empty.
-	// Zero means do not block.
+	// Zero means do not block. A delayed message that becomes due during
+	// the wait is taken (times are Redis's; if this machine's clock runs
+	// ahead, the wait checks back at most every 100 ms until Redis finds
+	// it due, unless a push or ackd's promotion of it wakes it first).
 	Wait time.Duration
 	// LeaseFor overrides both the message's own lease duration and
 	// Config.LeaseFor for the leases of this take. Zero means no override.
